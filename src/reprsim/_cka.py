@@ -1,0 +1,472 @@
+"""HSIC and CKA of whole representations: :func:`hsic`, :func:`cka_from_grams`, :func:`cka`,
+:func:`cka_matrix`.
+
+Pure and differentiable; results follow the input's device. The streaming accumulators build on the
+private helpers here (:func:`unbiased_hsic_from_terms`) so that one formula serves every code path.
+Gram construction and centring live in :mod:`reprsim._kernels`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, overload
+
+import numpy as np
+import torch
+
+from ._errors import ConstantRepresentationError, ReprsimWarning, ShapeMismatchError
+from ._kernels import _rbf_from_sq_distances, _u_center, as_gram, squared_distances
+from ._validation import (
+    as_matrix,
+    check_finite,
+    check_kernel,
+    check_n_samples,
+    check_not_constant,
+    check_pair,
+    check_same_device,
+    is_constant,
+)
+
+__all__ = ["cka", "cka_from_grams", "cka_matrix", "hsic"]
+
+
+def unbiased_hsic_from_terms(
+    tr_kl: torch.Tensor, sum_k: torch.Tensor, sum_l: torch.Tensor, one_kl_one: torch.Tensor, n: int
+) -> torch.Tensor:
+    """Unbiased HSIC of Song et al. (2012) from its four terms.
+
+    With K̃, L̃ the Grams with zeroed diagonals: ``tr_kl = tr(K̃L̃)``, ``sum_k = 1ᵀK̃1``, ``sum_l = 1ᵀL̃1`` and
+    ``one_kl_one = 1ᵀK̃L̃1``. Every code path (Grams, feature space, streaming) reduces to these terms.
+    """
+    return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * one_kl_one / (n - 2)) / (n * (n - 3))
+
+
+def frobenius(t: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm as the square root of a plain sum of squares.
+
+    torch.linalg.vector_norm accumulates float32 on the CPU with an error that grows with the element
+    count (1e-4 relative for a 5000×5000 Gram), while ``sum`` uses cascade summation (1e-7).
+    """
+    return (t * t).sum().sqrt()
+
+
+def _zero_diag(k: torch.Tensor) -> torch.Tensor:
+    return k.masked_fill(torch.eye(k.shape[0], dtype=torch.bool, device=k.device), 0.0)
+
+
+def _check_grams(k: Any, l: Any, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    kt, lt = as_gram(k, "k"), as_gram(l, "l")
+    if kt.shape != lt.shape:
+        raise ShapeMismatchError(
+            f"k and l must be Grams of the same samples; got shapes {tuple(kt.shape)} and {tuple(lt.shape)}"
+        )
+    check_same_device({"k": kt, "l": lt})
+    check_n_samples(kt.shape[0], unbiased, what="HSIC")
+    common = torch.promote_types(kt.dtype, lt.dtype)
+    return kt.to(common), lt.to(common)
+
+
+def hsic(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
+    """Hilbert-Schmidt independence criterion of two Gram matrices.
+
+    Parameters
+    ----------
+    k, l : array_like or torch.Tensor, shape (n, n)
+        Gram matrices of the same n samples (e.g. from :func:`linear_gram` or :func:`rbf_gram`).
+    unbiased : bool, default False
+        False: the biased estimator ``tr(KHLH) / (n−1)²`` of Gretton et al. (2005).
+        True: the unbiased estimator of Song et al. (2012), which needs n ≥ 4 and can be negative.
+
+    Returns
+    -------
+    torch.Tensor
+        A differentiable 0-d tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim import hsic, linear_gram
+    >>> x = torch.tensor([[0.0], [1.0], [2.0], [4.0]])
+    >>> # centred x has squared norm 8.75, so biased HSIC(K, K) = 8.75² / (n − 1)² = 8.5069
+    >>> round(float(hsic(linear_gram(x), linear_gram(x))), 4)
+    8.5069
+    """
+    kt, lt = _check_grams(k, l, unbiased)
+    n = kt.shape[0]
+    if unbiased:
+        kz, lz = _zero_diag(kt), _zero_diag(lt)
+        return unbiased_hsic_from_terms(
+            (kz * lz.T).sum(), kz.sum(), lz.sum(), kz.sum(dim=0) @ lz.sum(dim=1), n
+        )
+    kc = kt - kt.mean(dim=0, keepdim=True) - kt.mean(dim=1, keepdim=True) + kt.mean()
+    return (kc * lt.T).sum() / (n - 1) ** 2
+
+
+def cka_from_grams(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
+    """Centered kernel alignment of two Gram matrices.
+
+    ``HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))`` with the biased or the unbiased HSIC estimator.
+
+    Parameters
+    ----------
+    k, l : array_like or torch.Tensor, shape (n, n)
+        Symmetric Gram matrices of the same n samples.
+    unbiased : bool, default False
+        Use the unbiased HSIC estimator (n ≥ 4); the result can then be negative and is not clamped.
+
+    Returns
+    -------
+    torch.Tensor
+        A differentiable 0-d tensor.
+
+    Raises
+    ------
+    ConstantRepresentationError
+        When ``k`` or ``l`` has zero HSIC with itself (CKA is 0/0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim import cka_from_grams, linear_gram
+    >>> x = torch.randn(50, 8, dtype=torch.float64)
+    >>> round(float(cka_from_grams(linear_gram(x), linear_gram(2 * x))), 6)
+    1.0
+    """
+    kt, lt = _check_grams(k, l, unbiased)
+    center = _u_center if unbiased else _double_center
+    return _cosine_of_centered(center(kt), center(lt), ("k", "l"))
+
+
+def _double_center(k: torch.Tensor) -> torch.Tensor:
+    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def _cosine_of_centered(kc: torch.Tensor, lc: torch.Tensor, names: tuple[str, str]) -> torch.Tensor:
+    """⟨Kc, Lc⟩ / (‖Kc‖ ‖Lc‖): the HSIC normalisation constants cancel in CKA."""
+    nk = frobenius(kc)
+    nl = frobenius(lc)
+    _check_denominator(nk, nl, names)
+    return torch.div((kc * lc).sum(), nk * nl)
+
+
+def _check_denominator(nk: torch.Tensor, nl: torch.Tensor, names: tuple[str, str]) -> None:
+    for name, value in zip(names, (nk, nl)):
+        if not bool(value > 0):
+            raise ConstantRepresentationError(
+                f"{name} has zero HSIC with itself (after centring it carries no variation), so CKA is "
+                f"0/0 (undefined). Check for a constant or dead representation"
+            )
+
+
+@overload
+def cka(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    kernel: str = ...,
+    unbiased: bool = ...,
+    sigma: float | None = ...,
+    median_fraction: float = ...,
+    dtype: torch.dtype | None = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def cka(
+    x: np.ndarray[Any, Any],
+    y: np.ndarray[Any, Any],
+    *,
+    kernel: str = ...,
+    unbiased: bool = ...,
+    sigma: float | None = ...,
+    median_fraction: float = ...,
+    dtype: torch.dtype | None = ...,
+) -> float: ...
+
+
+@overload
+def cka(
+    x: Any,
+    y: Any,
+    *,
+    kernel: str = ...,
+    unbiased: bool = ...,
+    sigma: float | None = ...,
+    median_fraction: float = ...,
+    dtype: torch.dtype | None = ...,
+) -> float | torch.Tensor: ...
+
+
+def cka(
+    x: Any,
+    y: Any,
+    *,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    sigma: float | None = None,
+    median_fraction: float = 1.0,
+    dtype: torch.dtype | None = None,
+) -> float | torch.Tensor:
+    """Centered kernel alignment (Kornblith et al., 2019) between two representations of the same samples.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor, shape (n, ...)
+        Representation of n samples, e.g. one layer's activations; trailing dimensions are flattened.
+    y : array_like or torch.Tensor, shape (n, ...)
+        Another representation of the same n samples, in the same order; its width may differ from ``x``'s.
+    kernel : {"linear", "rbf"}, default "linear"
+        Kernel applied to each representation.
+    unbiased : bool, default False
+        False: the biased HSIC estimator in numerator and denominator (the CKA of Kornblith et al.). It is
+        biased upwards when the widths are large relative to n: unrelated wide representations score close
+        to 1. True: the unbiased HSIC estimator of Song et al. (2012) ("debiased CKA"); needs n ≥ 4 and can
+        be negative, which is reported as is, never clamped.
+    sigma : float, optional
+        RBF bandwidth. By default ``median_fraction * sqrt(median squared distance)`` per representation,
+        the median taken over the full n×n matrix including its zero diagonal.
+    median_fraction : float, default 1.0
+        Multiple of the median distance for the RBF bandwidth when ``sigma`` is None.
+    dtype : torch.dtype, optional
+        Compute in this dtype (e.g. ``torch.float64``). By default float64 inputs stay float64 and
+        everything else is computed in float32 (float16/bfloat16 and integers are upcast).
+
+    Returns
+    -------
+    float or torch.Tensor
+        A Python float when neither input is a tensor; otherwise a differentiable 0-d tensor on the
+        inputs' device. Biased CKA lies in [0, 1].
+
+    Raises
+    ------
+    ShapeMismatchError
+        ``x`` and ``y`` hold different numbers of samples.
+    InsufficientSamplesError
+        Fewer than 2 samples (4 with ``unbiased=True``).
+    NonFiniteError
+        NaN or infinite values; the message says which input and how many.
+    ConstantRepresentationError
+        A representation is identical for all samples (CKA is 0/0).
+    InvalidParameterError
+        Unknown kernel, non-positive ``sigma``.
+    DeviceMismatchError
+        ``x`` and ``y`` are on different devices.
+
+    Notes
+    -----
+    Linear CKA is computed in feature space, ``‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`` on column-centred inputs, at
+    O(n(p² + q² + pq)), or from n×n Grams at O(n²(p + q)), whichever is cheaper; both give the same number.
+    The unbiased linear estimator also has an exact feature-space form, so no n×n matrix is built when the
+    widths are small.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim import cka
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(100, 10))
+    >>> q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    >>> round(cka(x, 3.0 * x @ q + 1.0), 6)  # invariant to rotation, isotropic scaling and translation
+    1.0
+    >>> a, b = rng.normal(size=(100, 1000)), rng.normal(size=(100, 1000))  # unrelated, wider than n
+    >>> cka(a, b) > 0.85  # biased CKA is pulled towards 1 when features outnumber samples
+    True
+    >>> abs(cka(a, b, unbiased=True)) < 0.05  # the unbiased estimator is not
+    True
+    """
+    check_kernel(kernel, sigma, median_fraction)
+    xt, yt = check_pair(x, y, unbiased=unbiased, dtype=dtype)
+    check_not_constant(xt, "x")
+    check_not_constant(yt, "y")
+    if kernel == "linear":
+        value = _linear_cka(xt, yt, unbiased)
+    else:
+        kc, lc = (
+            _centered_rbf_gram(t, sigma, median_fraction, unbiased, name)
+            for t, name in ((xt, "x"), (yt, "y"))
+        )
+        value = _cosine_of_centered(kc, lc, ("x", "y"))
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return value
+    return float(value)
+
+
+def _unit_centered(x: torch.Tensor) -> torch.Tensor:
+    """Column-centre and scale to unit Frobenius norm.
+
+    CKA is invariant to both; doing them first keeps every later sum of squares below 1, so float32 neither
+    overflows for large activations nor loses precision to a large common offset.
+    """
+    xc = x - x.mean(dim=0, keepdim=True)
+    return torch.div(xc, frobenius(xc))
+
+
+def _prefer_feature_space(n: int, p: int, q: int) -> bool:
+    return p * p + q * q + p * q <= n * (p + q)
+
+
+def _linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    n, p = x.shape
+    q = y.shape[1]
+    xc, yc = _unit_centered(x), _unit_centered(y)
+    if _prefer_feature_space(n, p, q):
+        if unbiased:
+            num, dx, dy = _unbiased_linear_feature_terms(xc, yc)
+            _check_denominator(dx, dy, ("x", "y"))
+            return torch.div(num, (dx * dy).sqrt())
+        gxy, gxx, gyy = xc.T @ yc, xc.T @ xc, yc.T @ yc
+        nx, ny = frobenius(gxx), frobenius(gyy)
+        _check_denominator(nx, ny, ("x", "y"))
+        return torch.div((gxy * gxy).sum(), nx * ny)
+    k, l = xc @ xc.T, yc @ yc.T
+    if unbiased:
+        k, l = _u_center(k), _u_center(l)
+    return _cosine_of_centered(k, l, ("x", "y"))
+
+
+def _unbiased_linear_feature_terms(
+    x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L) for linear kernels without building any n×n matrix.
+
+    With K = XXᵀ, a = diag(K) (squared row norms) and s = Xᵀ1 (column sums):
+    tr(K̃L̃) = ‖XᵀY‖² − a·b, 1ᵀK̃1 = ‖s‖² − Σa, K̃1 = Xs − a.
+    """
+    n = x.shape[0]
+    a, b = (x * x).sum(dim=1), (y * y).sum(dim=1)
+    sx, sy = x.sum(dim=0), y.sum(dim=0)
+    kx1, ly1 = x @ sx - a, y @ sy - b
+    sum_k, sum_l = sx @ sx - a.sum(), sy @ sy - b.sum()
+    gxy, gxx, gyy = x.T @ y, x.T @ x, y.T @ y
+
+    def term(
+        g: torch.Tensor,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        s1: torch.Tensor,
+        s2: torch.Tensor,
+        r1: torch.Tensor,
+        r2: torch.Tensor,
+    ) -> torch.Tensor:
+        return unbiased_hsic_from_terms((g * g).sum() - u @ v, s1, s2, r1 @ r2, n)
+
+    return (
+        term(gxy, a, b, sum_k, sum_l, kx1, ly1),
+        term(gxx, a, a, sum_k, sum_k, kx1, kx1),
+        term(gyy, b, b, sum_l, sum_l, ly1, ly1),
+    )
+
+
+def _centered_rbf_gram(
+    x: torch.Tensor, sigma: float | None, median_fraction: float, unbiased: bool, name: str
+) -> torch.Tensor:
+    k = _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, name)
+    return _u_center(k) if unbiased else _double_center(k)
+
+
+def _centered_gram(
+    x: torch.Tensor, kernel: str, sigma: float | None, median_fraction: float, unbiased: bool, name: str
+) -> torch.Tensor:
+    """The centred Gram whose inner products give HSIC (up to a constant that cancels in CKA)."""
+    if kernel == "rbf":
+        return _centered_rbf_gram(x, sigma, median_fraction, unbiased, name)
+    xc = _unit_centered(x)
+    k = xc @ xc.T  # H X Xᵀ H = Xc Xcᵀ: already double-centred
+    return _u_center(k) if unbiased else k
+
+
+def cka_matrix(
+    xs: Sequence[Any],
+    ys: Sequence[Any] | None = None,
+    *,
+    kernel: str = "linear",
+    unbiased: bool = False,
+    sigma: float | None = None,
+    median_fraction: float = 1.0,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """CKA between every pair of representations in two sequences of the same n samples.
+
+    Each representation's centred Gram is built once; all pairs then come from one matrix product of the
+    flattened, normalised Grams, with no loop over pairs.
+
+    Parameters
+    ----------
+    xs : sequence of array_like or torch.Tensor, each of shape (n, ...)
+        Representations of the same n samples, e.g. every layer of model A; widths may differ.
+    ys : sequence of array_like or torch.Tensor, optional
+        A second sequence (e.g. every layer of model B). Default: ``xs`` itself, whose Grams are then
+        built once.
+    kernel, unbiased, sigma, median_fraction, dtype
+        As in :func:`cka`; ``sigma=None`` takes the median bandwidth of each representation separately.
+
+    Returns
+    -------
+    torch.Tensor, shape (len(xs), len(ys))
+        Entry ``[i, j]`` is CKA between ``xs[i]`` and ``ys[j]``. A constant representation gives a row or
+        column of NaN, with a :class:`ReprsimWarning` naming its index.
+
+    Notes
+    -----
+    Memory is O((len(xs) + len(ys)) · n²); for datasets too large for that, stream batches into
+    :class:`reprsim.MinibatchCKAMatrix`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim import cka_matrix
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x = torch.randn(64, 16, dtype=torch.float64)
+    >>> m = cka_matrix([x, 2 * x, torch.randn(64, 4, dtype=torch.float64)])
+    >>> m.shape
+    torch.Size([3, 3])
+    >>> round(float(m[0, 1]), 6), bool(torch.allclose(m, m.T))
+    (1.0, True)
+    """
+    check_kernel(kernel, sigma, median_fraction)
+    ys_seq = xs if ys is None else ys
+    same = ys_seq is xs
+    if len(xs) == 0 or len(ys_seq) == 0:
+        raise ShapeMismatchError(
+            f"cka_matrix needs at least one representation in each sequence; got {len(xs)} and {len(ys_seq)}"
+        )
+    named = [(f"xs[{i}]", v) for i, v in enumerate(xs)]
+    if not same:
+        named += [(f"ys[{j}]", v) for j, v in enumerate(ys_seq)]
+    mats = {name: as_matrix(v, name, dtype=dtype) for name, v in named}
+    first_name, first = named[0][0], mats[named[0][0]]
+    for name, m in mats.items():
+        if m.shape[0] != first.shape[0]:
+            raise ShapeMismatchError(
+                f"all representations must hold the same samples; {first_name} has {first.shape[0]} "
+                f"samples but {name} has {m.shape[0]} (shape {tuple(m.shape)})"
+            )
+        check_finite(m, name)
+    check_same_device(mats)
+    check_n_samples(first.shape[0], unbiased)
+    common = first.dtype
+    for m in mats.values():
+        common = torch.promote_types(common, m.dtype)
+
+    grams = []
+    constant = []
+    for name, m in mats.items():
+        m = m.to(common)
+        if is_constant(m):
+            constant.append(name)
+            grams.append(torch.full((m.shape[0] ** 2,), float("nan"), dtype=common, device=m.device))
+            continue
+        g = _centered_gram(m, kernel, sigma, median_fraction, unbiased, name).reshape(-1)
+        grams.append(g / frobenius(g))
+    if constant:
+        warnings.warn(
+            f"{', '.join(constant)} {'is' if len(constant) == 1 else 'are'} constant over all samples; "
+            f"CKA with {'it' if len(constant) == 1 else 'them'} is undefined and reported as NaN",
+            ReprsimWarning,
+            stacklevel=2,
+        )
+    ga = torch.stack(grams[: len(xs)])
+    gb = ga if same else torch.stack(grams[len(xs) :])
+    return ga @ gb.T

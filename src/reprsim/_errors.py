@@ -1,0 +1,58 @@
+"""The exception and warning family of reprsim.
+
+Every error reprsim raises on purpose is a :class:`ReprsimError`, which is a :class:`ValueError`, so
+``except ValueError`` keeps working in user code; errors about an object's state rather than an argument
+(computing an empty accumulator, say) are also :class:`RuntimeError`. Messages say what was expected, what
+was received, and how to fix it. Nothing here imports the rest of the package.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConstantRepresentationError",
+    "DeviceMismatchError",
+    "IncompatibleStateError",
+    "InsufficientSamplesError",
+    "InvalidParameterError",
+    "NonFiniteError",
+    "ReprsimError",
+    "ReprsimWarning",
+    "ShapeMismatchError",
+]
+
+
+class ReprsimError(ValueError):
+    """Base class of every error reprsim raises on purpose."""
+
+
+class ShapeMismatchError(ReprsimError):
+    """Inputs whose shapes cannot be compared (different sample counts, a changed feature count)."""
+
+
+class InsufficientSamplesError(ReprsimError):
+    """Too few samples for the requested estimator (2 for biased CKA, 4 for unbiased)."""
+
+
+class NonFiniteError(ReprsimError):
+    """An input holds NaN or infinite values."""
+
+
+class ConstantRepresentationError(ReprsimError):
+    """A representation is the same for every sample, so CKA is 0/0 and undefined."""
+
+
+class DeviceMismatchError(ReprsimError):
+    """Two tensors that must be combined live on different devices."""
+
+
+class InvalidParameterError(ReprsimError):
+    """An argument outside its allowed values (unknown kernel, non-positive bandwidth, ...)."""
+
+
+class IncompatibleStateError(ReprsimError, RuntimeError):
+    """An operation that the object's current state does not allow (compute before update, merging
+    accumulators of different kinds or configurations)."""
+
+
+class ReprsimWarning(UserWarning):
+    """Warnings reprsim emits, e.g. a constant layer inside :func:`reprsim.cka_matrix`."""

@@ -1,0 +1,179 @@
+"""Gram matrices and their centring: :func:`linear_gram`, :func:`rbf_gram`, :func:`center_gram`.
+
+Pure, differentiable torch functions on ``(n, features)`` inputs; they follow the input's device and dtype.
+HSIC and CKA, which consume these Grams, live in :mod:`reprsim._cka`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import InvalidParameterError, ShapeMismatchError
+from ._validation import as_matrix, check_finite, check_kernel, check_n_samples
+
+__all__ = ["center_gram", "linear_gram", "median_sigma", "rbf_gram", "squared_distances"]
+
+
+def linear_gram(x: Any) -> torch.Tensor:
+    """Linear-kernel Gram matrix ``K = X Xᵀ``.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor, shape (n, ...)
+        One representation per row; trailing dimensions are flattened.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, n)
+        The Gram matrix, on the input's device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim import linear_gram
+    >>> linear_gram(torch.tensor([[1.0, 0.0], [1.0, 2.0]]))
+    tensor([[1., 1.],
+            [1., 5.]])
+    """
+    xt = as_matrix(x, "x")
+    return xt @ xt.T
+
+
+def squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """Matrix of squared Euclidean distances between the rows of ``x`` (exact zeros on the diagonal)."""
+    # Distances are translation invariant; centring first keeps ‖a‖² + ‖b‖² − 2a·b from cancelling
+    # catastrophically when the features have a large common offset.
+    xc = x - x.mean(dim=0, keepdim=True)
+    sq = (xc * xc).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).clamp_min(0.0)
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return d2.masked_fill(eye, 0.0)
+
+
+def median_sigma(d2: torch.Tensor, median_fraction: float = 1.0) -> torch.Tensor:
+    """Bandwidth ``median_fraction * sqrt(median(d2))`` over all n×n entries, diagonal zeros included.
+
+    The median of an even number of entries is the mean of the two middle ones (NumPy's convention, as in
+    the reference implementation of Kornblith et al. 2019).
+    """
+    flat = d2.reshape(-1)
+    m = flat.numel()
+    if m % 2 == 1:
+        med = flat.kthvalue((m + 1) // 2).values
+    else:
+        med = 0.5 * (flat.kthvalue(m // 2).values + flat.kthvalue(m // 2 + 1).values)
+    return median_fraction * med.sqrt()
+
+
+def rbf_gram(x: Any, *, sigma: float | None = None, median_fraction: float = 1.0) -> torch.Tensor:
+    """Gaussian (RBF) kernel Gram matrix ``K_ij = exp(-‖x_i − x_j‖² / (2 σ²))``.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor, shape (n, ...)
+        One representation per row; trailing dimensions are flattened.
+    sigma : float, optional
+        Bandwidth. By default ``σ = median_fraction * sqrt(median of the n×n matrix of squared distances)``,
+        the convention of Kornblith et al. (2019), whose diagonal zeros are part of the median. The median
+        depends on the samples: Grams of different batches then use different bandwidths.
+    median_fraction : float, default 1.0
+        Multiple of the median distance used when ``sigma`` is None (Kornblith et al. report 0.2 to 0.8
+        as well; 1.0 is their code's default).
+
+    Returns
+    -------
+    torch.Tensor, shape (n, n)
+
+    Raises
+    ------
+    InvalidParameterError
+        A non-positive ``sigma`` or ``median_fraction``, or a median distance of 0 (more than half of all
+        sample pairs coincide), where an explicit ``sigma`` is needed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim import rbf_gram
+    >>> k = rbf_gram(torch.tensor([[0.0], [1.0], [3.0]]), sigma=1.0)
+    >>> round(float(k[0, 1]), 4)  # exp(-1/2)
+    0.6065
+    """
+    check_kernel("rbf", sigma, median_fraction)
+    xt = as_matrix(x, "x")
+    d2 = squared_distances(xt)
+    return _rbf_from_sq_distances(d2, sigma, median_fraction, "x")
+
+
+def _rbf_from_sq_distances(
+    d2: torch.Tensor, sigma: float | None, median_fraction: float, name: str
+) -> torch.Tensor:
+    if sigma is None:
+        s = median_sigma(d2, median_fraction)
+        if not bool(s > 0):
+            raise InvalidParameterError(
+                f"the median squared distance between the samples of {name} is 0 (more than half of all "
+                f"sample pairs coincide), so the median bandwidth is 0; pass an explicit sigma"
+            )
+        return torch.exp(-d2 / (2.0 * s * s))
+    return torch.exp(-d2 / (2.0 * float(sigma) ** 2))
+
+
+def as_gram(k: Any, name: str) -> torch.Tensor:
+    """Coerce a Gram matrix and check that it is square and finite."""
+    shape = tuple(k.shape) if hasattr(k, "shape") else np.shape(k)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ShapeMismatchError(
+            f"{name} must be a square (n, n) Gram matrix; got shape {tuple(shape)}. "
+            f"Build one with linear_gram(x) or rbf_gram(x)"
+        )
+    kt = as_matrix(k, name)
+    check_finite(kt, name)
+    return kt
+
+
+def center_gram(gram: Any, *, unbiased: bool = False) -> torch.Tensor:
+    """Centre a Gram matrix so that HSIC becomes a plain inner product of centred Grams.
+
+    Parameters
+    ----------
+    gram : array_like or torch.Tensor, shape (n, n)
+        A symmetric Gram matrix.
+    unbiased : bool, default False
+        False: the double centring ``H K H`` with ``H = I − 11ᵀ/n``; then
+        ``⟨HKH, HLH⟩ / (n−1)²`` is the biased HSIC of Gretton et al. (2005).
+        True: the U-centring of Székely & Rizzo (2014) (zero diagonal, row and column sums removed with
+        ``n−2`` denominators, needs n ≥ 4); then ``⟨Ũ(K), Ũ(L)⟩ / (n(n−3))`` is the unbiased HSIC of
+        Song et al. (2012).
+
+    Returns
+    -------
+    torch.Tensor, shape (n, n)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim import center_gram, linear_gram
+    >>> kc = center_gram(linear_gram(torch.randn(6, 3)))
+    >>> bool(kc.sum(dim=0).abs().max() < 1e-5)  # rows and columns of HKH sum to zero
+    True
+    """
+    k = as_gram(gram, "gram")
+    n = k.shape[0]
+    if not unbiased:
+        return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+    check_n_samples(n, True, what="U-centring")
+    return _u_center(k)
+
+
+def _u_center(k: torch.Tensor) -> torch.Tensor:
+    n = k.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=k.device)
+    kt = k.masked_fill(eye, 0.0)
+    row = kt.sum(dim=1, keepdim=True)
+    col = kt.sum(dim=0, keepdim=True)
+    total = kt.sum()
+    u = kt - row / (n - 2) - col / (n - 2) + total / ((n - 1) * (n - 2))
+    return u.masked_fill(eye, 0.0)

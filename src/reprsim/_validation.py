@@ -1,0 +1,155 @@
+"""Input coercion and checks shared by every public entry point.
+
+Everything that crosses the public boundary goes through here: NumPy arrays, tensors and array-likes become
+floating-point torch tensors of shape ``(n, features)``, and bad input is rejected with a message that says
+what was expected, what was received, and how to fix it. No mathematics lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import (
+    ConstantRepresentationError,
+    DeviceMismatchError,
+    InsufficientSamplesError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+KERNELS = ("linear", "rbf")
+
+
+def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``x`` as a floating tensor of shape ``(n, features)``.
+
+    Trailing dimensions are flattened; a 1-d input is one feature per sample. float16/bfloat16, integer and
+    boolean inputs are upcast to float32 (float64 stays float64); ``dtype`` forces a floating dtype.
+    The tensor keeps its device and, where no cast is needed, shares memory with the input.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - numpy's own message is kept as the cause
+            raise InvalidParameterError(
+                f"{name} must be a NumPy array or a torch tensor of shape (n_samples, ...); "
+                f"got an object of type {type(x).__name__} that NumPy cannot convert"
+            ) from exc
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise InvalidParameterError(
+                f"{name} must hold numbers; got a NumPy array of dtype {arr.dtype} "
+                f"(type {type(x).__name__}). Convert it with np.asarray(..., dtype=float)."
+            )
+        t = torch.from_numpy(np.ascontiguousarray(arr)) if arr.flags.writeable else torch.tensor(arr)
+    if t.is_complex():
+        raise InvalidParameterError(f"{name} must be real-valued; got dtype {t.dtype}")
+    if t.ndim == 0:
+        raise ShapeMismatchError(
+            f"{name} must have shape (n_samples, ...) with at least one dimension; got a scalar"
+        )
+    if t.ndim == 1:
+        t = t.unsqueeze(1)
+    elif t.ndim > 2:
+        t = t.reshape(t.shape[0], -1)
+    if t.shape[1] == 0:
+        raise ShapeMismatchError(
+            f"{name} has no features: shape {tuple(t.shape)}; each sample needs at least one value"
+        )
+    if dtype is not None:
+        if not dtype.is_floating_point:
+            raise InvalidParameterError(f"dtype must be a floating-point torch dtype; got {dtype}")
+        return t.to(dtype)
+    if t.dtype in _LOW_PRECISION or not t.dtype.is_floating_point:
+        return t.to(torch.float32)
+    return t
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise :class:`NonFiniteError` naming how many NaN and infinite values ``x`` holds."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    n_nan = int(torch.isnan(x).sum())
+    n_inf = int((~finite).sum()) - n_nan
+    raise NonFiniteError(
+        f"{name} contains {n_nan} NaN and {n_inf} infinite values out of {x.numel()} "
+        f"(shape {tuple(x.shape)}); remove those samples or impute them (e.g. torch.nan_to_num) first"
+    )
+
+
+def min_samples(unbiased: bool) -> int:
+    """Fewest samples an estimator is defined for: 2 (biased) or 4 (unbiased HSIC of Song et al.)."""
+    return 4 if unbiased else 2
+
+
+def check_n_samples(n: int, unbiased: bool, what: str = "CKA") -> None:
+    need = min_samples(unbiased)
+    if n < need:
+        kind = "unbiased" if unbiased else "biased"
+        raise InsufficientSamplesError(
+            f"{kind} {what} needs at least {need} samples; got {n}. "
+            + ("Use more samples or unbiased=False." if unbiased else "Use more samples.")
+        )
+
+
+def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
+    """Return the common device of ``tensors`` or raise :class:`DeviceMismatchError` listing them all."""
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{k} on {t.device}" for k, t in tensors.items())
+        raise DeviceMismatchError(
+            f"inputs must be on one device; got {where}. Move them with .to(device) first"
+        )
+    return next(iter(tensors.values())).device
+
+
+def check_pair(
+    x: Any, y: Any, *, unbiased: bool, dtype: torch.dtype | None, names: tuple[str, str] = ("x", "y")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coerce and check two representations of the same samples; return them in one common dtype."""
+    xt = as_matrix(x, names[0], dtype=dtype)
+    yt = as_matrix(y, names[1], dtype=dtype)
+    if xt.shape[0] != yt.shape[0]:
+        raise ShapeMismatchError(
+            f"{names[0]} and {names[1]} must hold the same samples (same first dimension); got "
+            f"{names[0]} with {xt.shape[0]} samples (shape {tuple(xt.shape)}) and {names[1]} with "
+            f"{yt.shape[0]} samples (shape {tuple(yt.shape)})"
+        )
+    check_same_device({names[0]: xt, names[1]: yt})
+    check_n_samples(xt.shape[0], unbiased)
+    check_finite(xt, names[0])
+    check_finite(yt, names[1])
+    common = torch.promote_types(xt.dtype, yt.dtype)
+    return xt.to(common), yt.to(common)
+
+
+def is_constant(x: torch.Tensor) -> bool:
+    """True when every row of ``x`` equals the first (the representation carries no information)."""
+    return bool((x == x[:1]).all())
+
+
+def check_not_constant(x: torch.Tensor, name: str) -> None:
+    if is_constant(x):
+        raise ConstantRepresentationError(
+            f"{name} is the same for every one of its {x.shape[0]} samples, so its self-similarity is 0 "
+            f"and CKA is 0/0 (undefined). Check that the layer is not dead or saturated, or drop it"
+        )
+
+
+def check_kernel(kernel: str, sigma: float | None, median_fraction: float) -> None:
+    if kernel not in KERNELS:
+        raise InvalidParameterError(f"kernel must be one of {KERNELS}; got {kernel!r}")
+    if sigma is not None and not (float(sigma) > 0 and np.isfinite(float(sigma))):
+        raise InvalidParameterError(
+            f"sigma must be a positive finite bandwidth; got {sigma!r}. "
+            "Pass sigma=None to use median_fraction * sqrt(median squared distance)"
+        )
+    if not (float(median_fraction) > 0 and np.isfinite(float(median_fraction))):
+        raise InvalidParameterError(f"median_fraction must be positive and finite; got {median_fraction!r}")

@@ -1,0 +1,223 @@
+"""Agreement of the functional API with the independent float64 reference in tests/reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import reprsim
+from reprsim import _cka
+
+from . import reference as ref
+
+
+def related_pair(n: int, p: int, q: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and a noisy linear map of it, both with a large common offset (which centring must remove)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p)) * rng.uniform(0.5, 2.0, size=p) + 3.0
+    w = rng.normal(size=(p, q)) / np.sqrt(p)
+    y = np.tanh(x @ w) + 0.5 * rng.normal(size=(n, q)) - 1.0
+    return x, y
+
+
+# (n, p, q): tiny n, p >> n, n >> p, square-ish, unequal widths.
+SHAPES = [(4, 1, 1), (5, 3, 2), (12, 3000, 40), (64, 1, 300), (300, 20, 20), (700, 512, 96), (2000, 7, 3)]
+ESTIMATORS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
+
+
+@pytest.fixture(params=["auto", "features", "samples"])
+def linear_space(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run linear CKA through the automatic choice, and forced through each of its two code paths."""
+    if request.param == "features":
+        monkeypatch.setattr(_cka, "_prefer_feature_space", lambda n, p, q: True)
+    elif request.param == "samples":
+        monkeypatch.setattr(_cka, "_prefer_feature_space", lambda n, p, q: False)
+    return str(request.param)
+
+
+@pytest.mark.parametrize(("n", "p", "q"), SHAPES)
+@pytest.mark.parametrize(("kernel", "unbiased"), ESTIMATORS)
+def test_cka_float64_matches_reference(
+    n: int, p: int, q: int, kernel: str, unbiased: bool, linear_space: str, device: str
+) -> None:
+    if (unbiased and n < 4) or (kernel == "rbf" and linear_space != "auto"):
+        pytest.skip("estimator undefined here / code-path switch only concerns the linear kernel")
+    x, y = related_pair(n, p, q, seed=n + p + q)
+    expected = ref.cka(x, y, kernel=kernel, unbiased=unbiased)
+    got = reprsim.cka(
+        torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), kernel=kernel, unbiased=unbiased
+    )
+    assert got.dtype == torch.float64
+    assert got.device.type == device
+    assert abs(float(got) - expected) <= 1e-10
+
+
+@pytest.mark.parametrize(("n", "p", "q"), SHAPES)
+@pytest.mark.parametrize(("kernel", "unbiased"), ESTIMATORS)
+def test_cka_float32_matches_reference(
+    n: int, p: int, q: int, kernel: str, unbiased: bool, device: str
+) -> None:
+    if unbiased and n < 4:
+        pytest.skip("unbiased estimator needs n >= 4")
+    x, y = related_pair(n, p, q, seed=n * p + q)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    expected = ref.cka(x32, y32, kernel=kernel, unbiased=unbiased)
+    got = reprsim.cka(
+        torch.from_numpy(x32).to(device), torch.from_numpy(y32).to(device), kernel=kernel, unbiased=unbiased
+    )
+    assert got.dtype == torch.float32
+    assert abs(float(got) - expected) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kernel", "unbiased"), [("linear", False), ("linear", True), ("rbf", False)])
+def test_cka_large_n(kernel: str, unbiased: bool) -> None:
+    x, y = related_pair(5000, 10, 6, seed=7)
+    expected = ref.cka(x, y, kernel=kernel, unbiased=unbiased)
+    assert abs(reprsim.cka(x, y, kernel=kernel, unbiased=unbiased) - expected) <= 1e-10
+
+
+def test_rbf_explicit_sigma_and_median_fraction() -> None:
+    x, y = related_pair(80, 6, 5, seed=3)
+    for kwargs in ({"sigma": 0.7}, {"sigma": 25.0}, {"median_fraction": 0.4}, {"median_fraction": 2.5}):
+        expected = ref.cka(x, y, kernel="rbf", **kwargs)  # type: ignore[arg-type]
+        assert abs(reprsim.cka(x, y, kernel="rbf", **kwargs) - expected) <= 1e-10  # type: ignore[arg-type]
+    # the bandwidth matters: a wrong one would not change the number
+    assert (
+        abs(reprsim.cka(x, y, kernel="rbf", sigma=0.7) - reprsim.cka(x, y, kernel="rbf", sigma=25.0)) > 1e-3
+    )
+
+
+@pytest.mark.parametrize("n", [5, 6])  # odd and even n²: NumPy averages the two middle entries when even
+def test_rbf_median_convention_includes_diagonal(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 3))
+    expected = ref.rbf_kernel(x)
+    got = reprsim.rbf_gram(x).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_numpy_in_float_out_and_torch_in_tensor_out() -> None:
+    x, y = related_pair(50, 4, 3, seed=1)
+    assert type(reprsim.cka(x, y)) is float
+    assert type(reprsim.cka(x.tolist(), y.tolist())) is float
+    out = reprsim.cka(torch.from_numpy(x), y)
+    assert isinstance(out, torch.Tensor)
+    assert out.ndim == 0
+
+
+def test_low_precision_and_integer_inputs_are_upcast() -> None:
+    x, y = related_pair(100, 8, 8, seed=2)
+    xh, yh = torch.from_numpy(x).half(), torch.from_numpy(y).bfloat16()
+    got = reprsim.cka(xh, yh)
+    assert got.dtype == torch.float32
+    expected = ref.cka(xh.double().numpy(), yh.double().numpy())
+    assert abs(float(got) - expected) <= 1e-5
+    forced = reprsim.cka(xh, yh, dtype=torch.float64)
+    assert forced.dtype == torch.float64
+    assert abs(float(forced) - expected) <= 1e-10
+    xi = np.round(x * 10).astype(np.int64)
+    assert abs(reprsim.cka(xi, y) - ref.cka(xi.astype(float), y)) <= 1e-5
+
+
+def test_trailing_dims_are_flattened() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 2, 3, 4)), rng.normal(size=(30, 5))
+    assert abs(reprsim.cka(x, y) - ref.cka(x.reshape(30, -1), y)) <= 1e-10
+
+
+def test_cka_is_differentiable() -> None:
+    x, y = related_pair(40, 5, 4, seed=5)
+    xt = torch.from_numpy(x).requires_grad_()
+    value = reprsim.cka(xt, torch.from_numpy(y))
+    value.backward()
+    assert xt.grad is not None
+    assert torch.isfinite(xt.grad).all()
+    assert float(xt.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize(
+    "kernel_kwargs",
+    [{"kernel": "linear"}, {"kernel": "rbf", "sigma": 2.0}, {"kernel": "rbf", "median_fraction": 0.8}],
+)
+def test_gradcheck_cka(unbiased: bool, kernel_kwargs: dict[str, object], linear_space: str) -> None:
+    if kernel_kwargs["kernel"] == "rbf" and linear_space != "auto":
+        pytest.skip("code-path switch only concerns the linear kernel")
+    x, y = related_pair(8, 3, 2, seed=11)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = torch.from_numpy(y).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: reprsim.cka(a, b, unbiased=unbiased, **kernel_kwargs),
+        (xt, yt),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_gradcheck_hsic(unbiased: bool) -> None:
+    rng = np.random.default_rng(12)
+    k = torch.from_numpy(ref.linear_kernel(rng.normal(size=(7, 3)))).requires_grad_()
+    l = torch.from_numpy(ref.rbf_kernel(rng.normal(size=(7, 2)))).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: reprsim.hsic(a, b, unbiased=unbiased), (k, l))
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_hsic_and_cka_from_grams_match_reference(unbiased: bool, device: str) -> None:
+    x, y = related_pair(60, 9, 4, seed=13)
+    k, l = ref.linear_kernel(x), ref.rbf_kernel(y)
+    h_ref = ref.hsic_unbiased(k, l) if unbiased else ref.hsic_biased(k, l)
+    kt, lt = torch.from_numpy(k).to(device), torch.from_numpy(l).to(device)
+    assert abs(float(reprsim.hsic(kt, lt, unbiased=unbiased)) - h_ref) <= 1e-10 * max(1.0, abs(h_ref))
+    c_ref = ref.cka_from_kernels(k, l, unbiased)
+    assert abs(float(reprsim.cka_from_grams(kt, lt, unbiased=unbiased)) - c_ref) <= 1e-10
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_center_gram_inner_product_is_hsic(unbiased: bool) -> None:
+    x, y = related_pair(30, 5, 3, seed=14)
+    k, l = ref.linear_kernel(x), ref.linear_kernel(y)
+    kc = reprsim.center_gram(k, unbiased=unbiased).numpy()
+    lc = reprsim.center_gram(l, unbiased=unbiased).numpy()
+    n = 30
+    scale = n * (n - 3) if unbiased else (n - 1) ** 2
+    expected = ref.hsic_unbiased(k, l) if unbiased else ref.hsic_biased(k, l)
+    assert abs(float((kc * lc).sum()) / scale - expected) <= 1e-10 * abs(expected)
+
+
+def test_linear_gram_matches_reference() -> None:
+    x = np.random.default_rng(15).normal(size=(9, 4, 2))
+    np.testing.assert_allclose(reprsim.linear_gram(x).numpy(), ref.linear_kernel(x), rtol=1e-13)
+
+
+@pytest.mark.parametrize(("kernel", "unbiased"), ESTIMATORS)
+def test_cka_matrix_matches_reference_pairs(kernel: str, unbiased: bool, device: str) -> None:
+    rng = np.random.default_rng(16)
+    n = 50
+    base = rng.normal(size=(n, 6))
+    xs = [base, np.tanh(base @ rng.normal(size=(6, 30))), rng.normal(size=(n, 2, 2))]
+    ys = [base + 0.3 * rng.normal(size=(n, 6)), rng.normal(size=(n, 11))]
+    got = reprsim.cka_matrix(
+        [torch.from_numpy(v).to(device) for v in xs],
+        [torch.from_numpy(v).to(device) for v in ys],
+        kernel=kernel,
+        unbiased=unbiased,
+    )
+    assert got.shape == (3, 2)
+    expected = np.array([[ref.cka(a, b, kernel=kernel, unbiased=unbiased) for b in ys] for a in xs])
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=0, atol=1e-10)
+    # without ys: all pairs within xs, symmetric with a unit diagonal
+    self_m = reprsim.cka_matrix([torch.from_numpy(v) for v in xs], kernel=kernel, unbiased=unbiased)
+    expected_self = np.array([[ref.cka(a, b, kernel=kernel, unbiased=unbiased) for b in xs] for a in xs])
+    np.testing.assert_allclose(self_m.numpy(), expected_self, rtol=0, atol=1e-10)
+
+
+def test_cka_matrix_float32_and_grad() -> None:
+    rng = np.random.default_rng(17)
+    xs = [torch.from_numpy(rng.normal(size=(40, d)).astype(np.float32)).requires_grad_() for d in (3, 8)]
+    m = reprsim.cka_matrix(xs, [xs[0] * 2 + 1])
+    assert m.dtype == torch.float32
+    assert abs(float(m[0, 0]) - 1.0) < 1e-5
+    m.sum().backward()
+    assert xs[1].grad is not None
+    assert torch.isfinite(xs[1].grad).all()
