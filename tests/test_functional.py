@@ -217,7 +217,18 @@ def test_cka_matrix_float32_and_grad() -> None:
     xs = [torch.from_numpy(rng.normal(size=(40, d)).astype(np.float32)).requires_grad_() for d in (3, 8)]
     m = reprsim.cka_matrix(xs, [xs[0] * 2 + 1])
     assert m.dtype == torch.float32
-    assert abs(float(m[0, 0]) - 1.0) < 1e-5
+    assert abs(float(m.detach()[0, 0]) - 1.0) < 1e-5
     m.sum().backward()
     assert xs[1].grad is not None
     assert torch.isfinite(xs[1].grad).all()
+
+
+def test_rbf_duplicate_rows_are_at_distance_exactly_zero() -> None:
+    rng = np.random.default_rng(18)
+    x = rng.normal(size=(12, 5)) * 100 + 1e3  # large norms make expansion residues large
+    x[7] = x[2]
+    x[9] = x[2]
+    k = reprsim.rbf_gram(x, sigma=3.0)
+    assert float(k[2, 7]) == 1.0
+    assert float(k[7, 9]) == 1.0
+    np.testing.assert_allclose(k.numpy(), ref.rbf_kernel(x, sigma=3.0), rtol=0, atol=1e-10)

@@ -43,14 +43,16 @@ def linear_gram(x: Any) -> torch.Tensor:
 
 
 def squared_distances(x: torch.Tensor) -> torch.Tensor:
-    """Matrix of squared Euclidean distances between the rows of ``x`` (exact zeros on the diagonal)."""
+    """Matrix of squared Euclidean distances between the rows of ``x`` (exact zeros between equal rows)."""
     # Distances are translation invariant; centring first keeps ‖a‖² + ‖b‖² − 2a·b from cancelling
     # catastrophically when the features have a large common offset.
     xc = x - x.mean(dim=0, keepdim=True)
     sq = (xc * xc).sum(dim=1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).clamp_min(0.0)
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    return d2.masked_fill(eye, 0.0)
+    # The expansion leaves rounding residues (~eps·‖x‖²) between identical rows; duplicates must be at
+    # distance exactly 0, or a median bandwidth over mostly-duplicate data becomes a residue instead of 0.
+    _, group = torch.unique(x.detach(), dim=0, return_inverse=True)
+    return d2.masked_fill(group[:, None] == group[None, :], 0.0)
 
 
 def median_sigma(d2: torch.Tensor, median_fraction: float = 1.0) -> torch.Tensor:

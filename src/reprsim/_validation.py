@@ -47,7 +47,9 @@ def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.T
                 f"{name} must hold numbers; got a NumPy array of dtype {arr.dtype} "
                 f"(type {type(x).__name__}). Convert it with np.asarray(..., dtype=float)."
             )
-        t = torch.from_numpy(np.ascontiguousarray(arr)) if arr.flags.writeable else torch.tensor(arr)
+        if not (arr.flags.writeable and arr.flags.c_contiguous):
+            arr = np.array(arr, order="C")  # from_numpy needs a writeable, positively strided buffer
+        t = torch.from_numpy(arr)
     if t.is_complex():
         raise InvalidParameterError(f"{name} must be real-valued; got dtype {t.dtype}")
     if t.ndim == 0:
