@@ -232,3 +232,18 @@ def test_rbf_duplicate_rows_are_at_distance_exactly_zero() -> None:
     assert float(k[2, 7]) == 1.0
     assert float(k[7, 9]) == 1.0
     np.testing.assert_allclose(k.numpy(), ref.rbf_kernel(x, sigma=3.0), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("magnitude", [1e-18, 1e15])
+@pytest.mark.parametrize(("n", "p"), [(300, 20), (30, 200)])  # feature space and sample space
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_float32_extreme_magnitudes_neither_overflow_nor_underflow(
+    magnitude: float, n: int, p: int, unbiased: bool
+) -> None:
+    x, y = related_pair(n, p, p // 2, seed=19)
+    expected = ref.cka(x, y, unbiased=unbiased)
+    xs = torch.from_numpy(x * magnitude).float()
+    got = reprsim.cka(xs, torch.from_numpy(y).float(), unbiased=unbiased)
+    assert abs(float(got) - expected) <= 1e-5
+    m = reprsim.cka_matrix([xs], [torch.from_numpy(y).float()], unbiased=unbiased)
+    assert abs(float(m[0, 0]) - expected) <= 1e-5

@@ -292,14 +292,10 @@ def cka(
     return float(value)
 
 
-def _unit_centered(x: torch.Tensor) -> torch.Tensor:
-    """Column-centre and scale to unit Frobenius norm.
-
-    CKA is invariant to both; doing them first keeps every later sum of squares below 1, so float32 neither
-    overflows for large activations nor loses precision to a large common offset.
-    """
-    xc = x - x.mean(dim=0, keepdim=True)
-    return torch.div(xc, frobenius(xc))
+def _centered(x: torch.Tensor) -> torch.Tensor:
+    # CKA is translation invariant; subtracting the column means first (rather than correcting XᵀX by
+    # n·μμᵀ afterwards) keeps float32 accurate when the features share a large offset.
+    return x - x.mean(dim=0, keepdim=True)
 
 
 def _prefer_feature_space(n: int, p: int, q: int) -> bool:
@@ -309,36 +305,50 @@ def _prefer_feature_space(n: int, p: int, q: int) -> bool:
 def _linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> torch.Tensor:
     n, p = x.shape
     q = y.shape[1]
-    xc, yc = _unit_centered(x), _unit_centered(y)
-    if _prefer_feature_space(n, p, q):
+    xc, yc = _centered(x), _centered(y)
+    if not _prefer_feature_space(n, p, q):
+        k, l = _scaled_linear_gram(xc), _scaled_linear_gram(yc)
         if unbiased:
-            num, dx, dy = _unbiased_linear_feature_terms(xc, yc)
-            _check_denominator(dx, dy, ("x", "y"))
-            return torch.div(num, (dx * dy).sqrt())
-        gxy, gxx, gyy = xc.T @ yc, xc.T @ xc, yc.T @ yc
-        nx, ny = frobenius(gxx), frobenius(gyy)
-        _check_denominator(nx, ny, ("x", "y"))
-        return torch.div((gxy * gxy).sum(), nx * ny)
-    k, l = xc @ xc.T, yc @ yc.T
+            k, l = _u_center(k), _u_center(l)
+        return _cosine_of_centered(k, l, ("x", "y"))
+    gxx, gyy, gxy = xc.T @ xc, yc.T @ yc, xc.T @ yc
+    # Divide by tr(XᵀX) = ‖Xc‖²: CKA is scale invariant and every square taken below is then at most 1,
+    # so float32 cannot overflow however large the activations; this costs p² operations, not n·p.
+    sx, sy = gxx.trace(), gyy.trace()
+    _check_denominator(sx, sy, ("x", "y"))
+    gxx, gyy, gxy = gxx / sx, gyy / sy, gxy / (sx.sqrt() * sy.sqrt())
     if unbiased:
-        k, l = _u_center(k), _u_center(l)
-    return _cosine_of_centered(k, l, ("x", "y"))
+        num, dx, dy = _unbiased_linear_feature_terms(xc, yc, sx, sy, gxx, gyy, gxy)
+        _check_denominator(dx, dy, ("x", "y"))
+        return torch.div(num, (dx * dy).sqrt())
+    return torch.div((gxy * gxy).sum(), frobenius(gxx) * frobenius(gyy))
+
+
+def _scaled_linear_gram(xc: torch.Tensor) -> torch.Tensor:
+    k = xc @ xc.T  # H X Xᵀ H = Xc Xcᵀ: already double-centred
+    return k / k.trace()
 
 
 def _unbiased_linear_feature_terms(
-    x: torch.Tensor, y: torch.Tensor
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sx: torch.Tensor,
+    sy: torch.Tensor,
+    gxx: torch.Tensor,
+    gyy: torch.Tensor,
+    gxy: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L) for linear kernels without building any n×n matrix.
+    """Unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L) for linear kernels without any n×n matrix.
 
-    With K = XXᵀ, a = diag(K) (squared row norms) and s = Xᵀ1 (column sums):
-    tr(K̃L̃) = ‖XᵀY‖² − a·b, 1ᵀK̃1 = ‖s‖² − Σa, K̃1 = Xs − a.
+    With K = XXᵀ, a = diag(K) (squared row norms) and c = Xᵀ1 (column sums):
+    tr(K̃L̃) = ‖XᵀY‖² − a·b, 1ᵀK̃1 = ‖c‖² − Σa, K̃1 = Xc − a. ``gxx`` etc. are the products already divided
+    by ``sx = ‖X‖²`` and ``sy = ‖Y‖²``, so every term is computed for X/‖X‖ and Y/‖Y‖.
     """
     n = x.shape[0]
-    a, b = (x * x).sum(dim=1), (y * y).sum(dim=1)
-    sx, sy = x.sum(dim=0), y.sum(dim=0)
-    kx1, ly1 = x @ sx - a, y @ sy - b
-    sum_k, sum_l = sx @ sx - a.sum(), sy @ sy - b.sum()
-    gxy, gxx, gyy = x.T @ y, x.T @ x, y.T @ y
+    a, b = (x * x).sum(dim=1) / sx, (y * y).sum(dim=1) / sy
+    cx, cy = x.sum(dim=0), y.sum(dim=0)
+    kx1, ly1 = (x @ cx) / sx - a, (y @ cy) / sy - b
+    sum_k, sum_l = (cx @ cx) / sx - a.sum(), (cy @ cy) / sy - b.sum()
 
     def term(
         g: torch.Tensor,
@@ -371,8 +381,7 @@ def _centered_gram(
     """The centred Gram whose inner products give HSIC (up to a constant that cancels in CKA)."""
     if kernel == "rbf":
         return _centered_rbf_gram(x, sigma, median_fraction, unbiased, name)
-    xc = _unit_centered(x)
-    k = xc @ xc.T  # H X Xᵀ H = Xc Xcᵀ: already double-centred
+    k = _scaled_linear_gram(_centered(x))
     return _u_center(k) if unbiased else k
 
 
