@@ -1,0 +1,13 @@
+"""The README quickstart: CKA between two representations, and a matrix of every pair."""
+
+import numpy as np
+
+from reprsim import cka, cka_matrix
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(500, 64))  # 500 samples, 64 features (e.g. one layer)
+y = np.tanh(x @ rng.normal(size=(64, 32)))  # another representation of the same samples
+print(f"linear CKA     {cka(x, y):.3f}")
+print(f"unbiased CKA   {cka(x, y, unbiased=True):.3f}")  # use this when features are many relative to samples
+print(f"RBF CKA        {cka(x, y, kernel='rbf'):.3f}")
+print(cka_matrix([x, y, rng.normal(size=(500, 8))]))  # every pair, one matrix product
