@@ -16,7 +16,10 @@ def as2d(x: np.ndarray) -> np.ndarray:
 
 
 def linear_kernel(x: np.ndarray) -> np.ndarray:
+    """XXᵀ of column-centred X. Both HSIC estimators are translation invariant; centring first keeps the
+    unbiased formula (which works on raw Gram entries) from cancelling when the data has a large offset."""
     x = as2d(x)
+    x = x - x.mean(axis=0)
     return x @ x.T
 
 

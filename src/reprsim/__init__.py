@@ -12,6 +12,7 @@ arrays or torch tensors, CPU or CUDA, differentiable.
 
 from __future__ import annotations
 
+from ._accumulators import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 from ._cka import cka, cka_from_grams, cka_matrix, hsic
 from ._errors import (
     ConstantRepresentationError,
@@ -34,6 +35,9 @@ __all__ = [
     "IncompatibleStateError",
     "InsufficientSamplesError",
     "InvalidParameterError",
+    "LinearCKA",
+    "MinibatchCKA",
+    "MinibatchCKAMatrix",
     "NonFiniteError",
     "ReprsimError",
     "ReprsimWarning",

@@ -479,3 +479,55 @@ def cka_matrix(
     ga = torch.stack(grams[: len(xs)])
     gb = ga if same else torch.stack(grams[len(xs) :])
     return ga @ gb.T
+
+
+def batch_grams(
+    xs: Sequence[torch.Tensor], kernel: str, sigma: float | None, median_fraction: float, names: Sequence[str]
+) -> torch.Tensor:
+    """Stack the (unscaled) Gram of every representation of one batch: shape (len(xs), n, n).
+
+    Linear Grams are built from column-centred data (translation invariance of the unbiased estimator keeps
+    the value; centring keeps float32 accurate). They are not rescaled: minibatch CKA sums HSIC over batches,
+    so each batch must keep its own scale.
+    """
+    if kernel == "rbf":
+        return torch.stack(
+            [
+                _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, nm)
+                for x, nm in zip(xs, names)
+            ]
+        )
+    grams = []
+    for x in xs:
+        xc = _centered(x)
+        grams.append(xc @ xc.T)
+    return torch.stack(grams)
+
+
+def unbiased_hsic_pairs(
+    ga: torch.Tensor, gb: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unbiased HSIC between every pair of stacked Grams, and of each Gram with itself.
+
+    ``ga`` is (La, n, n), ``gb`` is (Lb, n, n) or None for ``ga`` itself. Returns the (La, Lb) cross matrix
+    and the (La,) and (Lb,) self terms. All pairs come from one product of the flattened zero-diagonal Grams
+    plus row-sum and total-sum corrections (the terms of :func:`unbiased_hsic_from_terms`).
+    """
+    n = ga.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=ga.device)
+
+    def stats(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = g.masked_fill(eye, 0.0)
+        rows = z.sum(dim=-1)
+        return z.reshape(z.shape[0], -1), rows, rows.sum(dim=-1)
+
+    fa, ra, ta = stats(ga)
+    fb, rb, tb = (fa, ra, ta) if gb is None else stats(gb)
+    cross = unbiased_hsic_from_terms(fa @ fb.T, ta[:, None], tb[None, :], ra @ rb.T, n)
+    self_a = unbiased_hsic_from_terms((fa * fa).sum(dim=1), ta, ta, (ra * ra).sum(dim=1), n)
+    self_b = (
+        self_a
+        if gb is None
+        else unbiased_hsic_from_terms((fb * fb).sum(dim=1), tb, tb, (rb * rb).sum(dim=1), n)
+    )
+    return cross, self_a, self_b

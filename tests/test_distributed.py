@@ -1,0 +1,90 @@
+"""all_reduce over a real torch.distributed group: 2 processes with gloo on localhost."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from reprsim import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
+
+N, BATCH = 256, 32
+
+
+def make_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, 6)) + 10.0
+    y = np.tanh(x - 10.0) @ rng.normal(size=(6, 4)) + 0.2 * rng.normal(size=(N, 4))
+    return x, y
+
+
+def accumulators() -> dict[str, Any]:
+    return {
+        "linear": LinearCKA(),
+        "linear_unbiased": LinearCKA(unbiased=True),
+        "minibatch_rbf": MinibatchCKA(kernel="rbf"),
+        "matrix": MinibatchCKAMatrix(),
+    }
+
+
+def feed(accs: dict[str, Any], x: np.ndarray, y: np.ndarray, batches: list[int]) -> None:
+    for b in batches:
+        xb, yb = x[b * BATCH : (b + 1) * BATCH], y[b * BATCH : (b + 1) * BATCH]
+        for name, acc in accs.items():
+            if name == "matrix":
+                acc.update([xb, yb], [yb])
+            else:
+                acc.update(xb, yb)
+
+
+def results(accs: dict[str, Any]) -> dict[str, Any]:
+    return {k: (a.compute().tolist() if k == "matrix" else a.compute()) for k, a in accs.items()}
+
+
+def worker(rank: int, world: int, port: int, out: str, empty_rank: int | None) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        x, y = make_data()
+        accs = accumulators()
+        n_batches = N // BATCH
+        mine = [] if rank == empty_rank else [b for b in range(n_batches) if b % world == rank]
+        if empty_rank is not None and rank != empty_rank:
+            mine = list(range(n_batches))
+        feed(accs, x, y, mine)
+        for acc in accs.values():
+            acc.all_reduce()
+        res = results(accs)
+        res["samples"] = accs["linear"].num_samples
+        res["records"] = accs["minibatch_rbf"].hsic_records.shape[0]
+        torch.save(res, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("empty_rank", [None, 1], ids=["split-evenly", "one-rank-empty"])
+def test_all_reduce_equals_single_process(tmp_path: Path, empty_rank: int | None) -> None:
+    world = 2
+    mp.spawn(worker, args=(world, free_port(), str(tmp_path), empty_rank), nprocs=world, join=True)
+    x, y = make_data()
+    single = accumulators()
+    feed(single, x, y, list(range(N // BATCH)))
+    expected = results(single)
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got["samples"] == N
+        assert got["records"] == N // BATCH
+        for key in ("linear", "linear_unbiased", "minibatch_rbf"):
+            assert abs(got[key] - expected[key]) <= 1e-10, key
+        np.testing.assert_allclose(got["matrix"], expected["matrix"], rtol=0, atol=1e-10)

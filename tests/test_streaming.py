@@ -1,0 +1,409 @@
+"""Streaming accumulators: streamed, merged, saved/loaded and all-reduced results equal the one-shot ones."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reprsim
+from reprsim import (
+    ConstantRepresentationError,
+    DeviceMismatchError,
+    IncompatibleStateError,
+    InsufficientSamplesError,
+    LinearCKA,
+    MinibatchCKA,
+    MinibatchCKAMatrix,
+    NonFiniteError,
+    ReprsimWarning,
+    ShapeMismatchError,
+)
+
+from . import reference as ref
+
+
+def data(n: int, p: int, q: int, seed: int, offset: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """A related pair with a large common offset, so that the reference frame of LinearCKA matters."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p)) * rng.uniform(0.5, 2.0, size=p) + offset
+    y = np.tanh((x - offset) @ rng.normal(size=(p, q)) / np.sqrt(p)) + 0.3 * rng.normal(size=(n, q)) - offset
+    return x, y
+
+
+def split(n: int, cuts: list[int]) -> list[tuple[int, int]]:
+    points = sorted({c for c in cuts if 0 < c < n})
+    edges = [0, *points, n]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def state_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["dims"] == b["dims"] and all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+# -- LinearCKA -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(4, 120),
+    p=st.integers(1, 12),
+    q=st.integers(1, 12),
+    cuts=st.lists(st.integers(1, 119), max_size=8),
+)
+def test_linear_streaming_equals_one_shot(
+    unbiased: bool, seed: int, n: int, p: int, q: int, cuts: list[int]
+) -> None:
+    x, y = data(n, p, q, seed)
+    acc = LinearCKA(unbiased=unbiased)
+    for a, b in split(n, cuts):
+        acc.update(x[a:b], y[a:b])
+    assert acc.num_samples == n
+    assert abs(acc.compute() - ref.cka(x, y, unbiased=unbiased)) <= 1e-10
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_streaming_wide_and_many_batches(unbiased: bool) -> None:
+    x, y = data(3000, 64, 300, seed=1, offset=50.0)
+    acc = LinearCKA(unbiased=unbiased)
+    for a in range(0, 3000, 97):
+        acc.update(torch.from_numpy(x[a : a + 97]), torch.from_numpy(y[a : a + 97]))
+    assert abs(acc.compute() - float(reprsim.cka(x, y, unbiased=unbiased))) <= 1e-10
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), cut=st.integers(1, 59), cuts=st.lists(st.integers(1, 59), max_size=4))
+def test_linear_merge_equals_single_stream(unbiased: bool, seed: int, cut: int, cuts: list[int]) -> None:
+    x, y = data(60, 5, 4, seed)
+    a, b = LinearCKA(unbiased=unbiased), LinearCKA(unbiased=unbiased)
+    # different first rows: the two accumulators hold their sums in different reference frames
+    for lo, hi in split(cut, cuts):
+        a.update(x[lo:hi], y[lo:hi])
+    for lo, hi in split(60 - cut, cuts):
+        b.update(x[cut + lo : cut + hi], y[cut + lo : cut + hi])
+    before_b = b.state_dict()
+    a.merge(b)
+    assert state_equal(b.state_dict(), before_b)  # other is left unchanged
+    assert abs(a.compute() - ref.cka(x, y, unbiased=unbiased)) <= 1e-10
+
+
+def test_merge_into_and_from_empty() -> None:
+    x, y = data(40, 3, 3, seed=2)
+    full = LinearCKA(unbiased=True)
+    full.update(x, y)
+    empty = LinearCKA(unbiased=True)
+    empty.merge(full)
+    assert abs(empty.compute() - full.compute()) == 0.0
+    full.merge(LinearCKA(unbiased=True))
+    assert abs(full.compute() - ref.cka(x, y, unbiased=True)) <= 1e-10
+
+
+# -- minibatch estimators ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "extra"),
+    [("linear", {}), ("rbf", {}), ("rbf", {"sigma": 1.5}), ("rbf", {"median_fraction": 0.5})],
+)
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), cuts=st.lists(st.integers(4, 76), max_size=6))
+def test_minibatch_equals_per_batch_reference(
+    kernel: str, extra: dict[str, float], seed: int, cuts: list[int]
+) -> None:
+    x, y = data(80, 6, 4, seed)
+    # every batch needs >= 4 rows: keep only cut points at least 4 apart
+    pieces = [(a, b) for a, b in split(80, cuts)]
+    merged: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if merged and (b - a < 4 or merged[-1][1] - merged[-1][0] < 4):
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    if merged[-1][1] - merged[-1][0] < 4 and len(merged) > 1:
+        last = merged.pop()
+        merged[-1] = (merged[-1][0], last[1])
+    acc = MinibatchCKA(kernel=kernel, **extra)  # type: ignore[arg-type]
+    for a, b in merged:
+        acc.update(x[a:b], y[a:b])
+    expected = ref.minibatch_cka(
+        [x[a:b] for a, b in merged], [y[a:b] for a, b in merged], kernel=kernel, **extra
+    )  # type: ignore[arg-type]
+    assert abs(acc.compute() - expected) <= 1e-10
+    records = acc.hsic_records
+    assert records.shape == (len(merged), 3)
+    a0, b0 = merged[0]
+    k, l = ref.gram(x[a0:b0], kernel, **extra), ref.gram(y[a0:b0], kernel, **extra)  # type: ignore[arg-type]
+    np.testing.assert_allclose(
+        records[0].numpy(),
+        [ref.hsic_unbiased(k, l), ref.hsic_unbiased(k, k), ref.hsic_unbiased(l, l)],
+        rtol=1e-10,
+    )
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_single_batch_minibatch_is_unbiased_cka(kernel: str) -> None:
+    x, y = data(50, 7, 3, seed=3)
+    acc = MinibatchCKA(kernel=kernel)
+    acc.update(x, y)
+    assert abs(acc.compute() - reprsim.cka(x, y, kernel=kernel, unbiased=True)) <= 1e-10
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_minibatch_matrix_equals_reference_and_pairwise(kernel: str, symmetric: bool, device: str) -> None:
+    rng = np.random.default_rng(4)
+    n, batch = 96, 32
+    base = rng.normal(size=(n, 5))
+    xs = [base, np.tanh(base @ rng.normal(size=(5, 20))), rng.normal(size=(n, 3, 2))]
+    ys = xs if symmetric else [base + 0.5 * rng.normal(size=(n, 5)), rng.normal(size=(n, 9))]
+    acc = MinibatchCKAMatrix(kernel=kernel)
+    for a in range(0, n, batch):
+        bx = [torch.from_numpy(v[a : a + batch]).to(device) for v in xs]
+        if symmetric:
+            acc.update(bx)
+        else:
+            acc.update(bx, [torch.from_numpy(v[a : a + batch]).to(device) for v in ys])
+    got = acc.compute().cpu().numpy()
+    expected = np.array(
+        [
+            [
+                ref.minibatch_cka(
+                    [u[a : a + batch] for a in range(0, n, batch)],
+                    [v[a : a + batch] for a in range(0, n, batch)],
+                    kernel=kernel,
+                )
+                for v in ys
+            ]
+            for u in xs
+        ]
+    )
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    if symmetric:
+        np.testing.assert_allclose(np.diag(got), 1.0, atol=1e-12)
+
+
+def test_minibatch_matrix_merge_and_float32() -> None:
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(64, 6)).astype(np.float32), rng.normal(size=(64, 3)).astype(np.float32)]
+    whole, a, b = MinibatchCKAMatrix(), MinibatchCKAMatrix(), MinibatchCKAMatrix()
+    for i, lo in enumerate(range(0, 64, 16)):
+        batch = [v[lo : lo + 16] for v in xs]
+        whole.update(batch, batch[::-1])
+        (a if i % 2 else b).update(batch, batch[::-1])
+    a.merge(b)
+    torch.testing.assert_close(a.compute(), whole.compute(), rtol=0, atol=1e-12)
+    expected = ref.minibatch_cka(
+        [xs[0][lo : lo + 16] for lo in range(0, 64, 16)], [xs[1][lo : lo + 16] for lo in range(0, 64, 16)]
+    )
+    assert abs(float(whole.compute()[0, 0]) - expected) <= 1e-5
+
+
+def test_minibatch_matrix_constant_layer_is_nan_with_warning() -> None:
+    rng = np.random.default_rng(6)
+    acc = MinibatchCKAMatrix()
+    for _ in range(3):
+        x = rng.normal(size=(16, 4))
+        acc.update([x, np.full((16, 2), 7.1)], [x])
+    with pytest.warns(ReprsimWarning, match=r"xs\[1\] had zero variation in every batch"):
+        m = acc.compute()
+    assert torch.isnan(m[1, 0])
+    assert abs(float(m[0, 0]) - 1.0) < 1e-12
+
+
+# -- checkpointing -----------------------------------------------------------------------------------------
+
+
+def roundtrip(sd: dict[str, Any]) -> dict[str, Any]:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded: dict[str, Any] = torch.load(buf, weights_only=True)
+    return loaded
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LinearCKA(),
+        lambda: LinearCKA(unbiased=True),
+        lambda: MinibatchCKA(kernel="rbf"),
+        lambda: MinibatchCKAMatrix(),
+    ],
+    ids=["linear", "linear-unbiased", "minibatch-rbf", "matrix"],
+)
+def test_save_load_continue_equals_never_stopping(make: Any) -> None:
+    x, y = data(120, 5, 4, seed=7)
+    is_matrix = isinstance(make(), MinibatchCKAMatrix)
+
+    def feed(acc: Any, lo: int, hi: int) -> None:
+        if is_matrix:
+            acc.update([x[lo:hi], y[lo:hi]], [y[lo:hi]])
+        else:
+            acc.update(x[lo:hi], y[lo:hi])
+
+    straight = make()
+    for lo in range(0, 120, 20):
+        feed(straight, lo, lo + 20)
+    first = make()
+    for lo in range(0, 60, 20):
+        feed(first, lo, lo + 20)
+    resumed = make().load_state_dict(roundtrip(first.state_dict()))
+    for lo in range(60, 120, 20):
+        feed(resumed, lo, lo + 20)
+    a, b = straight.compute(), resumed.compute()
+    if is_matrix:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    else:
+        assert a == b
+    assert state_equal(straight.state_dict(), resumed.state_dict())
+
+
+def test_load_rejects_other_kind_or_config() -> None:
+    acc = LinearCKA()
+    acc.update(*data(10, 2, 2, seed=8))
+    with pytest.raises(IncompatibleStateError, match=r"configurations differ.*unbiased"):
+        LinearCKA(unbiased=True).load_state_dict(acc.state_dict())
+    with pytest.raises(IncompatibleStateError, match="cannot load a LinearCKA into a MinibatchCKA"):
+        MinibatchCKA().load_state_dict(acc.state_dict())
+    with pytest.raises(IncompatibleStateError, match="not a reprsim state dict"):
+        LinearCKA().load_state_dict({"weights": 1})
+
+
+def test_merge_rejects_other_kind_config_or_widths() -> None:
+    x, y = data(20, 3, 2, seed=9)
+    a = LinearCKA()
+    a.update(x, y)
+    with pytest.raises(IncompatibleStateError, match="cannot merge a MinibatchCKA into a LinearCKA"):
+        a.merge(MinibatchCKA())
+    with pytest.raises(IncompatibleStateError, match=r"configurations differ"):
+        MinibatchCKA(kernel="rbf").merge(MinibatchCKA(kernel="linear"))
+    other = LinearCKA()
+    other.update(x[:, :2], y)
+    with pytest.raises(ShapeMismatchError, match=r"feature widths x: 3, y: 2 but the other has x: 2, y: 2"):
+        a.merge(other)
+
+
+# -- reliability -------------------------------------------------------------------------------------------
+
+
+def bad_batches(x: np.ndarray, y: np.ndarray) -> list[tuple[Any, Any, type[Exception], str]]:
+    nan = x[:8].copy()
+    nan[1, 1] = np.nan
+    return [
+        (nan, y[:8], NonFiniteError, r"x contains 1 NaN"),
+        (x[:8], y[:7], ShapeMismatchError, "same samples"),
+        (x[:8, :2], y[:8], ShapeMismatchError, "earlier batches"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: LinearCKA(unbiased=True), lambda: MinibatchCKA(), lambda: MinibatchCKA(kernel="rbf")],
+    ids=["linear", "minibatch", "minibatch-rbf"],
+)
+def test_rejected_batch_leaves_state_untouched(make: Any) -> None:
+    x, y = data(40, 4, 3, seed=10)
+    acc = make()
+    acc.update(x[:20], y[:20])
+    before = acc.state_dict()
+    cases = bad_batches(x, y)
+    if isinstance(acc, MinibatchCKA):
+        cases.append((x[:3], y[:3], InsufficientSamplesError, r"at least 4 rows; got a batch of 3"))
+    for bx, by, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            acc.update(bx, by)
+        assert state_equal(acc.state_dict(), before)
+    acc.update(x[20:], y[20:])
+    expected = (
+        ref.cka(x, y, unbiased=True)
+        if isinstance(acc, LinearCKA)
+        else ref.minibatch_cka([x[:20], x[20:]], [y[:20], y[20:]], kernel=acc.kernel)
+    )
+    assert abs(acc.compute() - expected) <= 1e-10
+
+
+def test_matrix_rejected_batch_leaves_state_untouched() -> None:
+    x, y = data(40, 4, 3, seed=11)
+    acc = MinibatchCKAMatrix()
+    acc.update([x[:20]], [y[:20]])
+    before = acc.state_dict()
+    nan = y[20:].copy()
+    nan[0, 0] = np.inf
+    with pytest.raises(NonFiniteError, match=r"ys\[0\] contains 0 NaN and 1 infinite"):
+        acc.update([x[20:]], [nan])
+    with pytest.raises(ShapeMismatchError, match=r"widths xs \[4\], ys \[3, 3\] but earlier batches had"):
+        acc.update([x[20:]], [y[20:], y[20:]])
+    assert state_equal(acc.state_dict(), before)
+
+
+def test_compute_before_update_and_too_few_samples() -> None:
+    for acc in (LinearCKA(), MinibatchCKA(), MinibatchCKAMatrix()):
+        with pytest.raises(IncompatibleStateError, match="has seen no samples; call update"):
+            acc.compute()
+    acc = LinearCKA(unbiased=True)
+    acc.update(np.ones((2, 2)) * np.arange(2)[:, None], np.arange(2.0)[:, None])
+    with pytest.raises(InsufficientSamplesError, match="unbiased CKA needs at least 4 samples; got 2 so far"):
+        acc.compute()
+
+
+def test_constant_stream_raises() -> None:
+    rng = np.random.default_rng(12)
+    acc = LinearCKA()
+    for _ in range(3):
+        acc.update(np.full((10, 3), 0.1), rng.normal(size=(10, 2)))
+    with pytest.raises(ConstantRepresentationError, match="x has been the same for every sample"):
+        acc.compute()
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_batches_accumulate_in_float64(low: torch.dtype) -> None:
+    x, y = data(200, 8, 8, seed=13, offset=200.0)
+    xl, yl = torch.from_numpy(x).to(low), torch.from_numpy(y).to(low)
+    acc = LinearCKA(unbiased=True)
+    for lo in range(0, 200, 50):
+        acc.update(xl[lo : lo + 50], yl[lo : lo + 50])
+    # |x| ~ 200 in 8 features: fourth-order sums near 1e11 would overflow float16's 65504
+    assert abs(acc.compute() - ref.cka(xl.double().numpy(), yl.double().numpy(), unbiased=True)) <= 1e-10
+    assert acc.state_dict()["state"]["sxx"].dtype == torch.float64
+
+
+def test_updates_never_keep_autograd_graphs() -> None:
+    x = torch.randn(16, 4, requires_grad=True)
+    acc = MinibatchCKAMatrix()
+    acc.update([x * 2], [x])
+    lin = LinearCKA()
+    lin.update(x * 2, x)
+    for a in (acc, lin):
+        assert all(not t.requires_grad for t in a.state_dict()["state"].values())
+
+
+def test_device_mismatch_between_batch_and_state() -> None:
+    acc = LinearCKA()
+    acc.update(torch.randn(8, 2), torch.randn(8, 2))
+    with pytest.raises(DeviceMismatchError, match=r"state is on cpu"):
+        acc.update(torch.randn(8, 2, device="meta"), torch.randn(8, 2, device="meta"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_accumulators_match_cpu() -> None:
+    x, y = data(256, 16, 8, seed=14)
+    for make in (
+        lambda: LinearCKA(unbiased=True),
+        lambda: MinibatchCKA(),
+        lambda: MinibatchCKA(kernel="rbf"),
+    ):
+        cpu, gpu = make(), make()
+        for lo in range(0, 256, 64):
+            cpu.update(x[lo : lo + 64], y[lo : lo + 64])
+            gpu.update(torch.from_numpy(x[lo : lo + 64]).cuda(), torch.from_numpy(y[lo : lo + 64]).cuda())
+        assert abs(cpu.compute() - gpu.compute()) <= 1e-10
+        assert gpu.to("cpu").merge(cpu).num_samples == 512
