@@ -200,7 +200,9 @@ def test_center_gram_inner_product_is_hsic(unbiased: bool) -> None:
 def test_linear_gram_matches_reference() -> None:
     x = np.random.default_rng(15).normal(size=(9, 4, 2))
     flat = x.reshape(9, -1)
-    np.testing.assert_allclose(reprsim.linear_gram(x).numpy(), flat @ flat.T, rtol=1e-13)  # raw XXᵀ, uncentred
+    np.testing.assert_allclose(
+        reprsim.linear_gram(x).numpy(), flat @ flat.T, rtol=1e-13
+    )  # raw XXᵀ, uncentred
 
 
 @pytest.mark.parametrize(("kernel", "unbiased"), ESTIMATORS)

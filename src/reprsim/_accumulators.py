@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import torch
 
-from ._cka import batch_grams, frobenius, unbiased_hsic_from_terms, unbiased_hsic_pairs
+from ._cka import frobenius, unbiased_hsic_from_terms, unbiased_hsic_pairs, zero_diagonal_grams
 from ._errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
@@ -598,7 +598,7 @@ class _MinibatchBase(_Accumulator):
         if not bool(torch.isfinite(sums).all()):
             for name, t in zip(names, every):
                 check_finite(t, name)
-        ga = batch_grams(
+        ga = zero_diagonal_grams(
             [t.to(compute_dtype) for t in xts],
             self.kernel,
             self.sigma,
@@ -608,7 +608,7 @@ class _MinibatchBase(_Accumulator):
         gb = (
             None
             if yts is None
-            else batch_grams(
+            else zero_diagonal_grams(
                 [t.to(compute_dtype) for t in yts],
                 self.kernel,
                 self.sigma,

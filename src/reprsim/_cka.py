@@ -481,53 +481,50 @@ def cka_matrix(
     return ga @ gb.T
 
 
-def batch_grams(
+def zero_diagonal_grams(
     xs: Sequence[torch.Tensor], kernel: str, sigma: float | None, median_fraction: float, names: Sequence[str]
 ) -> torch.Tensor:
-    """Stack the (unscaled) Gram of every representation of one batch: shape (len(xs), n, n).
+    """The Gram of every representation of one batch, diagonals zeroed: shape (len(xs), n, n).
 
-    Linear Grams are built from column-centred data (translation invariance of the unbiased estimator keeps
-    the value; centring keeps float32 accurate). They are not rescaled: minibatch CKA sums HSIC over batches,
-    so each batch must keep its own scale.
+    What the unbiased HSIC estimator consumes. Linear Grams are built from data shifted by its first row:
+    the estimator is translation invariant, the shift keeps float32 accurate for offset features, and an
+    exactly constant representation gives an exactly zero Gram. They are not rescaled: minibatch CKA sums
+    HSIC over batches, so each batch keeps its own scale. Written into one preallocated tensor; not
+    differentiable (the accumulators run under no_grad).
     """
-    if kernel == "rbf":
-        return torch.stack(
-            [
-                _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, nm)
-                for x, nm in zip(xs, names)
-            ]
-        )
-    grams = []
-    for x in xs:
-        xc = _centered(x)
-        grams.append(xc @ xc.T)
-    return torch.stack(grams)
+    n = xs[0].shape[0]
+    out = torch.empty((len(xs), n, n), dtype=xs[0].dtype, device=xs[0].device)
+    for i, (x, name) in enumerate(zip(xs, names)):
+        if kernel == "rbf":
+            out[i] = _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, name)
+        else:
+            u = x - x[:1]
+            torch.matmul(u, u.T, out=out[i])
+    out.diagonal(dim1=-2, dim2=-1).zero_()
+    return out
 
 
 def unbiased_hsic_pairs(
     ga: torch.Tensor, gb: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unbiased HSIC between every pair of stacked Grams, and of each Gram with itself.
+    """Unbiased HSIC between every pair of stacked zero-diagonal Grams, and of each with itself.
 
-    ``ga`` is (La, n, n), ``gb`` is (Lb, n, n) or None for ``ga`` itself. Returns the (La, Lb) cross matrix
-    and the (La,) and (Lb,) self terms. All pairs come from one product of the flattened zero-diagonal Grams
-    plus row-sum and total-sum corrections (the terms of :func:`unbiased_hsic_from_terms`).
+    ``ga`` is (La, n, n), ``gb`` is (Lb, n, n) or None for ``ga`` itself, both with zero diagonals (see
+    :func:`zero_diagonal_grams`). Returns the (La, Lb) cross matrix and the (La,) and (Lb,) self terms. All
+    pairs come from one product of the flattened Grams plus row-sum and total-sum corrections (the terms of
+    :func:`unbiased_hsic_from_terms`).
     """
     n = ga.shape[-1]
-    eye = torch.eye(n, dtype=torch.bool, device=ga.device)
 
     def stats(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = g.masked_fill(eye, 0.0)
-        rows = z.sum(dim=-1)
-        return z.reshape(z.shape[0], -1), rows, rows.sum(dim=-1)
+        rows = g.sum(dim=-1)
+        return g.reshape(g.shape[0], -1), rows, rows.sum(dim=-1)
 
     fa, ra, ta = stats(ga)
     fb, rb, tb = (fa, ra, ta) if gb is None else stats(gb)
     cross = unbiased_hsic_from_terms(fa @ fb.T, ta[:, None], tb[None, :], ra @ rb.T, n)
     self_a = unbiased_hsic_from_terms((fa * fa).sum(dim=1), ta, ta, (ra * ra).sum(dim=1), n)
-    self_b = (
-        self_a
-        if gb is None
-        else unbiased_hsic_from_terms((fb * fb).sum(dim=1), tb, tb, (rb * rb).sum(dim=1), n)
-    )
+    if gb is None:
+        return cross, self_a, self_a
+    self_b = unbiased_hsic_from_terms((fb * fb).sum(dim=1), tb, tb, (rb * rb).sum(dim=1), n)
     return cross, self_a, self_b
