@@ -38,9 +38,7 @@ def bare_products(x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
     return lambda: (x @ x.T, y @ y.T)
 
 
-def bench(
-    n: int, p: int, repeats: int, device: torch.device, dtype: torch.dtype, unbiased: bool
-) -> dict[str, object]:
+def bench(n: int, p: int, repeats: int, device: torch.device, dtype: torch.dtype, unbiased: bool) -> dict[str, object]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(n, p, generator=gen, dtype=dtype).to(device)
     y = (x @ torch.randn(p, p, generator=gen, dtype=dtype).to(device) / p**0.5).tanh()

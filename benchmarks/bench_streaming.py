@@ -52,11 +52,7 @@ def peak_memory(n_samples: int) -> None:
         layers = [torch.randn(BATCH, WIDTH, generator=gen) for _ in range(2 * LAYERS)]
         acc.update(layers[:LAYERS], layers[LAYERS:])
     acc.compute()
-    print(
-        json.dumps(
-            {"samples": n_samples, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        )
-    )
+    print(json.dumps({"samples": n_samples, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main() -> None:

@@ -65,9 +65,7 @@ def cka(
     sigma: float | None = None,
     median_fraction: float = 1.0,
 ) -> float:
-    return cka_from_kernels(
-        gram(x, kernel, sigma, median_fraction), gram(y, kernel, sigma, median_fraction), unbiased
-    )
+    return cka_from_kernels(gram(x, kernel, sigma, median_fraction), gram(y, kernel, sigma, median_fraction), unbiased)
 
 
 def minibatch_cka(

@@ -67,9 +67,7 @@ def test_non_finite_names_input_and_counts() -> None:
 
 def test_constant_representation() -> None:
     const = np.full((20, 4), 3.25)
-    with pytest.raises(
-        ConstantRepresentationError, match=r"y is the same for every one of its 20 samples.*0/0"
-    ):
+    with pytest.raises(ConstantRepresentationError, match=r"y is the same for every one of its 20 samples.*0/0"):
         reprsim.cka(X, const)
     with pytest.raises(ConstantRepresentationError, match="x is the same"):
         reprsim.cka(const, Y, kernel="rbf")
@@ -98,9 +96,7 @@ def test_zero_median_bandwidth_asks_for_sigma() -> None:
 
 
 def test_unknown_kernel() -> None:
-    with pytest.raises(
-        InvalidParameterError, match=r"kernel must be one of \('linear', 'rbf'\); got 'cosine'"
-    ):
+    with pytest.raises(InvalidParameterError, match=r"kernel must be one of \('linear', 'rbf'\); got 'cosine'"):
         reprsim.cka(X, Y, kernel="cosine")
 
 

@@ -55,9 +55,7 @@ def test_cka_float64_matches_reference(
     force_linear_path(monkeypatch, space)
     x, y = related_pair(n, p, q, seed=n + p + q)
     expected = ref.cka(x, y, kernel=kernel, unbiased=unbiased)
-    got = reprsim.cka(
-        torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), kernel=kernel, unbiased=unbiased
-    )
+    got = reprsim.cka(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), kernel=kernel, unbiased=unbiased)
     assert got.dtype == torch.float64
     assert got.device.type == device
     assert abs(float(got) - expected) <= 1e-10
@@ -65,9 +63,7 @@ def test_cka_float64_matches_reference(
 
 @pytest.mark.parametrize(("n", "p", "q"), SHAPES)
 @pytest.mark.parametrize(("kernel", "unbiased"), ESTIMATORS)
-def test_cka_float32_matches_reference(
-    n: int, p: int, q: int, kernel: str, unbiased: bool, device: str
-) -> None:
+def test_cka_float32_matches_reference(n: int, p: int, q: int, kernel: str, unbiased: bool, device: str) -> None:
     if unbiased and n < 4:
         return  # the unbiased estimator is undefined below 4 samples (its error is tested elsewhere)
     x, y = related_pair(n, p, q, seed=n * p + q)
@@ -94,9 +90,7 @@ def test_rbf_explicit_sigma_and_median_fraction() -> None:
         expected = ref.cka(x, y, kernel="rbf", **kwargs)  # type: ignore[arg-type]
         assert abs(reprsim.cka(x, y, kernel="rbf", **kwargs) - expected) <= 1e-10  # type: ignore[arg-type]
     # the bandwidth matters: a wrong one would not change the number
-    assert (
-        abs(reprsim.cka(x, y, kernel="rbf", sigma=0.7) - reprsim.cka(x, y, kernel="rbf", sigma=25.0)) > 1e-3
-    )
+    assert abs(reprsim.cka(x, y, kernel="rbf", sigma=0.7) - reprsim.cka(x, y, kernel="rbf", sigma=25.0)) > 1e-3
 
 
 @pytest.mark.parametrize("n", [5, 6])  # odd and even n²: NumPy averages the two middle entries when even
@@ -200,9 +194,7 @@ def test_center_gram_inner_product_is_hsic(unbiased: bool) -> None:
 def test_linear_gram_matches_reference() -> None:
     x = np.random.default_rng(15).normal(size=(9, 4, 2))
     flat = x.reshape(9, -1)
-    np.testing.assert_allclose(
-        reprsim.linear_gram(x).numpy(), flat @ flat.T, rtol=1e-13
-    )  # raw XXᵀ, uncentred
+    np.testing.assert_allclose(reprsim.linear_gram(x).numpy(), flat @ flat.T, rtol=1e-13)  # raw XXᵀ, uncentred
 
 
 @pytest.mark.parametrize(("kernel", "unbiased"), ESTIMATORS)

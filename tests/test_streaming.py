@@ -58,9 +58,7 @@ def state_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
     q=st.integers(1, 12),
     cuts=st.lists(st.integers(1, 119), max_size=8),
 )
-def test_linear_streaming_equals_one_shot(
-    unbiased: bool, seed: int, n: int, p: int, q: int, cuts: list[int]
-) -> None:
+def test_linear_streaming_equals_one_shot(unbiased: bool, seed: int, n: int, p: int, q: int, cuts: list[int]) -> None:
     x, y = data(n, p, q, seed)
     acc = LinearCKA(unbiased=unbiased)
     for a, b in split(n, cuts):
@@ -115,9 +113,7 @@ def test_merge_into_and_from_empty() -> None:
 )
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31), cuts=st.lists(st.integers(4, 76), max_size=6))
-def test_minibatch_equals_per_batch_reference(
-    kernel: str, extra: dict[str, float], seed: int, cuts: list[int]
-) -> None:
+def test_minibatch_equals_per_batch_reference(kernel: str, extra: dict[str, float], seed: int, cuts: list[int]) -> None:
     x, y = data(80, 6, 4, seed)
     # every batch needs >= 4 rows: keep only cut points at least 4 apart
     pieces = [(a, b) for a, b in split(80, cuts)]
@@ -133,9 +129,7 @@ def test_minibatch_equals_per_batch_reference(
     acc = MinibatchCKA(kernel=kernel, **extra)  # type: ignore[arg-type]
     for a, b in merged:
         acc.update(x[a:b], y[a:b])
-    expected = ref.minibatch_cka(
-        [x[a:b] for a, b in merged], [y[a:b] for a, b in merged], kernel=kernel, **extra
-    )  # type: ignore[arg-type]
+    expected = ref.minibatch_cka([x[a:b] for a, b in merged], [y[a:b] for a, b in merged], kernel=kernel, **extra)  # type: ignore[arg-type]
     assert abs(acc.compute() - expected) <= 1e-10
     records = acc.hsic_records
     assert records.shape == (len(merged), 3)

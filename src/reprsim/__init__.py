@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ._accumulators import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 from ._cka import cka, cka_from_grams, cka_matrix, hsic
+from ._compare import compare
 from ._errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
@@ -25,29 +26,39 @@ from ._errors import (
     ReprsimWarning,
     ShapeMismatchError,
 )
+from ._extract import Extractor, LayerInfo, LayerNotFoundError, MultipleCallsError, list_layers, pool_tokens
 from ._kernels import center_gram, linear_gram, rbf_gram
+from ._result import SimilarityResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConstantRepresentationError",
     "DeviceMismatchError",
+    "Extractor",
     "IncompatibleStateError",
     "InsufficientSamplesError",
     "InvalidParameterError",
+    "LayerInfo",
+    "LayerNotFoundError",
     "LinearCKA",
     "MinibatchCKA",
     "MinibatchCKAMatrix",
+    "MultipleCallsError",
     "NonFiniteError",
     "ReprsimError",
     "ReprsimWarning",
     "ShapeMismatchError",
+    "SimilarityResult",
     "__version__",
     "center_gram",
     "cka",
     "cka_from_grams",
     "cka_matrix",
+    "compare",
     "hsic",
     "linear_gram",
+    "list_layers",
+    "pool_tokens",
     "rbf_gram",
 ]

@@ -73,13 +73,10 @@ class _Accumulator:
         self._dims = dims
         self._device = device
         self._state = {
-            name: torch.zeros(spec.shape(dims), dtype=self._dtype, device=device)
-            for name, spec in self._specs.items()
+            name: torch.zeros(spec.shape(dims), dtype=self._dtype, device=device) for name, spec in self._specs.items()
         }
 
-    def _shift_state(
-        self, state: dict[str, torch.Tensor], frame: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    def _shift_state(self, state: dict[str, torch.Tensor], frame: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return state
 
     @property
@@ -180,9 +177,7 @@ class _Accumulator:
         big = torch.iinfo(torch.int64).max
         own = len(self._dims) if self._dims is not None else 0
         length = torch.tensor([own, -own if has_data else -big], dtype=torch.int64, device=device)
-        dist.all_reduce(
-            length, op=dist.ReduceOp.MAX, group=group
-        )  # [longest, -shortest among ranks with data]
+        dist.all_reduce(length, op=dist.ReduceOp.MAX, group=group)  # [longest, -shortest among ranks with data]
         if int(length[0]) == 0:
             return self  # nobody has data
         if int(length[0]) != -int(length[1]):
@@ -237,11 +232,7 @@ class _Accumulator:
             )
         mine = self._config()
         if dict(config) != mine:
-            diff = {
-                k: (mine.get(k), config.get(k))
-                for k in set(mine) | set(config)
-                if mine.get(k) != config.get(k)
-            }
+            diff = {k: (mine.get(k), config.get(k)) for k in set(mine) | set(config) if mine.get(k) != config.get(k)}
             raise IncompatibleStateError(
                 f"cannot {action}: configurations differ (this, other): {diff}; "
                 f"create both {kind} accumulators with the same arguments"
@@ -433,9 +424,7 @@ class LinearCKA(_Accumulator):
     def compute(self) -> float:
         """CKA of everything seen so far, as a Python float."""
         s = self._state
-        n = self._require_samples(
-            4 if self.unbiased else 2, f"{'unbiased' if self.unbiased else 'biased'} CKA"
-        )
+        n = self._require_samples(4 if self.unbiased else 2, f"{'unbiased' if self.unbiased else 'biased'} CKA")
         if self.unbiased:
             kl, kk, ll = self._unbiased_terms(n)
             self._check_self(kk, ll)
@@ -484,9 +473,7 @@ class LinearCKA(_Accumulator):
                     "check for a dead or saturated layer"
                 )
 
-    def _shift_state(
-        self, state: dict[str, torch.Tensor], frame: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
+    def _shift_state(self, state: dict[str, torch.Tensor], frame: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Re-express sums taken relative to ``state``'s shift as sums relative to ``frame``'s.
 
         With u = x − c and u' = u − δ (δ = c' − c), every sum expands into sums already held; e.g.
@@ -550,74 +537,61 @@ class _MinibatchBase(_Accumulator):
             "dtype": str(self._dtype),
         }
 
-    def _batch_terms(
-        self, xs: Sequence[Any], ys: Sequence[Any] | None, single: bool = False
-    ) -> tuple[Dims, torch.device, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Coerce and check one batch of every layer, then compute its HSIC terms (no state touched).
+    def layer_grams(self, values: Sequence[Any], names: Sequence[str]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Check one batch of one side's layers and build their zero-diagonal Grams (no state touched).
 
-        ``single``: the batch is one pair, named ``x`` and ``y`` in messages rather than ``xs[0]``, ``ys[0]``.
+        Returns the (L, b, b) Grams and the layers' widths. All layers are checked for NaN/inf with one host
+        synchronisation; the exact per-input count is only computed when something is wrong.
         """
-        x_names = ["x"] if single else [f"xs[{i}]" for i in range(len(xs))]
-        y_names = [] if ys is None else ["y"] if single else [f"ys[{j}]" for j in range(len(ys))]
-        xts = [as_matrix(v, nm).detach() for v, nm in zip(xs, x_names)]
-        yts = None if ys is None else [as_matrix(v, nm).detach() for v, nm in zip(ys, y_names)]
-        every = xts + (yts or [])
-        names = x_names + y_names
-        if not xts or (yts is not None and not yts):
+        tensors = [as_matrix(v, nm).detach() for v, nm in zip(values, names)]
+        if not tensors:
             raise ShapeMismatchError("update needs at least one representation on each side; got none")
-        b = xts[0].shape[0]
-        for name, t in zip(names, every):
+        b, device = tensors[0].shape[0], tensors[0].device
+        for name, t in zip(names, tensors):
             if t.shape[0] != b:
                 raise ShapeMismatchError(
                     f"every representation in a batch must hold the same samples; {names[0]} has {b} rows "
                     f"but {name} has {t.shape[0]} (shape {tuple(t.shape)})"
                 )
-            if t.device != xts[0].device:
-                raise DeviceMismatchError(f"{names[0]} is on {xts[0].device} but {name} is on {t.device}")
+            if t.device != device:
+                raise DeviceMismatchError(f"{names[0]} is on {device} but {name} is on {t.device}")
         if b < 4:
             raise InsufficientSamplesError(
                 f"minibatch CKA computes the unbiased HSIC of each batch, which needs at least 4 rows; got a "
                 f"batch of {b}. Drop the incomplete last batch (DataLoader(drop_last=True)) or use larger "
                 "batches"
             )
-        device = xts[0].device
         self._prepare_device(device)
-        widths = [t.shape[1] for t in every]
-        dims = (len(xts), len(yts) if yts is not None else len(xts), *widths)
-        if yts is None:
-            dims = (*dims, *widths)
+        sums = torch.stack([t.sum().to(torch.float64) for t in tensors])
+        if not bool(torch.isfinite(sums).all()):
+            for name, t in zip(names, tensors):
+                check_finite(t, name)
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        grams = zero_diagonal_grams(
+            [t.to(dtype) for t in tensors], self.kernel, self.sigma, self.median_fraction, names
+        )
+        return grams, tuple(t.shape[1] for t in tensors)
+
+    def _pair_terms(
+        self, ga: torch.Tensor, wa: tuple[int, ...], gb: torch.Tensor | None, wb: tuple[int, ...] | None
+    ) -> tuple[Dims, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """HSIC terms of one batch from both sides' Grams (``gb`` None: the A side against itself)."""
+        if gb is not None:
+            if gb.shape[-1] != ga.shape[-1]:
+                raise ShapeMismatchError(
+                    f"both sides of a batch must hold the same samples; got {ga.shape[-1]} and {gb.shape[-1]} rows"
+                )
+            if gb.device != ga.device:
+                raise DeviceMismatchError(f"the two sides of this batch are on {ga.device} and {gb.device}")
+        wb = wa if wb is None else wb
+        dims = (len(wa), len(wb), *wa, *wb)
         if self._dims is not None and dims != self._dims:
             raise ShapeMismatchError(
                 f"this batch has layers of widths {self._describe(dims)} but earlier batches had "
                 f"{self._describe(self._dims)}; every batch must come from the same layers"
             )
-        compute_dtype = torch.float64 if any(t.dtype == torch.float64 for t in every) else torch.float32
-        # All layers of a batch are checked with one host synchronisation; the exact per-input count
-        # (another sync) is only paid when something is wrong.
-        sums = torch.stack([t.sum().to(torch.float64) for t in every])
-        if not bool(torch.isfinite(sums).all()):
-            for name, t in zip(names, every):
-                check_finite(t, name)
-        ga = zero_diagonal_grams(
-            [t.to(compute_dtype) for t in xts],
-            self.kernel,
-            self.sigma,
-            self.median_fraction,
-            names[: len(xts)],
-        )
-        gb = (
-            None
-            if yts is None
-            else zero_diagonal_grams(
-                [t.to(compute_dtype) for t in yts],
-                self.kernel,
-                self.sigma,
-                self.median_fraction,
-                names[len(xts) :],
-            )
-        )
         cross, self_a, self_b = unbiased_hsic_pairs(ga, gb)
-        return dims, device, cross.to(self._dtype), self_a.to(self._dtype), self_b.to(self._dtype), b
+        return dims, cross.to(self._dtype), self_a.to(self._dtype), self_b.to(self._dtype)
 
     def _describe(self, dims: Dims) -> str:
         la, lb = dims[0], dims[1]
@@ -675,11 +649,27 @@ class MinibatchCKAMatrix(_MinibatchBase):
         """Add one batch: ``xs`` holds every layer of model A, ``ys`` every layer of model B (default:
         ``xs``), each of shape (b, ...), the same b ≥ 4 samples in the same order."""
         with torch.no_grad():
-            dims, device, cross, self_a, self_b, b = self._batch_terms(xs, ys)
-            one = torch.ones((), dtype=self._dtype, device=device)
-            self._commit(
-                dims, device, {"n": one * b, "batches": one, "kl": cross, "kk": self_a, "ll": self_b}
-            )
+            ga, wa = self.layer_grams(xs, [f"xs[{i}]" for i in range(len(xs))])
+            gb, wb = (None, None) if ys is None else self.layer_grams(ys, [f"ys[{j}]" for j in range(len(ys))])
+            self.update_grams(ga, wa, gb, wb)
+
+    def update_grams(
+        self,
+        grams_a: torch.Tensor,
+        widths_a: tuple[int, ...],
+        grams_b: torch.Tensor | None = None,
+        widths_b: tuple[int, ...] | None = None,
+    ) -> None:
+        """Add one batch from Grams built by :meth:`layer_grams` (zero diagonals, shape (L, b, b)).
+
+        Lets a caller that compares one model with several others build each model's Grams once per batch.
+        ``grams_b`` None compares side A with itself.
+        """
+        with torch.no_grad():
+            dims, cross, self_a, self_b = self._pair_terms(grams_a, widths_a, grams_b, widths_b)
+            one = torch.ones((), dtype=self._dtype, device=grams_a.device)
+            b = grams_a.shape[-1]
+            self._commit(dims, grams_a.device, {"n": one * b, "batches": one, "kl": cross, "kk": self_a, "ll": self_b})
 
     def compute(self) -> torch.Tensor:
         """The (n_a, n_b) matrix of minibatch CKA; a layer constant in every batch gives NaN and a warning."""
@@ -689,8 +679,7 @@ class MinibatchCKAMatrix(_MinibatchBase):
         bad += [f"ys[{j}]" for j in torch.nonzero(s["ll"] <= 0).flatten().tolist()]
         if bad:
             warnings.warn(
-                f"{', '.join(bad)} had zero variation in every batch; CKA with it is undefined and "
-                "reported as NaN",
+                f"{', '.join(bad)} had zero variation in every batch; CKA with it is undefined and reported as NaN",
                 ReprsimWarning,
                 stacklevel=2,
             )
@@ -744,22 +733,21 @@ class MinibatchCKA(_MinibatchBase):
     @property
     def hsic_records(self) -> torch.Tensor:
         """(batches, 3) tensor of per-batch unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L)."""
-        return (
-            self._state["records"].clone()
-            if self._dims is not None
-            else torch.zeros((0, 3), dtype=self._dtype)
-        )
+        return self._state["records"].clone() if self._dims is not None else torch.zeros((0, 3), dtype=self._dtype)
 
     def update(self, x: Any, y: Any) -> None:
         """Add one batch: ``x`` of shape (b, ...) and ``y`` of shape (b, ...), the same b ≥ 4 samples."""
         with torch.no_grad():
-            dims, device, cross, self_a, self_b, b = self._batch_terms([x], [y], single=True)
+            ga, wa = self.layer_grams([x], ["x"])
+            gb, wb = self.layer_grams([y], ["y"])
+            dims, cross, self_a, self_b = self._pair_terms(ga, wa, gb, wb)
             kl, kk, ll = cross[0, 0], self_a[0], self_b[0]
+            device = ga.device
             self._commit(
                 dims,
                 device,
                 {
-                    "n": torch.tensor(float(b), dtype=self._dtype, device=device),
+                    "n": torch.tensor(float(ga.shape[-1]), dtype=self._dtype, device=device),
                     "kl": kl,
                     "kk": kk,
                     "ll": ll,
@@ -774,7 +762,6 @@ class MinibatchCKA(_MinibatchBase):
         for name, v in (("x", s["kk"]), ("y", s["ll"])):
             if not bool(v > 0):
                 raise ConstantRepresentationError(
-                    f"{name} had zero variation in every batch, so CKA is 0/0 (undefined); "
-                    "check for a dead layer"
+                    f"{name} had zero variation in every batch, so CKA is 0/0 (undefined); check for a dead layer"
                 )
         return float(s["kl"] / (s["kk"] * s["ll"]).sqrt())

@@ -96,9 +96,7 @@ def hsic(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
     n = kt.shape[0]
     if unbiased:
         kz, lz = _zero_diag(kt), _zero_diag(lt)
-        return unbiased_hsic_from_terms(
-            (kz * lz.T).sum(), kz.sum(), lz.sum(), kz.sum(dim=0) @ lz.sum(dim=1), n
-        )
+        return unbiased_hsic_from_terms((kz * lz.T).sum(), kz.sum(), lz.sum(), kz.sum(dim=0) @ lz.sum(dim=1), n)
     kc = kt - kt.mean(dim=0, keepdim=True) - kt.mean(dim=1, keepdim=True) + kt.mean()
     return (kc * lt.T).sum() / (n - 1) ** 2
 
@@ -282,10 +280,7 @@ def cka(
     if kernel == "linear":
         value = _linear_cka(xt, yt, unbiased)
     else:
-        kc, lc = (
-            _centered_rbf_gram(t, sigma, median_fraction, unbiased, name)
-            for t, name in ((xt, "x"), (yt, "y"))
-        )
+        kc, lc = (_centered_rbf_gram(t, sigma, median_fraction, unbiased, name) for t, name in ((xt, "x"), (yt, "y")))
         value = _cosine_of_centered(kc, lc, ("x", "y"))
     if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
         return value

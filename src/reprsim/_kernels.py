@@ -109,9 +109,7 @@ def rbf_gram(x: Any, *, sigma: float | None = None, median_fraction: float = 1.0
     return _rbf_from_sq_distances(d2, sigma, median_fraction, "x")
 
 
-def _rbf_from_sq_distances(
-    d2: torch.Tensor, sigma: float | None, median_fraction: float, name: str
-) -> torch.Tensor:
+def _rbf_from_sq_distances(d2: torch.Tensor, sigma: float | None, median_fraction: float, name: str) -> torch.Tensor:
     if sigma is None:
         s = median_sigma(d2, median_fraction)
         if not bool(s > 0):

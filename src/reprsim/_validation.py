@@ -53,9 +53,7 @@ def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.T
     if t.is_complex():
         raise InvalidParameterError(f"{name} must be real-valued; got dtype {t.dtype}")
     if t.ndim == 0:
-        raise ShapeMismatchError(
-            f"{name} must have shape (n_samples, ...) with at least one dimension; got a scalar"
-        )
+        raise ShapeMismatchError(f"{name} must have shape (n_samples, ...) with at least one dimension; got a scalar")
     if t.ndim == 1:
         t = t.unsqueeze(1)
     elif t.ndim > 2:
@@ -110,9 +108,7 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         where = ", ".join(f"{k} on {t.device}" for k, t in tensors.items())
-        raise DeviceMismatchError(
-            f"inputs must be on one device; got {where}. Move them with .to(device) first"
-        )
+        raise DeviceMismatchError(f"inputs must be on one device; got {where}. Move them with .to(device) first")
     return next(iter(tensors.values())).device
 
 
