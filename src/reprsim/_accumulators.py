@@ -590,7 +590,10 @@ class _MinibatchBase(_Accumulator):
                 f"this batch has layers of widths {self._describe(dims)} but earlier batches had "
                 f"{self._describe(self._dims)}; every batch must come from the same layers"
             )
-        cross, self_a, self_b = unbiased_hsic_pairs(ga, gb)
+        # The pair arithmetic (L_a·L_b·b² operations, small next to building the Grams) runs in the state
+        # dtype: the unbiased estimator's terms cancel, and float32 there costs digits.
+        wide = torch.promote_types(ga.dtype, self._dtype)
+        cross, self_a, self_b = unbiased_hsic_pairs(ga.to(wide), None if gb is None else gb.to(wide))
         return dims, cross.to(self._dtype), self_a.to(self._dtype), self_b.to(self._dtype)
 
     def _describe(self, dims: Dims) -> str:
@@ -673,13 +676,19 @@ class MinibatchCKAMatrix(_MinibatchBase):
 
     def compute(self) -> torch.Tensor:
         """The (n_a, n_b) matrix of minibatch CKA; a layer constant in every batch gives NaN and a warning."""
+        return self._compute_named(None, None)
+
+    def _compute_named(self, names_a: Sequence[str] | None, names_b: Sequence[str] | None) -> torch.Tensor:
         self._require_samples(4, "minibatch CKA")
         s = self._state
-        bad = [f"xs[{i}]" for i in torch.nonzero(s["kk"] <= 0).flatten().tolist()]
-        bad += [f"ys[{j}]" for j in torch.nonzero(s["ll"] <= 0).flatten().tolist()]
+        name_a = (lambda i: f"xs[{i}]") if names_a is None else names_a.__getitem__
+        name_b = (lambda j: f"ys[{j}]") if names_b is None else names_b.__getitem__
+        bad = [name_a(i) for i in torch.nonzero(s["kk"] <= 0).flatten().tolist()]
+        bad += [name_b(j) for j in torch.nonzero(s["ll"] <= 0).flatten().tolist()]
         if bad:
             warnings.warn(
-                f"{', '.join(bad)} had zero variation in every batch; CKA with it is undefined and reported as NaN",
+                f"{', '.join(bad)} had zero variation in every batch (the same value for every sample: a dead unit, "
+                "or a token that does not depend on the input); CKA with it is undefined and reported as NaN",
                 ReprsimWarning,
                 stacklevel=2,
             )

@@ -518,8 +518,10 @@ def unbiased_hsic_pairs(
     fa, ra, ta = stats(ga)
     fb, rb, tb = (fa, ra, ta) if gb is None else stats(gb)
     cross = unbiased_hsic_from_terms(fa @ fb.T, ta[:, None], tb[None, :], ra @ rb.T, n)
-    self_a = unbiased_hsic_from_terms((fa * fa).sum(dim=1), ta, ta, (ra * ra).sum(dim=1), n)
     if gb is None:
+        # self terms from the same product as the cross terms: a layer against itself is then exactly 1
+        self_a = cross.diagonal().clone()
         return cross, self_a, self_a
+    self_a = unbiased_hsic_from_terms((fa * fa).sum(dim=1), ta, ta, (ra * ra).sum(dim=1), n)
     self_b = unbiased_hsic_from_terms((fb * fb).sum(dim=1), tb, tb, (rb * rb).sum(dim=1), n)
     return cross, self_a, self_b

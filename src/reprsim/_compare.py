@@ -426,7 +426,9 @@ class _Comparison:
     def _result(self, pair: tuple[str, str]) -> SimilarityResult:
         a, b = pair
         if self.estimator == "minibatch":
-            matrix = self.matrices[pair].compute()
+            matrix = self.matrices[pair]._compute_named(
+                [f"{a}:{k}" for k in self.keys[a]], [f"{b}:{k}" for k in self.keys[b]]
+            )
         else:
             matrix = torch.tensor([[acc.compute() for acc in row] for row in self.exact[pair]], dtype=torch.float64)
         from . import __version__

@@ -1,0 +1,391 @@
+"""Extraction and model comparison on toy models with known answers and on plain torch architectures."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reprsim
+from reprsim import (
+    Extractor,
+    LayerNotFoundError,
+    MinibatchCKAMatrix,
+    MultipleCallsError,
+    SimilarityResult,
+    compare,
+    list_layers,
+)
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+
+
+def rotated_copy(net: nn.Sequential) -> nn.Sequential:
+    """A copy whose first Linear output is an orthogonal rotation of the original's (and whose later layers
+    are changed: the ReLU does not commute with the rotation)."""
+    other = copy.deepcopy(net)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        other[0].weight.copy_(q @ net[0].weight)
+        other[0].bias.copy_(q @ net[0].bias)
+    return other
+
+
+def batches(n: int = 256, size: int = 32, dim: int = 10, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, dim, generator=g, dtype=torch.float64) for _ in range(n // size)]
+
+
+def hand_extract(model: nn.Module, names: list[str], data: list[Any]) -> dict[str, torch.Tensor]:
+    """All activations of ``names`` over ``data`` with plain forward hooks, flattened and concatenated."""
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    mods = dict(model.named_modules())
+    handles = [
+        mods[n].register_forward_hook(lambda m, i, o, n=n: got[n].append(o.detach().reshape(o.shape[0], -1)))
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            for b in data:
+                model(b)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v) for n, v in got.items()}
+
+
+LAYERS = ["0", "1", "2", "3", "4"]
+
+
+# -- known answers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", ["minibatch", "exact", "exact_unbiased"])
+def test_model_with_itself_has_unit_diagonal_and_runs_once(estimator: str) -> None:
+    net = mlp()
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    data = batches()
+    result = compare(net, None, data, layers_a=LAYERS, estimator=estimator, progress=False)
+    assert len(calls) == len(data)  # one forward per batch, not two
+    np.testing.assert_allclose(np.diag(result.to_numpy()), 1.0, atol=1e-12)
+    np.testing.assert_allclose(result.to_numpy(), result.to_numpy().T, atol=1e-12)
+    assert result.names_a == LAYERS
+    assert result.metadata["samples"] == 256
+    assert result.metadata["batches"] == 8
+
+
+@pytest.mark.parametrize("estimator", ["minibatch", "exact"])
+def test_rotated_layer_has_cka_one_and_later_layers_do_not(estimator: str) -> None:
+    net = mlp()
+    other = rotated_copy(net)
+    result = compare(net, other, batches(), layers_a=LAYERS, estimator=estimator, progress=False)
+    assert abs(result["0", "0"] - 1.0) < 1e-12
+    assert result["1", "1"] < 0.999  # ReLU does not commute with a rotation
+
+
+def test_compare_equals_hand_written_loop_and_cka_matrix() -> None:
+    net, other = mlp(0), mlp(1)
+    data = batches()
+    a, b = hand_extract(net, LAYERS, data), hand_extract(other, LAYERS, data)
+    exact = compare(net, other, data, layers_a=LAYERS, estimator="exact", progress=False)
+    expected = reprsim.cka_matrix(list(a.values()), list(b.values()))
+    torch.testing.assert_close(exact.matrix, expected, rtol=0, atol=1e-10)
+    unbiased = compare(net, other, data, layers_a=LAYERS, estimator="exact_unbiased", progress=False)
+    torch.testing.assert_close(
+        unbiased.matrix, reprsim.cka_matrix(list(a.values()), list(b.values()), unbiased=True), rtol=0, atol=1e-10
+    )
+    one_batch = compare(net, other, [torch.cat(data)], layers_a=LAYERS, progress=False)
+    torch.testing.assert_close(
+        one_batch.matrix, reprsim.cka_matrix(list(a.values()), list(b.values()), unbiased=True), rtol=0, atol=1e-10
+    )
+    acc = MinibatchCKAMatrix()
+    for lo in range(0, 256, 32):
+        acc.update([v[lo : lo + 32] for v in a.values()], [v[lo : lo + 32] for v in b.values()])
+    streamed = compare(net, other, data, layers_a=LAYERS, progress=False)
+    torch.testing.assert_close(streamed.matrix, acc.compute(), rtol=0, atol=1e-12)
+
+
+def test_cnn_channel_permutation_gives_one_and_mean_pooling() -> None:
+    torch.manual_seed(2)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+    perm = torch.randperm(8)
+    other = copy.deepcopy(cnn)
+    with torch.no_grad():  # permute conv1's output channels and conv2's input channels: same function
+        other[0].weight.copy_(cnn[0].weight[perm])
+        other[0].bias.copy_(cnn[0].bias[perm])
+        other[2].weight.copy_(cnn[2].weight[:, perm])
+    data = [torch.randn(16, 3, 8, 8) for _ in range(4)]
+    for pool in ("flatten", "mean"):
+        r = compare(cnn, other, data, layers_a=["0", "2", "6"], pool=pool, progress=False)
+        np.testing.assert_allclose(np.diag(r.to_numpy()), 1.0, atol=1e-5)
+    acts = Extractor(cnn, ["0", "2"], pool="mean")(data[0])
+    assert acts["0"].shape == (16, 8)
+    torch.testing.assert_close(acts["2"], cnn[:3](data[0]).mean(dim=(2, 3)))
+
+
+def test_transformer_encoder_layers() -> None:
+    torch.manual_seed(3)
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.1)
+    enc = nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
+    noisy = copy.deepcopy(enc)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    data = [torch.randn(16, 10, 32) for _ in range(4)]
+    enc.train()
+    self_r = compare(enc, None, data, layers_a="layers.*", pool="mean", progress=False)
+    assert enc.training  # restored after comparing in eval mode
+    np.testing.assert_allclose(np.diag(self_r.to_numpy()), 1.0, atol=1e-5)  # dropout off: deterministic
+    r = compare(enc, noisy, data, layers_a="layers.*", pool="cls", progress=False)
+    assert r.names_a == ["layers.0", "layers.1", "layers.2"]
+    assert np.isfinite(r.to_numpy()).all()
+    assert r["layers.0", "layers.0"] < 0.999
+
+
+# -- extraction mechanics --------------------------------------------------------------------------------
+
+
+class Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(torch.relu(self.block(x))))
+
+
+def test_module_called_twice_is_rejected_or_recorded_per_call() -> None:
+    model = Shared()
+    x = torch.randn(8, 6)
+    with pytest.raises(MultipleCallsError, match=r"layer 'block' ran more than once.*calls='each'.*'block#0'"):
+        Extractor(model, ["block"])(x)
+    acts = Extractor(model, ["block", "head"], calls="each")(x)
+    assert list(acts) == ["block#0", "block#1", "head"]
+    first = model.block(x)
+    torch.testing.assert_close(acts["block#0"], first.detach())
+    torch.testing.assert_close(acts["block#1"], model.block(torch.relu(first)).detach())
+    torch.testing.assert_close(Extractor(model, ["block"], calls="last")(x)["block"], acts["block#1"])
+    result = compare(
+        model, None, [torch.randn(8, 6) for _ in range(3)], layers_a=["block"], calls="each", progress=False
+    )
+    assert result.names_a == ["block#0", "block#1"]
+
+
+def test_unknown_layers_suggest_close_names() -> None:
+    net = nn.Sequential()
+    net.add_module("encoder", nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    net.add_module("head", nn.Linear(4, 2))
+    with pytest.raises(LayerNotFoundError, match=r"no layer 'encodr.0'; did you mean 'encoder.0'"):
+        Extractor(net, ["encodr.0"])
+    with pytest.raises(LayerNotFoundError, match=r"no layer of Sequential matches the pattern 'blocks.\*'"):
+        Extractor(net, "blocks.*")
+    assert Extractor(net, "encoder.*").layers == ["encoder.0", "encoder.1"]  # '*' stays within one level
+    assert Extractor(net, "**").layers == ["encoder", "encoder.0", "encoder.1", "head"]
+    assert Extractor(net, nn.Linear).layers == ["encoder.0", "head"]
+    assert Extractor(net, lambda name, m: name.startswith("h")).layers == ["head"]
+    import re
+
+    assert Extractor(net, re.compile(r"encoder\.\d")).layers == ["encoder.0", "encoder.1"]
+
+
+def test_list_layers_shows_types_calls_and_shapes() -> None:
+    model = Shared()
+    table = list_layers(model, torch.randn(3, 6))
+    rows = {i.name: i for i in table}
+    assert rows["block"].calls == 2
+    assert rows["head"].output_shape == (3, 2)
+    assert "block" in repr(table)
+    assert "Linear" in repr(table)
+    assert [i.name for i in list_layers(model)] == ["block", "head"]
+
+
+def test_input_capture_and_select() -> None:
+    class TwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.lin(x), "features": x * 2}
+
+    outer = nn.Sequential()
+    outer.add_module("inner", TwoOut())
+    x = torch.randn(5, 4)
+    assert torch.equal(Extractor(outer, ["inner"])(x)["inner"], outer.inner.lin(x).detach())  # first tensor
+    assert torch.equal(Extractor(outer, ["inner"], select="features")(x)["inner"], x * 2)
+    assert torch.equal(Extractor(outer, ["inner.lin"], capture="input")(x)["inner.lin"], x)
+
+
+def test_stop_early_skips_later_layers_and_gives_the_same_result() -> None:
+    net = mlp()
+    last = []
+    net[4].register_forward_hook(lambda *a: last.append(1))
+    data = batches()
+    early = compare(net, mlp(1), data, layers_a=["0", "2"], stop_early=True, progress=False)
+    assert not last  # the final Linear of net never ran
+    full = compare(net, mlp(1), data, layers_a=["0", "2"], progress=False)
+    torch.testing.assert_close(early.matrix, full.matrix, rtol=0, atol=0)
+
+
+def test_hooks_removed_and_training_restored_after_an_exception() -> None:
+    class Boom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.drop(self.a(x))
+            if x.shape[0] == 3:
+                raise RuntimeError("boom in forward")
+            return y
+
+    model = Boom()
+    model.train()
+    model.drop.eval()  # a submodule in a different mode than its parent must keep it
+    data = [torch.randn(8, 4), torch.randn(3, 4)]
+    with pytest.raises(RuntimeError, match="boom in forward"):
+        compare(model, None, data, layers_a=["a", "drop"], progress=False)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert model.training
+    assert model.a.training
+    assert not model.drop.training
+
+
+def test_no_activation_outlives_its_batch() -> None:
+    net = mlp()
+    refs: list[weakref.ref[torch.Tensor]] = []
+    alive_per_batch: list[int] = []
+
+    def tracking_pool(t: torch.Tensor) -> torch.Tensor:
+        out = t.reshape(t.shape[0], -1).clone()
+        gc.collect()
+        alive_per_batch.append(sum(r() is not None for r in refs))
+        refs.append(weakref.ref(out))
+        return out
+
+    data = batches(n=512)
+    compare(net, mlp(1), data, layers_a=["0", "2"], pool=tracking_pool, progress=False)
+    gc.collect()
+    assert all(r() is None for r in refs)
+    # while running, at most the current batch's activations (2 layers x 2 models) are alive
+    assert max(alive_per_batch) <= 3
+
+
+def test_inputs_adapters_feed_each_model_its_own_preprocessing() -> None:
+    net = mlp()
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        scaled[0].weight.mul_(0.5)  # expects inputs twice as large
+    data = batches()
+    r = compare(net, scaled, data, layers_a=LAYERS, inputs_b=lambda b: b * 2, progress=False)
+    np.testing.assert_allclose(np.diag(r.to_numpy()), 1.0, atol=1e-12)
+
+
+def test_tuple_and_dict_batches() -> None:
+    net = mlp()
+    data = batches()
+    plain = compare(net, mlp(1), data, layers_a=LAYERS, progress=False)
+    tuples = compare(net, mlp(1), [(b, torch.zeros(len(b))) for b in data], layers_a=LAYERS, progress=False)
+    torch.testing.assert_close(plain.matrix, tuples.matrix, rtol=0, atol=0)
+
+    class KW(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return self.inner(x * scale)
+
+    kw = compare(KW(net), KW(mlp(1)), [{"x": b} for b in data], layers_a=[f"inner.{n}" for n in LAYERS], progress=False)
+    torch.testing.assert_close(plain.matrix, kw.matrix, rtol=0, atol=0)
+
+
+def test_three_models_run_once_each_and_match_pairwise_calls() -> None:
+    models = {"a": mlp(0), "b": mlp(1), "c": mlp(2)}
+    counts = {k: 0 for k in models}
+    for k, m in models.items():
+        m.register_forward_hook(lambda *a, k=k: counts.__setitem__(k, counts[k] + 1))
+    data = batches()
+    results = compare(models, data, layers=LAYERS, progress=False)
+    assert set(results) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert counts == {"a": len(data), "b": len(data), "c": len(data)}
+    for (x, y), res in results.items():
+        pair = compare(models[x], models[y], data, layers_a=LAYERS, names=(x, y), progress=False)
+        torch.testing.assert_close(res.matrix, pair.matrix, rtol=0, atol=1e-12)
+        assert (res.model_a, res.model_b) == (x, y)
+
+
+def test_different_layer_sets_on_one_model_run_once() -> None:
+    net = mlp()
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    data = batches()
+    r = compare(net, net, data, layers_a=["0", "2"], layers_b=["2", "4"], progress=False)
+    assert len(calls) == len(data)
+    assert (r.names_a, r.names_b) == (["0", "2"], ["2", "4"])
+    assert abs(r["2", "2"] - 1.0) < 1e-12
+
+
+def test_exact_estimator_refuses_huge_widths_and_rbf() -> None:
+    net = nn.Sequential(nn.Linear(4, 9000))
+    with pytest.raises(reprsim.InvalidParameterError, match=r"9000 features after pooling \(limit 8192\)"):
+        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], estimator="exact", progress=False)
+    with pytest.raises(reprsim.InvalidParameterError, match="exact linear CKA; use estimator='minibatch'"):
+        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], estimator="exact", kernel="rbf", progress=False)
+
+
+def test_rbf_minibatch_compare_runs() -> None:
+    net = mlp()
+    r = compare(net, rotated_copy(net), batches(), layers_a=LAYERS, kernel="rbf", progress=False)
+    assert abs(r["0", "0"] - 1.0) < 1e-10  # RBF with median bandwidth is rotation invariant too
+
+
+# -- results ---------------------------------------------------------------------------------------------
+
+
+def test_result_save_load_roundtrip_and_no_pickle(tmp_path: Path) -> None:
+    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, names=("resnet-ish", "other"), progress=False)
+    path = r.save(tmp_path / "cmp")
+    assert path.suffix == ".npz"
+    with np.load(path, allow_pickle=False) as f:
+        assert set(f.files) == {"matrix", "names_a", "names_b", "metadata"}
+    back = SimilarityResult.load(path)
+    torch.testing.assert_close(back.matrix, r.matrix, rtol=0, atol=0)
+    assert back.names_a == r.names_a
+    assert back.metadata == r.metadata
+    assert "resnet-ish [5 layers] x other [5 layers]" in repr(r)
+
+
+def test_result_plot_puts_model_a_on_the_y_axis(tmp_path: Path) -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, layers_b=["0", "2"], names=("A", "B"), progress=False)
+    ax = r.plot()
+    assert ax.get_ylabel() == "A"
+    assert ax.get_xlabel() == "B"
+    assert [t.get_text() for t in ax.get_yticklabels()] == LAYERS
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2"]
+    out = tmp_path / "heat.png"
+    ax.figure.savefig(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
