@@ -389,3 +389,20 @@ def test_result_plot_puts_model_a_on_the_y_axis(tmp_path: Path) -> None:
     out = tmp_path / "heat.png"
     ax.figure.savefig(out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nan_activations_are_named_by_model_and_layer() -> None:
+    net = mlp()
+    with torch.no_grad():
+        net[2].bias[0] = float("nan")
+    with pytest.raises(reprsim.NonFiniteError, match=r"model A: layers \['2', '3', '4'\] produced NaN"):
+        compare(net, mlp(1), batches(), layers_a=LAYERS, progress=False)
+
+
+def test_extractor_transform_runs_inside_the_hook() -> None:
+    net = mlp()
+    x = batches()[0]
+    seen = []
+    acts = Extractor(net, ["0", "2"], transform=lambda name, t: seen.append(name) or t.sum(dim=1, keepdim=True))(x)
+    assert seen == ["0", "2"]
+    torch.testing.assert_close(acts["2"], net[:3](x).sum(dim=1, keepdim=True))

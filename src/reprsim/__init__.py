@@ -13,6 +13,7 @@ arrays or torch tensors, CPU or CUDA, differentiable.
 from __future__ import annotations
 
 from ._accumulators import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
+from ._analysis import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement
 from ._cka import cka, cka_from_grams, cka_matrix, hsic
 from ._compare import compare
 from ._errors import (
@@ -29,6 +30,7 @@ from ._errors import (
 from ._extract import Extractor, LayerInfo, LayerNotFoundError, MultipleCallsError, list_layers, pool_tokens
 from ._kernels import center_gram, linear_gram, rbf_gram
 from ._result import SimilarityResult
+from ._separability import separability
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ __all__ = [
     "NonFiniteError",
     "ReprsimError",
     "ReprsimWarning",
+    "RidgeProbe",
     "ShapeMismatchError",
     "SimilarityResult",
     "__version__",
@@ -57,8 +60,12 @@ __all__ = [
     "cka_matrix",
     "compare",
     "hsic",
+    "knn_accuracy",
     "linear_gram",
     "list_layers",
+    "logistic_probe",
     "pool_tokens",
+    "prediction_agreement",
     "rbf_gram",
+    "separability",
 ]

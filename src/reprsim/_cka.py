@@ -476,27 +476,32 @@ def cka_matrix(
     return ga @ gb.T
 
 
+def zero_diagonal_gram(
+    x: torch.Tensor, kernel: str, sigma: float | None, median_fraction: float, name: str
+) -> torch.Tensor:
+    """The (n, n) Gram of one representation of one batch, diagonal zeroed: what unbiased HSIC consumes.
+
+    Linear Grams are built from data shifted by its first row: the estimator is translation invariant, the
+    shift keeps float32 accurate for offset features, and an exactly constant representation gives an
+    exactly zero Gram. Not rescaled: minibatch CKA sums HSIC over batches, so each batch keeps its own
+    scale. Computed in at least float32.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if kernel == "rbf":
+        g = _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, name)
+    else:
+        u = x - x[:1]
+        g = u @ u.T
+    g.diagonal().zero_()
+    return g
+
+
 def zero_diagonal_grams(
     xs: Sequence[torch.Tensor], kernel: str, sigma: float | None, median_fraction: float, names: Sequence[str]
 ) -> torch.Tensor:
-    """The Gram of every representation of one batch, diagonals zeroed: shape (len(xs), n, n).
-
-    What the unbiased HSIC estimator consumes. Linear Grams are built from data shifted by its first row:
-    the estimator is translation invariant, the shift keeps float32 accurate for offset features, and an
-    exactly constant representation gives an exactly zero Gram. They are not rescaled: minibatch CKA sums
-    HSIC over batches, so each batch keeps its own scale. Written into one preallocated tensor; not
-    differentiable (the accumulators run under no_grad).
-    """
-    n = xs[0].shape[0]
-    out = torch.empty((len(xs), n, n), dtype=xs[0].dtype, device=xs[0].device)
-    for i, (x, name) in enumerate(zip(xs, names)):
-        if kernel == "rbf":
-            out[i] = _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, name)
-        else:
-            u = x - x[:1]
-            torch.matmul(u, u.T, out=out[i])
-    out.diagonal(dim1=-2, dim2=-1).zero_()
-    return out
+    """:func:`zero_diagonal_gram` of every representation of one batch, stacked: (len(xs), n, n)."""
+    return torch.stack([zero_diagonal_gram(x, kernel, sigma, median_fraction, nm) for x, nm in zip(xs, names)])
 
 
 def unbiased_hsic_pairs(

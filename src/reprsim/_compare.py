@@ -19,7 +19,14 @@ from torch import nn
 from typing_extensions import TypedDict, Unpack
 
 from ._accumulators import LinearCKA, MinibatchCKAMatrix
-from ._errors import DeviceMismatchError, InvalidParameterError, ShapeMismatchError
+from ._cka import zero_diagonal_gram
+from ._errors import (
+    DeviceMismatchError,
+    InsufficientSamplesError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from ._extract import Extractor, LayerSpec, Pool, move_batch, resolve_layers
 from ._result import SimilarityResult
 from ._validation import check_kernel
@@ -283,6 +290,8 @@ class _Comparison:
         stop_early: bool,
     ) -> None:
         used = [n for n in models if any(n in p for p in pairs)]
+        self.kernel, self.sigma, self.median_fraction = kernel, sigma, median_fraction
+        self.widths: dict[tuple[int, int], dict[str, int]] = {}
         self.models = models
         self.pairs = pairs
         self.estimator = estimator
@@ -306,6 +315,9 @@ class _Comparison:
             union = [l for m in used if self.run_of[m] == key for l in self.layer_names[m]]
             union = list(dict.fromkeys(union))
             if key not in self.runs:
+                # Minibatch CKA only needs each layer's n×n Gram: build it inside the hook, so no activation
+                # outlives its layer (kept activations cost the allocator fresh memory on every layer).
+                transform = self._gram_transform(key) if estimator == "minibatch" else None
                 self.runs[key] = Extractor(
                     models[n],
                     union,
@@ -314,6 +326,7 @@ class _Comparison:
                     pool=pool,
                     calls=calls,
                     stop_early=stop_early,
+                    transform=transform,
                 )
                 self.run_adapter[key] = adapters.get(n)
                 own = model_device(models[n])
@@ -324,7 +337,6 @@ class _Comparison:
                         f"move it with .to({str(target)!r}) first, or leave device=None"
                     )
                 self.run_device[key] = target
-        self.gram_builder = MinibatchCKAMatrix(kernel=kernel, sigma=sigma, median_fraction=median_fraction)
         self.matrices = (
             {p: MinibatchCKAMatrix(kernel=kernel, sigma=sigma, median_fraction=median_fraction) for p in pairs}
             if estimator == "minibatch"
@@ -377,23 +389,30 @@ class _Comparison:
         self.samples += sizes.pop()
         self.batches += 1
 
-    def _step_minibatch(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
+    def _gram_transform(self, key: tuple[int, int]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+        widths = self.widths.setdefault(key, {})
+
+        def transform(layer: str, pooled: torch.Tensor) -> torch.Tensor:
+            widths[layer] = pooled.shape[1]
+            return zero_diagonal_gram(pooled, self.kernel, self.sigma, self.median_fraction, layer)
+
+        return transform
+
+    def _step_minibatch(self, grams_of: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
         grams: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
-        built: dict[tuple[int, int], tuple[torch.Tensor, tuple[int, ...], list[str]]] = {}
+        stacked: dict[tuple[int, int], tuple[torch.Tensor, list[str]]] = {}
         for name in {n for p in self.pairs for n in p}:
             key = self.run_of[name]
-            if key not in built:
-                run_keys = list(acts[key])
-                g, w = self.gram_builder.layer_grams(
-                    [acts[key][k] for k in run_keys], [f"{name}:{k}" for k in run_keys]
-                )
-                built[key] = (g, w, run_keys)
-            g, w, run_keys = built[key]
-            idx = [run_keys.index(k) for k in self._keys_for(name, acts[key])]
-            if idx == list(range(len(run_keys))):
-                grams[name] = (g, w)
-            else:
-                grams[name] = (g[idx], tuple(w[i] for i in idx))
+            if key not in stacked:
+                run_keys = list(grams_of[key])
+                g = torch.stack([grams_of[key][k] for k in run_keys])
+                self._check_grams(g, run_keys, name)
+                stacked[key] = (g, run_keys)
+            g, run_keys = stacked[key]
+            keys = self._keys_for(name, grams_of[key])
+            idx = [run_keys.index(k) for k in keys]
+            widths = tuple(self.widths[key][k.split("#")[0]] for k in keys)
+            grams[name] = (g if idx == list(range(len(run_keys))) else g[idx], widths)
         for a, b in self.pairs:
             ga, wa = grams[a]
             if self.run_of[a] == self.run_of[b] and self.keys[a] == self.keys[b]:
@@ -401,6 +420,22 @@ class _Comparison:
             else:
                 gb, wb = grams[b]
                 self.matrices[(a, b)].update_grams(ga, wa, gb.to(ga.device), wb)
+
+    @staticmethod
+    def _check_grams(g: torch.Tensor, keys: list[str], model: str) -> None:
+        """One host synchronisation per model and batch: NaN or inf in any layer shows in its Gram."""
+        if g.shape[-1] < 4:
+            raise InsufficientSamplesError(
+                f"minibatch CKA needs batches of at least 4 samples; got {g.shape[-1]}. Drop the incomplete last "
+                "batch (DataLoader(drop_last=True))"
+            )
+        finite = torch.isfinite(g.sum(dim=(1, 2)))
+        if not bool(finite.all()):
+            bad = [k for k, ok in zip(keys, finite.tolist()) if not ok]
+            raise NonFiniteError(
+                f"{model}: layers {bad} produced NaN or infinite values in this batch (or values too large for "
+                f"{g.dtype}); check the model and its inputs"
+            )
 
     def _step_exact(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
         for a, b in self.pairs:

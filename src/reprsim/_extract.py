@@ -305,6 +305,10 @@ class Extractor:
         when only early layers are compared). Not available with ``calls="each"``.
     no_grad : bool, default True
         Run the forward under ``torch.no_grad()``. Recorded tensors are detached either way.
+    transform : callable (layer name, pooled tensor) -> tensor, optional
+        Applied inside the hook, right after pooling; what it returns is recorded instead. Reducing each
+        activation there (e.g. to the n×n Gram a minibatch CKA accumulator needs) frees it before the next
+        layer runs, which saves the allocator fresh memory on every layer.
 
     Examples
     --------
@@ -328,6 +332,7 @@ class Extractor:
         calls: str = "error",
         stop_early: bool = False,
         no_grad: bool = True,
+        transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if capture not in ("output", "input"):
             raise InvalidParameterError(f"capture must be 'output' or 'input'; got {capture!r}")
@@ -343,6 +348,7 @@ class Extractor:
         self.calls = calls
         self.stop_early = stop_early
         self.no_grad = no_grad
+        self.transform = transform
         if isinstance(pool, Mapping):
             missing = [n for n in self.layers if n not in pool]
             if missing:
@@ -383,6 +389,8 @@ class Extractor:
                 if calls and self.calls == "first":
                     return
                 pooled = pool_tokens(t.detach(), self._pool_for(name), mask)
+                if self.transform is not None:
+                    pooled = self.transform(name, pooled)
                 if self.calls == "last":
                     calls.clear()
                 calls.append(pooled)

@@ -1,0 +1,133 @@
+"""Class separability per layer: :func:`separability` runs a model over labelled data and scores every layer.
+
+For each selected layer and each token pooling, kNN accuracy (and optionally a ridge-probe accuracy) of a
+test set against a train set, with one forward pass per batch however many poolings are scored. Built on
+:class:`reprsim.Extractor` and the functions of :mod:`reprsim._analysis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._analysis import RidgeProbe, knn_accuracy
+from ._compare import eval_mode, model_device
+from ._errors import InvalidParameterError
+from ._extract import Extractor, LayerSpec, move_batch, pool_tokens
+
+__all__ = ["separability"]
+
+
+def _split(batch: Any) -> tuple[Any, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], torch.as_tensor(batch[1])
+    raise InvalidParameterError(f"separability needs labelled batches (inputs, labels); got a {type(batch).__name__}")
+
+
+def _collect(
+    model: nn.Module, data: Iterable[Any], extractor: Extractor, pools: Sequence[str], device: torch.device
+) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+    feats: dict[str, dict[str, list[torch.Tensor]]] = {p: {} for p in pools}
+    labels = []
+    for batch in data:
+        inputs, y = _split(batch)
+        acts = extractor(move_batch(inputs, device))
+        labels.append(y)
+        for name, packed in acts.items():
+            for p, part in zip(pools, packed.chunk(len(pools), dim=1)):
+                feats[p].setdefault(name, []).append(part)
+    return {p: {n: torch.cat(v) for n, v in d.items()} for p, d in feats.items()}, torch.cat(labels)
+
+
+def separability(
+    model: nn.Module,
+    train: Iterable[Any],
+    test: Iterable[Any],
+    *,
+    layers: LayerSpec,
+    pools: Sequence[str] = ("cls", "mean", "mean_no_cls"),
+    k: int = 20,
+    metric: str = "cosine",
+    temperature: float = 0.07,
+    probe: bool = False,
+    probe_alpha: float = 1.0,
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """kNN (and ridge-probe) accuracy of every selected layer, for each token pooling.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Run in eval mode for the duration; its ``training`` flags are restored afterwards.
+    train, test : iterables of (inputs, labels) batches
+    layers : layer selection
+        As in :class:`reprsim.Extractor`, e.g. ``"blocks.*"``.
+    pools : sequence of {"cls", "mean", "mean_no_cls", "flatten"}, default ("cls", "mean", "mean_no_cls")
+        Token poolings to score (the three of Shekhar et al., 2022); each is computed from the same forward.
+    k, metric, temperature
+        As in :func:`reprsim.knn_accuracy` (DINO's weighted 20-NN by default).
+    probe : bool, default False
+        Also fit a :class:`reprsim.RidgeProbe` per layer and pooling on the train set.
+    num_classes : int, optional
+        By default one more than the largest label.
+    device : optional
+        Where batches go; by default the model's device.
+
+    Returns
+    -------
+    dict
+        ``result[pool][layer] == {"top1": ..., "top5": ..., ["probe": ...]}``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from reprsim import separability
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16))
+    >>> x = torch.cat([torch.randn(60, 4) + 3, torch.randn(60, 4) - 3])
+    >>> y = torch.arange(120) // 60
+    >>> data = list(zip(x.split(30), y.split(30)))
+    >>> res = separability(net, data, data, layers=["0", "2"], pools=["flatten"], k=5)
+    >>> res["flatten"]["2"]["top1"]
+    1.0
+    """
+    if not pools:
+        raise InvalidParameterError("pools must name at least one pooling")
+    pools = list(pools)
+
+    def packed(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pool_tokens(t, p) for p in pools], dim=1)
+
+    extractor = Extractor(model, layers, pool=packed)
+    where = torch.device(device) if device is not None else model_device(model)
+    with eval_mode([model]), torch.no_grad():
+        train_f, train_y = _collect(model, train, extractor, pools, where)
+        test_f, test_y = _collect(model, test, extractor, pools, where)
+    c = num_classes if num_classes is not None else int(max(int(train_y.max()), int(test_y.max()))) + 1
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for p in pools:
+        out[p] = {}
+        for name in train_f[p]:
+            xtr, xte = train_f[p][name], test_f[p][name]
+            res = knn_accuracy(
+                (xtr, train_y.to(xtr.device)),
+                xte,
+                test_y.to(xte.device),
+                k=k,
+                metric=metric,
+                temperature=temperature,
+                topk=(1, 5) if c >= 5 else (1,),
+                num_classes=c,
+            )
+            if probe:
+                rp = RidgeProbe(num_classes=c, alpha=probe_alpha)
+                rp.update(xtr, train_y)
+                res["probe"] = rp.accuracy(xte, test_y)
+            out[p][name] = res
+    return out

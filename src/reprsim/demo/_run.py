@@ -1,0 +1,582 @@
+"""The miniature seed study, end to end: data, pretraining, fine-tuning, analyses A1–A5, figures, report.
+
+Every number in the report comes from reprsim's own functions (:func:`reprsim.compare`,
+:func:`reprsim.separability`, :func:`reprsim.logistic_probe`, :func:`reprsim.prediction_agreement`); the
+criteria that decide whether a finding of Shekhar et al. (2022) is reproduced are fixed in this file, before
+any number is seen, and never tuned to the outcome.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._analysis import logistic_probe, prediction_agreement
+from .._compare import compare
+from .._extract import Extractor
+from .._result import SimilarityResult
+from .._separability import separability
+from ._models import MAEObjective, SimCLRObjective, TinyViT, augment
+
+__all__ = ["DemoSettings", "run_demo"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs. ``quick`` is the CI-sized version (well under a minute on 2 CPU cores)."""
+
+    out: Path
+    quick: bool = False
+    seed: int = 0
+    models: list[str] | None = None  # two timm names (optionally NAME=CHECKPOINT) instead of the tiny ViTs
+    img_size: int | None = None
+    depth: int = 6
+    dim: int = 64
+    pretrain_epochs: int = 60
+    finetune_epochs: int = 15
+    batch_size: int = 128
+    cka_batch: int = 32  # the study's minibatch size for CKA
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.depth, self.dim, self.pretrain_epochs, self.finetune_epochs = 4, 48, 4, 2
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+def load_digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8×8 digits (1797 images, no download), standardised, split 1200 / 597."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("the demo needs scikit-learn: pip install 'reprsim[demo]'") from exc
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    tr, te = order[:1200], order[1200:]
+    mean, std = x[tr].mean(), x[tr].std()
+    x = (x - mean) / std
+    return x[tr], y[tr], x[te], y[te]
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y) - size + 1, size)]
+
+
+# -- training --------------------------------------------------------------------------------------------
+
+
+def _train(
+    module: nn.Module,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch: int,
+    lr: float,
+    seed: int,
+) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    steps = max(1, epochs * (len(y) // batch))
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    module.train()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        total = 0.0
+        for i in range(0, len(y) - batch + 1, batch):
+            idx = order[i : i + batch]
+            loss = step(x[idx], y[idx])
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        losses.append(total / max(1, len(y) // batch))
+    module.eval()
+    return losses
+
+
+def pretrain(kind: str, s: DemoSettings, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[TinyViT, list[float]]:
+    torch.manual_seed(seed)
+    model = TinyViT(dim=s.dim, depth=s.depth)
+    g = torch.Generator().manual_seed(seed + 1)
+    objective: nn.Module = SimCLRObjective(model) if kind == "contrastive" else MAEObjective(model)
+    losses = _train(objective, lambda xb, yb: objective(xb, g), x, y, s.pretrain_epochs, s.batch_size, 2e-3, seed)
+    return model, losses
+
+
+def finetune(
+    model: TinyViT, s: DemoSettings, x: torch.Tensor, y: torch.Tensor, seed: int
+) -> tuple[TinyViT, list[float]]:
+    tuned = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed + 2)
+    losses = _train(
+        tuned,
+        lambda xb, yb: F.cross_entropy(tuned(augment(xb, g)), yb),
+        x,
+        y,
+        s.finetune_epochs,
+        s.batch_size,
+        1e-3,
+        seed,
+    )
+    return tuned, losses
+
+
+def _timm_models(s: DemoSettings, log: Log) -> dict[str, nn.Module]:
+    import timm
+
+    assert s.models is not None
+    out: dict[str, nn.Module] = {}
+    for spec in s.models:
+        name, _, ckpt = spec.partition("=")
+        kwargs: dict[str, Any] = {"pretrained": False}
+        if s.img_size:
+            kwargs["img_size"] = s.img_size
+        model = timm.create_model(name, **kwargs)
+        if ckpt:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            for key in ("model", "state_dict"):  # common checkpoint layouts wrap the weights
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            log(f"loaded {ckpt} into {name}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        label = f"{name} ({Path(ckpt).name})" if ckpt else name
+        if label in out:
+            label = f"{label} #2"
+        out[label] = model.eval()
+    return out
+
+
+def _to_timm_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = tuple(
+        getattr(getattr(model, "patch_embed", None), "img_size", None) or cfg.get("input_size", (3, 224, 224))[-2:]
+    )
+    img = F.interpolate(x, size=size, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+    return (img * 0.5 + 0.5 - mean) / std
+
+
+# -- analyses --------------------------------------------------------------------------------------------
+
+
+def diagonal(r: SimilarityResult) -> list[float]:
+    n = min(r.matrix.shape)
+    return [float(r.matrix[i, i]) for i in range(n)]
+
+
+def mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def final_features(
+    model: nn.Module,
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    layer: str,
+    pool: str,
+    inputs: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ex = Extractor(model, [layer], pool=pool)
+    feats, labels = [], []
+    with torch.no_grad():
+        for xb, yb in data:
+            feats.append(ex(inputs(xb))[layer])
+            labels.append(yb)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def run_demo(settings: DemoSettings, log: Log = print) -> Path:
+    """Run the study and write ``report.md``, ``results.json`` and PNG figures to ``settings.out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import __version__
+
+    start = time.perf_counter()
+    s = settings
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+    xtr, ytr, xte, yte = load_digits_split(s.seed)
+    results: dict[str, Any] = {
+        "settings": {
+            "quick": s.quick,
+            "seed": s.seed,
+            "models": s.models,
+            "reprsim": __version__,
+            "torch": torch.__version__,
+        }
+    }
+    timings: dict[str, float] = {}
+
+    # ---- models ----
+    t0 = time.perf_counter()
+    if s.models:
+        zoo = _timm_models(s, log)
+        names = list(zoo)
+        if s.quick:  # random-weight timm models at full resolution are slow on a CPU: fewer samples
+            xtr, ytr, xte, yte = xtr[:256], ytr[:256], xte[:128], yte[:128]
+        first = next(iter(zoo.values()))
+        inputs: Callable[[torch.Tensor], torch.Tensor] = lambda b: _to_timm_input(b, first)  # noqa: E731
+        depth = len(getattr(first, "blocks", []))
+        pre = {names[0]: zoo[names[0]], names[1]: zoo[names[1]]}
+        tuned: dict[str, nn.Module] = {}
+        label_c, label_m = names
+    else:
+        inputs = lambda b: b  # noqa: E731
+        depth = s.depth
+        log(f"pretraining a contrastive (SimCLR) TinyViT for {s.pretrain_epochs} epochs ...")
+        c_model, c_loss = pretrain("contrastive", s, xtr, ytr, s.seed)
+        log(f"pretraining a reconstructive (MAE) TinyViT for {s.pretrain_epochs} epochs ...")
+        m_model, m_loss = pretrain("mae", s, xtr, ytr, s.seed + 10)
+        log("pretraining a second contrastive TinyViT (control, another seed) ...")
+        c2_model, _ = pretrain("contrastive", s, xtr, ytr, s.seed + 20)
+        log(f"fine-tuning both with labels for {s.finetune_epochs} epochs ...")
+        cf_model, _ = finetune(c_model, s, xtr, ytr, s.seed)
+        mf_model, _ = finetune(m_model, s, xtr, ytr, s.seed + 10)
+        label_c, label_m = "contrastive", "MAE"
+        pre = {label_c: c_model, label_m: m_model}
+        tuned = {"contrastive FT": cf_model, "MAE FT": mf_model}
+        results["pretraining_loss"] = {"contrastive": c_loss, "MAE": m_loss}
+    timings["models"] = time.perf_counter() - t0
+    blocks = [f"blocks.{i}" for i in range(depth)]
+    sub = ["blocks.*.attn.qkv", "blocks.*.norm1", "blocks.*.mlp.fc1"]
+    test_batches = [inputs(xb) for xb, _ in batches(xte, yte, s.cka_batch)]
+
+    # ---- A1: full-layer CKA ----
+    t0 = time.perf_counter()
+    log("A1: block-by-block minibatch CKA ...")
+    a1 = compare(pre[label_c], pre[label_m], test_batches, layers_a=blocks, names=(label_c, label_m), progress=False)
+    a1.save(out / "a1_blocks.npz")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
+    a1.plot(ax=ax, title=f"A1: {label_c} vs {label_m} (minibatch CKA, batch {s.cka_batch})")
+    fig.savefig(out / "a1_blocks.png", dpi=120)
+    plt.close(fig)
+    results["A1"] = {"matrix": a1.matrix.tolist(), "diagonal": diagonal(a1)}
+    control = None
+    if not s.models:
+        control = compare(
+            pre[label_c],
+            c2_model,
+            test_batches,
+            layers_a=blocks,
+            names=(label_c, "contrastive (seed 2)"),
+            progress=False,
+        )
+        results["A1"]["control_diagonal"] = diagonal(control)
+    timings["A1"] = time.perf_counter() - t0
+
+    # ---- A2: sub-layer CKA ----
+    t0 = time.perf_counter()
+    log("A2: sub-layer CKA (attn.qkv, norm1, mlp.fc1) ...")
+    a2 = compare(
+        pre[label_c], pre[label_m], test_batches, layers_a=sub, names=(label_c, label_m), pool="flatten", progress=False
+    )
+    a2.save(out / "a2_sublayers.npz")
+    kinds = {"attn.qkv": "attn.qkv", "norm1": "norm1", "mlp.fc1": "mlp.fc1"}
+    sub_diag = {k: [a2[f"blocks.{i}.{k}", f"blocks.{i}.{k}"] for i in range(depth)] for k in kinds}
+    results["A2"] = {"diagonal": sub_diag, "mean": {k: mean(v) for k, v in sub_diag.items()}}
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for k, v in sub_diag.items():
+        ax.plot(range(depth), v, marker="o", label=k)
+    ax.plot(range(depth), diagonal(a1), marker="s", color="black", label="block output")
+    ax.set(xlabel="block", ylabel=f"CKA({label_c}, {label_m})", title="A2: similarity per sub-layer", ylim=(0, 1.05))
+    ax.legend()
+    fig.savefig(out / "a2_sublayers.png", dpi=120)
+    plt.close(fig)
+    timings["A2"] = time.perf_counter() - t0
+
+    # ---- A3: separability ----
+    t0 = time.perf_counter()
+    log("A3: 20-NN separability per block (CLS, mean, mean without CLS) and linear probes ...")
+    train_b = [(inputs(xb), yb) for xb, yb in batches(xtr, ytr, 100)]
+    test_b = [(inputs(xb), yb) for xb, yb in batches(xte, yte, len(yte))]
+    every = {**pre, **tuned}
+    sep = {name: separability(m, train_b, test_b, layers=blocks, k=20) for name, m in every.items()}
+    final_layer = "norm" if any(n == "norm" for n, _ in pre[label_c].named_modules()) else blocks[-1]
+    probes = {}
+    probe_scores = {}
+    for name, m in every.items():
+        ftr, ltr = final_features(m, [(xb, yb) for xb, yb in train_b], final_layer, "cls", lambda b: b)
+        fte, lte = final_features(m, [(xb, yb) for xb, yb in test_b], final_layer, "cls", lambda b: b)
+        res = logistic_probe(ftr, ltr, fte, lte, C=1.0)
+        probes[name] = res["accuracy"]
+        mu, sd = ftr.double().mean(0), ftr.double().std(0).clamp_min(1e-12)
+        probe_scores[name] = ((fte.double() - mu) / sd) @ res["weights"] + res["intercept"]
+    results["A3"] = {"knn": sep, "linear_probe_final_cls": probes}
+    pools = ["cls", "mean", "mean_no_cls"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True, layout="constrained")
+    for ax, p in zip(axes, pools):
+        for name in every:
+            ax.plot(range(depth), [sep[name][p][b]["top1"] for b in blocks], marker="o", label=name)
+        ax.set(title=f"A3: 20-NN top-1, {p}", xlabel="block", ylim=(0, 1.02))
+    axes[0].set_ylabel("accuracy")
+    axes[-1].legend(fontsize=8)
+    fig.savefig(out / "a3_separability.png", dpi=120)
+    plt.close(fig)
+    timings["A3"] = time.perf_counter() - t0
+
+    # ---- A4: prediction agreement ----
+    t0 = time.perf_counter()
+    log("A4: prediction agreement ...")
+    a4: dict[str, Any] = {
+        "pretrained (linear probes)": prediction_agreement(
+            probe_scores[label_c], probe_scores[label_m], yte, ks=(5, 10, 100)
+        )
+    }
+    if tuned:
+        with torch.no_grad():
+            la, lb = tuned["contrastive FT"](xte), tuned["MAE FT"](xte)
+        a4["fine-tuned (logits)"] = prediction_agreement(la, lb, yte, ks=(5, 10, 100))
+        a4["fine-tuned accuracy"] = {
+            "contrastive FT": float((la.argmax(1) == yte).double().mean()),
+            "MAE FT": float((lb.argmax(1) == yte).double().mean()),
+        }
+    results["A4"] = a4
+    timings["A4"] = time.perf_counter() - t0
+
+    # ---- A5: fine-tuning ----
+    t0 = time.perf_counter()
+    a5: dict[str, Any] = {}
+    if tuned:
+        log("A5: how fine-tuning moves the models ...")
+        four = {**pre, **tuned}
+        pairs = [
+            (label_c, label_m),
+            (label_c, "MAE FT"),
+            ("contrastive FT", "MAE FT"),
+            (label_c, "contrastive FT"),
+            (label_m, "MAE FT"),
+            ("contrastive FT", label_m),
+        ]
+        a5_res = compare(four, test_batches, layers=blocks, pairs=pairs, progress=False)
+        a5 = {f"{a} vs {b}": {"diagonal": diagonal(r), "mean": mean(diagonal(r))} for (a, b), r in a5_res.items()}
+        fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+        for (a, b), r in a5_res.items():
+            ax.plot(range(depth), diagonal(r), marker="o", label=f"{a} vs {b}")
+        ax.set(xlabel="block", ylabel="CKA (same block)", title="A5: effect of fine-tuning", ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+        fig.savefig(out / "a5_finetuning.png", dpi=120)
+        plt.close(fig)
+    results["A5"] = a5
+    timings["A5"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - start
+    results["timings_s"] = timings
+
+    findings = _findings(results, label_c, label_m, depth, control is not None, bool(tuned))
+    results["findings"] = findings
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    report = out / "report.md"
+    report.write_text(_report(results, findings, s, label_c, label_m, blocks))
+    log(f"report: {report.resolve()}  ({timings['total']:.0f} s)")
+    return report
+
+
+# -- findings and report ---------------------------------------------------------------------------------
+
+
+def _findings(r: dict[str, Any], c: str, m: str, depth: int, has_control: bool, has_ft: bool) -> list[dict[str, Any]]:
+    """Each finding of the paper's abstract, with the criterion that decides it here (fixed in advance)."""
+    out = []
+    diag = r["A1"]["diagonal"]
+    if has_control:
+        ctrl = r["A1"]["control_diagonal"]
+        gap = mean(ctrl) - mean(diag)
+        out.append(
+            {
+                "finding": "Reconstructive representations are significantly dissimilar from contrastive ones",
+                "criterion": "mean block CKA(contrastive, MAE) at least 0.1 below that of two contrastive seeds",
+                "numbers": f"{mean(diag):.3f} vs {mean(ctrl):.3f} (control)",
+                "reproduced": gap >= 0.1,
+            }
+        )
+        early = max(0, depth // 3 - 1)
+        out.append(
+            {
+                "finding": "The differences arise early in the network depth",
+                "criterion": f"at block {early} (first third), CKA(contrastive, MAE) is at least 0.05 below the "
+                "control pair's",
+                "numbers": f"{diag[early]:.3f} vs {ctrl[early]:.3f}",
+                "reproduced": ctrl[early] - diag[early] >= 0.05,
+            }
+        )
+    means = r["A2"]["mean"]
+    out.append(
+        {
+            "finding": "The differences are driven mostly by the attention and normalisation layers",
+            "criterion": "mean CKA over blocks of attn.qkv and of norm1 both below that of mlp.fc1",
+            "numbers": ", ".join(f"{k} {v:.3f}" for k, v in means.items()),
+            "reproduced": means["attn.qkv"] < means["mlp.fc1"] and means["norm1"] < means["mlp.fc1"],
+        }
+    )
+    knn_c = r["A3"]["knn"][c]["cls"][f"blocks.{depth - 1}"]["top1"]
+    knn_m = r["A3"]["knn"][m]["cls"][f"blocks.{depth - 1}"]["top1"]
+    pc, pm = r["A3"]["linear_probe_final_cls"][c], r["A3"]["linear_probe_final_cls"][m]
+    agree = r["A4"]["pretrained (linear probes)"]["all"]["top1_agreement"]
+    out.append(
+        {
+            "finding": "The differences show in linear separability and class predictions of the pretrained models",
+            "criterion": "contrastive beats MAE in last-block CLS 20-NN accuracy and in final linear-probe "
+            "accuracy, and the two probes' top-1 predictions disagree on more than 5% of samples",
+            "numbers": f"20-NN {knn_c:.3f} vs {knn_m:.3f}; probe {pc:.3f} vs {pm:.3f}; agreement {agree:.3f}",
+            "reproduced": knn_c > knn_m and pc > pm and agree < 0.95,
+        }
+    )
+    if has_ft:
+        before = r["A5"][f"{c} vs {m}"]["mean"]
+        after = r["A5"][f"{c} vs MAE FT"]["mean"]
+        out.append(
+            {
+                "finding": "A fine-tuned reconstructive model becomes more similar to a pretrained contrastive one",
+                "criterion": "mean block CKA(contrastive, MAE fine-tuned) above CKA(contrastive, MAE)",
+                "numbers": f"{after:.3f} vs {before:.3f}",
+                "reproduced": after > before,
+            }
+        )
+    return out
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _report(
+    r: dict[str, Any], findings: list[dict[str, Any]], s: DemoSettings, c: str, m: str, blocks: list[str]
+) -> str:
+
+    def f3(v: float) -> str:
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+
+    parts = [
+        "# reprsim demo: contrastive vs reconstructive self-supervised ViTs, in miniature",
+        "",
+        "A miniature of Shekhar, Bordes, Vincent & Morcos (2022), *Understanding contrastive versus reconstructive "
+        "self-supervised learning of Vision Transformers*, run offline with reprsim's own functions.",
+        "",
+        (
+            "Models: " + ", ".join(s.models or []) + "."
+            if s.models
+            else f"Models: two TinyViTs (depth {s.depth}, width {s.dim}, 2×2 patches: 16 tokens + CLS) pretrained on "
+            f"scikit-learn's 8×8 digits (1200 train / 597 test images) for {s.pretrain_epochs} epochs, one with a "
+            "contrastive objective (SimCLR-style InfoNCE over two augmented views), one with a masked-autoencoder "
+            f"objective (75% of patches masked); each then fine-tuned with labels for {s.finetune_epochs} epochs. "
+            "A second contrastive model with another seed is the control for 'dissimilar'."
+        ),
+        f"CKA: minibatch linear CKA with unbiased HSIC, batch {s.cka_batch}, tokens flattened, on the test images. "
+        f"Mode: {'quick (CI-sized; too little training for the numbers to mean much)' if s.quick else 'full'}; "
+        f"seed {s.seed}; reprsim {r['settings']['reprsim']}, torch {r['settings']['torch']}.",
+        "",
+        "## Findings",
+        "",
+        "Each finding is the paper's (from its abstract); the criterion was fixed in the code before any run and "
+        "is not tuned to the outcome. The miniature differs from the study in scale (tiny models, 8×8 digits, "
+        "minutes of CPU training), so a finding that does not reproduce here says nothing against the paper.",
+        "",
+        _table(
+            [[f["finding"], f["criterion"], f["numbers"], "yes" if f["reproduced"] else "no"] for f in findings],
+            ["finding", "criterion here", "numbers", "reproduced"],
+        ),
+        "",
+        "## A1: block-by-block CKA",
+        "",
+        "![A1](a1_blocks.png)",
+        "",
+        _table(
+            [
+                [b, f3(v)] + ([f3(r["A1"]["control_diagonal"][i])] if "control_diagonal" in r["A1"] else [])
+                for i, (b, v) in enumerate(zip(blocks, r["A1"]["diagonal"]))
+            ],
+            ["block", f"CKA({c}, {m})"]
+            + (["CKA(contrastive, contrastive seed 2)"] if "control_diagonal" in r["A1"] else []),
+        ),
+        "",
+        "## A2: sub-layers (attention qkv, first LayerNorm, first MLP linear)",
+        "",
+        "![A2](a2_sublayers.png)",
+        "",
+        _table(
+            [[k] + [f3(v) for v in vals] + [f3(r["A2"]["mean"][k])] for k, vals in r["A2"]["diagonal"].items()],
+            ["sub-layer"] + [str(i) for i in range(len(blocks))] + ["mean"],
+        ),
+        "",
+        "## A3: separability per block (20-NN, DINO-weighted, top-1 / top-5) and final linear probe",
+        "",
+        "![A3](a3_separability.png)",
+        "",
+    ]
+    knn = r["A3"]["knn"]
+    rows = []
+    for name, per_pool in knn.items():
+        for pool, per_layer in per_pool.items():
+            rows.append(
+                [name, pool]
+                + [f"{per_layer[b]['top1']:.3f} / {per_layer[b].get('top5', math.nan):.3f}" for b in blocks]
+            )
+    parts += [
+        _table(rows, ["model", "pooling", *blocks]),
+        "",
+        _table(
+            [[k, f3(v)] for k, v in r["A3"]["linear_probe_final_cls"].items()],
+            ["model", "logistic probe accuracy (final CLS)"],
+        ),
+        "",
+        "## A4: prediction agreement",
+        "",
+        "With 10 classes, the top-10 and top-100 rankings both cover every class.",
+        "",
+    ]
+    for setting, res in r["A4"].items():
+        if setting == "fine-tuned accuracy":
+            parts += ["Fine-tuned test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()), ""]
+            continue
+        metrics = ["top1_agreement", "f1_agreement", "kendall_tau_top5", "kendall_tau_top10", "kendall_tau_top100"]
+        parts += [
+            f"**{setting}**",
+            "",
+            _table(
+                [[sub, str(v["n"])] + [f3(v[k]) for k in metrics] for sub, v in res.items()], ["samples", "n", *metrics]
+            ),
+            "",
+        ]
+    if r["A5"]:
+        parts += [
+            "## A5: effect of fine-tuning",
+            "",
+            "![A5](a5_finetuning.png)",
+            "",
+            _table(
+                [[pair, f3(v["mean"])] + [f3(x) for x in v["diagonal"]] for pair, v in r["A5"].items()],
+                ["pair", "mean", *blocks],
+            ),
+            "",
+        ]
+    t = r["timings_s"]
+    parts += ["## Run time", "", ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) + ".", ""]
+    return "\n".join(parts)

@@ -1,0 +1,112 @@
+"""`reprsim demo --quick`: the miniature seed study runs end to end and writes a sane report."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from reprsim.cli import main
+from reprsim.demo import MAEObjective, SimCLRObjective, TinyViT
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def numbers(obj: Any) -> list[float]:
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in numbers(x)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in numbers(x)]
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return [float(obj)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_demo_writes_report_figures_and_sane_numbers(quick_run: Path) -> None:
+    report = (quick_run / "report.md").read_text()
+    for section in ("## Findings", "## A1", "## A2", "## A3", "## A4", "## A5"):
+        assert section in report
+    for fig in ("a1_blocks.png", "a2_sublayers.png", "a3_separability.png", "a5_finetuning.png"):
+        assert (quick_run / fig).read_bytes()[:8] == PNG
+        assert f"({fig})" in report
+    results = json.loads((quick_run / "results.json").read_text())
+    # CKA values: finite and within [-0.1, 1] (unbiased estimates may dip slightly below 0)
+    for v in numbers(results["A1"]) + numbers(results["A2"]) + numbers(results["A5"]):
+        assert math.isfinite(v)
+        assert -0.1 <= v <= 1.0 + 1e-6
+    for v in numbers(results["A3"]):
+        assert 0.0 <= v <= 1.0
+    agreement = results["A4"]["pretrained (linear probes)"]["all"]
+    assert 0.0 <= agreement["top1_agreement"] <= 1.0
+    assert -1.0 <= agreement["kendall_tau_top5"] <= 1.0
+    assert len(results["findings"]) == 5
+    assert all(isinstance(f["reproduced"], bool) for f in results["findings"])
+    assert results["timings_s"]["total"] < 120
+
+
+def test_demo_is_deterministic(quick_run: Path, tmp_path: Path) -> None:
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    first = json.loads((quick_run / "results.json").read_text())
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert first["A1"] == second["A1"]
+    assert first["A3"] == second["A3"]
+
+
+def test_demo_with_timm_models(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    code = main(
+        [
+            "demo",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--models",
+            "vit_tiny_patch16_224",
+            "vit_small_patch16_224",
+            "--img-size",
+            "32",
+        ]
+    )
+    assert code == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "vit_tiny_patch16_224" in report
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["A1"]["diagonal"]) == 12
+    assert results["A5"] == {}  # no fine-tuned pair given: A5 is skipped, not faked
+
+
+def test_python_dash_m_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "reprsim", "demo", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--quick" in out.stdout
+
+
+def test_tiny_vit_names_match_timm_and_objectives_train() -> None:
+    model = TinyViT(depth=2, dim=32)
+    names = {n for n, _ in model.named_modules()}
+    assert {"blocks.1.attn.qkv", "blocks.1.norm1", "blocks.1.mlp.fc1", "norm", "head"} <= names
+    x = torch.randn(16, 1, 8, 8)
+    assert model(x).shape == (16, 10)
+    g = torch.Generator().manual_seed(0)
+    for objective in (SimCLRObjective(model), MAEObjective(model)):
+        loss = objective(x, g)
+        loss.backward()
+        assert math.isfinite(float(loss))
+        assert model.blocks[0].attn.qkv.weight.grad is not None
