@@ -1,0 +1,38 @@
+"""Compare two models, save the result (a .npz file, no pickle), load it back and plot it."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import torch
+from torch import nn
+
+from reprsim import SimilarityResult, compare
+
+torch.manual_seed(0)
+cnn = nn.Sequential(
+    nn.Conv2d(3, 16, 3, padding=1),
+    nn.ReLU(),
+    nn.Conv2d(16, 32, 3, padding=1),
+    nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(32, 10),
+)
+other = nn.Sequential(
+    nn.Conv2d(3, 16, 3, padding=1),
+    nn.ReLU(),
+    nn.Conv2d(16, 32, 3, padding=1),
+    nn.ReLU(),
+    nn.AdaptiveAvgPool2d(1),
+    nn.Flatten(),
+    nn.Linear(32, 10),
+)
+images = [torch.randn(64, 3, 16, 16) for _ in range(4)]
+
+result = compare(cnn, other, images, layers_a=[nn.Conv2d, nn.Linear], pool="mean", names=("CNN", "other CNN"))
+path = result.save("cnn_vs_other.npz")
+again = SimilarityResult.load(path)
+assert torch.equal(again.matrix, result.matrix)
+print(again)
+ax = again.plot(annotate=True, title="CNN vs other CNN, minibatch linear CKA")
+ax.figure.savefig("cnn_vs_other.png", dpi=150)
