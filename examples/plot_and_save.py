@@ -8,25 +8,21 @@ from torch import nn
 
 from reprsim import SimilarityResult, compare
 
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
 torch.manual_seed(0)
-cnn = nn.Sequential(
-    nn.Conv2d(3, 16, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(16, 32, 3, padding=1),
-    nn.ReLU(),
-    nn.AdaptiveAvgPool2d(1),
-    nn.Flatten(),
-    nn.Linear(32, 10),
-)
-other = nn.Sequential(
-    nn.Conv2d(3, 16, 3, padding=1),
-    nn.ReLU(),
-    nn.Conv2d(16, 32, 3, padding=1),
-    nn.ReLU(),
-    nn.AdaptiveAvgPool2d(1),
-    nn.Flatten(),
-    nn.Linear(32, 10),
-)
+cnn, other = small_cnn(), small_cnn()  # same architecture, different random weights
 images = [torch.randn(64, 3, 16, 16) for _ in range(4)]
 
 result = compare(cnn, other, images, layers_a=[nn.Conv2d, nn.Linear], pool="mean", names=("CNN", "other CNN"))
