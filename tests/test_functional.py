@@ -254,3 +254,15 @@ def test_float32_extreme_magnitudes_neither_overflow_nor_underflow(
     assert abs(float(got) - expected) <= 1e-5
     m = reprsim.cka_matrix([xs], [torch.from_numpy(y).float()], unbiased=unbiased)
     assert abs(float(m[0, 0]) - expected) <= 1e-5
+
+
+def test_median_bandwidth_matches_numpy_for_every_small_n() -> None:
+    from reprsim._kernels import median_sigma, squared_distances
+
+    rng = np.random.default_rng(20)
+    for n in range(2, 41):
+        x = np.round(rng.normal(size=(n, 3)), 1)  # coarse values: ties and duplicate rows
+        x[n // 2] = x[0]
+        d2 = ref.cdist(x, x, "sqeuclidean")
+        got = float(median_sigma(squared_distances(torch.from_numpy(x)), 0.5))
+        assert got == pytest.approx(0.5 * np.sqrt(np.median(d2)), rel=1e-12, abs=1e-12), n

@@ -43,30 +43,44 @@ def linear_gram(x: Any) -> torch.Tensor:
 
 
 def squared_distances(x: torch.Tensor) -> torch.Tensor:
-    """Matrix of squared Euclidean distances between the rows of ``x`` (exact zeros between equal rows)."""
+    """Matrix of squared Euclidean distances between the rows of ``x``; exactly 0 between equal rows."""
     # Distances are translation invariant; centring first keeps ‖a‖² + ‖b‖² − 2a·b from cancelling
     # catastrophically when the features have a large common offset.
     xc = x - x.mean(dim=0, keepdim=True)
     sq = (xc * xc).sum(dim=1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).clamp_min(0.0)
-    # The expansion leaves rounding residues (~eps·‖x‖²) between identical rows; duplicates must be at
-    # distance exactly 0, or a median bandwidth over mostly-duplicate data becomes a residue instead of 0.
-    _, group = torch.unique(x.detach(), dim=0, return_inverse=True)
-    return d2.masked_fill(group[:, None] == group[None, :], 0.0)
+    total = sq[:, None] + sq[None, :]
+    d2 = (total - 2.0 * (xc @ xc.T)).clamp_min(0.0)
+    # Where the expansion is below its own rounding error (always on the diagonal, and between equal or
+    # nearly equal rows) recompute from the differences: equal rows are then exactly 0 apart, so a median
+    # bandwidth over mostly duplicate data is 0 rather than a rounding residue.
+    rows, cols = torch.nonzero(d2 <= 64.0 * torch.finfo(x.dtype).eps * total, as_tuple=True)
+    exact = ((xc[rows] - xc[cols]) ** 2).sum(dim=1)
+    return d2.index_put((rows, cols), exact)
 
 
 def median_sigma(d2: torch.Tensor, median_fraction: float = 1.0) -> torch.Tensor:
     """Bandwidth ``median_fraction * sqrt(median(d2))`` over all n×n entries, diagonal zeros included.
 
     The median of an even number of entries is the mean of the two middle ones (NumPy's convention, as in
-    the reference implementation of Kornblith et al. 2019).
+    the reference implementation of Kornblith et al. 2019). The matrix is symmetric with a zero diagonal,
+    so its sorted entries are n zeros followed by each strict-upper-triangle entry twice: the order
+    statistics come from the triangle alone, half the data.
     """
-    flat = d2.reshape(-1)
-    m = flat.numel()
+    n = d2.shape[0]
+    if n == 1:
+        return median_fraction * d2.reshape(()).sqrt()
+    upper = d2.masked_select(torch.ones(n, n, dtype=torch.bool, device=d2.device).triu(1))
+
+    def full_order_statistic(k: int) -> torch.Tensor:  # k-th smallest (1-based) of all n² entries
+        if k <= n:
+            return d2.new_zeros(())
+        return upper.kthvalue((k - n + 1) // 2).values
+
+    m = n * n
     if m % 2 == 1:
-        med = flat.kthvalue((m + 1) // 2).values
+        med = full_order_statistic((m + 1) // 2)
     else:
-        med = 0.5 * (flat.kthvalue(m // 2).values + flat.kthvalue(m // 2 + 1).values)
+        med = 0.5 * (full_order_statistic(m // 2) + full_order_statistic(m // 2 + 1))
     return median_fraction * med.sqrt()
 
 
