@@ -23,6 +23,7 @@ from torch import nn
 
 from .._analysis import logistic_probe, prediction_agreement
 from .._compare import compare
+from .._errors import InvalidParameterError
 from .._extract import Extractor
 from .._result import SimilarityResult
 from .._separability import separability
@@ -146,7 +147,8 @@ def finetune(
 def _timm_models(s: DemoSettings, log: Log) -> dict[str, nn.Module]:
     import timm
 
-    assert s.models is not None
+    if not s.models or len(s.models) != 2:
+        raise InvalidParameterError(f"--models takes two timm model names (NAME or NAME=CHECKPOINT); got {s.models}")
     out: dict[str, nn.Module] = {}
     for spec in s.models:
         name, _, ckpt = spec.partition("=")
