@@ -254,12 +254,44 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-repeats", type=int, help="repeats for the model comparisons (default: --repeats)")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, to check the harness")
-    parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--only", action="append", help="run only workloads whose name contains this (repeatable)")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory processes (they rerun everything)"
+    )
+    parser.add_argument("--libs", nargs="+", choices=LIBS, help="run only these libraries (default: all)")
+    parser.add_argument("--jsonl", type=Path, help="also append every row to this JSON-lines file")
+    parser.add_argument("--render", type=Path, nargs="+", help="write the table and chart from saved JSON-lines rows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "assets" / "benchmarks.png")
     parser.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     all_work = workloads(args.quick)
+    libs = args.libs or LIBS
+    if args.render:
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for f in args.render:  # a later file's row replaces an earlier one for the same workload and library
+            for line in f.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    merged[(r["workload"], r["library"])] = r
+        rows = list(merged.values())
+        for r in rows:  # "vs fastest peer" across the merged rows (vs floor stays within each row's own run)
+            peer_times = [
+                q["time_s"]
+                for q in rows
+                if q["workload"] == r["workload"] and "time_s" in q and q["library"] not in ("reprsim", "floor")
+            ]
+            if "vs_fastest_peer" in r and peer_times:
+                r["vs_fastest_peer"] = r["time_s"] / min(peer_times)
+        order = list(all_work)
+        rows.sort(
+            key=lambda r: (
+                order.index(r["workload"]) if r["workload"] in order else len(order),
+                [*LIBS, "floor"].index(r["library"]),
+            )
+        )
+        write_results(rows, args)
+        return
     if args.memory:
         lib, name = args.memory
         run, floor, _ = prepare(all_work[name])
@@ -272,7 +304,7 @@ def main() -> None:
         return
     rows = []
     for name, w in all_work.items():
-        if args.only and args.only not in name:
+        if args.only and not any(o in name for o in args.only):
             continue
         print(f"== {name}", flush=True)
         run, floor, reference = prepare(w)
@@ -280,23 +312,38 @@ def main() -> None:
         times: dict[str, list[float]] = {lib: [] for lib in [*LIBS, "floor"]}
         errors: dict[str, str] = {}
         results: dict[str, Any] = {}
-        for lib in LIBS:  # warm-up, result and errors
+        for lib in libs:  # warm-up, result and errors
+            if args.model_repeats == 0 and w["kind"] == "models":
+                continue  # timed below, once
             try:
                 results[lib] = run(lib)
             except Exception as exc:  # a peer's failure is a result to report, not a crash
                 errors[lib] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
                 traceback.print_exc(limit=1)
-        floor()
-        repeats = args.repeats if w["kind"] == "single" or not args.model_repeats else args.model_repeats
+        repeats = args.repeats if w["kind"] == "single" or args.model_repeats is None else args.model_repeats
+        if repeats == 0:  # long workloads: the (first, cold) result run is the timing
+            for lib in libs:
+                start = time.perf_counter()
+                try:
+                    results[lib] = run(lib)
+                except Exception as exc:  # a peer's failure is a result to report, not a crash
+                    errors[lib] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                    continue
+                times[lib].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            floor()
+            times["floor"].append(time.perf_counter() - start)
+        else:
+            floor()
         for _ in range(repeats):
-            for lib in [*[l for l in LIBS if l not in errors], "floor"]:
+            for lib in [*[l for l in libs if l not in errors], "floor"]:
                 start = time.perf_counter()
                 floor() if lib == "floor" else run(lib)
                 times[lib].append(time.perf_counter() - start)
         med = {lib: statistics.median(t) for lib, t in times.items() if t}
-        peers = [med[l] for l in LIBS[1:] if l in med]
+        peers = [med[l] for l in libs if l != "reprsim" and l in med]
         fastest_peer = min(peers) if peers else float("nan")
-        for lib in LIBS:
+        for lib in libs:
             row = {"workload": name, "library": lib, "error": errors.get(lib, "")}
             if lib in med:
                 row.update(
@@ -331,23 +378,29 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "
         f"Python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"Median of {args.repeats} alternating repeats after a warm-up{' (quick inputs)' if args.quick else ''}. "
+        "Times are medians of alternating repeats after a warm-up ('runs timed'; '1 (cold)': a single timed run "
+        f"without warm-up, for the longest workloads){' (quick inputs)' if args.quick else ''}. "
         "`floor`: the bare matrix products (single CKA) or the bare forward passes (model comparisons). "
         "`|diff|`: largest absolute difference from the float64 reference of the estimator asked for "
         "(biased linear, unbiased linear, biased RBF with the median bandwidth; minibatch CKA with unbiased "
         "HSIC for model comparisons). Peak MiB: how far the resident set of a fresh process running only that "
         "library on that workload rises above what its inputs and models already hold.",
         "",
-        "| workload | library | time (s) | vs fastest peer | vs floor | \\|diff\\| from reference | peak MiB | error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | library | time (s) | runs timed | vs fastest peer | vs floor | \\|diff\\| from reference "
+        "| peak MiB | error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = f"{r['time_s']:.3f}" if "time_s" in r else ""
         vp = f"{r['vs_fastest_peer']:.2f}" if "vs_fastest_peer" in r else ""
         vf = f"{r['vs_floor']:.2f}" if "vs_floor" in r else ""
         d = f"{r['abs_diff']:.1e}" if "abs_diff" in r else ""
+        peak = r.get("peak_mib", float("nan"))
+        peak_text = "" if peak != peak else f"{peak:.0f}"  # NaN: not measured
+        runs = str(r.get("repeats", "")) if "time_s" in r else ""
+        runs = "1 (cold)" if runs == "0" else runs
         lines.append(
-            f"| {r['workload']} | {r['library']} | {t} | {vp} | {vf} | {d} | {r.get('peak_mib', float('nan')):.0f} "
+            f"| {r['workload']} | {r['library']} | {t} | {runs} | {vp} | {vf} | {d} | {peak_text} "
             f"| {r.get('error', '')} |"
         )
     args.out.write_text("\n".join(lines) + "\n")
