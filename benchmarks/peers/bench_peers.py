@@ -352,17 +352,18 @@ def main() -> None:
                     vs_floor=med[lib] / med["floor"],
                     abs_diff=difference(results[lib], expected),
                 )
-            row["peak_mib"] = peak_memory(lib, name, args.quick)
+            row["peak_mib"] = float("nan") if args.no_memory else peak_memory(lib, name, args.quick)
+            row["repeats"] = repeats
             rows.append(row)
-            print(json.dumps(row), flush=True)
+        floor_mem = float("nan") if args.no_memory else peak_memory("floor", name, args.quick)
         rows.append(
-            {
-                "workload": name,
-                "library": "floor",
-                "time_s": med["floor"],
-                "peak_mib": peak_memory("floor", name, args.quick),
-            }
+            {"workload": name, "library": "floor", "time_s": med["floor"], "peak_mib": floor_mem, "repeats": repeats}
         )
+        for row in rows[-len(libs) - 1 :]:
+            print(json.dumps(row), flush=True)
+            if args.jsonl:
+                with args.jsonl.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
     write_results(rows, args)
 
 
