@@ -43,15 +43,19 @@ def unbiased_hsic_from_terms(
 
 
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ a·b over all entries as one BLAS dot product: no temporary the size of the inputs."""
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+    """Σ a·b over all entries, as a plain sum of products.
+
+    Not a BLAS dot product: torch.dot accumulates float32 with an error that grows with the length (2.5e-6
+    on a CKA from 2000×2000 Grams, against 1.5e-8 for the cascade summation of ``sum``), for a 5% speed-up.
+    """
+    return (a * b).sum()
 
 
 def frobenius(t: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm as the square root of a dot product.
+    """Frobenius norm as the square root of :func:`inner`.
 
     Not torch.linalg.vector_norm: on the CPU it accumulates float32 with an error that grows with the
-    element count (1e-4 relative for a 5000×5000 Gram), against about 1e-7 for the dot product.
+    element count (1e-4 relative for a 5000×5000 Gram), against about 1e-7 for ``sum``.
     """
     return inner(t, t).sqrt()
 
