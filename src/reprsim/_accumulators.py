@@ -522,12 +522,23 @@ class _MinibatchBase(_Accumulator):
     """Minibatch CKA of Nguyen, Raghu & Kornblith (2021): per batch, unbiased HSIC of (K, L), (K, K) and
     (L, L) for every pair of layers, summed over batches; CKA is the ratio of the sums."""
 
-    def __init__(self, kernel: str, sigma: float | None, median_fraction: float, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        kernel: str = "linear",
+        sigma: float | None = None,
+        median_fraction: float = 1.0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         super().__init__(dtype)
         check_kernel(kernel, sigma, median_fraction)
         self.kernel = kernel
         self.sigma = None if sigma is None else float(sigma)
         self.median_fraction = float(median_fraction)
+        self._declare_states()
+
+    def _declare_states(self) -> None:
+        """Each estimator declares its own state (see _Accumulator._add_state)."""
+        raise NotImplementedError
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -634,14 +645,7 @@ class MinibatchCKAMatrix(_MinibatchBase):
     1.0
     """
 
-    def __init__(
-        self,
-        kernel: str = "linear",
-        sigma: float | None = None,
-        median_fraction: float = 1.0,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__(kernel, sigma, median_fraction, dtype)
+    def _declare_states(self) -> None:
         self._add_state("n", lambda d: (), "sum")
         self._add_state("batches", lambda d: (), "sum")
         self._add_state("kl", lambda d: (d[0], d[1]), "sum")
@@ -722,14 +726,7 @@ class MinibatchCKA(_MinibatchBase):
     (1.0, torch.Size([8, 3]))
     """
 
-    def __init__(
-        self,
-        kernel: str = "linear",
-        sigma: float | None = None,
-        median_fraction: float = 1.0,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__(kernel, sigma, median_fraction, dtype)
+    def _declare_states(self) -> None:
         self._add_state("n", lambda d: (), "sum")
         self._add_state("kl", lambda d: (), "sum")
         self._add_state("kk", lambda d: (), "sum")
