@@ -76,6 +76,32 @@ def test_cka_float32_matches_reference(n: int, p: int, q: int, kernel: str, unbi
     assert abs(float(got) - expected) <= 1e-5
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("rows", [1, 7, 16, 50])  # one row, a remainder strip, exact division, one strip
+def test_sample_space_strips_match_reference(
+    unbiased: bool, rows: int, device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The n×n path never forms the Grams: it sums the upper triangle of row strips. Every strip height gives
+    # the reference's number, on every device (the heights used in practice depend on n and the device).
+    force_linear_path(monkeypatch, "samples")
+    monkeypatch.setattr(_cka, "_strip_rows", lambda n, device: rows)
+    x, y = related_pair(50, 60, 70, seed=rows)
+    expected = ref.cka(x, y, unbiased=unbiased)
+    got = reprsim.cka(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), unbiased=unbiased)
+    assert abs(float(got) - expected) <= 1e-10
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_float32_strips_of_a_large_gram(unbiased: bool, device: str) -> None:
+    # n = 1500 > 384 uses 256-row strips on the CPU (the last one shorter); p > n takes the n×n path
+    x, y = related_pair(1500, 1600, 1700, seed=11)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    expected = ref.cka(x32, y32, unbiased=unbiased)
+    got = reprsim.cka(torch.from_numpy(x32).to(device), torch.from_numpy(y32).to(device), unbiased=unbiased)
+    assert got.dtype == torch.float32
+    assert abs(float(got) - expected) <= 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("kernel", "unbiased"), [("linear", False), ("linear", True), ("rbf", False)])
 def test_cka_large_n(kernel: str, unbiased: bool) -> None:

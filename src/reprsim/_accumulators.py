@@ -26,6 +26,7 @@ from ._errors import (
     ReprsimWarning,
     ShapeMismatchError,
 )
+from ._precision import full_precision_matmul
 from ._validation import as_matrix, check_finite, check_kernel
 
 __all__ = ["LinearCKA", "MinibatchCKA", "MinibatchCKAMatrix"]
@@ -257,12 +258,23 @@ class _Accumulator:
 
     def _commit(self, dims: Dims, device: torch.device, contribution: dict[str, torch.Tensor]) -> None:
         """Validate a batch's full contribution (one host sync), then add it to the state."""
-        sums = torch.stack([v.sum() for v in contribution.values()])
-        if not bool(torch.isfinite(sums).all()):
-            raise NonFiniteError(
-                "this batch's statistics overflowed to infinity; its values are too large for "
-                f"{self._dtype}. Use dtype=torch.float64 or rescale the inputs"
-            )
+        if not bool(self._finite_flags(contribution).all()):
+            self._raise_overflow()
+        self._apply(dims, device, contribution)
+
+    @staticmethod
+    def _finite_flags(contribution: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One flag per statistic of a batch: is it finite? (On the device: no synchronisation yet.)"""
+        return torch.isfinite(torch.stack([v.sum() for v in contribution.values()]))
+
+    def _raise_overflow(self) -> None:
+        raise NonFiniteError(
+            "this batch's statistics overflowed to infinity; its values are too large for "
+            f"{self._dtype}. Use dtype=torch.float64 or rescale the inputs"
+        )
+
+    def _apply(self, dims: Dims, device: torch.device, contribution: Mapping[str, torch.Tensor]) -> None:
+        """Add a validated contribution to the state."""
         if self._dims is None:
             self._allocate(dims, device)
         self._add(contribution)
@@ -376,6 +388,7 @@ class LinearCKA(_Accumulator):
     def _describe(self, dims: Dims) -> str:
         return f"x: {dims[0]}, y: {dims[1]}"
 
+    @full_precision_matmul
     def update(self, x: Any, y: Any) -> None:
         """Add a batch: ``x`` of shape (b, ...) and ``y`` of shape (b, ...), the same b samples in order."""
         with torch.no_grad():
@@ -421,6 +434,7 @@ class LinearCKA(_Accumulator):
             if first:
                 self._state["shift_x"], self._state["shift_y"] = shift_x, shift_y
 
+    @full_precision_matmul
     def compute(self) -> float:
         """CKA of everything seen so far, as a Python float."""
         s = self._state
@@ -548,6 +562,7 @@ class _MinibatchBase(_Accumulator):
             "dtype": str(self._dtype),
         }
 
+    @full_precision_matmul
     def layer_grams(self, values: Sequence[Any], names: Sequence[str]) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Check one batch of one side's layers and build their zero-diagonal Grams (no state touched).
 
@@ -652,6 +667,7 @@ class MinibatchCKAMatrix(_MinibatchBase):
         self._add_state("kk", lambda d: (d[0],), "sum")
         self._add_state("ll", lambda d: (d[1],), "sum")
 
+    @full_precision_matmul
     def update(self, xs: Sequence[Any], ys: Sequence[Any] | None = None) -> None:
         """Add one batch: ``xs`` holds every layer of model A, ``ys`` every layer of model B (default:
         ``xs``), each of shape (b, ...), the same b ≥ 4 samples in the same order."""
@@ -660,6 +676,7 @@ class MinibatchCKAMatrix(_MinibatchBase):
             gb, wb = (None, None) if ys is None else self.layer_grams(ys, [f"ys[{j}]" for j in range(len(ys))])
             self.update_grams(ga, wa, gb, wb)
 
+    @full_precision_matmul
     def update_grams(
         self,
         grams_a: torch.Tensor,
@@ -673,11 +690,23 @@ class MinibatchCKAMatrix(_MinibatchBase):
         ``grams_b`` None compares side A with itself.
         """
         with torch.no_grad():
-            dims, cross, self_a, self_b = self._pair_terms(grams_a, widths_a, grams_b, widths_b)
-            one = torch.ones((), dtype=self._dtype, device=grams_a.device)
-            b = grams_a.shape[-1]
-            self._commit(dims, grams_a.device, {"n": one * b, "batches": one, "kl": cross, "kk": self_a, "ll": self_b})
+            dims, contribution = self._grams_contribution(grams_a, widths_a, grams_b, widths_b)
+            self._commit(dims, grams_a.device, contribution)
 
+    def _grams_contribution(
+        self,
+        grams_a: torch.Tensor,
+        widths_a: tuple[int, ...],
+        grams_b: torch.Tensor | None,
+        widths_b: tuple[int, ...] | None,
+    ) -> tuple[Dims, dict[str, torch.Tensor]]:
+        """What one batch adds to the state (checked for shapes, not yet for finiteness; no host sync)."""
+        dims, cross, self_a, self_b = self._pair_terms(grams_a, widths_a, grams_b, widths_b)
+        one = torch.ones((), dtype=self._dtype, device=grams_a.device)
+        b = grams_a.shape[-1]
+        return dims, {"n": one * b, "batches": one, "kl": cross, "kk": self_a, "ll": self_b}
+
+    @full_precision_matmul
     def compute(self) -> torch.Tensor:
         """The (n_a, n_b) matrix of minibatch CKA; a layer constant in every batch gives NaN and a warning."""
         return self._compute_named(None, None)
@@ -741,6 +770,7 @@ class MinibatchCKA(_MinibatchBase):
         """(batches, 3) tensor of per-batch unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L)."""
         return self._state["records"].clone() if self._dims is not None else torch.zeros((0, 3), dtype=self._dtype)
 
+    @full_precision_matmul
     def update(self, x: Any, y: Any) -> None:
         """Add one batch: ``x`` of shape (b, ...) and ``y`` of shape (b, ...), the same b ≥ 4 samples."""
         with torch.no_grad():
@@ -761,6 +791,7 @@ class MinibatchCKA(_MinibatchBase):
                 },
             )
 
+    @full_precision_matmul
     def compute(self) -> float:
         """Minibatch CKA of everything seen so far, as a Python float."""
         self._require_samples(4, "minibatch CKA")

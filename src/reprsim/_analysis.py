@@ -16,6 +16,7 @@ import torch
 
 from ._accumulators import _Accumulator
 from ._errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
+from ._precision import full_precision_matmul
 from ._validation import as_matrix, check_finite
 
 __all__ = ["RidgeProbe", "knn_accuracy", "logistic_probe", "prediction_agreement"]
@@ -48,6 +49,7 @@ def _chunks(train: TrainSet) -> Iterable[tuple[Any, Any]]:
     return train  # an iterable of (features, labels) chunks
 
 
+@full_precision_matmul
 def knn_accuracy(
     train: TrainSet,
     test_features: Any,
@@ -250,6 +252,7 @@ class RidgeProbe(_Accumulator):
         return float((pred == _labels(y, pred.shape[0], "y", pred.device)).double().mean())
 
 
+@full_precision_matmul
 def logistic_probe(
     train_features: Any,
     train_labels: Any,

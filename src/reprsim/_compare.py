@@ -400,42 +400,54 @@ class _Comparison:
 
     def _step_minibatch(self, grams_of: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
         grams: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
-        stacked: dict[tuple[int, int], tuple[torch.Tensor, list[str]]] = {}
+        stacked: dict[tuple[int, int], tuple[torch.Tensor, list[str], str]] = {}
         for name in {n for p in self.pairs for n in p}:
             key = self.run_of[name]
             if key not in stacked:
                 run_keys = list(grams_of[key])
                 g = torch.stack([grams_of[key][k] for k in run_keys])
-                self._check_grams(g, run_keys, name)
-                stacked[key] = (g, run_keys)
-            g, run_keys = stacked[key]
+                if g.shape[-1] < 4:
+                    raise InsufficientSamplesError(
+                        f"minibatch CKA needs batches of at least 4 samples; got {g.shape[-1]}. Drop the "
+                        "incomplete last batch (DataLoader(drop_last=True))"
+                    )
+                stacked[key] = (g, run_keys, name)
+            g, run_keys, _ = stacked[key]
             keys = self._keys_for(name, grams_of[key])
             idx = [run_keys.index(k) for k in keys]
             widths = tuple(self.widths[key][k.split("#")[0]] for k in keys)
             grams[name] = (g if idx == list(range(len(run_keys))) else g[idx], widths)
+        updates = []
         for a, b in self.pairs:
             ga, wa = grams[a]
+            acc = self.matrices[(a, b)]
             if self.run_of[a] == self.run_of[b] and self.keys[a] == self.keys[b]:
-                self.matrices[(a, b)].update_grams(ga, wa)
+                dims, contribution = acc._grams_contribution(ga, wa, None, None)
             else:
                 gb, wb = grams[b]
-                self.matrices[(a, b)].update_grams(ga, wa, gb.to(ga.device), wb)
-
-    @staticmethod
-    def _check_grams(g: torch.Tensor, keys: list[str], model: str) -> None:
-        """One host synchronisation per model and batch: NaN or inf in any layer shows in its Gram."""
-        if g.shape[-1] < 4:
-            raise InsufficientSamplesError(
-                f"minibatch CKA needs batches of at least 4 samples; got {g.shape[-1]}. Drop the incomplete last "
-                "batch (DataLoader(drop_last=True))"
-            )
-        finite = torch.isfinite(g.sum(dim=(1, 2)))
-        if not bool(finite.all()):
-            bad = [k for k, ok in zip(keys, finite.tolist()) if not ok]
-            raise NonFiniteError(
-                f"{model}: layers {bad} produced NaN or infinite values in this batch (or values too large for "
-                f"{g.dtype}); check the model and its inputs"
-            )
+                dims, contribution = acc._grams_contribution(ga, wa, gb.to(ga.device), wb)
+            updates.append((acc, dims, ga.device, contribution))
+        # Every check of the batch (NaN/inf in any model's layers, overflow in any pair's sums) shares one
+        # host synchronisation, and nothing is added before all pass: a rejected batch changes no state.
+        first = next(iter(stacked.values()))[0].device
+        flags = [torch.isfinite(g.sum(dim=(1, 2))).to(first) for g, _, _ in stacked.values()]
+        flags += [acc._finite_flags(contribution).to(first) for acc, _, _, contribution in updates]
+        ok = torch.cat(flags).tolist()
+        pos = 0
+        for g, run_keys, model in stacked.values():
+            if not all(ok[pos : pos + len(run_keys)]):
+                bad = [k for k, fine in zip(run_keys, ok[pos : pos + len(run_keys)]) if not fine]
+                raise NonFiniteError(
+                    f"{model}: layers {bad} produced NaN or infinite values in this batch (or values too large "
+                    f"for {g.dtype}); check the model and its inputs"
+                )
+            pos += len(run_keys)
+        for (acc, _, _, _), f in zip(updates, flags[len(stacked) :]):
+            if not all(ok[pos : pos + len(f)]):
+                acc._raise_overflow()
+            pos += len(f)
+        for acc, dims, device, contribution in updates:
+            acc._apply(dims, device, contribution)
 
     def _step_exact(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
         for a, b in self.pairs:

@@ -115,7 +115,11 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
 def check_pair(
     x: Any, y: Any, *, unbiased: bool, dtype: torch.dtype | None, names: tuple[str, str] = ("x", "y")
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coerce and check two representations of the same samples; return them in one common dtype."""
+    """Coerce and check two representations of the same samples; return them in one common dtype.
+
+    Besides shapes, devices and sample counts, both must be finite and neither constant. The value checks
+    share one host synchronisation, which on a GPU would otherwise stall the queue once per check.
+    """
     xt = as_matrix(x, names[0], dtype=dtype)
     yt = as_matrix(y, names[1], dtype=dtype)
     if xt.shape[0] != yt.shape[0]:
@@ -126,23 +130,35 @@ def check_pair(
         )
     check_same_device({names[0]: xt, names[1]: yt})
     check_n_samples(xt.shape[0], unbiased)
-    check_finite(xt, names[0])
-    check_finite(yt, names[1])
     common = torch.promote_types(xt.dtype, yt.dtype)
-    return xt.to(common), yt.to(common)
+    xt, yt = xt.to(common), yt.to(common)
+    # A finite sum proves every element finite (NaN and ±inf propagate); only a non-finite sum (possibly a
+    # mere overflow) pays for check_finite's exact count.
+    finite_x, finite_y, varies_x, varies_y = torch.stack(
+        [torch.isfinite(xt.sum()), torch.isfinite(yt.sum()), _varies(xt), _varies(yt)]
+    ).tolist()
+    if not (finite_x and finite_y):
+        check_finite(xt, names[0])
+        check_finite(yt, names[1])
+    for name, t, varies in ((names[0], xt, varies_x), (names[1], yt, varies_y)):
+        if not varies:
+            raise ConstantRepresentationError(
+                f"{name} is the same for every one of its {t.shape[0]} samples, so its self-similarity is 0 "
+                f"and CKA is 0/0 (undefined). Check that the layer is not dead or saturated, or drop it"
+            )
+    return xt, yt
+
+
+def _varies(x: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on ``x``'s device: does any row differ from the first?"""
+    if x.device.type == "cpu":  # torch.equal exits at the first difference; no queue to stall on the CPU
+        return torch.tensor(not is_constant(x))
+    return (x != x[:1]).any()
 
 
 def is_constant(x: torch.Tensor) -> bool:
     """True when every row of ``x`` equals the first (the representation carries no information)."""
     return torch.equal(x, x[:1].expand_as(x))  # exits at the first difference
-
-
-def check_not_constant(x: torch.Tensor, name: str) -> None:
-    if is_constant(x):
-        raise ConstantRepresentationError(
-            f"{name} is the same for every one of its {x.shape[0]} samples, so its self-similarity is 0 "
-            f"and CKA is 0/0 (undefined). Check that the layer is not dead or saturated, or drop it"
-        )
 
 
 def check_kernel(kernel: str, sigma: float | None, median_fraction: float) -> None:
