@@ -33,9 +33,10 @@ def accumulators() -> dict[str, Any]:
     }
 
 
-def feed(accs: dict[str, Any], x: np.ndarray, y: np.ndarray, batches: list[int]) -> None:
+def feed(accs: dict[str, Any], x: np.ndarray, y: np.ndarray, batches: list[int], device: str = "cpu") -> None:
     for b in batches:
-        xb, yb = x[b * BATCH : (b + 1) * BATCH], y[b * BATCH : (b + 1) * BATCH]
+        xb = torch.from_numpy(x[b * BATCH : (b + 1) * BATCH]).to(device)
+        yb = torch.from_numpy(y[b * BATCH : (b + 1) * BATCH]).to(device)
         for name, acc in accs.items():
             if name == "matrix":
                 acc.update([xb, yb], [yb])
@@ -47,7 +48,7 @@ def results(accs: dict[str, Any]) -> dict[str, Any]:
     return {k: (a.compute().tolist() if k == "matrix" else a.compute()) for k, a in accs.items()}
 
 
-def worker(rank: int, world: int, port: int, out: str, empty_rank: int | None) -> None:
+def worker(rank: int, world: int, port: int, out: str, empty_rank: int | None, device: str = "cpu") -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         x, y = make_data()
@@ -56,7 +57,7 @@ def worker(rank: int, world: int, port: int, out: str, empty_rank: int | None) -
         mine = [] if rank == empty_rank else [b for b in range(n_batches) if b % world == rank]
         if empty_rank is not None and rank != empty_rank:
             mine = list(range(n_batches))
-        feed(accs, x, y, mine)
+        feed(accs, x, y, mine, device)
         for acc in accs.values():
             acc.all_reduce()
         res = results(accs)
@@ -74,9 +75,11 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("empty_rank", [None, 1], ids=["split-evenly", "one-rank-empty"])
-def test_all_reduce_equals_single_process(tmp_path: Path, empty_rank: int | None) -> None:
+def test_all_reduce_equals_single_process(tmp_path: Path, empty_rank: int | None, device: str) -> None:
+    # on CUDA the states live on the GPU and gloo runs its collectives on CUDA tensors (NCCL needs one GPU per
+    # rank, which a single-GPU machine cannot give two processes)
     world = 2
-    mp.spawn(worker, args=(world, free_port(), str(tmp_path), empty_rank), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, free_port(), str(tmp_path), empty_rank, device), nprocs=world, join=True)
     x, y = make_data()
     single = accumulators()
     feed(single, x, y, list(range(N // BATCH)))
