@@ -350,6 +350,9 @@ def _gram_inner_products(
     r = _strip_rows(n, xc.device)
     acc = torch.float64 if xc.device.type != "mps" else xc.dtype
     totals = [xc.new_zeros((), dtype=acc) for _ in range(3)]
+    if r >= n:  # one strip: the whole Grams (on a GPU, fewer kernels matter more than the halved work)
+        k, l = (xc @ xc.T).div_(sx), (yc @ yc.T).div_(sy)
+        return inner(k, l).to(acc), inner(k, k).to(acc), inner(l, l).to(acc)
     for i in range(0, n, r):
         k = (xc[i : i + r] @ xc[i:].T).div_(sx)
         l = (yc[i : i + r] @ yc[i:].T).div_(sy)
@@ -365,8 +368,7 @@ def _linear_cka_sample_space(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -
     """Linear CKA from the n×n Grams' inner products (for widths larger than the sample count)."""
     xc, yc = _centered(x), _centered(y)
     a, b = (xc * xc).sum(dim=1), (yc * yc).sum(dim=1)  # diag(Xc Xcᵀ), diag(Yc Ycᵀ)
-    sx, sy = a.sum(), b.sum()
-    _check_denominator(sx, sy, ("x", "y"))
+    sx, sy = a.sum(), b.sum()  # positive: check_pair rejected constant inputs (a zero would show as NaN below)
     kl, kk, ll = _gram_inner_products(xc, yc, sx, sy)
     if not unbiased:
         _check_denominator(kk, ll, ("x", "y"))
@@ -546,10 +548,9 @@ def cka_matrix(
 
 
 @full_precision_matmul
-def zero_diagonal_gram(
-    x: torch.Tensor, kernel: str, sigma: float | None, median_fraction: float, name: str
-) -> torch.Tensor:
-    """The (n, n) Gram of one representation of one batch, diagonal zeroed: what unbiased HSIC consumes.
+def batch_gram(x: torch.Tensor, kernel: str, sigma: float | None, median_fraction: float, name: str) -> torch.Tensor:
+    """The (n, n) Gram of one representation of one batch, before its diagonal is zeroed (see
+    :func:`zero_diagonal_grams`, which unbiased HSIC consumes).
 
     Linear Grams are built from data shifted by its first row: the estimator is translation invariant, the
     shift keeps float32 accurate for offset features, and an exactly constant representation gives an
@@ -559,20 +560,23 @@ def zero_diagonal_gram(
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     if kernel == "rbf":
-        g = _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, name)
-    else:
-        u = x - x[:1]
-        g = u @ u.T
-    g.diagonal().zero_()
-    return g
+        return _rbf_from_sq_distances(squared_distances(x), sigma, median_fraction, name)
+    u = x - x[:1]
+    return u @ u.T
+
+
+def zero_diagonals_(grams: torch.Tensor) -> torch.Tensor:
+    """Zero the diagonal of every Gram in an (L, n, n) stack, in place (one kernel for all layers)."""
+    grams.diagonal(dim1=-2, dim2=-1).zero_()
+    return grams
 
 
 @full_precision_matmul
 def zero_diagonal_grams(
     xs: Sequence[torch.Tensor], kernel: str, sigma: float | None, median_fraction: float, names: Sequence[str]
 ) -> torch.Tensor:
-    """:func:`zero_diagonal_gram` of every representation of one batch, stacked: (len(xs), n, n)."""
-    return torch.stack([zero_diagonal_gram(x, kernel, sigma, median_fraction, nm) for x, nm in zip(xs, names)])
+    """:func:`batch_gram` of every representation of one batch, stacked with zeroed diagonals: (len(xs), n, n)."""
+    return zero_diagonals_(torch.stack([batch_gram(x, kernel, sigma, median_fraction, nm) for x, nm in zip(xs, names)]))
 
 
 @full_precision_matmul

@@ -19,7 +19,7 @@ from torch import nn
 from typing_extensions import TypedDict, Unpack
 
 from ._accumulators import LinearCKA, MinibatchCKAMatrix
-from ._cka import zero_diagonal_gram
+from ._cka import batch_gram, zero_diagonals_
 from ._errors import (
     DeviceMismatchError,
     InsufficientSamplesError,
@@ -394,7 +394,7 @@ class _Comparison:
 
         def transform(layer: str, pooled: torch.Tensor) -> torch.Tensor:
             widths[layer] = pooled.shape[1]
-            return zero_diagonal_gram(pooled, self.kernel, self.sigma, self.median_fraction, layer)
+            return batch_gram(pooled, self.kernel, self.sigma, self.median_fraction, layer)
 
         return transform
 
@@ -405,7 +405,7 @@ class _Comparison:
             key = self.run_of[name]
             if key not in stacked:
                 run_keys = list(grams_of[key])
-                g = torch.stack([grams_of[key][k] for k in run_keys])
+                g = zero_diagonals_(torch.stack([grams_of[key][k] for k in run_keys]))
                 if g.shape[-1] < 4:
                     raise InsufficientSamplesError(
                         f"minibatch CKA needs batches of at least 4 samples; got {g.shape[-1]}. Drop the "
