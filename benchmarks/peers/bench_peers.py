@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ from tests import reference as ref  # noqa: E402  (the test suite's independent 
 import reprsim  # noqa: E402
 
 LIBS = ["reprsim", "pytorch-cka", "ckatorch", "torch-cka"]
+DEVICE = "cpu"  # set by --device
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a timer stopped after it measures the work."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
@@ -42,16 +50,20 @@ def pair(n: int, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(n + p)
     x = torch.randn(n, p, generator=g)
     y = torch.tanh(x @ torch.randn(p, p, generator=g) / p**0.5) + 0.5 * torch.randn(n, p, generator=g)
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def vit(seed: int, depth: int) -> torch.nn.Module:
     import timm
 
     torch.manual_seed(seed)
-    return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=depth, num_classes=10
-    ).eval()
+    return (
+        timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=depth, num_classes=10
+        )
+        .eval()
+        .to(DEVICE)
+    )
 
 
 def loader(samples: int, batch: int) -> torch.utils.data.DataLoader:
@@ -100,7 +112,7 @@ def compare_models(
         if lib == "ckatorch":
             import ckatorch
 
-            runner = ckatorch.CKA(models[i], models[j], layers=layers, device="cpu")
+            runner = ckatorch.CKA(models[i], models[j], layers=layers, device=DEVICE)
             # epochs=1: its default of 10 runs the data ten times. f_extract: without it, the elements of a
             # (images, labels) batch are passed as the forward's first arguments (labels as timm's attn_mask).
             out.append(runner(data, epochs=1, f_extract=lambda b: {"x": b[0]}, f_args={}).cpu().numpy())
@@ -108,14 +120,14 @@ def compare_models(
             import cka
 
             out.append(
-                cka.compute_cka(models[i], models[j], data, layers=layers, device="cpu", progress=False)[0]
+                cka.compute_cka(models[i], models[j], data, layers=layers, device=DEVICE, progress=False)[0]
                 .cpu()
                 .numpy()
             )
         elif lib == "torch-cka":
             import torch_cka
 
-            runner = torch_cka.CKA(models[i], models[j], model1_layers=layers, model2_layers=layers, device="cpu")
+            runner = torch_cka.CKA(models[i], models[j], model1_layers=layers, model2_layers=layers, device=DEVICE)
             runner.compare(data)
             out.append(runner.export()["CKA"].cpu().numpy())
         else:
@@ -138,12 +150,13 @@ def bare_products(x: torch.Tensor, y: torch.Tensor) -> None:
 def bare_forwards(models: list[torch.nn.Module], data: torch.utils.data.DataLoader) -> None:
     with torch.no_grad():
         for xb, _ in data:
+            xb = xb.to(DEVICE)
             for m in models:
                 m(xb)
 
 
 def reference_single(x: torch.Tensor, y: torch.Tensor, kind: str) -> float:
-    xd, yd = x.double().numpy(), y.double().numpy()
+    xd, yd = x.double().cpu().numpy(), y.double().cpu().numpy()
     if kind == "rbf":
         return ref.cka(xd, yd, kernel="rbf")
     if x.shape[0] > 4000:  # explicit H is n³; the feature-space form of the biased estimator is exact too
@@ -165,10 +178,10 @@ def reference_models(
         hooks = [mods[l].register_forward_hook(lambda mod, i, o, l=l, got=got: got.__setitem__(l, o)) for l in layers]
         with torch.no_grad():
             for xb, _ in data:
-                m(xb)
+                m(xb.to(DEVICE))  # the activations each library sees, then float64 arithmetic on the CPU
                 per = []
                 for l in layers:
-                    a = got[l].double().reshape(xb.shape[0], -1).numpy()
+                    a = got[l].double().reshape(xb.shape[0], -1).cpu().numpy()
                     per.append(ref.linear_kernel(a))
                 grams[k].append(per)
         for h in hooks:
@@ -241,12 +254,35 @@ def proc_status_mib(field: str) -> float:
 
 
 def peak_memory(lib: str, workload: str, quick: bool) -> float:
-    args = [sys.executable, __file__, "--memory", lib, workload] + (["--quick"] if quick else [])
+    args = [sys.executable, __file__, "--memory", lib, workload, "--device", DEVICE] + (["--quick"] if quick else [])
     done = subprocess.run(args, capture_output=True, text=True)
     try:
         return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"])
     except (ValueError, IndexError, KeyError):
         return float("nan")
+
+
+@contextmanager
+def gpu_memory(peaks: dict[str, float], lib: str) -> Iterator[None]:
+    """On a GPU, record how far PyTorch's allocated memory rises above what is held on entry (the caching
+    allocator's own statistics, so no fresh process is needed)."""
+    if not DEVICE.startswith("cuda"):
+        yield
+        return
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    yield
+    sync()
+    peaks[lib] = (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def measured_memory(gpu_peak: dict[str, float], lib: str, workload: str, args: argparse.Namespace) -> float:
+    if args.no_memory:
+        return float("nan")
+    if DEVICE.startswith("cuda"):
+        return gpu_peak.get(lib, float("nan"))
+    return peak_memory(lib, workload, args.quick)
 
 
 def main() -> None:
@@ -263,8 +299,11 @@ def main() -> None:
     parser.add_argument("--render", type=Path, nargs="+", help="write the table and chart from saved JSON-lines rows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
     parser.add_argument("--chart", type=Path, default=ROOT / "docs" / "assets" / "benchmarks.png")
+    parser.add_argument("--device", default="cpu", help="where inputs and models live, e.g. cuda (default: cpu)")
     parser.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     all_work = workloads(args.quick)
     libs = args.libs or LIBS
     if args.render:
@@ -297,6 +336,14 @@ def main() -> None:
         run, floor, _ = prepare(all_work[name])
         # Importing torch alone sets a high-water mark above most workloads; reset it (Linux) once inputs and
         # models exist, so the peak measures what the library itself needs on top of them.
+        if DEVICE.startswith("cuda"):  # GPU memory: the allocator's high-water mark above what inputs hold
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() / 2**20
+            (floor if lib == "floor" else lambda: run(lib))()
+            sync()
+            print(json.dumps({"peak_mib": torch.cuda.max_memory_allocated() / 2**20 - before}))
+            return
         Path("/proc/self/clear_refs").write_text("5")
         before = proc_status_mib("VmRSS")
         (floor if lib == "floor" else lambda: run(lib))()
@@ -312,33 +359,44 @@ def main() -> None:
         times: dict[str, list[float]] = {lib: [] for lib in [*LIBS, "floor"]}
         errors: dict[str, str] = {}
         results: dict[str, Any] = {}
+        gpu_peak: dict[str, float] = {}
         for lib in libs:  # warm-up, result and errors
             if args.model_repeats == 0 and w["kind"] == "models":
                 continue  # timed below, once
             try:
-                results[lib] = run(lib)
+                with gpu_memory(gpu_peak, lib):
+                    results[lib] = run(lib)
             except Exception as exc:  # a peer's failure is a result to report, not a crash
                 errors[lib] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
                 traceback.print_exc(limit=1)
+        if DEVICE.startswith("cuda"):
+            with gpu_memory(gpu_peak, "floor"):
+                floor()
         repeats = args.repeats if w["kind"] == "single" or args.model_repeats is None else args.model_repeats
         if repeats == 0:  # long workloads: the (first, cold) result run is the timing
             for lib in libs:
+                sync()
                 start = time.perf_counter()
                 try:
                     results[lib] = run(lib)
                 except Exception as exc:  # a peer's failure is a result to report, not a crash
                     errors[lib] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
                     continue
+                sync()
                 times[lib].append(time.perf_counter() - start)
+            sync()
             start = time.perf_counter()
             floor()
+            sync()
             times["floor"].append(time.perf_counter() - start)
         else:
             floor()
         for _ in range(repeats):
             for lib in [*[l for l in libs if l not in errors], "floor"]:
+                sync()
                 start = time.perf_counter()
                 floor() if lib == "floor" else run(lib)
+                sync()
                 times[lib].append(time.perf_counter() - start)
         med = {lib: statistics.median(t) for lib, t in times.items() if t}
         peers = [med[l] for l in libs if l != "reprsim" and l in med]
@@ -352,10 +410,10 @@ def main() -> None:
                     vs_floor=med[lib] / med["floor"],
                     abs_diff=difference(results[lib], expected),
                 )
-            row["peak_mib"] = float("nan") if args.no_memory else peak_memory(lib, name, args.quick)
+            row["peak_mib"] = measured_memory(gpu_peak, lib, name, args)
             row["repeats"] = repeats
             rows.append(row)
-        floor_mem = float("nan") if args.no_memory else peak_memory("floor", name, args.quick)
+        floor_mem = measured_memory(gpu_peak, "floor", name, args)
         rows.append(
             {"workload": name, "library": "floor", "time_s": med["floor"], "peak_mib": floor_mem, "repeats": repeats}
         )
@@ -374,18 +432,28 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
+    gpu = DEVICE.startswith("cuda")
+    where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if gpu else "no GPU"
+    memory = (
+        "Peak MiB: how far GPU memory allocated by PyTorch rises during that library's first (warm-up) run "
+        "above what its inputs and models already hold."
+        if gpu
+        else "Peak MiB: how far the resident set of a fresh process running only that library on that workload "
+        "rises above what its inputs and models already hold."
+    )
     lines = [
-        "# reprsim against other CKA libraries",
+        "# reprsim against other CKA libraries" + (" on a GPU" if gpu else ""),
         "",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"{where}, device {DEVICE}, Python {platform.python_version()}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
         "Times are medians of alternating repeats after a warm-up ('runs timed'; '1 (cold)': a single timed run "
         f"without warm-up, for the longest workloads){' (quick inputs)' if args.quick else ''}. "
         "`floor`: the bare matrix products (single CKA) or the bare forward passes (model comparisons). "
         "`|diff|`: largest absolute difference from the float64 reference of the estimator asked for "
         "(biased linear, unbiased linear, biased RBF with the median bandwidth; minibatch CKA with unbiased "
-        "HSIC for model comparisons). Peak MiB: how far the resident set of a fresh process running only that "
-        "library on that workload rises above what its inputs and models already hold.",
+        "HSIC for model comparisons). " + memory,
         "",
         "| workload | library | time (s) | runs timed | vs fastest peer | vs floor | \\|diff\\| from reference "
         "| peak MiB | error |",
