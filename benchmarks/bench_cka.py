@@ -2,7 +2,8 @@
 
 Linear CKA needs XᵀX, YᵀY and XᵀY when the widths are below the sample count (feature space), and the two
 n×n Grams XXᵀ, YYᵀ otherwise. The ratio of reprsim's time to those products is the overhead of everything
-else (centring, norms, validation). Runs alternate and the medians are reported.
+else (centring, norms, validation); on the n×n route it can be below 1, since reprsim only builds the upper
+triangle of the (symmetric) Grams, a strip at a time. Runs alternate and the medians are reported.
 
     python benchmarks/bench_cka.py [--repeats 7] [--device cpu] [--dtype float32]
 """

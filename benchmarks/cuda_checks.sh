@@ -16,7 +16,7 @@ nvidia-smi -L
 python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m cuda -p no:cacheprovider -q -rs tests 2>&1 | tee "$out/cuda-tests.log"
 tests=${PIPESTATUS[0]}
-timeout "${BENCH_TIMEOUT:-360}" python3 benchmarks/peers/bench_peers.py --device cuda --repeats 5 --model-repeats 2 \
+timeout "${BENCH_TIMEOUT:-360}" python3 benchmarks/peers/bench_peers.py --device cuda --repeats 5 --model-repeats 3 \
   --jsonl "$out/cuda.jsonl" --out "$out/results-cuda.md" --chart "$out/benchmarks-cuda.png" 2>&1 | tee "$out/bench.log"
 bench=${PIPESTATUS[0]}
 timeout "${PROFILE_TIMEOUT:-120}" python3 benchmarks/profile_compare.py --device cuda 2>&1 | tee "$out/profile.txt"
