@@ -76,16 +76,18 @@ def test_cka_float32_matches_reference(n: int, p: int, q: int, kernel: str, unbi
     assert abs(float(got) - expected) <= 1e-5
 
 
+@pytest.mark.parametrize("space", ["samples", "features"])
 @pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("rows", [1, 7, 16, 50])  # one row, a remainder strip, exact division, one strip
-def test_sample_space_strips_match_reference(
-    unbiased: bool, rows: int, device: str, monkeypatch: pytest.MonkeyPatch
+def test_symmetric_strips_match_reference(
+    space: str, unbiased: bool, rows: int, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The n×n path never forms the Grams: it sums the upper triangle of row strips. Every strip height gives
-    # the reference's number, on every device (the heights used in practice depend on n and the device).
-    force_linear_path(monkeypatch, "samples")
+    # Neither path forms its symmetric products whole: the n×n path sums the upper triangle of row strips of
+    # XXᵀ and YYᵀ, the feature path that of column strips of XᵀX and YᵀY. Every strip height gives the
+    # reference's number, on every device (the heights used in practice depend on the size and the device).
+    force_linear_path(monkeypatch, space)
     monkeypatch.setattr(_cka, "_strip_rows", lambda n, device: rows)
-    x, y = related_pair(50, 60, 70, seed=rows)
+    x, y = related_pair(50, 48, 50, seed=rows)
     expected = ref.cka(x, y, unbiased=unbiased)
     got = reprsim.cka(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), unbiased=unbiased)
     assert abs(float(got) - expected) <= 1e-10
