@@ -239,6 +239,22 @@ def pool_tokens(x: torch.Tensor, how: Pool = "flatten", attention_mask: torch.Te
 # -- running a model -------------------------------------------------------------------------------------
 
 
+def owned(recorded: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``recorded``, copied if it shares memory with the module's tensor ``source``.
+
+    A hook sees the module's own output (or input) tensor, and the model may write into it after the hook
+    returns: ``ReLU(inplace=True)`` after a batch norm, ``out += identity`` in a residual block. A view of it
+    (flatten and CLS pooling are views) would then silently hold the later value, so anything recorded that
+    aliases the model's memory is cloned; pooled results that are new tensors (means, Grams) cost nothing.
+    """
+    if recorded.layout != torch.strided or source.layout != torch.strided:
+        return recorded.clone()
+    if recorded.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+        return recorded.clone()
+    return recorded
+
+
+
 def batch_inputs(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """How a batch is passed to a model: a tensor as is, (inputs, labels, ...) by its first element, a
     mapping as keyword arguments (so ``attention_mask`` reaches a Hugging Face model)."""
@@ -391,6 +407,7 @@ class Extractor:
                 pooled = pool_tokens(t.detach(), self._pool_for(name), mask)
                 if self.transform is not None:
                     pooled = self.transform(name, pooled)
+                pooled = owned(pooled, t)
                 if self.calls == "last":
                     calls.clear()
                 calls.append(pooled)

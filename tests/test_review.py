@@ -1,0 +1,94 @@
+"""Regression tests for the outside review of reprsim 0.1 (issue 11): one section per finding.
+
+Each test failed on the code the review examined and checks the value a correct implementation gives, from an
+independent float64 reference (tests/reference.py) or from first principles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reprsim
+from reprsim import Extractor, LinearCKA, cka, compare
+
+from . import reference as ref
+
+# -- 1. captured activations must not change when the model later writes in place ------------------------
+
+
+def _ref_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ref.cka(a.double().numpy(), b.double().numpy())
+
+
+def test_inplace_relu_after_linear_does_not_rewrite_the_recorded_activation() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(inplace=True), nn.Linear(12, 3)).eval()
+    x = torch.randn(200, 6)
+    with torch.no_grad():
+        h = model[0](x)
+        r = torch.relu(h)
+    expected = _ref_cka(h, r)
+    assert expected < 0.95  # the two really differ; an aliased capture reports 1.0
+    acts = Extractor(model, ["0", "1"])(x)
+    torch.testing.assert_close(acts["0"], h, rtol=0, atol=0)
+    res = compare(model, model, [x[:100], x[100:]], layers_a=["0", "1"], estimator="exact", progress=False)
+    assert abs(res["0", "1"] - expected) < 1e-6
+
+
+def test_input_capture_of_an_inplace_module_keeps_the_input() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True))
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        h = model[0](x)
+    acts = Extractor(model, ["1"], capture="input")(x)
+    assert bool((acts["1"] < 0).any())  # the pre-ReLU values, not the rectified ones
+    torch.testing.assert_close(acts["1"], h, rtol=0, atol=0)
+
+
+class _Doubles(nn.Module):
+    """Writes into its child's output after the child returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        out.mul_(2.0).add_(1.0)
+        return out
+
+
+@pytest.mark.parametrize("pool", ["flatten", "cls", lambda t: t[:, :3]])
+def test_module_output_modified_in_place_by_its_parent(pool: object) -> None:
+    model = _Doubles()
+    x = torch.randn(8, 2, 5)  # (batch, tokens, features) so that "cls" is a view
+    with torch.no_grad():
+        inner = model.inner(x)
+    got = Extractor(model, ["inner"], pool=pool)(x)["inner"]  # type: ignore[arg-type]
+    expected = reprsim.pool_tokens(inner, pool)  # type: ignore[arg-type]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_torchvision_resnet_inplace_relu_and_residual_add() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(24, 3, 12, 12)
+    with torch.no_grad():
+        bn1 = model.bn1(model.conv1(x))
+        relu = torch.relu(bn1)
+        block = model.layer1[0]
+        stem = model.maxpool(relu)
+        o = block.relu(block.bn1(block.conv1(stem)))
+        bn2 = block.bn2(block.conv2(o))  # BasicBlock then does `out += identity` and an in-place ReLU
+        out = torch.relu(bn2 + stem)
+    layers = ["bn1", "relu", "layer1.0.bn2", "layer1.0"]
+    res = compare(model, model, [x[:12], x[12:]], layers_a=layers, estimator="exact", progress=False)
+    truth = {"bn1": bn1, "relu": relu, "layer1.0.bn2": bn2, "layer1.0": out}
+    for a in layers:
+        for b in layers:
+            assert abs(res[a, b] - _ref_cka(truth[a], truth[b])) < 1e-6, (a, b)
+    assert res["bn1", "relu"] < 0.9999  # 1.000 when bn1 was read after the in-place ReLU
