@@ -92,3 +92,41 @@ def test_torchvision_resnet_inplace_relu_and_residual_add() -> None:
         for b in layers:
             assert abs(res[a, b] - _ref_cka(truth[a], truth[b])) < 1e-6, (a, b)
     assert res["bn1", "relu"] < 0.9999  # 1.000 when bn1 was read after the in-place ReLU
+
+
+# -- 2. separability scores each pooling on its own features, whatever their widths -----------------------
+
+
+class _Tokens(nn.Module):
+    """(batch, tokens, 4) inputs → (batch, tokens, 6) token features, per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.proj(x))
+
+
+def test_separability_with_pools_of_different_widths_matches_each_pooling_alone() -> None:
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(5, 3, 4, generator=g)  # 5 classes, 3 tokens
+    y = torch.arange(150) % 5
+    x = centres[y] + 1.2 * torch.randn(150, 3, 4, generator=g)
+    train = list(zip(x[:100].split(25), y[:100].split(25)))
+    test = list(zip(x[100:].split(25), y[100:].split(25)))
+    pools = ["mean", "flatten", "cls"]  # widths 6, 18, 6
+    got = reprsim.separability(model, train, test, layers=["act"], pools=pools, k=7, probe=True)
+    with torch.no_grad():
+        ftr, fte = model(x[:100]), model(x[100:])
+    for p in pools:
+        a, b = reprsim.pool_tokens(ftr, p), reprsim.pool_tokens(fte, p)
+        expected = reprsim.knn_accuracy((a, y[:100]), b, y[100:], k=7, topk=(1, 5), num_classes=5)
+        probe = reprsim.RidgeProbe(num_classes=5)
+        probe.update(a, y[:100])
+        expected["probe"] = probe.accuracy(b, y[100:])
+        assert got[p]["act"] == expected, p
+    assert len({got[p]["act"]["top1"] for p in pools}) > 1  # the poolings really score differently

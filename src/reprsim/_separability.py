@@ -7,7 +7,7 @@ test set against a train set, with one forward pass per batch however many pooli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from ._analysis import RidgeProbe, knn_accuracy
 from ._compare import eval_mode, model_device
 from ._errors import InvalidParameterError
-from ._extract import Extractor, LayerSpec, move_batch, pool_tokens
+from ._extract import Extractor, LayerSpec, move_batch, pool_tokens, resolve_layers
 
 __all__ = ["separability"]
 
@@ -28,7 +28,7 @@ def _split(batch: Any) -> tuple[Any, torch.Tensor]:
 
 
 def _collect(
-    model: nn.Module, data: Iterable[Any], extractor: Extractor, pools: Sequence[str], device: torch.device
+    data: Iterable[Any], extractor: Extractor, widths: dict[str, list[int]], pools: Sequence[str], device: torch.device
 ) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
     feats: dict[str, dict[str, list[torch.Tensor]]] = {p: {} for p in pools}
     labels = []
@@ -37,7 +37,8 @@ def _collect(
         acts = extractor(move_batch(inputs, device))
         labels.append(y)
         for name, packed in acts.items():
-            for p, part in zip(pools, packed.chunk(len(pools), dim=1)):
+            # each pooling has its own width (mean: d, flatten: tokens·d): split by what was packed
+            for p, part in zip(pools, packed.split(widths[name], dim=1)):
                 feats[p].setdefault(name, []).append(part)
     return {p: {n: torch.cat(v) for n, v in d.items()} for p, d in feats.items()}, torch.cat(labels)
 
@@ -100,15 +101,22 @@ def separability(
     if not pools:
         raise InvalidParameterError("pools must name at least one pooling")
     pools = list(pools)
+    widths: dict[str, list[int]] = {}
 
-    def packed(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([pool_tokens(t, p) for p in pools], dim=1)
+    def packer(layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def packed(t: torch.Tensor) -> torch.Tensor:
+            parts = [pool_tokens(t, p) for p in pools]
+            widths[layer] = [part.shape[1] for part in parts]
+            return torch.cat(parts, dim=1)
 
-    extractor = Extractor(model, layers, pool=packed)
+        return packed
+
+    names = resolve_layers(model, layers)
+    extractor = Extractor(model, names, pool={name: packer(name) for name in names})
     where = torch.device(device) if device is not None else model_device(model)
     with eval_mode([model]), torch.no_grad():
-        train_f, train_y = _collect(model, train, extractor, pools, where)
-        test_f, test_y = _collect(model, test, extractor, pools, where)
+        train_f, train_y = _collect(train, extractor, widths, pools, where)
+        test_f, test_y = _collect(test, extractor, widths, pools, where)
     c = num_classes if num_classes is not None else int(max(int(train_y.max()), int(test_y.max()))) + 1
     out: dict[str, dict[str, dict[str, float]]] = {}
     for p in pools:
