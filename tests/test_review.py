@@ -130,3 +130,23 @@ def test_separability_with_pools_of_different_widths_matches_each_pooling_alone(
         expected["probe"] = probe.accuracy(b, y[100:])
         assert got[p]["act"] == expected, p
     assert len({got[p]["act"]["top1"] for p in pools}) > 1  # the poolings really score differently
+
+
+# -- 3. hsic on uncentred Grams of offset features -------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_hsic_of_raw_grams_with_a_common_offset(unbiased: bool, offset: float) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 8))
+    y = np.tanh(x @ rng.normal(size=(8, 5))) + 0.3 * rng.normal(size=(60, 5))
+    h = ref.hsic_unbiased if unbiased else ref.hsic_biased
+    expected = h(ref.linear_kernel(x), ref.linear_kernel(y))  # the reference centres the features first
+    k, l = reprsim.linear_gram(torch.tensor(x + offset)), reprsim.linear_gram(torch.tensor(y + offset))
+    got = float(reprsim.hsic(k, l, unbiased=unbiased))
+    assert abs(got - expected) <= 1e-10 * abs(expected)
+    # and it agrees with cka_from_grams on the same Grams
+    cka_ref = ref.cka_from_kernels(ref.linear_kernel(x), ref.linear_kernel(y), unbiased)
+    selfs = [float(reprsim.hsic(g, g, unbiased=unbiased)) for g in (k, l)]
+    assert abs(got / np.sqrt(selfs[0] * selfs[1]) - cka_ref) < 1e-10
