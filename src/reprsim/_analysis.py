@@ -14,7 +14,7 @@ from typing import Any, Union
 
 import torch
 
-from ._accumulators import _Accumulator
+from ._accumulators import _Accumulator, shifted_cross_sum
 from ._errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 from ._precision import full_precision_matmul
 from ._validation import as_matrix, check_finite
@@ -24,17 +24,36 @@ __all__ = ["RidgeProbe", "knn_accuracy", "logistic_probe", "prediction_agreement
 TrainSet = Union[tuple[Any, Any], Iterable[tuple[Any, Any]]]
 
 
-def _labels(y: Any, n: int, name: str, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(y, device=device)
+def _labels(y: Any, n: int, name: str, device: torch.device, num_classes: int | None = None) -> torch.Tensor:
+    """``y`` as a (n,) long tensor of class labels in 0..num_classes-1, or a clear error."""
+    if isinstance(y, (list, tuple)) and not y and n == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    try:
+        t = torch.as_tensor(y, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidParameterError(
+            f"{name} must be a 1-d array of {n} integer class labels; got a {type(y).__name__} that torch cannot "
+            "convert"
+        ) from exc
     if t.ndim != 1 or t.shape[0] != n:
         raise ShapeMismatchError(f"{name} must be a 1-d array of {n} integer class labels; got shape {tuple(t.shape)}")
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
-        if t.dtype.is_floating_point and not bool((t == t.round()).all()):
-            raise InvalidParameterError(f"{name} must hold integer class labels; got non-integer values")
-        t = t.long()
-    if bool((t < 0).any()):
+    if t.is_complex() or not (t.dtype.is_floating_point or t.dtype == torch.bool or _is_integer(t.dtype)):
+        raise InvalidParameterError(f"{name} must hold integer class labels; got dtype {t.dtype}")
+    if t.dtype.is_floating_point and not bool((t == t.round()).all()):
+        raise InvalidParameterError(f"{name} must hold integer class labels; got non-integer values")
+    t = t.long()
+    if t.numel() and bool((t < 0).any()):
         raise InvalidParameterError(f"{name} must hold class labels 0..C-1; got negative values")
-    return t.long()
+    if num_classes is not None and t.numel() and int(t.max()) >= num_classes:
+        raise InvalidParameterError(
+            f"{name} holds the label {int(t.max())}, but num_classes={num_classes} allows 0..{num_classes - 1}; "
+            "pass a larger num_classes (or leave it None to take one more than the largest label)"
+        )
+    return t
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 
 
 def _features(x: Any, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -159,7 +178,9 @@ class RidgeProbe(_Accumulator):
     Exact and mergeable like the CKA accumulators: ``update`` adds a batch's XᵀX, XᵀY and column sums
     (targets are one-vs-all ±1, as in scikit-learn's RidgeClassifier); ``fit`` solves
     ``(Xcᵀ Xc + α I) W = Xcᵀ Yc`` with an unpenalised intercept. ``merge``, ``state_dict``, ``to`` and
-    ``all_reduce`` work as for :class:`LinearCKA`.
+    ``all_reduce`` work as for :class:`LinearCKA`. The sums are taken relative to the first sample seen, so
+    features with a large common offset (1e6 with a spread of 1e-3, say) keep their digits; any change of the
+    state (another batch, merge, load, reset, all_reduce) makes the next prediction refit.
 
     Parameters
     ----------
@@ -183,65 +204,92 @@ class RidgeProbe(_Accumulator):
 
     def __init__(self, num_classes: int, alpha: float = 1.0, dtype: torch.dtype = torch.float64) -> None:
         super().__init__(dtype)
-        if num_classes < 2:
-            raise InvalidParameterError(f"num_classes must be at least 2; got {num_classes}")
-        if not alpha >= 0:
-            raise InvalidParameterError(f"alpha must be non-negative; got {alpha}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise InvalidParameterError(f"num_classes must be an integer of at least 2; got {num_classes!r}")
+        if not (isinstance(alpha, (int, float)) and alpha >= 0 and math.isfinite(alpha)):
+            raise InvalidParameterError(f"alpha must be a non-negative finite number; got {alpha!r}")
         self.num_classes = int(num_classes)
         self.alpha = float(alpha)
         self._add_state("n", lambda d: (), "sum")
+        self._add_state("shift", lambda d: (d[0],), "frame")
         self._add_state("sx", lambda d: (d[0],), "sum")
         self._add_state("sy", lambda d: (self.num_classes,), "sum")
         self._add_state("sxx", lambda d: (d[0], d[0]), "sum")
         self._add_state("sxy", lambda d: (d[0], self.num_classes), "sum")
-        self._weights: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fitted: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "alpha": self.alpha, "dtype": str(self._dtype)}
+
+    def _shift_state(self, state: dict[str, torch.Tensor], frame: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        d = frame["shift"] - state["shift"]
+        n, sx = state["n"], state["sx"]
+        return {
+            **state,
+            "shift": frame["shift"].clone(),
+            "sx": sx - n * d,
+            "sxx": shifted_cross_sum(n, sx, sx, state["sxx"], d, d),
+            "sxy": shifted_cross_sum(n, sx, state["sy"], state["sxy"], d, torch.zeros_like(state["sy"])),
+        }
 
     def update(self, x: Any, y: Any) -> None:
         """Add a batch of features (b, d) and integer labels (b,)."""
         with torch.no_grad():
             xt = _features(x, "x")
             self._prepare_device(xt.device)
-            yt = _labels(y, xt.shape[0], "y", xt.device)
-            if bool((yt >= self.num_classes).any()):
-                raise InvalidParameterError(f"labels must be below num_classes={self.num_classes}; got {int(yt.max())}")
+            yt = _labels(y, xt.shape[0], "y", xt.device, self.num_classes)
             if self._dims is not None and xt.shape[1] != self._dims[0]:
                 raise ShapeMismatchError(f"this batch has {xt.shape[1]} features but earlier ones had {self._dims[0]}")
+            if xt.shape[0] == 0:
+                return
             x64 = xt.to(self._dtype)
+            shift = x64[0].clone() if self._dims is None else self._state["shift"]
+            u = x64 - shift
             targets = torch.full((xt.shape[0], self.num_classes), -1.0, dtype=self._dtype, device=xt.device)
             targets.scatter_(1, yt[:, None], 1.0)
+            first = self._dims is None
             self._commit(
                 (xt.shape[1],),
                 xt.device,
                 {
                     "n": torch.tensor(float(xt.shape[0]), dtype=self._dtype, device=xt.device),
-                    "sx": x64.sum(0),
+                    "sx": u.sum(0),
                     "sy": targets.sum(0),
-                    "sxx": x64.T @ x64,
-                    "sxy": x64.T @ targets,
+                    "sxx": u.T @ u,
+                    "sxy": u.T @ targets,
                 },
             )
-            self._weights = None
+            if first:
+                self._state["shift"] = shift
+
+    def _solution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weights (d, C), the feature centre (d,) and the mean target (C,), refitted after any state change."""
+        if self._fitted is None or self._fitted[0] != self._generation:
+            n = self._require_samples(2, "a ridge probe")
+            s = self._state
+            mu, my = s["sx"] / n, s["sy"] / n  # mean of the shifted features, mean target
+            cxx = s["sxx"] - n * torch.outer(mu, mu)
+            cxy = s["sxy"] - n * torch.outer(mu, my)
+            eye = torch.eye(cxx.shape[0], dtype=cxx.dtype, device=cxx.device)
+            w = torch.linalg.solve(cxx + self.alpha * eye, cxy)
+            self._fitted = (self._generation, w, s["shift"] + mu, my)
+        return self._fitted[1], self._fitted[2], self._fitted[3]
 
     def fit(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Solve for the weights (d, C) and intercept (C,) from everything seen."""
-        n = self._require_samples(2, "a ridge probe")
-        s = self._state
-        mx, my = s["sx"] / n, s["sy"] / n
-        cxx = s["sxx"] - n * torch.outer(mx, mx)
-        cxy = s["sxy"] - n * torch.outer(mx, my)
-        eye = torch.eye(cxx.shape[0], dtype=cxx.dtype, device=cxx.device)
-        w = torch.linalg.solve(cxx + self.alpha * eye, cxy)
-        self._weights = (w, my - mx @ w)
-        return self._weights
+        w, centre, my = self._solution()
+        return w, my - centre @ w
 
     def decision_function(self, x: Any) -> torch.Tensor:
         """Scores (n, C) of each class for features ``x``."""
-        w, b = self._weights if self._weights is not None else self.fit()
-        xt = _features(x, "x").to(w.dtype)
-        return xt @ w + b
+        w, centre, my = self._solution()
+        xt = _features(x, "x").to(device=w.device, dtype=w.dtype)
+        if xt.shape[1] != w.shape[0]:
+            raise ShapeMismatchError(
+                f"x has {xt.shape[1]} features but the probe was trained on {w.shape[0]}; both must come from the "
+                "same layer and pooling"
+            )
+        return (xt - centre) @ w + my  # centred first: offset features would cancel in x·w − centre·w
 
     def predict(self, x: Any) -> torch.Tensor:
         return self.decision_function(x).argmax(dim=1)

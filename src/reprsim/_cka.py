@@ -42,6 +42,27 @@ def unbiased_hsic_from_terms(
     return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * one_kl_one / (n - 2)) / (n * (n - 3))
 
 
+def unbiased_hsic_with_scale(
+    sq: torch.Tensor, diag: torch.Tensor, sum_k: torch.Tensor, sum_l: torch.Tensor, one_kl_one: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unbiased HSIC from its terms with ``tr(K̃L̃) = sq − diag``, and the sum of the terms' magnitudes.
+
+    The terms cancel when the diagonals dominate the Grams (widths far above n, heavy-tailed rows): each
+    term's rounding error reaches the result amplified by ``scale / |HSIC|``, which :func:`amplification`
+    turns into the accuracy to expect.
+    """
+    value = unbiased_hsic_from_terms(sq - diag, sum_k, sum_l, one_kl_one, n)
+    scale = sq.abs() + diag.abs() + (sum_k * sum_l).abs() / ((n - 1) * (n - 2)) + 2.0 * one_kl_one.abs() / (n - 2)
+    return value, scale / (n * (n - 3))
+
+
+def amplification(
+    kl: tuple[torch.Tensor, torch.Tensor], kk: tuple[torch.Tensor, torch.Tensor], ll: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """How much a CKA of three (HSIC, scale) pairs magnifies the relative rounding error of its terms."""
+    return kl[1] / kl[0].abs() + 0.5 * (kk[1] / kk[0].abs() + ll[1] / ll[0].abs())
+
+
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Σ a·b over all entries, as a plain sum of products.
 
@@ -332,9 +353,17 @@ def _linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> torch.Tenso
     kl = inner(gxy, gxy).to(kk.dtype)
     if unbiased:
         num, dx, dy = _unbiased_linear_feature_terms(xc, yc, sx, sy, kl, kk, ll)
-        _check_denominator(dx, dy, ("x", "y"))
-        return torch.div(num, (dx * dy).sqrt()).to(x.dtype)
+        if x.dtype == torch.float32 and float(amplification(num, dx, dy)) * _EPS32 > FLOAT32_TOLERANCE:
+            # The unbiased terms cancel (heavy-tailed rows dominate both ‖XᵀY‖² and Σ aᵢbᵢ): float32
+            # products would lose the result's digits, so this input is computed again in float64.
+            return _linear_cka(x.double(), y.double(), True).to(x.dtype)
+        _check_denominator(dx[0], dy[0], ("x", "y"))
+        return torch.div(num[0], (dx[0] * dy[0]).sqrt()).to(x.dtype)
     return torch.div(kl, (kk * ll).sqrt()).to(x.dtype)
+
+
+_EPS32 = float(torch.finfo(torch.float32).eps)
+FLOAT32_TOLERANCE = 1e-6  # the accuracy a float32 result is computed to (documented as ~1e-5 with margin)
 
 
 def _symmetric_sq_norm(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,7 +398,11 @@ def _strip_rows(n: int, device: torch.device) -> int:
 
 
 def _gram_inner_products(
-    xc: torch.Tensor, yc: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor
+    xc: torch.Tensor,
+    yc: torch.Tensor,
+    sx: torch.Tensor,
+    sy: torch.Tensor,
+    shifts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """⟨K, L⟩, ⟨K, K⟩ and ⟨L, L⟩ for K = Xc Xcᵀ / sx and L = Yc Ycᵀ / sy, without forming either n×n matrix.
 
@@ -377,17 +410,28 @@ def _gram_inner_products(
     against columns i..n (the diagonal block once, the rest twice), which takes (n + r)/2n of the full
     products' work and r·n memory. With sx = tr(Xc Xcᵀ) every entry is at most 1 in magnitude, so no
     square can overflow float32; each strip's sums are added in float64.
+
+    ``shifts`` = (c, d) turns K into its U-centred form: ``K_ij + c_i + c_j`` off the diagonal and 0 on it
+    (likewise L with d), the Grams whose inner product is unbiased HSIC up to n(n−3).
     """
     n = xc.shape[0]
     r = _strip_rows(n, xc.device)
     acc = torch.float64 if xc.device.type != "mps" else xc.dtype
     totals = [xc.new_zeros((), dtype=acc) for _ in range(3)]
+
+    def strip(a: torch.Tensor, s: torch.Tensor, i: int, c: torch.Tensor | None) -> torch.Tensor:
+        g = (a[i : i + r] @ a[i:].T).div_(s)
+        if c is not None:
+            g.add_(c[i : i + r, None]).add_(c[None, i:])
+            g[:, : min(r, n - i)].diagonal().zero_()
+        return g
+
+    cx, cy = (None, None) if shifts is None else shifts
     if r >= n:  # one strip: the whole Grams (on a GPU, fewer kernels matter more than the halved work)
-        k, l = (xc @ xc.T).div_(sx), (yc @ yc.T).div_(sy)
+        k, l = strip(xc, sx, 0, cx), strip(yc, sy, 0, cy)
         return inner(k, l).to(acc), inner(k, k).to(acc), inner(l, l).to(acc)
     for i in range(0, n, r):
-        k = (xc[i : i + r] @ xc[i:].T).div_(sx)
-        l = (yc[i : i + r] @ yc[i:].T).div_(sy)
+        k, l = strip(xc, sx, i, cx), strip(yc, sy, i, cy)
         width = min(r, n - i)
         for t, (a, b) in enumerate(((k, l), (k, k), (l, l))):
             whole = inner(a, b).to(acc)
@@ -407,23 +451,22 @@ def _linear_cka_sample_space(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -
     xc, yc = _centered(x), _centered(y)
     a, b = _row_norms(xc), _row_norms(yc)  # diag(Xc Xcᵀ), diag(Yc Ycᵀ)
     sx, sy = a.sum(), b.sum()  # positive: check_pair rejected constant inputs (a zero would show as NaN below)
-    kl, kk, ll = _gram_inner_products(xc, yc, sx, sy)
-    if not unbiased:
-        _check_denominator(kk, ll, ("x", "y"))
-        return torch.div(kl, (kk * ll).sqrt()).to(x.dtype)
-    # Unbiased HSIC from its four terms (see unbiased_hsic_from_terms); with K̃ = K − diag(a), everything but
-    # ⟨K, L⟩ is a vector computed in feature space: tr(K̃L̃) = ⟨K, L⟩ − a·b, K̃1 = Xc(Xcᵀ1) − a.
-    n = x.shape[0]
-    acc = kl.dtype
-    a, b = (a / sx).to(acc), (b / sy).to(acc)
-    kx1 = (xc @ xc.sum(dim=0) / sx).to(acc) - a
-    ly1 = (yc @ yc.sum(dim=0) / sy).to(acc) - b
-    sum_k, sum_l = kx1.sum(), ly1.sum()
-    h_kl = unbiased_hsic_from_terms(kl - a @ b, sum_k, sum_l, kx1 @ ly1, n)
-    h_kk = unbiased_hsic_from_terms(kk - a @ a, sum_k, sum_k, kx1 @ kx1, n)
-    h_ll = unbiased_hsic_from_terms(ll - b @ b, sum_l, sum_l, ly1 @ ly1, n)
-    _check_denominator(h_kk, h_ll, ("x", "y"))
-    return torch.div(h_kl, (h_kk * h_ll).sqrt()).to(x.dtype)
+    shifts = None
+    if unbiased:
+        # U-centring of the scaled Grams: with K̃ = K − diag(a) and r = K̃1 = Xc(Xcᵀ1) − a (a vector, from the
+        # features), Ũ_ij = K_ij − (r_i + r_j)/(n−2) + 1ᵀr/((n−1)(n−2)) off the diagonal. Taking the inner
+        # products of the U-centred strips, rather than expanding Song's four terms, avoids their
+        # cancellation: on heavy-tailed data with n ≪ p the terms cancel to 1e-9 of their size.
+        n = x.shape[0]
+        shifts = tuple(_u_shift((t @ t.sum(dim=0)).div_(s) - d / s, n) for t, d, s in ((xc, a, sx), (yc, b, sy)))
+    kl, kk, ll = _gram_inner_products(xc, yc, sx, sy, shifts)  # type: ignore[arg-type]
+    _check_denominator(kk, ll, ("x", "y"))
+    return torch.div(kl, (kk * ll).sqrt()).to(x.dtype)
+
+
+def _u_shift(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """c with Ũ_ij = K_ij + c_i + c_j (i ≠ j) for a Gram whose zero-diagonal row sums are ``rows``."""
+    return rows.sum() / (2 * (n - 1) * (n - 2)) - rows / (n - 2)
 
 
 def _scaled_linear_gram(xc: torch.Tensor) -> torch.Tensor:
@@ -440,13 +483,14 @@ def _unbiased_linear_feature_terms(
     sq_xy: torch.Tensor,
     sq_xx: torch.Tensor,
     sq_yy: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L) for linear kernels without any n×n matrix.
 
     With K = XXᵀ, a = diag(K) (squared row norms) and c = Xᵀ1 (column sums):
     tr(K̃L̃) = ‖XᵀY‖² − a·b, 1ᵀK̃1 = ‖c‖² − Σa, K̃1 = Xc − a. ``sq_xy`` etc. are ‖XᵀY‖², ‖XᵀX‖², ‖YᵀY‖² of
     the products already divided by ``sx = ‖X‖²`` and ``sy = ‖Y‖²``, so every term is computed for X/‖X‖ and
-    Y/‖Y‖, in the dtype of those sums (float64).
+    Y/‖Y‖, in the dtype of those sums (float64). Each comes with the scale of its terms (see
+    :func:`unbiased_hsic_with_scale`).
     """
     n = x.shape[0]
     acc = sq_xy.dtype
@@ -455,9 +499,9 @@ def _unbiased_linear_feature_terms(
     kx1, ly1 = ((x @ cx) / sx).to(acc) - a, ((y @ cy) / sy).to(acc) - b
     sum_k, sum_l = ((cx @ cx) / sx).to(acc) - a.sum(), ((cy @ cy) / sy).to(acc) - b.sum()
     return (
-        unbiased_hsic_from_terms(sq_xy - a @ b, sum_k, sum_l, kx1 @ ly1, n),
-        unbiased_hsic_from_terms(sq_xx - a @ a, sum_k, sum_k, kx1 @ kx1, n),
-        unbiased_hsic_from_terms(sq_yy - b @ b, sum_l, sum_l, ly1 @ ly1, n),
+        unbiased_hsic_with_scale(sq_xy, a @ b, sum_k, sum_l, kx1 @ ly1, n),
+        unbiased_hsic_with_scale(sq_xx, a @ a, sum_k, sum_k, kx1 @ kx1, n),
+        unbiased_hsic_with_scale(sq_yy, b @ b, sum_l, sum_l, ly1 @ ly1, n),
     )
 
 

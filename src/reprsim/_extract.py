@@ -254,7 +254,6 @@ def owned(recorded: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return recorded
 
 
-
 def batch_inputs(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """How a batch is passed to a model: a tensor as is, (inputs, labels, ...) by its first element, a
     mapping as keyword arguments (so ``attention_mask`` reaches a Hugging Face model)."""

@@ -38,7 +38,7 @@ def _collect(
         labels.append(y)
         for name, packed in acts.items():
             # each pooling has its own width (mean: d, flatten: tokens·d): split by what was packed
-            for p, part in zip(pools, packed.split(widths[name], dim=1)):
+            for p, part in zip(pools, torch.split(packed, widths[name], dim=1)):
                 feats[p].setdefault(name, []).append(part)
     return {p: {n: torch.cat(v) for n, v in d.items()} for p, d in feats.items()}, torch.cat(labels)
 
