@@ -296,3 +296,30 @@ def test_ridge_probe_refits_after_every_change_of_state() -> None:
     a.reset()
     with pytest.raises(reprsim.IncompatibleStateError, match="seen no samples"):
         a.predict(xa)
+
+
+# -- 5. magnitudes far from 1 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype", "tol"), [(1e18, np.float32, 1e-5), (1e-30, np.float32, 1e-5), (1e200, np.float64, 1e-10)]
+)
+@pytest.mark.parametrize(("kernel", "unbiased"), [("linear", False), ("linear", True), ("rbf", False)])
+def test_cka_is_scale_invariant_at_extreme_magnitudes(
+    scale: float, dtype: type, tol: float, kernel: str, unbiased: bool
+) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(80, 12))
+    y = np.tanh(x @ rng.normal(size=(12, 6))) + 0.2 * rng.normal(size=(80, 6))
+    expected = ref.cka(x, y, kernel=kernel, unbiased=unbiased)
+    xs, ys = (x * scale).astype(dtype), (y * scale).astype(dtype)
+    assert np.isfinite(xs).all()
+    assert abs(cka(xs, ys, kernel=kernel, unbiased=unbiased) - expected) <= tol
+    m = reprsim.cka_matrix([xs], [ys], kernel=kernel, unbiased=unbiased)
+    assert abs(float(m[0, 0]) - expected) <= tol
+
+
+def test_explicit_sigma_with_out_of_range_values_is_a_clear_error() -> None:
+    x = np.random.default_rng(0).normal(size=(10, 3)) * 1e200
+    with pytest.raises(reprsim.InvalidParameterError, match=r"squared distances leave the range of torch\.float64"):
+        cka(x, x, kernel="rbf", sigma=1.0)

@@ -22,10 +22,12 @@ from ._validation import (
     as_matrix,
     check_finite,
     check_kernel,
+    check_magnitude,
     check_n_samples,
     check_pair,
     check_same_device,
     is_constant,
+    rescaled,
 )
 
 __all__ = ["cka", "cka_from_grams", "cka_matrix", "hsic"]
@@ -317,7 +319,8 @@ def cka(
     True
     """
     check_kernel(kernel, sigma, median_fraction)
-    xt, yt = check_pair(x, y, unbiased=unbiased, dtype=dtype)  # also: finite, not constant
+    # also: finite, not constant; rescaled to magnitude ~1 when scale invariance allows (not with a fixed sigma)
+    xt, yt = check_pair(x, y, unbiased=unbiased, dtype=dtype, rescale=kernel == "linear" or sigma is None)
     if kernel == "linear":
         value = _linear_cka(xt, yt, unbiased)
     else:
@@ -591,6 +594,11 @@ def cka_matrix(
                 f"samples but {name} has {m.shape[0]} (shape {tuple(m.shape)})"
             )
         check_finite(m, name)
+        amax = float(m.detach().abs().max())
+        if kernel == "linear" or sigma is None:
+            mats[name] = rescaled(m, amax)
+        else:
+            check_magnitude(m, amax, name)
     check_same_device(mats)
     check_n_samples(first.shape[0], unbiased)
     common = first.dtype

@@ -7,6 +7,7 @@ what was expected, what was received, and how to fix it. No mathematics lives he
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -113,12 +114,20 @@ def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
 
 
 def check_pair(
-    x: Any, y: Any, *, unbiased: bool, dtype: torch.dtype | None, names: tuple[str, str] = ("x", "y")
+    x: Any,
+    y: Any,
+    *,
+    unbiased: bool,
+    dtype: torch.dtype | None,
+    names: tuple[str, str] = ("x", "y"),
+    rescale: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coerce and check two representations of the same samples; return them in one common dtype.
 
     Besides shapes, devices and sample counts, both must be finite and neither constant. The value checks
-    share one host synchronisation, which on a GPU would otherwise stall the queue once per check.
+    share one host synchronisation, which on a GPU would otherwise stall the queue once per check. With
+    ``rescale`` (for scale-invariant measures), an input whose magnitude would overflow or underflow its
+    products is divided by a power of two (see :func:`rescaled`).
     """
     xt = as_matrix(x, names[0], dtype=dtype)
     yt = as_matrix(y, names[1], dtype=dtype)
@@ -134,12 +143,24 @@ def check_pair(
     xt, yt = xt.to(common), yt.to(common)
     # A finite sum proves every element finite (NaN and ±inf propagate); only a non-finite sum (possibly a
     # mere overflow) pays for check_finite's exact count.
-    finite_x, finite_y, varies_x, varies_y = torch.stack(
-        [torch.isfinite(xt.sum()), torch.isfinite(yt.sum()), _varies(xt), _varies(yt)]
+    finite_x, finite_y, varies_x, varies_y, amax_x, amax_y = torch.stack(
+        [
+            torch.isfinite(xt.sum()).double(),
+            torch.isfinite(yt.sum()).double(),
+            _varies(xt).double().to(xt.device),
+            _varies(yt).double().to(yt.device),
+            xt.detach().abs().max().double(),
+            yt.detach().abs().max().double(),
+        ]
     ).tolist()
     if not (finite_x and finite_y):
         check_finite(xt, names[0])
         check_finite(yt, names[1])
+    if rescale:
+        xt, yt = rescaled(xt, amax_x), rescaled(yt, amax_y)
+    else:
+        for name, t, amax in ((names[0], xt, amax_x), (names[1], yt, amax_y)):
+            check_magnitude(t, amax, name)
     for name, t, varies in ((names[0], xt, varies_x), (names[1], yt, varies_y)):
         if not varies:
             raise ConstantRepresentationError(
@@ -147,6 +168,34 @@ def check_pair(
                 f"and CKA is 0/0 (undefined). Check that the layer is not dead or saturated, or drop it"
             )
     return xt, yt
+
+
+_SAFE = 2.0**32  # magnitudes whose squares and products of squares stay normal in float32
+
+
+def rescaled(x: torch.Tensor, amax: float) -> torch.Tensor:
+    """``x`` divided by a power of two near its largest magnitude when that is outside [2⁻³², 2³²].
+
+    Products of values around 1e18 overflow float32 (and around 1e200, float64); squares of values around
+    1e-30 underflow to zero and make a varying input look constant. Scale-invariant measures are unchanged
+    by the division, which is exact (a power of two), so out-of-range inputs are brought to magnitude ~1
+    instead of giving NaN or a false "constant" error.
+    """
+    if amax == 0.0 or 1.0 / _SAFE <= amax <= _SAFE:
+        return x
+    _, exponent = math.frexp(amax)
+    return torch.ldexp(x, torch.tensor(-exponent, device=x.device)).to(x.dtype)
+
+
+def check_magnitude(x: torch.Tensor, amax: float, name: str) -> None:
+    """For measures that are not scale invariant: refuse magnitudes whose squares leave the dtype's range."""
+    info = torch.finfo(x.dtype)
+    if amax > 0 and not (math.sqrt(info.tiny) < amax < math.sqrt(info.max) / max(x.shape[1], 1)):
+        raise InvalidParameterError(
+            f"{name} holds values up to {amax:.3g}, whose squared distances leave the range of {x.dtype} "
+            f"(overflow above about {math.sqrt(info.max):.1g}, underflow below about {math.sqrt(info.tiny):.1g}); "
+            "rescale the data (and an explicit sigma with it), or use dtype=torch.float64"
+        )
 
 
 def _varies(x: torch.Tensor) -> torch.Tensor:
