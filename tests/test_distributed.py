@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reprsim import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
+from reprsim import IncompatibleStateError, LinearCKA, MinibatchCKA, MinibatchCKAMatrix, RidgeProbe
 
 N, BATCH = 256, 32
 
@@ -91,3 +91,72 @@ def test_all_reduce_equals_single_process(tmp_path: Path, empty_rank: int | None
         for key in ("linear", "linear_unbiased", "minibatch_rbf"):
             assert abs(got[key] - expected[key]) <= 1e-10, key
         np.testing.assert_allclose(got["matrix"], expected["matrix"], rtol=0, atol=1e-10)
+
+
+MISMATCHES: dict[str, Any] = {
+    "unbiased": (lambda: LinearCKA(), lambda: LinearCKA(unbiased=True)),
+    "kernel": (lambda: MinibatchCKA(), lambda: MinibatchCKA(kernel="rbf")),
+    "dtype": (lambda: MinibatchCKA(), lambda: MinibatchCKA(dtype=torch.float32)),
+    "kind": (lambda: MinibatchCKA(), lambda: LinearCKA()),
+}
+
+
+def mismatch_worker(rank: int, world: int, port: int, out: str, case: str) -> None:
+    import datetime
+
+    # a short timeout: a rank left waiting in a collective fails the test instead of hanging it
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    try:
+        x, y = make_data()
+        acc = MISMATCHES[case][rank]()
+        acc.update(torch.from_numpy(x[:32]), torch.from_numpy(y[:32]))
+        before = acc.state_dict()
+        try:
+            acc.all_reduce()
+            message = "no error"
+        except IncompatibleStateError as exc:
+            message = str(exc)
+        unchanged = all(torch.equal(before["state"][k], v) for k, v in acc.state_dict()["state"].items())
+        torch.save({"message": message, "unchanged": unchanged}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_all_reduce_of_differently_configured_accumulators_raises_on_every_rank(tmp_path: Path, case: str) -> None:
+    mp.spawn(mismatch_worker, args=(2, free_port(), str(tmp_path), case), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert "differently configured accumulators" in got["message"]
+        assert got["unchanged"]
+
+
+def probe_worker(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        x, y = make_data()
+        labels = (y[:, 0] > 0).astype(np.int64)
+        probe = RidgeProbe(2)
+        half = slice(0, N // 2) if rank == 0 else slice(N // 2, N)
+        probe.update(x[half], labels[half])
+        probe.fit()  # weights of this rank's half only
+        probe.all_reduce()
+        torch.save({"weights": probe.fit()[0]}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ridge_probe_refits_after_all_reduce(tmp_path: Path) -> None:
+    mp.spawn(probe_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    x, y = make_data()
+    single = RidgeProbe(2)
+    single.update(x, (y[:, 0] > 0).astype(np.int64))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["weights"]
+        torch.testing.assert_close(got, single.fit()[0], rtol=1e-9, atol=1e-12)

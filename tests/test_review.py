@@ -323,3 +323,49 @@ def test_explicit_sigma_with_out_of_range_values_is_a_clear_error() -> None:
     x = np.random.default_rng(0).normal(size=(10, 3)) * 1e200
     with pytest.raises(reprsim.InvalidParameterError, match=r"squared distances leave the range of torch\.float64"):
         cka(x, x, kernel="rbf", sigma=1.0)
+
+
+# -- 7. load_state_dict validates everything before it swaps ---------------------------------------------
+
+
+def _bad_state_dicts(good: dict) -> dict[str, tuple[dict, str]]:
+    import copy
+
+    def edit(fn: object) -> dict:
+        d = copy.deepcopy(good)
+        fn(d)  # type: ignore[operator]
+        return d
+
+    return {
+        "wrong shape": (edit(lambda d: d["state"].__setitem__("sxx", torch.zeros(2, 2))), "has shape"),
+        "negative n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor(-3.0))), "non-negative integer"),
+        "nan n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor(float("nan")))), "NaN or infinite"),
+        "dims disagree": (edit(lambda d: d.__setitem__("dims", [4, 3])), "has shape"),
+        "dims none, state full": (edit(lambda d: d.__setitem__("dims", None)), "inconsistent"),
+        "bad dims": (edit(lambda d: d.__setitem__("dims", ["a", 2])), "non-negative integers"),
+        "old version": (edit(lambda d: d.__setitem__("version", 0)), "format version 0"),
+        "no version": (edit(lambda d: d.pop("version")), "format version None"),
+        "not a tensor": (edit(lambda d: d["state"].__setitem__("sx", [1.0, 2.0, 3.0])), "must be a floating-point"),
+        "missing entry": (edit(lambda d: d["state"].pop("sxy")), "needs"),
+        "not a mapping": ([1, 2], "not a reprsim state dict"),  # type: ignore[dict-item]
+    }
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_a_rejected_state_dict_leaves_the_accumulator_untouched(unbiased: bool) -> None:
+    rng = np.random.default_rng(0)
+    good_source = LinearCKA(unbiased=unbiased)
+    good_source.update(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)))
+    good = good_source.state_dict()
+    target = LinearCKA(unbiased=unbiased)
+    target.update(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
+    before, value = target.state_dict(), target.compute()
+    for case, (bad, message) in _bad_state_dicts(good).items():
+        with pytest.raises(reprsim.IncompatibleStateError, match=message):
+            target.load_state_dict(bad)
+        after = target.state_dict()
+        assert after["dims"] == before["dims"], case
+        assert all(torch.equal(after["state"][k], v) for k, v in before["state"].items()), case
+        assert target.compute() == value, case
+    target.load_state_dict(good)  # and a good one still loads
+    assert target.compute() == good_source.compute()

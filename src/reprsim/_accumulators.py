@@ -10,6 +10,7 @@ corrupts it. The mathematics of a single batch lives in :mod:`reprsim._cka`.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
@@ -142,29 +143,79 @@ class _Accumulator:
         }
 
     def load_state_dict(self: _Self, state_dict: Mapping[str, Any]) -> _Self:
-        """Replace the state by one saved by :meth:`state_dict` of an identically configured accumulator."""
-        try:
-            kind, config, dims, state = (
-                state_dict["kind"],
-                state_dict["config"],
-                state_dict["dims"],
-                state_dict["state"],
-            )
-        except (KeyError, TypeError) as exc:
+        """Replace the state by one saved by :meth:`state_dict` of an identically configured accumulator.
+
+        Everything is checked before anything changes (kind, version, configuration, widths, every tensor's
+        shape and values, the sample count): a rejected dict leaves this accumulator exactly as it was.
+        """
+        if not isinstance(state_dict, Mapping) or not {"kind", "config", "dims", "state"} <= set(state_dict):
             raise IncompatibleStateError(
-                f"not a reprsim state dict (expected keys kind, config, dims, state); got {state_dict!r:.200}"
-            ) from exc
-        self._check_compatible(kind, config, "load")
+                f"not a reprsim state dict (expected keys kind, version, config, dims, state); got {state_dict!r:.200}"
+            )
+        kind, config, dims, state = (state_dict[k] for k in ("kind", "config", "dims", "state"))
+        version = state_dict.get("version")
+        if version != self._version:
+            raise IncompatibleStateError(
+                f"this state dict has format version {version!r} but this reprsim reads version {self._version}; "
+                "save it again with the reprsim version that loads it"
+            )
+        if not isinstance(config, Mapping) or not isinstance(state, Mapping):
+            raise IncompatibleStateError("a state dict's config and state must be mappings")
+        self._check_compatible(str(kind), config, "load")
         if dims is None:
+            if state:
+                raise IncompatibleStateError(
+                    f"state dict has dims=None (nothing seen) but holds tensors {sorted(state)}; it is inconsistent"
+                )
             return self.reset()
+        new_dims = self._checked_dims(dims)
+        new_state = self._checked_state(state, new_dims)
+        device = self._device if self._device is not None else next(iter(new_state.values())).device
+        converted = {k: v.to(device=device, dtype=self._dtype).clone() for k, v in new_state.items()}
+        self._dims, self._device, self._state = new_dims, device, converted  # swapped only once all is valid
+        self._generation += 1
+        return self
+
+    def _checked_dims(self, dims: Any) -> Dims:
+        ok = isinstance(dims, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+        if not ok or any(d < 0 for d in dims):
+            raise IncompatibleStateError(f"a state dict's dims must be a list of non-negative integers; got {dims!r}")
+        try:
+            for spec in self._specs.values():
+                spec.shape(tuple(dims))
+        except IndexError as exc:
+            raise IncompatibleStateError(
+                f"dims {list(dims)} do not describe a {self.__class__.__name__} (too few entries)"
+            ) from exc
+        return tuple(int(d) for d in dims)
+
+    def _checked_state(self, state: Mapping[str, Any], dims: Dims) -> dict[str, torch.Tensor]:
         if set(state) != set(self._specs):
             raise IncompatibleStateError(
                 f"state dict holds {sorted(state)} but {self.__class__.__name__} needs {sorted(self._specs)}"
             )
-        device = self._device if self._device is not None else next(iter(state.values())).device
-        self._allocate(tuple(int(d) for d in dims), device)
-        self._state = {k: state[k].to(device=device, dtype=self._dtype).clone() for k in self._specs}
-        return self
+        out: dict[str, torch.Tensor] = {}
+        for name, spec in self._specs.items():
+            t = state[name]
+            if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point:
+                raise IncompatibleStateError(
+                    f"state entry {name!r} must be a floating-point tensor; got {type(t).__name__}"
+                    + (f" of dtype {t.dtype}" if isinstance(t, torch.Tensor) else "")
+                )
+            want = spec.shape(dims)
+            shape_ok = t.shape[1:] == want[1:] and t.ndim == len(want) if spec.reduce == "cat" else t.shape == want
+            if not shape_ok:
+                raise IncompatibleStateError(
+                    f"state entry {name!r} has shape {tuple(t.shape)} but dims {list(dims)} need "
+                    f"{('(any, ' + ', '.join(map(str, want[1:])) + ')') if spec.reduce == 'cat' else want}"
+                )
+            if not bool(torch.isfinite(t).all()):
+                raise IncompatibleStateError(f"state entry {name!r} holds NaN or infinite values")
+            out[name] = t
+        n = float(out["n"])
+        if n < 0 or n != round(n):
+            raise IncompatibleStateError(f"a state dict's sample count n must be a non-negative integer; got {n}")
+        return out
 
     def all_reduce(self: _Self, group: Any = None) -> _Self:
         """Sum the state over the processes of ``group`` (torch.distributed); every rank then holds the total.
@@ -184,10 +235,20 @@ class _Accumulator:
         device = self._collective_device(dist, group)
         has_data = self._dims is not None
         # Ranks that saw no data do not know the widths: agree on them first (one small collective).
+        # The first collective has the same shape on every rank whatever its accumulator, so ranks holding
+        # different kinds, configurations or dtypes all learn it here and raise the same error, instead of
+        # mixing their sums, waiting in mismatched collectives, or aborting inside the backend.
         big = torch.iinfo(torch.int64).max
         own = len(self._dims) if self._dims is not None else 0
-        length = torch.tensor([own, -own if has_data else -big], dtype=torch.int64, device=device)
+        config = self._config_fingerprint()
+        length = torch.tensor([own, -own if has_data else -big, config, -config], dtype=torch.int64, device=device)
         dist.all_reduce(length, op=dist.ReduceOp.MAX, group=group)  # [longest, -shortest among ranks with data]
+        if int(length[2]) != -int(length[3]):
+            raise IncompatibleStateError(
+                f"ranks hold differently configured accumulators (this rank: {self.__class__.__name__} with "
+                f"{self._config()}); every rank must create the same accumulator with the same arguments before "
+                "all_reduce"
+            )
         if int(length[0]) == 0:
             return self  # nobody has data
         if int(length[0]) != -int(length[1]):
@@ -229,6 +290,11 @@ class _Accumulator:
         return self
 
     # -- helpers ----------------------------------------------------------------------------------------
+    def _config_fingerprint(self) -> int:
+        """A signed 62-bit digest of kind, format version and configuration, equal on identical accumulators."""
+        text = repr((self.__class__.__name__, self._version, sorted(self._config().items())))
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 2
+
     def _collective_device(self, dist: Any, group: Any) -> torch.device:
         if self._device is not None:
             return self._device
