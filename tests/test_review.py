@@ -369,3 +369,55 @@ def test_a_rejected_state_dict_leaves_the_accumulator_untouched(unbiased: bool) 
         assert target.compute() == value, case
     target.load_state_dict(good)  # and a good one still loads
     assert target.compute() == good_source.compute()
+
+
+# -- 9. one model, two threads ------------------------------------------------------------------------------
+
+
+class _Gate(nn.Module):
+    """Blocks its first forward until released, so a second call can be made while the first is inside."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("second", ["compare", "extractor", "separability"])
+def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str) -> None:
+    import threading
+
+    model = _Gate()
+    model.train()
+    data = [torch.randn(16, 4) for _ in range(2)]
+    out: dict[str, object] = {}
+
+    def first() -> None:
+        out["result"] = compare(model, model, data, layers_a=["lin"], progress=False)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert model.entered.wait(timeout=30)
+    try:
+        with pytest.raises(reprsim.ConcurrentUseError, match="already being run by a reprsim call in another"):
+            if second == "compare":
+                compare(model, model, data, layers_a=["lin"], progress=False)
+            elif second == "extractor":
+                Extractor(model, ["lin"])(data[0])
+            else:
+                labelled = [(d, torch.arange(16) % 2) for d in data]
+                reprsim.separability(model, labelled, labelled, layers=["lin"], pools=["flatten"], k=3)
+    finally:
+        model.release.set()
+        t.join(timeout=60)
+    assert model.training  # restored by the first call; the refused one changed nothing
+    assert all(m.training for m in model.modules())
+    assert out["result"]["lin", "lin"] == pytest.approx(1.0, abs=1e-12)  # type: ignore[index]
+    compare(model, model, data, layers_a=["lin"], progress=False)  # free again afterwards

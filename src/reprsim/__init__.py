@@ -17,6 +17,7 @@ from ._analysis import RidgeProbe, knn_accuracy, logistic_probe, prediction_agre
 from ._cka import cka, cka_from_grams, cka_matrix, hsic
 from ._compare import compare
 from ._errors import (
+    ConcurrentUseError,
     ConstantRepresentationError,
     DeviceMismatchError,
     IncompatibleStateError,
@@ -35,6 +36,7 @@ from ._separability import separability
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConcurrentUseError",
     "ConstantRepresentationError",
     "DeviceMismatchError",
     "Extractor",

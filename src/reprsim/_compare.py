@@ -27,7 +27,7 @@ from ._errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
-from ._extract import Extractor, LayerSpec, Pool, move_batch, resolve_layers
+from ._extract import Extractor, LayerSpec, Pool, exclusive, move_batch, resolve_layers
 from ._result import SimilarityResult
 from ._validation import check_kernel
 
@@ -359,7 +359,8 @@ class _Comparison:
         start = time.perf_counter()
         manager = eval_mode(self.models.values()) if eval_models else contextlib.nullcontext()
         try:
-            with manager, torch.no_grad():
+            # claimed before eval mode: a call that finds a model busy in another thread changes no flag
+            with exclusive(self.models.values()), manager, torch.no_grad():
                 for batch in data:
                     self._step(batch)
                     if bar is not None:

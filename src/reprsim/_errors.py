@@ -9,6 +9,7 @@ was received, and how to fix it. Nothing here imports the rest of the package.
 from __future__ import annotations
 
 __all__ = [
+    "ConcurrentUseError",
     "ConstantRepresentationError",
     "DeviceMismatchError",
     "IncompatibleStateError",
@@ -52,6 +53,11 @@ class InvalidParameterError(ReprsimError):
 class IncompatibleStateError(ReprsimError, RuntimeError):
     """An operation that the object's current state does not allow (compute before update, merging
     accumulators of different kinds or configurations)."""
+
+
+class ConcurrentUseError(ReprsimError, RuntimeError):
+    """A model is already being run by a reprsim call in another thread (hooks would record each other's
+    forwards, and the training flags restored by one call would be the other's)."""
 
 
 class ReprsimWarning(UserWarning):

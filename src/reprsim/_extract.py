@@ -14,13 +14,14 @@ import contextlib
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import torch
 from torch import nn
 
-from ._errors import InvalidParameterError, ReprsimError, ShapeMismatchError
+from ._errors import ConcurrentUseError, InvalidParameterError, ReprsimError, ShapeMismatchError
 
 __all__ = ["Extractor", "LayerInfo", "LayerNotFoundError", "MultipleCallsError", "list_layers", "pool_tokens"]
 
@@ -238,6 +239,46 @@ def pool_tokens(x: torch.Tensor, how: Pool = "flatten", attention_mask: torch.Te
 
 # -- running a model -------------------------------------------------------------------------------------
 
+_IN_USE: dict[int, tuple[int, int]] = {}  # id(model) -> (thread ident, nesting depth)
+_IN_USE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(models: Iterable[nn.Module]) -> Iterator[None]:
+    """Claim ``models`` for this thread for the block; a model claimed by another thread raises
+    :class:`ConcurrentUseError` before anything (hooks, training flags) is touched.
+
+    Hooks fire for every forward of a module, whoever runs it, and a training flag saved by one call and
+    restored by another ends up wrong; so one model is run by one reprsim call at a time. The same thread may
+    nest claims (compare runs its extractors inside its own claim).
+    """
+    me = threading.get_ident()
+    claimed: list[int] = []
+    with _IN_USE_LOCK:
+        unique = list({id(m): m for m in models}.items())
+        for key, model in unique:
+            owner = _IN_USE.get(key)
+            if owner is not None and owner[0] != me:
+                raise ConcurrentUseError(
+                    f"this {type(model).__name__} is already being run by a reprsim call in another thread; its "
+                    "hooks would record both calls' forwards. Run the calls one after another, or give each "
+                    "thread its own copy (copy.deepcopy(model))"
+                )
+        for key, _ in unique:
+            owner = _IN_USE.get(key)
+            _IN_USE[key] = (me, 1 if owner is None else owner[1] + 1)
+            claimed.append(key)
+    try:
+        yield
+    finally:
+        with _IN_USE_LOCK:
+            for key in claimed:
+                thread, depth = _IN_USE[key]
+                if depth == 1:
+                    del _IN_USE[key]
+                else:
+                    _IN_USE[key] = (thread, depth - 1)
+
 
 def owned(recorded: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """``recorded``, copied if it shares memory with the module's tensor ``source``.
@@ -427,7 +468,8 @@ class Extractor:
             return pre_hook
 
         handles = []
-        try:
+        with exclusive([self.model]), contextlib.ExitStack() as cleanup:
+            cleanup.callback(lambda: [h.remove() for h in handles])
             for name in self.layers:
                 module = self._modules[name]
                 if self.capture == "output":
@@ -437,9 +479,6 @@ class Extractor:
             grad = torch.no_grad() if self.no_grad else contextlib.nullcontext()
             with grad, contextlib.suppress(_StopForward):
                 self.model(*args, **kwargs)
-        finally:
-            for h in handles:
-                h.remove()
         missing = [n for n, r in records.items() if not r]
         if missing:
             raise LayerNotFoundError(
@@ -529,12 +568,13 @@ def list_layers(model: nn.Module, example: Any = None, *, pattern: str | None = 
 
         return hook
 
-    handles = [m.register_forward_hook(make(n)) for n, m in named]
     args, kwargs = batch_inputs(example)
-    try:
-        with torch.no_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    with exclusive([model]):
+        handles = [m.register_forward_hook(make(n)) for n, m in named]
+        try:
+            with torch.no_grad():
+                model(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
     return LayerTable(LayerInfo(n, type(m).__name__, calls[n], shapes.get(n)) for n, m in named)

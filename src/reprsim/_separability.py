@@ -16,7 +16,7 @@ from torch import nn
 from ._analysis import RidgeProbe, knn_accuracy
 from ._compare import eval_mode, model_device
 from ._errors import InvalidParameterError
-from ._extract import Extractor, LayerSpec, move_batch, pool_tokens, resolve_layers
+from ._extract import Extractor, LayerSpec, exclusive, move_batch, pool_tokens, resolve_layers
 
 __all__ = ["separability"]
 
@@ -114,7 +114,7 @@ def separability(
     names = resolve_layers(model, layers)
     extractor = Extractor(model, names, pool={name: packer(name) for name in names})
     where = torch.device(device) if device is not None else model_device(model)
-    with eval_mode([model]), torch.no_grad():
+    with exclusive([model]), eval_mode([model]), torch.no_grad():
         train_f, train_y = _collect(train, extractor, widths, pools, where)
         test_f, test_y = _collect(test, extractor, widths, pools, where)
     c = num_classes if num_classes is not None else int(max(int(train_y.max()), int(test_y.max()))) + 1
