@@ -405,15 +405,15 @@ def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str
     t = threading.Thread(target=first)
     t.start()
     assert model.entered.wait(timeout=30)
+    labelled = [(d, torch.arange(16) % 2) for d in data]
+    calls = {
+        "compare": lambda: compare(model, model, data, layers_a=["lin"], progress=False),
+        "extractor": lambda: Extractor(model, ["lin"])(data[0]),
+        "separability": lambda: reprsim.separability(model, labelled, labelled, layers=["lin"], pools=["flatten"]),
+    }
     try:
         with pytest.raises(reprsim.ConcurrentUseError, match="already being run by a reprsim call in another"):
-            if second == "compare":
-                compare(model, model, data, layers_a=["lin"], progress=False)
-            elif second == "extractor":
-                Extractor(model, ["lin"])(data[0])
-            else:
-                labelled = [(d, torch.arange(16) % 2) for d in data]
-                reprsim.separability(model, labelled, labelled, layers=["lin"], pools=["flatten"], k=3)
+            calls[second]()
     finally:
         model.release.set()
         t.join(timeout=60)

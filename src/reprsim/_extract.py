@@ -467,7 +467,7 @@ class Extractor:
 
             return pre_hook
 
-        handles = []
+        handles: list[torch.utils.hooks.RemovableHandle] = []
         with exclusive([self.model]), contextlib.ExitStack() as cleanup:
             cleanup.callback(lambda: [h.remove() for h in handles])
             for name in self.layers:
