@@ -280,6 +280,11 @@ def exclusive(models: Iterable[nn.Module]) -> Iterator[None]:
                     _IN_USE[key] = (thread, depth - 1)
 
 
+def _remove_all(handles: list[torch.utils.hooks.RemovableHandle]) -> None:
+    for h in handles:
+        h.remove()
+
+
 def owned(recorded: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """``recorded``, copied if it shares memory with the module's tensor ``source``.
 
@@ -469,7 +474,7 @@ class Extractor:
 
         handles: list[torch.utils.hooks.RemovableHandle] = []
         with exclusive([self.model]), contextlib.ExitStack() as cleanup:
-            cleanup.callback(lambda: [h.remove() for h in handles])
+            cleanup.callback(_remove_all, handles)
             for name in self.layers:
                 module = self._modules[name]
                 if self.capture == "output":
