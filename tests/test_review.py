@@ -421,3 +421,228 @@ def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str
     assert all(m.training for m in model.modules())
     assert out["result"]["lin", "lin"] == pytest.approx(1.0, abs=1e-12)  # type: ignore[index]
     compare(model, model, data, layers_a=["lin"], progress=False)  # free again afterwards
+
+
+# -- 11. rbf_gram and bandwidths ------------------------------------------------------------------------------
+
+
+def test_rbf_gram_bad_samples() -> None:
+    with pytest.raises(reprsim.NonFiniteError, match="1 NaN"):
+        reprsim.rbf_gram(np.array([[0.0], [np.nan], [1.0]]))
+    with pytest.raises(reprsim.InsufficientSamplesError, match="at least 2 samples"):
+        reprsim.rbf_gram(np.ones((1, 3)))
+    with pytest.raises(reprsim.InsufficientSamplesError, match="holds no samples"):
+        reprsim.rbf_gram(np.ones((0, 3)))
+    assert float(reprsim.rbf_gram(np.ones((1, 3)), sigma=1.0)[0, 0]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("sigma", "message"),
+    [
+        (1e300, "too large: its square overflows"),
+        (1e-300, "too small: its square underflows"),
+        ("1.0", "must be a positive real number"),
+        ("wide", "must be a positive real number"),
+        (float("nan"), "positive finite bandwidth"),
+        (True, "must be a positive real number"),
+    ],
+)
+def test_bad_sigma(sigma: object, message: str) -> None:
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    for call in (
+        lambda: reprsim.rbf_gram(x, sigma=sigma),  # type: ignore[arg-type]
+        lambda: cka(x, x, kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
+        lambda: reprsim.MinibatchCKA(kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(reprsim.InvalidParameterError, match=message):
+            call()
+
+
+# -- 12. an empty batch ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_cka_accepts_an_empty_batch_first_and_later(unbiased: bool) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 3))
+    acc = LinearCKA(unbiased=unbiased)
+    acc.update(x[:0], y[:0])
+    assert acc.num_samples == 0
+    acc.update(x[:10], y[:10])
+    acc.update(x[10:10], y[10:10])
+    acc.update(x[10:], y[10:])
+    assert abs(acc.compute() - ref.cka(x, y, unbiased=unbiased)) <= 1e-10
+
+
+# -- 13. SimilarityResult files and repr -----------------------------------------------------------------
+
+
+def _result() -> reprsim.SimilarityResult:
+    m = torch.tensor([[1.0, 0.25]], dtype=torch.float64)
+    return reprsim.SimilarityResult(m, ["a"], ["b", "c"], {"model_a": "A", "model_b": "B"})
+
+
+def test_result_save_and_load_with_the_same_name(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    for name in ("plain", "with.dots", "ends.npz"):
+        written = _result().save(base / name)
+        loaded = reprsim.SimilarityResult.load(base / name)
+        assert written.name.endswith(".npz")
+        assert loaded["a", "c"] == 0.25
+
+
+def test_result_load_of_files_that_are_not_results(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    good = _result().save(base / "good")
+    (base / "text.npz").write_text("not an archive")
+    (base / "empty.npz").write_bytes(b"")
+    (base / "truncated.npz").write_bytes(good.read_bytes()[:200])
+    np.save(base / "array.npy", np.eye(2))
+    np.savez(base / "other.npz", weights=np.eye(2))
+    cases = {
+        "text.npz": "not a readable .npz archive",
+        "empty.npz": "not a readable .npz archive",
+        "truncated.npz": "not a readable|truncated or damaged",
+        "array.npy": "single array",
+        "other.npz": "lacks",
+    }
+    for name, message in cases.items():
+        with pytest.raises(reprsim.InvalidParameterError, match=message):
+            reprsim.SimilarityResult.load(base / name)
+    with pytest.raises(FileNotFoundError, match="no result file"):
+        reprsim.SimilarityResult.load(base / "missing")
+
+
+def test_result_repr_of_empty_and_bad_metadata() -> None:
+    empty = reprsim.SimilarityResult(torch.zeros((0, 0)), [], [], {})
+    assert repr(empty) == "SimilarityResult(model A [0 layers] x model B [0 layers])"
+    with pytest.raises(reprsim.InvalidParameterError, match="metadata must be a mapping"):
+        reprsim.SimilarityResult(torch.zeros((1, 1)), ["a"], ["b"], ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+# -- 14. analysis functions: clear errors ------------------------------------------------------------------
+
+
+def _xy(n: int = 20, d: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, d, generator=g), torch.arange(n) % 2
+
+
+def test_knn_accuracy_bad_inputs() -> None:
+    x, y = _xy()
+    cases = [
+        (lambda: reprsim.knn_accuracy((x[:0], y[:0]), x, y, k=3), reprsim.InsufficientSamplesError, "got 0"),
+        (lambda: reprsim.knn_accuracy((x, y), x, y, k=3, num_classes=1), reprsim.InvalidParameterError, "up to 1"),
+        (lambda: reprsim.knn_accuracy((x, y), x, y, k=2.5), reprsim.InvalidParameterError, "k must be a positive"),
+        (lambda: reprsim.knn_accuracy((x, y), x, y, topk=(0,)), reprsim.InvalidParameterError, "topk"),
+        (lambda: reprsim.knn_accuracy((x, y), x[:0], y[:0], k=3), reprsim.InsufficientSamplesError, "no samples"),
+        (lambda: reprsim.knn_accuracy((x, y), x, y, test_chunk=0), reprsim.InvalidParameterError, "test_chunk"),
+        (lambda: reprsim.knn_accuracy((x, y), x[:, :2], y, k=3), reprsim.ShapeMismatchError, "dimensions"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    as_list = reprsim.knn_accuracy([x, y], x, y, k=3, topk=(1,))  # a list works like a tuple
+    assert as_list == reprsim.knn_accuracy((x, y), x, y, k=3, topk=(1,))
+
+
+def test_logistic_probe_bad_inputs() -> None:
+    x, y = _xy()
+    cases = [
+        (lambda: reprsim.logistic_probe(x[:0], y[:0], x, y), reprsim.InsufficientSamplesError, "got 0"),
+        (lambda: reprsim.logistic_probe(x, y, x[:, :2], y), reprsim.ShapeMismatchError, "dimensions"),
+        (lambda: reprsim.logistic_probe(x, y, x, y, num_classes=1), reprsim.InvalidParameterError, "up to 1"),
+        (lambda: reprsim.logistic_probe(x, y, x, y, C=0.0), reprsim.InvalidParameterError, "C must be"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_prediction_agreement_bad_inputs() -> None:
+    s = torch.randn(10, 4)
+    cases = [
+        (lambda: reprsim.prediction_agreement(s, s, ks=(-3,)), "ks must be a positive"),
+        (lambda: reprsim.prediction_agreement(s, s, ks=(0,)), "ks must be a positive"),
+        (lambda: reprsim.prediction_agreement(s, s, chunk=0), "chunk must be a positive"),
+        (lambda: reprsim.prediction_agreement(s, s, torch.full((10,), 4)), "labels go up to 4"),
+    ]
+    for call, message in cases:
+        with pytest.raises(reprsim.InvalidParameterError, match=message):
+            call()
+    with pytest.raises(reprsim.ShapeMismatchError, match=r"\(samples, classes\) matrix"):
+        reprsim.prediction_agreement(s.reshape(10, 2, 2), s.reshape(10, 2, 2))
+    with pytest.raises(reprsim.InsufficientSamplesError, match="no samples"):
+        reprsim.prediction_agreement(s[:0], s[:0])
+
+
+def test_separability_and_ridge_probe_bad_inputs() -> None:
+    x, y = _xy()
+    model = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(reprsim.InsufficientSamplesError, match="got 0 and"):
+        reprsim.separability(model, [], [(x, y)], layers=["0"], pools=["flatten"], k=3)
+    with pytest.raises(reprsim.InvalidParameterError, match="up to 1"):
+        reprsim.separability(model, [(x, y)], [(x, y)], layers=["0"], pools=["flatten"], k=3, num_classes=1)
+    probe = reprsim.RidgeProbe(2)
+    with pytest.raises(reprsim.InvalidParameterError, match="up to 2"):
+        probe.update(x, y + 1)
+    probe.update(x, y)
+    with pytest.raises(reprsim.ShapeMismatchError, match="trained on 3"):
+        probe.predict(x[:, :2])
+
+
+# -- 15. messages that name the right fix and the right place ----------------------------------------------
+
+
+def test_overflow_message_depends_on_the_state_dtype() -> None:
+    big = np.full((8, 2), 1e300) * np.arange(1, 9)[:, None]
+    acc = LinearCKA()
+    with pytest.raises(reprsim.NonFiniteError, match="Rescale the inputs") as info:
+        acc.update(big, big)
+    assert "dtype=torch.float64" not in str(info.value)
+    large = 3e30 * np.arange(1, 9)[:, None] * np.ones((8, 2))  # finite in float32, its squares are not
+    with pytest.raises(reprsim.NonFiniteError, match=r"Use dtype=torch\.float64"):
+        LinearCKA(dtype=torch.float32).update(large, np.arange(8.0))
+
+
+class _NanAfter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x)) * torch.nan
+
+
+@pytest.mark.parametrize("estimator", ["exact", "exact_unbiased", "minibatch"])
+def test_nan_from_a_model_names_model_and_layer(estimator: str) -> None:
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _NanAfter()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    model, other = Wrap(), nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(reprsim.NonFiniteError, match=r"model A.*body"):
+        compare(
+            model, other, [torch.randn(8, 3)], layers_a=["body"], layers_b=["0"], estimator=estimator, progress=False
+        )
+
+
+def test_sparse_and_meta_inputs_get_clear_errors() -> None:
+    x = torch.randn(10, 4)
+    with pytest.raises(reprsim.InvalidParameterError, match=r"sparse_coo tensor.*to_dense"):
+        cka(x.to_sparse(), x)
+    meta = torch.empty(10, 4, device="meta")
+    with pytest.raises(reprsim.InvalidParameterError, match="meta tensor"):
+        cka(meta, meta)
+    with pytest.raises(reprsim.InvalidParameterError, match="meta tensor"):
+        reprsim.cka_matrix([meta])
+    with pytest.raises(reprsim.InvalidParameterError, match="meta tensor"):
+        LinearCKA().update(meta, meta)

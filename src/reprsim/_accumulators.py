@@ -343,10 +343,15 @@ class _Accumulator:
         """One flag per statistic of a batch: is it finite? (On the device: no synchronisation yet.)"""
         return torch.isfinite(torch.stack([v.sum() for v in contribution.values()]))
 
-    def _raise_overflow(self) -> None:
+    def _raise_overflow(self, where: str = "") -> None:
+        fix = (
+            "Use dtype=torch.float64 or rescale the inputs"
+            if self._dtype != torch.float64
+            else "Rescale the inputs (e.g. divide by their largest magnitude; CKA is scale invariant)"
+        )
         raise NonFiniteError(
-            "this batch's statistics overflowed to infinity; its values are too large for "
-            f"{self._dtype}. Use dtype=torch.float64 or rescale the inputs"
+            f"this batch's statistics{where} overflowed to infinity: its values are too large for the "
+            f"{self._dtype} state. {fix}"
         )
 
     def _apply(self, dims: Dims, device: torch.device, contribution: Mapping[str, torch.Tensor]) -> None:
@@ -503,6 +508,8 @@ class LinearCKA(_Accumulator):
                     f"this batch has {dims[0]} features in x and {dims[1]} in y, but earlier batches had "
                     f"{self._dims[0]} and {self._dims[1]}; every batch must come from the same layers"
                 )
+            if xt.shape[0] == 0:
+                return  # an empty batch adds nothing (and, first, would give no reference sample)
             if self._dims is None:
                 shift_x, shift_y = xt[0].clone(), yt[0].clone()
             else:

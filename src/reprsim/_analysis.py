@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 from ._accumulators import _Accumulator, shifted_cross_sum
@@ -44,11 +45,8 @@ def _labels(y: Any, n: int, name: str, device: torch.device, num_classes: int | 
     t = t.long()
     if t.numel() and bool((t < 0).any()):
         raise InvalidParameterError(f"{name} must hold class labels 0..C-1; got negative values")
-    if num_classes is not None and t.numel() and int(t.max()) >= num_classes:
-        raise InvalidParameterError(
-            f"{name} holds the label {int(t.max())}, but num_classes={num_classes} allows 0..{num_classes - 1}; "
-            "pass a larger num_classes (or leave it None to take one more than the largest label)"
-        )
+    if num_classes is not None and t.numel():
+        _num_classes(num_classes, int(t.max()), name)
     return t
 
 
@@ -63,9 +61,37 @@ def _features(x: Any, name: str, dtype: torch.dtype | None = None) -> torch.Tens
 
 
 def _chunks(train: TrainSet) -> Iterable[tuple[Any, Any]]:
-    if isinstance(train, tuple) and len(train) == 2 and not isinstance(train[0], tuple):
-        return [train]
-    return train  # an iterable of (features, labels) chunks
+    # (features, labels) as a tuple or a list of two; otherwise an iterable of such chunks
+    if isinstance(train, (tuple, list)) and len(train) == 2 and not isinstance(train[0], (tuple, list)):
+        return [(train[0], train[1])]
+    return train
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidParameterError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _positive_ints(values: Any, name: str) -> list[int]:
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = (values,)
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        raise InvalidParameterError(f"{name} must be a non-empty sequence of positive integers; got {values!r}")
+    return [_positive_int(v, f"every entry of {name}") for v in values]
+
+
+def _num_classes(value: Any, largest: int, name: str = "the labels") -> int:
+    """``num_classes`` checked against the largest label seen (None: one more than it)."""
+    if value is None:
+        return largest + 1
+    c = _positive_int(value, "num_classes")
+    if largest >= c:
+        raise InvalidParameterError(
+            f"num_classes={c} allows labels 0..{c - 1} but {name} go up to {largest}; pass a larger "
+            "num_classes or leave it None"
+        )
+    return c
 
 
 @full_precision_matmul
@@ -123,9 +149,14 @@ def knn_accuracy(
         raise InvalidParameterError(f"metric must be 'cosine' or 'euclidean'; got {metric!r}")
     if weighting not in ("temperature", "uniform"):
         raise InvalidParameterError(f"weighting must be 'temperature' or 'uniform'; got {weighting!r}")
-    if k < 1 or not (temperature > 0):
-        raise InvalidParameterError(f"k must be >= 1 and temperature > 0; got k={k}, temperature={temperature}")
+    k = _positive_int(k, "k")
+    topk = _positive_ints(topk, "topk")
+    test_chunk = _positive_int(test_chunk, "test_chunk")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise InvalidParameterError(f"temperature must be a positive finite number; got {temperature!r}")
     xt = _features(test_features, "test_features")
+    if xt.shape[0] == 0:
+        raise InsufficientSamplesError("test_features holds no samples; kNN accuracy needs at least one")
     yt = _labels(test_labels, xt.shape[0], "test_labels", xt.device)
     if metric == "cosine":
         xt = torch.nn.functional.normalize(xt, dim=1)
@@ -142,6 +173,8 @@ def knn_accuracy(
                 "from the same layer and pooling"
             )
         ty = _labels(fy, tx.shape[0], f"train labels (chunk {i})", xt.device)
+        if tx.shape[0] == 0:
+            continue
         seen += tx.shape[0]
         max_label = max(max_label, int(ty.max()))
         if metric == "cosine":
@@ -156,7 +189,7 @@ def knn_accuracy(
             best_lab[lo : lo + test_chunk] = labs.gather(1, top.indices)
     if seen < k:
         raise InsufficientSamplesError(f"kNN with k={k} needs at least {k} training samples; got {seen}")
-    c = num_classes if num_classes is not None else max_label + 1
+    c = _num_classes(num_classes, max_label)
     if weighting == "temperature":
         # exp(sim/T) overflows for euclidean similarities; votes are only compared per sample, so shift first
         weights = torch.exp((best_sim - best_sim[:, :1]) / temperature)
@@ -342,11 +375,23 @@ def logistic_probe(
     >>> logistic_probe(x, y, x, y)["accuracy"]
     1.0
     """
+    if not (isinstance(C, (int, float)) and C > 0 and math.isfinite(C)):
+        raise InvalidParameterError(f"C must be a positive finite number; got {C!r}")
+    max_iter = _positive_int(max_iter, "max_iter")
     x = _features(train_features, "train_features", dtype=torch.float64)
     y = _labels(train_labels, x.shape[0], "train_labels", x.device)
     xt = _features(test_features, "test_features", dtype=torch.float64).to(x.device)
     yt = _labels(test_labels, xt.shape[0], "test_labels", x.device)
-    c = num_classes if num_classes is not None else int(max(int(y.max()), int(yt.max()))) + 1
+    if x.shape[0] == 0 or xt.shape[0] == 0:
+        raise InsufficientSamplesError(
+            f"a logistic probe needs training and test samples; got {x.shape[0]} and {xt.shape[0]}"
+        )
+    if xt.shape[1] != x.shape[1]:
+        raise ShapeMismatchError(
+            f"test_features have {xt.shape[1]} dimensions but train_features {x.shape[1]}; both must come from the "
+            "same layer and pooling"
+        )
+    c = _num_classes(num_classes, max(int(y.max()), int(yt.max())))
     if standardize:
         mu, sd = x.mean(0), x.std(0).clamp_min(1e-12)
         x, xt = (x - mu) / sd, (xt - mu) / sd
@@ -432,8 +477,19 @@ def prediction_agreement(
     >>> prediction_agreement(a, 2 * a, ks=(3,))["all"]
     {'n': 2, 'top1_agreement': 1.0, 'f1_agreement': 1.0, 'kendall_tau_top3': 1.0}
     """
+    ks = _positive_ints(ks, "ks")
+    chunk = _positive_int(chunk, "chunk")
+    for name, scores in (("scores_a", scores_a), ("scores_b", scores_b)):
+        shape = tuple(scores.shape) if hasattr(scores, "shape") else np.shape(scores)
+        if len(shape) != 2:
+            raise ShapeMismatchError(
+                f"{name} must be a (samples, classes) matrix of scores; got shape {shape}. Select or reduce the "
+                "extra dimensions first (e.g. the last token's logits)"
+            )
     a = _features(scores_a, "scores_a", dtype=torch.float64)
     b = _features(scores_b, "scores_b", dtype=torch.float64).to(a.device)
+    if a.shape[0] == 0:
+        raise InsufficientSamplesError("scores_a and scores_b hold no samples; agreement needs at least one")
     if a.shape != b.shape:
         raise ShapeMismatchError(
             f"scores_a and scores_b must have the same shape (n, C); got {tuple(a.shape)} and {tuple(b.shape)}"
@@ -442,7 +498,7 @@ def prediction_agreement(
     pa, pb = a.argmax(1), b.argmax(1)
     subsets = {"all": torch.ones(n, dtype=torch.bool, device=a.device)}
     if labels is not None:
-        y = _labels(labels, n, "labels", a.device)
+        y = _labels(labels, n, "labels", a.device, num_classes=c)
         subsets["both_correct"] = (pa == y) & (pb == y)
         subsets["both_wrong"] = (pa != y) & (pb != y)
     taus: dict[int, torch.Tensor] = {}

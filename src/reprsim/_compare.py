@@ -451,6 +451,17 @@ class _Comparison:
             acc._apply(dims, device, contribution)
 
     def _step_exact(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> None:
+        # every layer's values are checked here, where model and layer are known, with one host sync
+        named = [(name, k, acts[self.run_of[name]][k]) for name in {n for p in self.pairs for n in p} for k in
+                 self._keys_for(name, acts[self.run_of[name]])]  # fmt: skip
+        first = named[0][2].device
+        ok = torch.stack([torch.isfinite(t.sum()).to(first) for _, _, t in named]).tolist()
+        for (model, layer, t), fine in zip(named, ok):
+            if not fine and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(
+                    f"{model}: layer {layer!r} produced NaN or infinite values in this batch (shape "
+                    f"{tuple(t.shape)}); check the model and its inputs"
+                )
         for a, b in self.pairs:
             xa = [acts[self.run_of[a]][k] for k in self._keys_for(a, acts[self.run_of[a]])]
             xb = [acts[self.run_of[b]][k] for k in self._keys_for(b, acts[self.run_of[b]])]

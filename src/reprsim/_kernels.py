@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._errors import InvalidParameterError, ShapeMismatchError
+from ._errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 from ._precision import full_precision_matmul
 from ._validation import as_matrix, check_finite, check_kernel, check_n_samples
 
@@ -134,6 +134,13 @@ def rbf_gram(x: Any, *, sigma: float | None = None, median_fraction: float = 1.0
     """
     check_kernel("rbf", sigma, median_fraction)
     xt = as_matrix(x, "x")
+    if xt.shape[0] == 0:
+        raise InsufficientSamplesError(f"x holds no samples (shape {tuple(xt.shape)}); an RBF Gram needs at least 1")
+    check_finite(xt, "x")
+    if sigma is None and xt.shape[0] < 2:
+        raise InsufficientSamplesError(
+            "the median bandwidth needs at least 2 samples (one sample has no distances); pass an explicit sigma"
+        )
     d2 = squared_distances(xt)
     return _rbf_from_sq_distances(d2, sigma, median_fraction, "x")
 

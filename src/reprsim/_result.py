@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,11 @@ class SimilarityResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metadata, Mapping):
+            raise InvalidParameterError(
+                f"metadata must be a mapping of names to plain values; got a {type(self.metadata).__name__}"
+            )
+        self.metadata = dict(self.metadata)
         self.matrix = torch.as_tensor(self.matrix, dtype=torch.float64).detach().cpu()
         self.names_a, self.names_b = [str(n) for n in self.names_a], [str(n) for n in self.names_b]
         if tuple(self.matrix.shape) != (len(self.names_a), len(self.names_b)):
@@ -89,7 +96,7 @@ class SimilarityResult:
             f"SimilarityResult({self.model_a} [{len(self.names_a)} layers] x "
             f"{self.model_b} [{len(self.names_b)} layers])"
         )
-        if len(self.names_a) > 16 or len(self.names_b) > 12:
+        if len(self.names_a) > 16 or len(self.names_b) > 12 or not self.names_a or not self.names_b:
             return head
         width = max(len(n) for n in self.names_a)
         cols = "".join(f"  {n[-6:]:>6}" for n in self.names_b)
@@ -163,9 +170,7 @@ class SimilarityResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the result to ``path`` (a ``.npz`` file: matrix, names, JSON metadata; no pickle)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        path = _npz_path(path)
         np.savez(
             path,
             matrix=self.to_numpy(),
@@ -177,11 +182,32 @@ class SimilarityResult:
 
     @classmethod
     def load(cls, path: str | Path) -> SimilarityResult:
-        """Read a result written by :meth:`save`."""
-        with np.load(Path(path), allow_pickle=False) as f:
-            return cls(
-                torch.from_numpy(f["matrix"].copy()),
-                [str(n) for n in f["names_a"]],
-                [str(n) for n in f["names_b"]],
-                json.loads(str(f["metadata"])),
-            )
+        """Read a result written by :meth:`save` (``load("x")`` reads the ``x.npz`` that ``save("x")`` wrote)."""
+        given = Path(path)
+        path = given if given.exists() else _npz_path(given)
+        if not path.exists():
+            raise FileNotFoundError(f"no result file at {str(given)!r} (nor {str(path)!r})")
+        what = f"{str(path)!r} is not a SimilarityResult file written by SimilarityResult.save"
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise InvalidParameterError(f"{what}: it is not a readable .npz archive ({exc})") from exc
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise InvalidParameterError(f"{what}: it holds a single array (a .npy file), not a result archive")
+        with f:
+            missing = sorted({"matrix", "names_a", "names_b", "metadata"} - set(f.files))
+            if missing:
+                raise InvalidParameterError(f"{what}: the archive lacks {missing}")
+            try:
+                matrix = torch.from_numpy(np.asarray(f["matrix"], dtype=np.float64).copy())
+                names_a, names_b = [str(n) for n in f["names_a"]], [str(n) for n in f["names_b"]]
+                metadata = json.loads(str(f["metadata"]))
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError) as exc:
+                raise InvalidParameterError(f"{what}: it is truncated or damaged ({exc})") from exc
+        return cls(matrix, names_a, names_b, metadata)
+
+
+def _npz_path(path: str | Path) -> Path:
+    """Where :meth:`SimilarityResult.save` writes ``path``: with ``.npz`` appended unless it ends so."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")

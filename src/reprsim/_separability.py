@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._analysis import RidgeProbe, knn_accuracy
+from ._analysis import RidgeProbe, _num_classes, knn_accuracy
 from ._compare import eval_mode, model_device
-from ._errors import InvalidParameterError
+from ._errors import InsufficientSamplesError, InvalidParameterError
 from ._extract import Extractor, LayerSpec, exclusive, move_batch, pool_tokens, resolve_layers
 
 __all__ = ["separability"]
@@ -25,6 +25,10 @@ def _split(batch: Any) -> tuple[Any, torch.Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], torch.as_tensor(batch[1])
     raise InvalidParameterError(f"separability needs labelled batches (inputs, labels); got a {type(batch).__name__}")
+
+
+def _cat_labels(labels: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
 
 
 def _collect(
@@ -40,7 +44,7 @@ def _collect(
             # each pooling has its own width (mean: d, flatten: tokens·d): split by what was packed
             for p, part in zip(pools, torch.split(packed, widths[name], dim=1)):
                 feats[p].setdefault(name, []).append(part)
-    return {p: {n: torch.cat(v) for n, v in d.items()} for p, d in feats.items()}, torch.cat(labels)
+    return {p: {n: torch.cat(v) for n, v in d.items()} for p, d in feats.items()}, _cat_labels(labels)
 
 
 def separability(
@@ -117,7 +121,11 @@ def separability(
     with exclusive([model]), eval_mode([model]), torch.no_grad():
         train_f, train_y = _collect(train, extractor, widths, pools, where)
         test_f, test_y = _collect(test, extractor, widths, pools, where)
-    c = num_classes if num_classes is not None else int(max(int(train_y.max()), int(test_y.max()))) + 1
+    if train_y.numel() == 0 or test_y.numel() == 0:
+        raise InsufficientSamplesError(
+            f"separability needs labelled training and test samples; got {train_y.numel()} and {test_y.numel()}"
+        )
+    c = _num_classes(num_classes, max(int(train_y.max()), int(test_y.max())))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for p in pools:
         out[p] = {}

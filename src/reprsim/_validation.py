@@ -51,6 +51,10 @@ def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.T
         if not (arr.flags.writeable and arr.flags.c_contiguous):
             arr = np.array(arr, order="C")  # from_numpy needs a writeable, positively strided buffer
         t = torch.from_numpy(arr)
+    if t.layout != torch.strided:
+        raise InvalidParameterError(
+            f"{name} is a {t.layout} tensor; reprsim needs dense tensors. Convert it with {name}.to_dense() first"
+        )
     if t.is_complex():
         raise InvalidParameterError(f"{name} must be real-valued; got dtype {t.dtype}")
     if t.ndim == 0:
@@ -72,8 +76,18 @@ def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.T
     return t
 
 
+def check_has_data(x: torch.Tensor, name: str) -> None:
+    """Meta tensors have shapes but no values: say so instead of failing inside the first value check."""
+    if x.device.type == "meta":
+        raise InvalidParameterError(
+            f"{name} is a meta tensor (shape {tuple(x.shape)}, no data); similarity needs real values. "
+            "Materialise the model or tensor on a real device (e.g. model.to_empty(device='cpu') and load weights)"
+        )
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise :class:`NonFiniteError` naming how many NaN and infinite values ``x`` holds."""
+    check_has_data(x, name)
     # A finite sum proves every element finite (NaN and ±inf propagate) at a fraction of isfinite's cost;
     # only a non-finite sum (possibly a mere overflow) pays for the exact count.
     if bool(torch.isfinite(x.sum())):
@@ -139,6 +153,8 @@ def check_pair(
         )
     check_same_device({names[0]: xt, names[1]: yt})
     check_n_samples(xt.shape[0], unbiased)
+    check_has_data(xt, names[0])
+    check_has_data(yt, names[1])
     common = torch.promote_types(xt.dtype, yt.dtype)
     xt, yt = xt.to(common), yt.to(common)
     # A finite sum proves every element finite (NaN and ±inf propagate); only a non-finite sum (possibly a
@@ -210,13 +226,26 @@ def is_constant(x: torch.Tensor) -> bool:
     return torch.equal(x, x[:1].expand_as(x))  # exits at the first difference
 
 
-def check_kernel(kernel: str, sigma: float | None, median_fraction: float) -> None:
+def check_kernel(kernel: str, sigma: Any, median_fraction: Any) -> None:
     if kernel not in KERNELS:
         raise InvalidParameterError(f"kernel must be one of {KERNELS}; got {kernel!r}")
-    if sigma is not None and not (float(sigma) > 0 and np.isfinite(float(sigma))):
+    if sigma is not None:
+        check_bandwidth(sigma, "sigma", "Pass sigma=None to use median_fraction * sqrt(median squared distance)")
+    check_bandwidth(median_fraction, "median_fraction", "1.0 is the convention of Kornblith et al. (2019)")
+
+
+def check_bandwidth(value: Any, name: str, hint: str) -> float:
+    """A positive real number whose square (the kernel's 2σ² denominator) stays a normal float64."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidParameterError(f"{name} must be a positive real number; got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not (v > 0 and math.isfinite(v)):
+        raise InvalidParameterError(f"{name} must be a positive finite bandwidth; got {value!r}. {hint}")
+    square = v * v  # a float product: inf or 0 rather than OverflowError
+    if not (np.finfo(np.float64).tiny < square < np.finfo(np.float64).max / 4):
         raise InvalidParameterError(
-            f"sigma must be a positive finite bandwidth; got {sigma!r}. "
-            "Pass sigma=None to use median_fraction * sqrt(median squared distance)"
+            f"{name}={value!r} is too {'large' if v > 1 else 'small'}: its square "
+            f"{'overflows' if v > 1 else 'underflows'} float64, so every kernel entry would be "
+            f"{'1' if v > 1 else '0'}. Choose a bandwidth on the scale of the data's distances. {hint}"
         )
-    if not (float(median_fraction) > 0 and np.isfinite(float(median_fraction))):
-        raise InvalidParameterError(f"median_fraction must be positive and finite; got {median_fraction!r}")
+    return v
