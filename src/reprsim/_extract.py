@@ -365,7 +365,9 @@ class Extractor:
         End each forward as soon as every selected layer has been recorded (saves the rest of the network
         when only early layers are compared). Not available with ``calls="each"``.
     no_grad : bool, default True
-        Run the forward under ``torch.no_grad()``. Recorded tensors are detached either way.
+        Run the forward under ``torch.no_grad()``. Recorded tensors are detached either way, and copied when
+        they share memory with the module's tensor, so an in-place operation later in the forward
+        (``ReLU(inplace=True)``, ``out += identity``) cannot change what was recorded.
     transform : callable (layer name, pooled tensor) -> tensor, optional
         Applied inside the hook, right after pooling; what it returns is recorded instead. Reducing each
         activation there (e.g. to the n×n Gram a minibatch CKA accumulator needs) frees it before the next
