@@ -594,12 +594,13 @@ def cka_matrix(
                 f"samples but {name} has {m.shape[0]} (shape {tuple(m.shape)})"
             )
         check_finite(m, name)
-        amax = float(m.detach().abs().max())
+    check_same_device(mats)
+    amaxes = torch.stack([m.detach().abs().max().double() for m in mats.values()]).tolist()  # one host sync
+    for (name, m), amax in zip(list(mats.items()), amaxes):
         if kernel == "linear" or sigma is None:
             mats[name] = rescaled(m, amax)
         else:
             check_magnitude(m, amax, name)
-    check_same_device(mats)
     check_n_samples(first.shape[0], unbiased)
     common = first.dtype
     for m in mats.values():
