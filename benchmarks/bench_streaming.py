@@ -38,7 +38,7 @@ def grams_only(data: list[list[torch.Tensor]]) -> None:
 
 
 def stream(data: list[list[torch.Tensor]]) -> torch.Tensor:
-    acc = reprsim.MinibatchCKAMatrix()
+    acc = reprsim.streaming.MinibatchCKAMatrix()
     for layers in data:
         acc.update(layers[:LAYERS], layers[LAYERS:])
     return acc.compute()
@@ -47,7 +47,7 @@ def stream(data: list[list[torch.Tensor]]) -> torch.Tensor:
 def peak_memory(n_samples: int) -> None:
     """Child process: stream n_samples, generating each batch on the fly; print peak RSS in MiB."""
     gen = torch.Generator().manual_seed(1)
-    acc = reprsim.MinibatchCKAMatrix()
+    acc = reprsim.streaming.MinibatchCKAMatrix()
     for _ in range(n_samples // BATCH):
         layers = [torch.randn(BATCH, WIDTH, generator=gen) for _ in range(2 * LAYERS)]
         acc.update(layers[:LAYERS], layers[LAYERS:])

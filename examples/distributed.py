@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reprsim import LinearCKA, MinibatchCKAMatrix
+from reprsim.streaming import LinearCKA, MinibatchCKAMatrix
 
 WORLD, N, BATCH = 2, 2048, 128
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from reprsim import LinearCKA, MinibatchCKAMatrix, cka
+from reprsim import cka
+from reprsim.streaming import LinearCKA, MinibatchCKAMatrix
 
 
 def batches(start, stop, size=256):

@@ -9,14 +9,8 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from reprsim import (
-    IncompatibleStateError,
-    InsufficientSamplesError,
-    RidgeProbe,
-    knn_accuracy,
-    logistic_probe,
-    prediction_agreement,
-)
+from reprsim.errors import IncompatibleStateError, InsufficientSamplesError
+from reprsim.probes import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_digits  # noqa: E402

@@ -14,15 +14,10 @@ import torch
 from torch import nn
 
 import reprsim
-from reprsim import (
-    Extractor,
-    LayerNotFoundError,
-    MinibatchCKAMatrix,
-    MultipleCallsError,
-    SimilarityResult,
-    compare,
-    list_layers,
-)
+from reprsim import Extractor, SimilarityResult, compare, list_layers
+from reprsim.errors import LayerNotFoundError, MultipleCallsError
+from reprsim.measures import CKA
+from reprsim.streaming import MinibatchCKAMatrix
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -70,13 +65,13 @@ LAYERS = ["0", "1", "2", "3", "4"]
 # -- known answers ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("estimator", ["minibatch", "exact", "exact_unbiased"])
-def test_model_with_itself_has_unit_diagonal_and_runs_once(estimator: str) -> None:
+@pytest.mark.parametrize("measure", ["cka_minibatch", "cka", "cka_unbiased", "nbs", "svcca"])
+def test_model_with_itself_has_unit_diagonal_and_runs_once(measure: str) -> None:
     net = mlp()
     calls = []
     net.register_forward_hook(lambda *a: calls.append(1))
     data = batches()
-    result = compare(net, None, data, layers_a=LAYERS, estimator=estimator, progress=False)
+    result = compare(net, None, data, layers_a=LAYERS, measure=measure, progress=False)
     assert len(calls) == len(data)  # one forward per batch, not two
     np.testing.assert_allclose(np.diag(result.to_numpy()), 1.0, atol=1e-12)
     np.testing.assert_allclose(result.to_numpy(), result.to_numpy().T, atol=1e-12)
@@ -85,11 +80,11 @@ def test_model_with_itself_has_unit_diagonal_and_runs_once(estimator: str) -> No
     assert result.metadata["batches"] == 8
 
 
-@pytest.mark.parametrize("estimator", ["minibatch", "exact"])
-def test_rotated_layer_has_cka_one_and_later_layers_do_not(estimator: str) -> None:
+@pytest.mark.parametrize("measure", ["cka_minibatch", "cka"])
+def test_rotated_layer_has_cka_one_and_later_layers_do_not(measure: str) -> None:
     net = mlp()
     other = rotated_copy(net)
-    result = compare(net, other, batches(), layers_a=LAYERS, estimator=estimator, progress=False)
+    result = compare(net, other, batches(), layers_a=LAYERS, measure=measure, progress=False)
     assert abs(result["0", "0"] - 1.0) < 1e-12
     assert result["1", "1"] < 0.999  # ReLU does not commute with a rotation
 
@@ -98,10 +93,10 @@ def test_compare_equals_hand_written_loop_and_cka_matrix() -> None:
     net, other = mlp(0), mlp(1)
     data = batches()
     a, b = hand_extract(net, LAYERS, data), hand_extract(other, LAYERS, data)
-    exact = compare(net, other, data, layers_a=LAYERS, estimator="exact", progress=False)
+    exact = compare(net, other, data, layers_a=LAYERS, measure="cka", progress=False)
     expected = reprsim.cka_matrix(list(a.values()), list(b.values()))
     torch.testing.assert_close(exact.matrix, expected, rtol=0, atol=1e-10)
-    unbiased = compare(net, other, data, layers_a=LAYERS, estimator="exact_unbiased", progress=False)
+    unbiased = compare(net, other, data, layers_a=LAYERS, measure="cka_unbiased", progress=False)
     torch.testing.assert_close(
         unbiased.matrix, reprsim.cka_matrix(list(a.values()), list(b.values()), unbiased=True), rtol=0, atol=1e-10
     )
@@ -349,15 +344,24 @@ def test_different_layer_sets_on_one_model_run_once() -> None:
 
 def test_exact_estimator_refuses_huge_widths_and_rbf() -> None:
     net = nn.Sequential(nn.Linear(4, 9000))
-    with pytest.raises(reprsim.InvalidParameterError, match=r"9000 features after pooling \(limit 8192\)"):
-        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], estimator="exact", progress=False)
-    with pytest.raises(reprsim.InvalidParameterError, match="exact linear CKA; use estimator='minibatch'"):
-        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], estimator="exact", kernel="rbf", progress=False)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"9000 features after pooling \(limit 8192\)"):
+        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], measure="cka", progress=False)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="exact streamed CKA is linear"):
+        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], measure=CKA(kernel="rbf"), progress=False)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="instead of kernel=, pass"):
+        compare(net, None, [torch.randn(8, 4)], layers_a=["0"], kernel="rbf", progress=False)
 
 
 def test_rbf_minibatch_compare_runs() -> None:
     net = mlp()
-    r = compare(net, rotated_copy(net), batches(), layers_a=LAYERS, kernel="rbf", progress=False)
+    r = compare(
+        net,
+        rotated_copy(net),
+        batches(),
+        layers_a=LAYERS,
+        measure=CKA(estimator="minibatch", kernel="rbf"),
+        progress=False,
+    )
     assert abs(r["0", "0"] - 1.0) < 1e-10  # RBF with median bandwidth is rotation invariant too
 
 
@@ -395,7 +399,7 @@ def test_nan_activations_are_named_by_model_and_layer() -> None:
     net = mlp()
     with torch.no_grad():
         net[2].bias[0] = float("nan")
-    with pytest.raises(reprsim.NonFiniteError, match=r"model A: layers \['2', '3', '4'\] produced NaN"):
+    with pytest.raises(reprsim.errors.NonFiniteError, match=r"model A: layers \['2', '3', '4'\] produced NaN"):
         compare(net, mlp(1), batches(), layers_a=LAYERS, progress=False)
 
 

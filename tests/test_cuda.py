@@ -7,6 +7,7 @@ covers what they do not: model comparison, extraction, the analyses, and moving 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,20 +15,10 @@ import torch
 from torch import nn
 
 import reprsim
-from reprsim import (
-    Extractor,
-    LinearCKA,
-    MinibatchCKA,
-    MinibatchCKAMatrix,
-    RidgeProbe,
-    SimilarityResult,
-    compare,
-    knn_accuracy,
-    logistic_probe,
-    pool_tokens,
-    prediction_agreement,
-    separability,
-)
+from reprsim import Extractor, SimilarityResult, compare, pool_tokens
+from reprsim.measures import CKA
+from reprsim.probes import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement, separability
+from reprsim.streaming import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 
 from . import reference as ref
 
@@ -69,15 +60,13 @@ LAYERS = ["embed", "blocks.*", "head"]
 
 
 @pytest.mark.parametrize(
-    ("estimator", "kernel"),
-    [("minibatch", "linear"), ("minibatch", "rbf"), ("exact", "linear"), ("exact_unbiased", "linear")],
+    "measure",
+    [CKA(estimator="minibatch"), CKA(estimator="minibatch", kernel="rbf"), CKA(), CKA(unbiased=True), "procrustes"],
 )
-def test_compare_on_cuda_models_equals_cpu(estimator: str, kernel: str) -> None:
+def test_compare_on_cuda_models_equals_cpu(measure: Any) -> None:
     data = batches()  # CPU batches: compare moves them to each model's device
-    cpu = compare(*models(), data, layers=LAYERS, estimator=estimator, kernel=kernel, progress=False)
-    gpu = compare(
-        *[m.cuda() for m in models()], data, layers=LAYERS, estimator=estimator, kernel=kernel, progress=False
-    )
+    cpu = compare(*models(), data, layers=LAYERS, measure=measure, progress=False)
+    gpu = compare(*[m.cuda() for m in models()], data, layers=LAYERS, measure=measure, progress=False)
     assert isinstance(cpu, SimilarityResult)
     assert isinstance(gpu, SimilarityResult)
     assert gpu.names_a == cpu.names_a
@@ -112,7 +101,7 @@ def test_several_models_and_mixed_devices() -> None:
 
 def test_compare_device_argument_refuses_to_move_a_model() -> None:
     a, b = models()
-    with pytest.raises(reprsim.DeviceMismatchError, match=r"never moves a model"):
+    with pytest.raises(reprsim.errors.DeviceMismatchError, match=r"never moves a model"):
         compare(a, b, batches(), layers=["head"], device="cuda", progress=False)
 
 
@@ -155,7 +144,7 @@ def test_accumulator_state_moves_between_devices_and_merges() -> None:
         moved.update(x[:32], y[:32])  # CPU batches are accepted once the state is on the CPU
     matrix = MinibatchCKAMatrix()
     matrix.update([torch.from_numpy(x[:32]).cuda()], [torch.from_numpy(y[:32]).cuda()])
-    with pytest.raises(reprsim.DeviceMismatchError, match=r"state is on cuda"):
+    with pytest.raises(reprsim.errors.DeviceMismatchError, match=r"state is on cuda"):
         matrix.update([x[32:64]], [y[32:64]])
     assert matrix.num_samples == 32  # the rejected batch left the state as it was
 

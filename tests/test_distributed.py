@@ -12,7 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reprsim import IncompatibleStateError, LinearCKA, MinibatchCKA, MinibatchCKAMatrix, RidgeProbe
+from reprsim.errors import IncompatibleStateError
+from reprsim.probes import RidgeProbe
+from reprsim.streaming import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 
 N, BATCH = 256, 32
 

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 import reprsim
-from reprsim import (
+from reprsim import ReprsimError, ReprsimWarning
+from reprsim.errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
     InsufficientSamplesError,
     InvalidParameterError,
     NonFiniteError,
-    ReprsimError,
-    ReprsimWarning,
     ShapeMismatchError,
 )
 
@@ -34,7 +33,7 @@ def test_error_family() -> None:
     ):
         assert issubclass(cls, ReprsimError)
         assert issubclass(cls, ValueError)
-    assert issubclass(reprsim.IncompatibleStateError, RuntimeError)
+    assert issubclass(reprsim.errors.IncompatibleStateError, RuntimeError)
 
 
 def test_different_sample_counts() -> None:

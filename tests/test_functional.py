@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reprsim
-from reprsim import _cka
+from reprsim.measures import _cka
 
 from . import reference as ref
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import reprsim
-from reprsim import MinibatchCKAMatrix, compare, list_layers
+from reprsim import compare, list_layers
+from reprsim.streaming import MinibatchCKAMatrix
 
 timm = pytest.importorskip("timm")
 

@@ -118,7 +118,7 @@ def test_float32_cuda_cka_stays_exact_with_tf32_enabled() -> None:
         assert tf32_error > 1e-5, "TF32 was not in effect: this test would prove nothing"
         assert abs(float(reprsim.cka(xt, yt)) - expected) <= 1e-5
         assert abs(float(reprsim.cka(xt, yt, kernel="rbf")) - ref.cka(x, y, kernel="rbf")) <= 1e-5
-        acc = reprsim.MinibatchCKAMatrix()  # float32 Grams in the batches' dtype, float64 sums
+        acc = reprsim.streaming.MinibatchCKAMatrix()  # float32 Grams in the batches' dtype, float64 sums
         for lo in range(0, 2000, 250):
             acc.update([xt[lo : lo + 250]], [yt[lo : lo + 250]])
         want = ref.minibatch_cka(

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import reprsim
-from reprsim import Extractor, LinearCKA, cka, compare
+from reprsim import Extractor, cka, compare
+from reprsim.streaming import LinearCKA
 
 from . import reference as ref
 
@@ -34,7 +35,7 @@ def test_inplace_relu_after_linear_does_not_rewrite_the_recorded_activation() ->
     assert expected < 0.95  # the two really differ; an aliased capture reports 1.0
     acts = Extractor(model, ["0", "1"])(x)
     torch.testing.assert_close(acts["0"], h, rtol=0, atol=0)
-    res = compare(model, model, [x[:100], x[100:]], layers_a=["0", "1"], estimator="exact", progress=False)
+    res = compare(model, model, [x[:100], x[100:]], layers_a=["0", "1"], measure="cka", progress=False)
     assert abs(res["0", "1"] - expected) < 1e-6
 
 
@@ -86,7 +87,7 @@ def test_torchvision_resnet_inplace_relu_and_residual_add() -> None:
         bn2 = block.bn2(block.conv2(o))  # BasicBlock then does `out += identity` and an in-place ReLU
         out = torch.relu(bn2 + stem)
     layers = ["bn1", "relu", "layer1.0.bn2", "layer1.0"]
-    res = compare(model, model, [x[:12], x[12:]], layers_a=layers, estimator="exact", progress=False)
+    res = compare(model, model, [x[:12], x[12:]], layers_a=layers, measure="cka", progress=False)
     truth = {"bn1": bn1, "relu": relu, "layer1.0.bn2": bn2, "layer1.0": out}
     for a in layers:
         for b in layers:
@@ -119,13 +120,13 @@ def test_separability_with_pools_of_different_widths_matches_each_pooling_alone(
     train = list(zip(x[:100].split(25), y[:100].split(25)))
     test = list(zip(x[100:].split(25), y[100:].split(25)))
     pools = ["mean", "flatten", "cls"]  # widths 6, 18, 6
-    got = reprsim.separability(model, train, test, layers=["act"], pools=pools, k=7, probe=True)
+    got = reprsim.probes.separability(model, train, test, layers=["act"], pools=pools, k=7, probe=True)
     with torch.no_grad():
         ftr, fte = model(x[:100]), model(x[100:])
     for p in pools:
         a, b = reprsim.pool_tokens(ftr, p), reprsim.pool_tokens(fte, p)
-        expected = reprsim.knn_accuracy((a, y[:100]), b, y[100:], k=7, topk=(1, 5), num_classes=5)
-        probe = reprsim.RidgeProbe(num_classes=5)
+        expected = reprsim.probes.knn_accuracy((a, y[:100]), b, y[100:], k=7, topk=(1, 5), num_classes=5)
+        probe = reprsim.probes.RidgeProbe(num_classes=5)
         probe.update(a, y[:100])
         expected["probe"] = probe.accuracy(b, y[100:])
         assert got[p]["act"] == expected, p
@@ -221,7 +222,7 @@ def test_minibatch_cka_with_a_float32_state() -> None:
         x, y = (a.astype(np.float32) for a in _heavy_tailed(48, 768, 300, seed))
         batches = [(x[i : i + 6], y[i : i + 6]) for i in range(0, 48, 6)]
         expected = ref.minibatch_cka([b[0].astype(float) for b in batches], [b[1].astype(float) for b in batches])
-        acc = reprsim.MinibatchCKA(dtype=torch.float32)
+        acc = reprsim.streaming.MinibatchCKA(dtype=torch.float32)
         for bx, by in batches:
             acc.update(bx, by)
         worst = max(worst, abs(acc.compute() - expected))
@@ -232,15 +233,15 @@ def test_minibatch_cka_with_a_float32_state() -> None:
 def test_accumulator_state_below_float32_is_refused(dtype: torch.dtype) -> None:
     for make in (
         lambda: LinearCKA(dtype=dtype),
-        lambda: reprsim.MinibatchCKA(dtype=dtype),
-        lambda: reprsim.RidgeProbe(2, dtype=dtype),
+        lambda: reprsim.streaming.MinibatchCKA(dtype=dtype),
+        lambda: reprsim.probes.RidgeProbe(2, dtype=dtype),
     ):
-        with pytest.raises(reprsim.InvalidParameterError, match=r"state dtype must be torch\.float64"):
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=r"state dtype must be torch\.float64"):
             make()
 
 
 def test_unbiased_linear_cka_needs_a_float64_state() -> None:
-    with pytest.raises(reprsim.InvalidParameterError, match=r"unbiased=True\) keeps fourth-order sums"):
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"unbiased=True\) keeps fourth-order sums"):
         LinearCKA(unbiased=True, dtype=torch.float32)
     x, y = _heavy_tailed(300, 6, 4, 0)
     acc = LinearCKA(dtype=torch.float32)  # the biased estimator has no cancelling terms
@@ -261,12 +262,12 @@ def test_ridge_probe_with_a_huge_common_offset() -> None:
     y = np.arange(400) % 3
     z = rng.normal(size=(400, 5)) + 2.0 * np.eye(3, 5)[y]
     x = 1e6 + 1e-3 * z  # the review's case: 0% accuracy from raw sums
-    probe = reprsim.RidgeProbe(num_classes=3, alpha=1e-8)
+    probe = reprsim.probes.RidgeProbe(num_classes=3, alpha=1e-8)
     for lo in range(0, 400, 64):
         probe.update(x[lo : lo + 64], y[lo : lo + 64])
     w, _ = probe.fit()
     np.testing.assert_allclose(w.numpy(), _ridge_reference(1e-3 * z, y, 3, 1e-8), rtol=1e-6)
-    clean = reprsim.RidgeProbe(num_classes=3, alpha=1e-8 / 1e-6)  # the same problem without offset and scale
+    clean = reprsim.probes.RidgeProbe(num_classes=3, alpha=1e-8 / 1e-6)  # the same problem without offset and scale
     clean.update(z, y)
     assert probe.accuracy(x, y) == clean.accuracy(z, y) > 0.8
 
@@ -282,10 +283,10 @@ def test_ridge_probe_refits_after_every_change_of_state() -> None:
     def weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return _ridge_reference(x, y, 2, 1.0)
 
-    a = reprsim.RidgeProbe(2)
+    a = reprsim.probes.RidgeProbe(2)
     a.update(xa, ya)
     a.predict(xa)  # fitted on A
-    b = reprsim.RidgeProbe(2)
+    b = reprsim.probes.RidgeProbe(2)
     b.update(xb, yb)
     a.merge(b)
     np.testing.assert_allclose(a.fit()[0].numpy(), weights(np.vstack([xa, xb]), np.concatenate([ya, yb])))
@@ -294,7 +295,7 @@ def test_ridge_probe_refits_after_every_change_of_state() -> None:
     np.testing.assert_allclose(a.fit()[0].numpy(), weights(xb, yb))
     assert not torch.allclose(a.decision_function(xa), scores_merged)
     a.reset()
-    with pytest.raises(reprsim.IncompatibleStateError, match="seen no samples"):
+    with pytest.raises(reprsim.errors.IncompatibleStateError, match="seen no samples"):
         a.predict(xa)
 
 
@@ -321,7 +322,9 @@ def test_cka_is_scale_invariant_at_extreme_magnitudes(
 
 def test_explicit_sigma_with_out_of_range_values_is_a_clear_error() -> None:
     x = np.random.default_rng(0).normal(size=(10, 3)) * 1e200
-    with pytest.raises(reprsim.InvalidParameterError, match=r"squared distances leave the range of torch\.float64"):
+    with pytest.raises(
+        reprsim.errors.InvalidParameterError, match=r"squared distances leave the range of torch\.float64"
+    ):
         cka(x, x, kernel="rbf", sigma=1.0)
 
 
@@ -337,16 +340,16 @@ def _bad_state_dicts(good: dict) -> dict[str, tuple[dict, str]]:
         return d
 
     return {
-        "wrong shape": (edit(lambda d: d["state"].__setitem__("sxx", torch.zeros(2, 2))), "has shape"),
-        "negative n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor(-3.0))), "non-negative integer"),
-        "nan n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor(float("nan")))), "NaN or infinite"),
-        "dims disagree": (edit(lambda d: d.__setitem__("dims", [4, 3])), "has shape"),
+        "wrong shape": (edit(lambda d: d["state"].__setitem__("m2.0", torch.zeros(1, 2, 2))), "has shape"),
+        "negative n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor([-3.0]))), "non-negative integer"),
+        "nan n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor([float("nan")]))), "NaN or infinite"),
+        "dims disagree": (edit(lambda d: d.__setitem__("dims", [1, 4, 3])), "has shape"),
         "dims none, state full": (edit(lambda d: d.__setitem__("dims", None)), "inconsistent"),
         "bad dims": (edit(lambda d: d.__setitem__("dims", ["a", 2])), "non-negative integers"),
         "old version": (edit(lambda d: d.__setitem__("version", 0)), "format version 0"),
         "no version": (edit(lambda d: d.pop("version")), "format version None"),
-        "not a tensor": (edit(lambda d: d["state"].__setitem__("sx", [1.0, 2.0, 3.0])), "must be a floating-point"),
-        "missing entry": (edit(lambda d: d["state"].pop("sxy")), "needs"),
+        "not a tensor": (edit(lambda d: d["state"].__setitem__("mean", [1.0, 2.0, 3.0])), "must be a floating-point"),
+        "missing entry": (edit(lambda d: d["state"].pop("cross.0")), "needs"),
         "not a mapping": ([1, 2], "not a reprsim state dict"),  # type: ignore[dict-item]
     }
 
@@ -361,7 +364,7 @@ def test_a_rejected_state_dict_leaves_the_accumulator_untouched(unbiased: bool) 
     target.update(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
     before, value = target.state_dict(), target.compute()
     for case, (bad, message) in _bad_state_dicts(good).items():
-        with pytest.raises(reprsim.IncompatibleStateError, match=message):
+        with pytest.raises(reprsim.errors.IncompatibleStateError, match=message):
             target.load_state_dict(bad)
         after = target.state_dict()
         assert after["dims"] == before["dims"], case
@@ -409,10 +412,12 @@ def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str
     calls = {
         "compare": lambda: compare(model, model, data, layers_a=["lin"], progress=False),
         "extractor": lambda: Extractor(model, ["lin"])(data[0]),
-        "separability": lambda: reprsim.separability(model, labelled, labelled, layers=["lin"], pools=["flatten"]),
+        "separability": lambda: reprsim.probes.separability(
+            model, labelled, labelled, layers=["lin"], pools=["flatten"]
+        ),
     }
     try:
-        with pytest.raises(reprsim.ConcurrentUseError, match="already being run by a reprsim call in another"):
+        with pytest.raises(reprsim.errors.ConcurrentUseError, match="already being run by a reprsim call in another"):
             calls[second]()
     finally:
         model.release.set()
@@ -427,11 +432,11 @@ def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str
 
 
 def test_rbf_gram_bad_samples() -> None:
-    with pytest.raises(reprsim.NonFiniteError, match="1 NaN"):
+    with pytest.raises(reprsim.errors.NonFiniteError, match="1 NaN"):
         reprsim.rbf_gram(np.array([[0.0], [np.nan], [1.0]]))
-    with pytest.raises(reprsim.InsufficientSamplesError, match="at least 2 samples"):
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="at least 2 samples"):
         reprsim.rbf_gram(np.ones((1, 3)))
-    with pytest.raises(reprsim.InsufficientSamplesError, match="holds no samples"):
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="holds no samples"):
         reprsim.rbf_gram(np.ones((0, 3)))
     assert float(reprsim.rbf_gram(np.ones((1, 3)), sigma=1.0)[0, 0]) == 1.0
 
@@ -452,9 +457,9 @@ def test_bad_sigma(sigma: object, message: str) -> None:
     for call in (
         lambda: reprsim.rbf_gram(x, sigma=sigma),  # type: ignore[arg-type]
         lambda: cka(x, x, kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
-        lambda: reprsim.MinibatchCKA(kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
+        lambda: reprsim.streaming.MinibatchCKA(kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
     ):
-        with pytest.raises(reprsim.InvalidParameterError, match=message):
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=message):
             call()
 
 
@@ -511,7 +516,7 @@ def test_result_load_of_files_that_are_not_results(tmp_path: object) -> None:
         "other.npz": "lacks",
     }
     for name, message in cases.items():
-        with pytest.raises(reprsim.InvalidParameterError, match=message):
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=message):
             reprsim.SimilarityResult.load(base / name)
     with pytest.raises(FileNotFoundError, match="no result file"):
         reprsim.SimilarityResult.load(base / "missing")
@@ -519,8 +524,8 @@ def test_result_load_of_files_that_are_not_results(tmp_path: object) -> None:
 
 def test_result_repr_of_empty_and_bad_metadata() -> None:
     empty = reprsim.SimilarityResult(torch.zeros((0, 0)), [], [], {})
-    assert repr(empty) == "SimilarityResult(model A [0 layers] x model B [0 layers])"
-    with pytest.raises(reprsim.InvalidParameterError, match="metadata must be a mapping"):
+    assert repr(empty) == "SimilarityResult(model A [0 layers] x model B [0 layers], similarity)"
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="metadata must be a mapping"):
         reprsim.SimilarityResult(torch.zeros((1, 1)), ["a"], ["b"], ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
@@ -535,28 +540,56 @@ def _xy(n: int = 20, d: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
 def test_knn_accuracy_bad_inputs() -> None:
     x, y = _xy()
     cases = [
-        (lambda: reprsim.knn_accuracy((x[:0], y[:0]), x, y, k=3), reprsim.InsufficientSamplesError, "got 0"),
-        (lambda: reprsim.knn_accuracy((x, y), x, y, k=3, num_classes=1), reprsim.InvalidParameterError, "up to 1"),
-        (lambda: reprsim.knn_accuracy((x, y), x, y, k=2.5), reprsim.InvalidParameterError, "k must be a positive"),
-        (lambda: reprsim.knn_accuracy((x, y), x, y, topk=(0,)), reprsim.InvalidParameterError, "topk"),
-        (lambda: reprsim.knn_accuracy((x, y), x[:0], y[:0], k=3), reprsim.InsufficientSamplesError, "no samples"),
-        (lambda: reprsim.knn_accuracy((x, y), x, y, test_chunk=0), reprsim.InvalidParameterError, "test_chunk"),
-        (lambda: reprsim.knn_accuracy((x, y), x[:, :2], y, k=3), reprsim.ShapeMismatchError, "dimensions"),
+        (
+            lambda: reprsim.probes.knn_accuracy((x[:0], y[:0]), x, y, k=3),
+            reprsim.errors.InsufficientSamplesError,
+            "got 0",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x, y, k=3, num_classes=1),
+            reprsim.errors.InvalidParameterError,
+            "up to 1",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x, y, k=2.5),
+            reprsim.errors.InvalidParameterError,
+            "k must be a positive",
+        ),
+        (lambda: reprsim.probes.knn_accuracy((x, y), x, y, topk=(0,)), reprsim.errors.InvalidParameterError, "topk"),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x[:0], y[:0], k=3),
+            reprsim.errors.InsufficientSamplesError,
+            "no samples",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x, y, test_chunk=0),
+            reprsim.errors.InvalidParameterError,
+            "test_chunk",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x[:, :2], y, k=3),
+            reprsim.errors.ShapeMismatchError,
+            "dimensions",
+        ),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):
             call()
-    as_list = reprsim.knn_accuracy([x, y], x, y, k=3, topk=(1,))  # a list works like a tuple
-    assert as_list == reprsim.knn_accuracy((x, y), x, y, k=3, topk=(1,))
+    as_list = reprsim.probes.knn_accuracy([x, y], x, y, k=3, topk=(1,))  # a list works like a tuple
+    assert as_list == reprsim.probes.knn_accuracy((x, y), x, y, k=3, topk=(1,))
 
 
 def test_logistic_probe_bad_inputs() -> None:
     x, y = _xy()
     cases = [
-        (lambda: reprsim.logistic_probe(x[:0], y[:0], x, y), reprsim.InsufficientSamplesError, "got 0"),
-        (lambda: reprsim.logistic_probe(x, y, x[:, :2], y), reprsim.ShapeMismatchError, "dimensions"),
-        (lambda: reprsim.logistic_probe(x, y, x, y, num_classes=1), reprsim.InvalidParameterError, "up to 1"),
-        (lambda: reprsim.logistic_probe(x, y, x, y, C=0.0), reprsim.InvalidParameterError, "C must be"),
+        (lambda: reprsim.probes.logistic_probe(x[:0], y[:0], x, y), reprsim.errors.InsufficientSamplesError, "got 0"),
+        (lambda: reprsim.probes.logistic_probe(x, y, x[:, :2], y), reprsim.errors.ShapeMismatchError, "dimensions"),
+        (
+            lambda: reprsim.probes.logistic_probe(x, y, x, y, num_classes=1),
+            reprsim.errors.InvalidParameterError,
+            "up to 1",
+        ),
+        (lambda: reprsim.probes.logistic_probe(x, y, x, y, C=0.0), reprsim.errors.InvalidParameterError, "C must be"),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):
@@ -566,32 +599,32 @@ def test_logistic_probe_bad_inputs() -> None:
 def test_prediction_agreement_bad_inputs() -> None:
     s = torch.randn(10, 4)
     cases = [
-        (lambda: reprsim.prediction_agreement(s, s, ks=(-3,)), "ks must be a positive"),
-        (lambda: reprsim.prediction_agreement(s, s, ks=(0,)), "ks must be a positive"),
-        (lambda: reprsim.prediction_agreement(s, s, chunk=0), "chunk must be a positive"),
-        (lambda: reprsim.prediction_agreement(s, s, torch.full((10,), 4)), "labels go up to 4"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(-3,)), "ks must be a positive"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(0,)), "ks must be a positive"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, chunk=0), "chunk must be a positive"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, torch.full((10,), 4)), "labels go up to 4"),
     ]
     for call, message in cases:
-        with pytest.raises(reprsim.InvalidParameterError, match=message):
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=message):
             call()
-    with pytest.raises(reprsim.ShapeMismatchError, match=r"\(samples, classes\) matrix"):
-        reprsim.prediction_agreement(s.reshape(10, 2, 2), s.reshape(10, 2, 2))
-    with pytest.raises(reprsim.InsufficientSamplesError, match="no samples"):
-        reprsim.prediction_agreement(s[:0], s[:0])
+    with pytest.raises(reprsim.errors.ShapeMismatchError, match=r"\(samples, classes\) matrix"):
+        reprsim.probes.prediction_agreement(s.reshape(10, 2, 2), s.reshape(10, 2, 2))
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="no samples"):
+        reprsim.probes.prediction_agreement(s[:0], s[:0])
 
 
 def test_separability_and_ridge_probe_bad_inputs() -> None:
     x, y = _xy()
     model = nn.Sequential(nn.Linear(3, 3))
-    with pytest.raises(reprsim.InsufficientSamplesError, match="got 0 and"):
-        reprsim.separability(model, [], [(x, y)], layers=["0"], pools=["flatten"], k=3)
-    with pytest.raises(reprsim.InvalidParameterError, match="up to 1"):
-        reprsim.separability(model, [(x, y)], [(x, y)], layers=["0"], pools=["flatten"], k=3, num_classes=1)
-    probe = reprsim.RidgeProbe(2)
-    with pytest.raises(reprsim.InvalidParameterError, match="up to 2"):
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="got 0 and"):
+        reprsim.probes.separability(model, [], [(x, y)], layers=["0"], pools=["flatten"], k=3)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 1"):
+        reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], pools=["flatten"], k=3, num_classes=1)
+    probe = reprsim.probes.RidgeProbe(2)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 2"):
         probe.update(x, y + 1)
     probe.update(x, y)
-    with pytest.raises(reprsim.ShapeMismatchError, match="trained on 3"):
+    with pytest.raises(reprsim.errors.ShapeMismatchError, match="trained on 3"):
         probe.predict(x[:, :2])
 
 
@@ -601,11 +634,11 @@ def test_separability_and_ridge_probe_bad_inputs() -> None:
 def test_overflow_message_depends_on_the_state_dtype() -> None:
     big = np.full((8, 2), 1e300) * np.arange(1, 9)[:, None]
     acc = LinearCKA()
-    with pytest.raises(reprsim.NonFiniteError, match="Rescale the inputs") as info:
+    with pytest.raises(reprsim.errors.NonFiniteError, match="Rescale the inputs") as info:
         acc.update(big, big)
     assert "dtype=torch.float64" not in str(info.value)
     large = 3e30 * np.arange(1, 9)[:, None] * np.ones((8, 2))  # finite in float32, its squares are not
-    with pytest.raises(reprsim.NonFiniteError, match=r"Use dtype=torch\.float64"):
+    with pytest.raises(reprsim.errors.NonFiniteError, match=r"Use dtype=torch\.float64"):
         LinearCKA(dtype=torch.float32).update(large, np.arange(8.0))
 
 
@@ -618,8 +651,8 @@ class _NanAfter(nn.Module):
         return self.second(self.first(x)) * torch.nan
 
 
-@pytest.mark.parametrize("estimator", ["exact", "exact_unbiased", "minibatch"])
-def test_nan_from_a_model_names_model_and_layer(estimator: str) -> None:
+@pytest.mark.parametrize("measure", ["cka", "cka_unbiased", "cka_minibatch", "procrustes"])
+def test_nan_from_a_model_names_model_and_layer(measure: str) -> None:
     class Wrap(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -629,20 +662,18 @@ def test_nan_from_a_model_names_model_and_layer(estimator: str) -> None:
             return self.body(x)
 
     model, other = Wrap(), nn.Sequential(nn.Linear(3, 3))
-    with pytest.raises(reprsim.NonFiniteError, match=r"model A.*body"):
-        compare(
-            model, other, [torch.randn(8, 3)], layers_a=["body"], layers_b=["0"], estimator=estimator, progress=False
-        )
+    with pytest.raises(reprsim.errors.NonFiniteError, match=r"model A.*body"):
+        compare(model, other, [torch.randn(8, 3)], layers_a=["body"], layers_b=["0"], measure=measure, progress=False)
 
 
 def test_sparse_and_meta_inputs_get_clear_errors() -> None:
     x = torch.randn(10, 4)
-    with pytest.raises(reprsim.InvalidParameterError, match=r"sparse_coo tensor.*to_dense"):
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"sparse_coo tensor.*to_dense"):
         cka(x.to_sparse(), x)
     meta = torch.empty(10, 4, device="meta")
-    with pytest.raises(reprsim.InvalidParameterError, match="meta tensor"):
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
         cka(meta, meta)
-    with pytest.raises(reprsim.InvalidParameterError, match="meta tensor"):
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
         reprsim.cka_matrix([meta])
-    with pytest.raises(reprsim.InvalidParameterError, match="meta tensor"):
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
         LinearCKA().update(meta, meta)

@@ -1,73 +1,68 @@
 """reprsim: representation similarity for PyTorch.
 
-Centered kernel alignment (CKA) with linear and RBF kernels, biased and unbiased HSIC estimators, on NumPy
-arrays or torch tensors, CPU or CUDA, differentiable.
+Many measures of how similar two representations of the same samples are (CKA, Procrustes and shape metrics,
+the CCA family, linear predictivity), on NumPy arrays or torch tensors, CPU or CUDA; every moment-based
+measure also streams exactly over datasets of any size, merges and all-reduces, and :func:`compare` runs them
+over two models layer by layer in one pass.
 
 >>> import numpy as np
 >>> from reprsim import cka
 >>> x = np.random.default_rng(0).normal(size=(200, 32))
 >>> round(cka(x, x), 6)
 1.0
+
+Namespaces: :mod:`reprsim.measures` (every measure, its metadata and the registry), :mod:`reprsim.streaming`
+(accumulators), :mod:`reprsim.probes` (kNN, ridge and logistic probes, prediction agreement, separability),
+:mod:`reprsim.errors` (the exception family).
 """
 
 from __future__ import annotations
 
-from ._accumulators import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
-from ._analysis import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement
-from ._cka import cka, cka_from_grams, cka_matrix, hsic
-from ._compare import compare
-from ._errors import (
-    ConcurrentUseError,
-    ConstantRepresentationError,
-    DeviceMismatchError,
-    IncompatibleStateError,
-    InsufficientSamplesError,
-    InvalidParameterError,
-    NonFiniteError,
-    ReprsimError,
-    ReprsimWarning,
-    ShapeMismatchError,
-)
-from ._extract import Extractor, LayerInfo, LayerNotFoundError, MultipleCallsError, list_layers, pool_tokens
+from . import errors, measures, probes, streaming
 from ._kernels import center_gram, linear_gram, rbf_gram
-from ._result import SimilarityResult
-from ._separability import separability
-
-__version__ = "0.1.0"
+from ._version import __version__
+from .errors import ReprsimError, ReprsimWarning
+from .measures import (
+    canonical_correlations,
+    cca,
+    cka,
+    cka_from_grams,
+    cka_matrix,
+    hsic,
+    predictivity,
+    procrustes,
+    pwcca,
+    shape_metric,
+    svcca,
+)
+from .models import Extractor, LayerInfo, SimilarityResult, compare, list_layers, pool_tokens
 
 __all__ = [
-    "ConcurrentUseError",
-    "ConstantRepresentationError",
-    "DeviceMismatchError",
     "Extractor",
-    "IncompatibleStateError",
-    "InsufficientSamplesError",
-    "InvalidParameterError",
     "LayerInfo",
-    "LayerNotFoundError",
-    "LinearCKA",
-    "MinibatchCKA",
-    "MinibatchCKAMatrix",
-    "MultipleCallsError",
-    "NonFiniteError",
     "ReprsimError",
     "ReprsimWarning",
-    "RidgeProbe",
-    "ShapeMismatchError",
     "SimilarityResult",
     "__version__",
+    "canonical_correlations",
+    "cca",
     "center_gram",
     "cka",
     "cka_from_grams",
     "cka_matrix",
     "compare",
+    "errors",
     "hsic",
-    "knn_accuracy",
     "linear_gram",
     "list_layers",
-    "logistic_probe",
+    "measures",
     "pool_tokens",
-    "prediction_agreement",
+    "predictivity",
+    "probes",
+    "procrustes",
+    "pwcca",
     "rbf_gram",
-    "separability",
+    "shape_metric",
+    "streaming",
+    "svcca",
 ]

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 from ._precision import full_precision_matmul
 from ._validation import as_matrix, check_finite, check_kernel, check_n_samples
+from .errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 
 __all__ = ["center_gram", "linear_gram", "median_sigma", "rbf_gram", "squared_distances"]
 

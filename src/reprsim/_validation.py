@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._errors import (
+from .errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
     InsufficientSamplesError,

@@ -21,12 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._analysis import logistic_probe, prediction_agreement
-from .._compare import compare
-from .._errors import InvalidParameterError
-from .._extract import Extractor
-from .._result import SimilarityResult
-from .._separability import separability
+from .. import Extractor, SimilarityResult, compare
+from ..errors import InvalidParameterError
+from ..probes import logistic_probe, prediction_agreement, separability
 from ._models import MAEObjective, SimCLRObjective, TinyViT, augment
 
 __all__ = ["DemoSettings", "run_demo"]

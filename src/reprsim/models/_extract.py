@@ -21,22 +21,20 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from ._errors import ConcurrentUseError, InvalidParameterError, ReprsimError, ShapeMismatchError
+from ..errors import (
+    ConcurrentUseError,
+    InvalidParameterError,
+    LayerNotFoundError,
+    MultipleCallsError,
+    ShapeMismatchError,
+)
 
-__all__ = ["Extractor", "LayerInfo", "LayerNotFoundError", "MultipleCallsError", "list_layers", "pool_tokens"]
+__all__ = ["Extractor", "LayerInfo", "eval_mode", "list_layers", "model_device", "pool_tokens"]
 
 LayerSelector = Union[str, "re.Pattern[str]", type, Callable[[str, nn.Module], bool]]
 LayerSpec = Union[LayerSelector, Sequence[LayerSelector]]
 Pool = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 POOLS = ("flatten", "mean", "cls", "mean_no_cls", "masked_mean")
-
-
-class LayerNotFoundError(ReprsimError):
-    """A layer name or pattern that matches no module of the model."""
-
-
-class MultipleCallsError(ReprsimError):
-    """A selected module ran more than once in one forward pass and ``calls="error"``."""
 
 
 class _StopForward(Exception):
@@ -585,3 +583,23 @@ def list_layers(model: nn.Module, example: Any = None, *, pattern: str | None = 
             for h in handles:
                 h.remove()
     return LayerTable(LayerInfo(n, type(m).__name__, calls[n], shapes.get(n)) for n, m in named)
+
+
+@contextlib.contextmanager
+def eval_mode(models: Iterable[nn.Module]) -> Iterator[None]:
+    """Put ``models`` in eval mode for the block; restore every submodule's own ``training`` flag after."""
+    flags = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, was_training in flags:
+            m.training = was_training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._errors import InvalidParameterError, ShapeMismatchError
+from ..errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = ["SimilarityResult"]
 
@@ -34,7 +34,9 @@ class SimilarityResult:
     names_a, names_b : list of str
         Layer names along each axis.
     metadata : dict
-        Plain values: the models' names, estimator, kernel, pooling, samples and batches seen, version.
+        Plain values: the models' names, the measure (``metadata["measure"]``: name, id, label, direction,
+        range, ...; see :meth:`reprsim.measures.Measure.describe`), pooling, samples and batches seen,
+        version.
 
     Examples
     --------
@@ -45,10 +47,10 @@ class SimilarityResult:
     >>> r["block1", "layer1"]
     0.9
     >>> r
-    SimilarityResult(A [2 layers] x B [2 layers])
-                layer0  layer1
-    block0  1.000  0.200
-    block1  0.300  0.900
+    SimilarityResult(A [2 layers] x B [2 layers], similarity)
+            layer0  layer1
+    block0   1.000   0.200
+    block1   0.300   0.900
     """
 
     matrix: torch.Tensor
@@ -78,6 +80,14 @@ class SimilarityResult:
     def model_b(self) -> str:
         return str(self.metadata.get("model_b", "model B"))
 
+    @property
+    def measure(self) -> dict[str, Any]:
+        """What the matrix holds: name, label, ``direction`` ("similarity": larger is more similar, or
+        "distance": smaller is), ``range``. Results saved before measures existed read as CKA."""
+        default = {"name": "cka", "label": "CKA", "direction": "similarity", "range": [0.0, 1.0]}
+        found = self.metadata.get("measure")
+        return {**default, **found} if isinstance(found, Mapping) else default
+
     def __getitem__(self, key: tuple[str, str]) -> float:
         """``result["blocks.3", "blocks.5"]``: the similarity of one pair of layers by name."""
         a, b = key
@@ -92,43 +102,63 @@ class SimilarityResult:
         return self.matrix.numpy().copy()
 
     def __repr__(self) -> str:
+        m = self.measure
+        what = m["label"] if "measure" in self.metadata else m["direction"]
         head = (
             f"SimilarityResult({self.model_a} [{len(self.names_a)} layers] x "
-            f"{self.model_b} [{len(self.names_b)} layers])"
+            f"{self.model_b} [{len(self.names_b)} layers], {what})"
         )
         if len(self.names_a) > 16 or len(self.names_b) > 12 or not self.names_a or not self.names_b:
             return head
         width = max(len(n) for n in self.names_a)
-        cols = "".join(f"  {n[-6:]:>6}" for n in self.names_b)
+        cell = max(6, *(len(n) for n in self.names_b))
+        cols = "".join(f"  {n:>{cell}}" for n in self.names_b)
         rows = [
-            f"{name:<{width}}" + "".join(f"  {v:6.3f}" for v in row)
+            f"{name:<{width}}" + "".join(f"  {v:{cell}.3f}" for v in row)
             for name, row in zip(self.names_a, self.matrix.tolist())
         ]
         return "\n".join([head, " " * width + cols, *rows])
+
+    def color_range(self) -> tuple[float, float]:
+        """The colour range :meth:`plot` uses by default: the measure's range where it is finite, else the
+        data's (e.g. a distance without an upper bound, or an R² that can be negative)."""
+        lo, hi = (float(v) for v in self.measure["range"])
+        finite = self.matrix[torch.isfinite(self.matrix)]
+        if not math.isfinite(lo):
+            lo = float(finite.min()) if finite.numel() else 0.0
+        if not math.isfinite(hi):
+            hi = float(finite.max()) if finite.numel() else 1.0
+        if finite.numel():
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))  # unbiased CKA can dip below 0
+        return lo, hi
 
     def plot(
         self,
         ax: Any = None,
         *,
-        cmap: str = "magma",
-        vmin: float | None = 0.0,
-        vmax: float | None = 1.0,
+        cmap: str | None = None,
+        vmin: float | None = None,
+        vmax: float | None = None,
         annotate: bool | None = None,
         title: str | None = None,
     ) -> Any:
         """Heatmap with model A's layers on the y axis and model B's on the x axis (needs matplotlib).
 
+        The colour bar is labelled with the measure and its direction; distances use the reversed colour
+        map, so that bright cells are similar layers for every measure.
+
         Parameters
         ----------
         ax : matplotlib Axes, optional
             Where to draw; a new figure by default.
-        cmap, vmin, vmax
-            Colour map and range (unbiased estimators can go slightly below 0: pass ``vmin=None`` to let
-            the data decide).
+        cmap : str, optional
+            Colour map; "magma" for similarities and "magma_r" for distances by default.
+        vmin, vmax : float, optional
+            Colour range; by default :meth:`color_range` (the measure's range, widened to the data).
         annotate : bool, optional
             Write each value in its cell; by default when the matrix has at most 12×12 entries.
         title : str, optional
-            By default "model A vs model B (estimator, kernel)".
+            By default "model A vs model B".
 
         Returns
         -------
@@ -138,10 +168,16 @@ class SimilarityResult:
             import matplotlib.pyplot as plt
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise ImportError("SimilarityResult.plot needs matplotlib: pip install 'reprsim[plot]'") from exc
+        m = self.measure
+        distance = m["direction"] == "distance"
+        lo, hi = self.color_range()
+        vmin = lo if vmin is None else vmin
+        vmax = hi if vmax is None else vmax
         if ax is None:
             size = (max(4.0, 0.45 * len(self.names_b) + 2.5), max(3.5, 0.4 * len(self.names_a) + 1.5))
             _, ax = plt.subplots(figsize=size, layout="constrained")
         data = self.to_numpy()
+        cmap = cmap if cmap is not None else ("magma_r" if distance else "magma")
         im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
         ax.set_yticks(range(len(self.names_a)), self.names_a, fontsize=8)
         ax.set_xticks(range(len(self.names_b)), self.names_b, fontsize=8, rotation=60, ha="right")
@@ -150,10 +186,12 @@ class SimilarityResult:
         if annotate is None:
             annotate = data.size <= 144
         if annotate:
+            span = (vmax - vmin) or 1.0
             for i in range(data.shape[0]):
                 for j in range(data.shape[1]):
                     v = data[i, j]
                     text = "nan" if math.isnan(v) else f"{v:.2f}"
+                    bright = (v - vmin) / span if not distance else (vmax - v) / span
                     ax.text(
                         j,
                         i,
@@ -161,11 +199,11 @@ class SimilarityResult:
                         ha="center",
                         va="center",
                         fontsize=6,
-                        color="white" if (not math.isnan(v) and v < 0.6) else "black",
+                        color="white" if (not math.isnan(v) and bright < 0.6) else "black",
                     )
-        est = ", ".join(str(self.metadata[k]) for k in ("estimator", "kernel") if k in self.metadata)
-        ax.set_title(title if title is not None else f"{self.model_a} vs {self.model_b}" + (f" ({est})" if est else ""))
-        ax.figure.colorbar(im, ax=ax, label="CKA")
+        ax.set_title(title if title is not None else f"{self.model_a} vs {self.model_b}")
+        hint = " (lower = more similar)" if distance else ""
+        ax.figure.colorbar(im, ax=ax, label=f"{m['label']}{hint}")
         return ax
 
     def save(self, path: str | Path) -> Path:

@@ -15,10 +15,10 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from ._accumulators import _Accumulator, shifted_cross_sum
-from ._errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
-from ._precision import full_precision_matmul
-from ._validation import as_matrix, check_finite
+from .._precision import full_precision_matmul
+from .._validation import as_matrix, check_finite
+from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
+from ..streaming._protocol import _Accumulator, shifted_cross_sum
 
 __all__ = ["RidgeProbe", "knn_accuracy", "logistic_probe", "prediction_agreement"]
 
@@ -139,7 +139,7 @@ def knn_accuracy(
     Examples
     --------
     >>> import torch
-    >>> from reprsim import knn_accuracy
+    >>> from reprsim.probes import knn_accuracy
     >>> x = torch.cat([torch.randn(50, 8) + 4, torch.randn(50, 8) - 4])
     >>> y = torch.arange(100) // 50
     >>> knn_accuracy((x, y), x + 0.1, y, k=5, topk=(1,))
@@ -225,7 +225,7 @@ class RidgeProbe(_Accumulator):
     Examples
     --------
     >>> import torch
-    >>> from reprsim import RidgeProbe
+    >>> from reprsim.probes import RidgeProbe
     >>> x = torch.cat([torch.randn(40, 5) + 2, torch.randn(40, 5) - 2])
     >>> y = torch.arange(80) // 40
     >>> probe = RidgeProbe(num_classes=2)
@@ -369,7 +369,7 @@ def logistic_probe(
     Examples
     --------
     >>> import torch
-    >>> from reprsim import logistic_probe
+    >>> from reprsim.probes import logistic_probe
     >>> x = torch.cat([torch.randn(40, 3) + 2, torch.randn(40, 3) - 2])
     >>> y = torch.arange(80) // 40
     >>> logistic_probe(x, y, x, y)["accuracy"]
@@ -472,7 +472,7 @@ def prediction_agreement(
     Examples
     --------
     >>> import torch
-    >>> from reprsim import prediction_agreement
+    >>> from reprsim.probes import prediction_agreement
     >>> a = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0]])
     >>> prediction_agreement(a, 2 * a, ks=(3,))["all"]
     {'n': 2, 'top1_agreement': 1.0, 'f1_agreement': 1.0, 'kendall_tau_top3': 1.0}

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
-from ._errors import ConstantRepresentationError, ReprsimWarning, ShapeMismatchError
-from ._kernels import _rbf_from_sq_distances, _u_center, as_gram, squared_distances
-from ._precision import full_precision_matmul
-from ._validation import (
+from .._kernels import _rbf_from_sq_distances, _u_center, as_gram, squared_distances
+from .._precision import full_precision_matmul
+from .._validation import (
     as_matrix,
     check_finite,
     check_kernel,
@@ -29,8 +28,12 @@ from ._validation import (
     is_constant,
     rescaled,
 )
+from ..errors import ConstantRepresentationError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
+from ._base import Measure, evaluate, register
+from ._linalg import check_variance
+from ._moments import Moments
 
-__all__ = ["cka", "cka_from_grams", "cka_matrix", "hsic"]
+__all__ = ["CKA", "cka", "cka_from_grams", "cka_matrix", "hsic"]
 
 
 def unbiased_hsic_from_terms(
@@ -687,3 +690,125 @@ def unbiased_hsic_pairs(
     self_a = unbiased_hsic_from_terms((fa * fa).sum(dim=1), ta, ta, (ra * ra).sum(dim=1), n)
     self_b = unbiased_hsic_from_terms((fb * fb).sum(dim=1), tb, tb, (rb * rb).sum(dim=1), n)
     return cross, self_a, self_b
+
+
+class CKA(Measure):
+    """Centered kernel alignment as a measure object, for :func:`reprsim.compare` and the measure registry.
+
+    Parameters
+    ----------
+    unbiased : bool, default False
+        Use the unbiased HSIC estimator of Song et al. (2012) (exact estimator only).
+    estimator : {"exact", "minibatch"}, default "exact"
+        ``exact``: linear CKA of the whole dataset, streamed from the shared cross moments (widths up to a few
+        thousand). ``minibatch``: minibatch CKA of Nguyen et al. (2021), unbiased HSIC summed over batches,
+        any kernel and width.
+    kernel : {"linear", "rbf"}, default "linear"
+        ``rbf`` needs ``estimator="minibatch"`` (an RBF Gram does not stream exactly).
+    sigma, median_fraction
+        RBF bandwidth, as in :func:`reprsim.rbf_gram`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import CKA
+    >>> x = np.random.default_rng(0).normal(size=(100, 8))
+    >>> round(CKA()(x, 2 * x), 6)
+    1.0
+    """
+
+    name = "cka"
+    symmetric = True
+    invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
+
+    def __init__(
+        self,
+        unbiased: bool = False,
+        estimator: Literal["exact", "minibatch"] = "exact",
+        kernel: Literal["linear", "rbf"] = "linear",
+        sigma: float | None = None,
+        median_fraction: float = 1.0,
+    ) -> None:
+        if estimator not in ("exact", "minibatch"):
+            raise InvalidParameterError(f"estimator must be 'exact' or 'minibatch'; got {estimator!r}")
+        check_kernel(kernel, sigma, median_fraction)
+        if estimator == "exact" and kernel != "linear":
+            raise InvalidParameterError(
+                f"exact streamed CKA is linear; use CKA(estimator='minibatch', kernel={kernel!r}) for the {kernel} "
+                "kernel"
+            )
+        if estimator == "minibatch" and unbiased:
+            raise InvalidParameterError("minibatch CKA always uses unbiased HSIC per batch; drop unbiased=True")
+        self.unbiased, self.estimator, self.kernel = bool(unbiased), estimator, kernel
+        self.sigma = None if sigma is None else float(sigma)
+        self.median_fraction = float(median_fraction)
+        self.stream = "minibatch" if estimator == "minibatch" else "moments"  # type: ignore[misc]
+        self.fourth = self.unbiased
+        self.min_samples = 4 if self.unbiased else 2
+        if self.unbiased or estimator == "minibatch":
+            self.range = (-1.0, 1.0)  # unbiased HSIC can be negative; it is never clamped
+        if kernel == "rbf":
+            self.invariances = frozenset({"orthogonal", "translation", "permutation"})
+
+    @property
+    def id(self) -> str:
+        if self.estimator == "minibatch":
+            return f"cka-minibatch-{self.kernel}"
+        return "cka-hsic_song" if self.unbiased else "cka"
+
+    @property
+    def label(self) -> str:
+        if self.estimator == "minibatch":
+            return f"minibatch CKA ({self.kernel})"
+        return "unbiased linear CKA" if self.unbiased else "linear CKA"
+
+    def config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"unbiased": self.unbiased, "estimator": self.estimator, "kernel": self.kernel}
+        if self.kernel == "rbf":
+            out.update(sigma=self.sigma, median_fraction=self.median_fraction)
+        return out
+
+    def __call__(self, x: Any, y: Any) -> Any:
+        if self.estimator == "minibatch":
+            return evaluate(self, x, y)  # raises: minibatch CKA needs batches
+        return cka(x, y, unbiased=self.unbiased)
+
+    def from_moments(self, m: Moments) -> torch.Tensor:
+        tx = check_variance(m.cxx, "x", "CKA")
+        ty = check_variance(m.cyy, "y", "CKA")
+        if not self.unbiased:
+            # normalised by the traces first, so sums of squares of large activations cannot overflow
+            cxx, cyy, cxy = m.cxx / tx, m.cyy / ty, m.cxy / (tx.sqrt() * ty.sqrt())
+            return inner(cxy, cxy) / (frobenius(cxx) * frobenius(cyy))
+        kl, kk, ll = unbiased_moment_terms(m)
+        for name, v in (("x", kk[0]), ("y", ll[0])):
+            if not bool(v > 0):
+                raise ConstantRepresentationError(
+                    f"the unbiased HSIC of {name} with itself is {float(v):.3g} ≤ 0, so unbiased CKA is undefined; "
+                    "check for a constant or nearly constant representation"
+                )
+        return kl[0] / (kk[0] * ll[0]).sqrt()
+
+
+def unbiased_moment_terms(
+    m: Moments,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Unbiased HSIC(K, L), HSIC(K, K), HSIC(L, L), each with the scale of its terms, from centred moments.
+
+    In the frame of the means (Σu = 0), 1ᵀK̃1 = −Σa and 1ᵀK̃L̃1 = Σab, so the four terms of Song et al.
+    reduce to ‖XcᵀYc‖², Σab and the traces (a, b: squared row norms of the centred data).
+    """
+    f = m.fourth
+    if f is None:
+        raise InvalidParameterError("unbiased CKA needs the fourth-order moments; stream with fourth=True")
+    n = m.n
+    sa, sb = -m.cxx.diagonal().sum(), -m.cyy.diagonal().sum()
+    kl = unbiased_hsic_with_scale(inner(m.cxy, m.cxy), f.ab, sa, sb, f.ab, n)
+    kk = unbiased_hsic_with_scale(inner(m.cxx, m.cxx), f.aa, sa, sa, f.aa, n)
+    ll = unbiased_hsic_with_scale(inner(m.cyy, m.cyy), f.bb, sb, sb, f.bb, n)
+    return kl, kk, ll
+
+
+register("cka", lambda: CKA())
+register("cka_unbiased", lambda: CKA(unbiased=True))
+register("cka_minibatch", lambda: CKA(estimator="minibatch"))

@@ -13,10 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._analysis import RidgeProbe, _num_classes, knn_accuracy
-from ._compare import eval_mode, model_device
-from ._errors import InsufficientSamplesError, InvalidParameterError
-from ._extract import Extractor, LayerSpec, exclusive, move_batch, pool_tokens, resolve_layers
+from ..errors import InsufficientSamplesError, InvalidParameterError
+from ..models._extract import (
+    Extractor,
+    LayerSpec,
+    eval_mode,
+    exclusive,
+    model_device,
+    move_batch,
+    pool_tokens,
+    resolve_layers,
+)
+from ._probes import RidgeProbe, _num_classes, knn_accuracy
 
 __all__ = ["separability"]
 
@@ -74,9 +82,9 @@ def separability(
     pools : sequence of {"cls", "mean", "mean_no_cls", "flatten"}, default ("cls", "mean", "mean_no_cls")
         Token poolings to score (the three of Shekhar et al., 2022); each is computed from the same forward.
     k, metric, temperature
-        As in :func:`reprsim.knn_accuracy` (DINO's weighted 20-NN by default).
+        As in :func:`reprsim.probes.knn_accuracy` (DINO's weighted 20-NN by default).
     probe : bool, default False
-        Also fit a :class:`reprsim.RidgeProbe` per layer and pooling on the train set.
+        Also fit a :class:`reprsim.probes.RidgeProbe` per layer and pooling on the train set.
     num_classes : int, optional
         By default one more than the largest label.
     device : optional
@@ -91,7 +99,7 @@ def separability(
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from reprsim import separability
+    >>> from reprsim.probes import separability
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16))

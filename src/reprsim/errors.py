@@ -1,4 +1,4 @@
-"""The exception and warning family of reprsim.
+"""The exception and warning family of reprsim (``reprsim.errors``).
 
 Every error reprsim raises on purpose is a :class:`ReprsimError`, which is a :class:`ValueError`, so
 ``except ValueError`` keeps working in user code; errors about an object's state rather than an argument
@@ -15,6 +15,8 @@ __all__ = [
     "IncompatibleStateError",
     "InsufficientSamplesError",
     "InvalidParameterError",
+    "LayerNotFoundError",
+    "MultipleCallsError",
     "NonFiniteError",
     "ReprsimError",
     "ReprsimWarning",
@@ -58,6 +60,14 @@ class IncompatibleStateError(ReprsimError, RuntimeError):
 class ConcurrentUseError(ReprsimError, RuntimeError):
     """A model is already being run by a reprsim call in another thread (hooks would record each other's
     forwards, and the training flags restored by one call would be the other's)."""
+
+
+class LayerNotFoundError(ReprsimError):
+    """A layer name or pattern that matches no module of the model."""
+
+
+class MultipleCallsError(ReprsimError):
+    """A selected module ran more than once in one forward pass and ``calls="error"``."""
 
 
 class ReprsimWarning(UserWarning):

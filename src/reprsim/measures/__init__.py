@@ -1,0 +1,49 @@
+"""Similarity measures: one module per family, each a measure class (metadata + its value from streamed cross
+moments) and a functional form on two arrays.
+
+=====================  ===========================================================================
+``cka``                linear and RBF CKA, HSIC (:func:`cka`, :class:`CKA`)
+``procrustes``         orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
+``cca``                canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
+``predictivity``       ridge / least-squares R², in-sample or cross-validated
+=====================  ===========================================================================
+
+Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "procrustes", "cca"]``);
+:func:`available_measures` lists the names, :func:`get_measure` turns a name into a configured object.
+"""
+
+from __future__ import annotations
+
+from ._base import INVARIANCES, Measure, available_measures, get_measure, register
+from ._cca import CCA, PWCCA, SVCCA, canonical_correlations, cca, pwcca, svcca
+from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic
+from ._moments import Moments
+from ._predictivity import Predictivity, predictivity
+from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
+
+__all__ = [
+    "CCA",
+    "CKA",
+    "INVARIANCES",
+    "PWCCA",
+    "SVCCA",
+    "Measure",
+    "Moments",
+    "Predictivity",
+    "Procrustes",
+    "ShapeMetric",
+    "available_measures",
+    "canonical_correlations",
+    "cca",
+    "cka",
+    "cka_from_grams",
+    "cka_matrix",
+    "get_measure",
+    "hsic",
+    "predictivity",
+    "procrustes",
+    "pwcca",
+    "register",
+    "shape_metric",
+    "svcca",
+]

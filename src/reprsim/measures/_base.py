@@ -1,0 +1,199 @@
+"""The measure protocol: :class:`Measure` (metadata + the function of streamed moments), the registry that
+maps names such as ``"procrustes"`` to configured measures, and :func:`evaluate`, which every functional form
+(``procrustes(x, y)``, ``cca(x, y)``, ...) goes through.
+
+A measure computes its value from :class:`~reprsim.measures._moments.Moments`, so the same code serves the
+functional form on two arrays (moments of the whole data at once) and every streamed, merged or all-reduced
+accumulator. Nothing here knows any particular measure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from .._precision import full_precision_matmul
+from .._validation import as_matrix, check_finite, check_same_device
+from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
+from ._moments import Layout, Moments, chunk_state, pair_moments, pool_folds
+
+__all__ = ["INVARIANCES", "Measure", "available_measures", "evaluate", "get_measure", "register"]
+
+Invariance = Literal["orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"]
+#: The transformations a measure's metadata may claim invariance to (applied to one side's features).
+INVARIANCES: tuple[str, ...] = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation")
+
+
+class Measure:
+    """A similarity or distance between two representations of the same samples, with its metadata.
+
+    Subclasses set the class attributes below (or instance attributes where they depend on options) and
+    implement :meth:`from_moments`. Calling a measure on two arrays computes it on the whole data:
+    ``Procrustes()(x, y)``.
+
+    Attributes
+    ----------
+    name : str
+        The registry name (``"procrustes"``, ``"cca"``, ...).
+    id : str
+        The measure's ID in the naming scheme of the similarity-repository meta-package (``procrustes-angular``),
+        so reprsim's numbers can be matched with other packages'.
+    label : str
+        A human-readable label, used on plots.
+    direction : {"similarity", "distance"}
+        Whether larger values mean more similar (similarity) or less (distance).
+    range : (float, float)
+        The values the measure can take.
+    metric : bool
+        Whether it satisfies the axioms of a metric (only distances can).
+    symmetric : bool
+        Whether ``m(x, y) == m(y, x)``.
+    invariances : frozenset of str
+        Transformations of either representation's features that leave the value unchanged, among
+        :data:`INVARIANCES`; the property tests check every claim.
+    stream : {"moments", "minibatch"}
+        How :func:`reprsim.compare` accumulates it: from the shared cross moments, or per batch.
+    """
+
+    name: ClassVar[str] = ""
+    stream: ClassVar[Literal["moments", "minibatch"]] = "moments"
+    direction: Literal["similarity", "distance"] = "similarity"
+    range: tuple[float, float] = (0.0, 1.0)
+    metric: bool = False
+    symmetric: bool = True
+    invariances: frozenset[str] = frozenset()
+    fourth: bool = False
+    folds: int = 1
+    min_samples: int = 2
+
+    # -- what subclasses provide -------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.name
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def config(self) -> dict[str, Any]:
+        """The options that distinguish this measure from others of its class (plain values)."""
+        return {}
+
+    def from_moments(self, m: Moments) -> torch.Tensor:
+        """The measure's value (a 0-d float64 tensor) from the moments of one pair."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Everything a result needs to present this measure, as plain values (saved with results)."""
+        return {
+            "name": self.name,
+            "id": self.id,
+            "label": self.label,
+            "direction": self.direction,
+            "range": list(self.range),
+            "metric": self.metric,
+            "symmetric": self.symmetric,
+            "invariances": sorted(self.invariances),
+            "config": self.config(),
+        }
+
+    def __call__(self, x: Any, y: Any) -> Any:
+        """The measure of ``x`` (n, ...) and ``y`` (n, ...): a float for NumPy inputs, a 0-d tensor for torch."""
+        return evaluate(self, x, y)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.config() == self.config()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(sorted(self.config().items()))))
+
+
+_REGISTRY: dict[str, Callable[[], Measure]] = {}
+
+
+def register(name: str, factory: Callable[[], Measure]) -> None:
+    """Make ``name`` usable wherever a measure is accepted (``compare(measures=[name])``)."""
+    _REGISTRY[name] = factory
+
+
+def available_measures() -> list[str]:
+    """The names :func:`get_measure` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_measure(spec: str | Measure) -> Measure:
+    """A configured measure from a registry name or a :class:`Measure` instance (returned as is).
+
+    Examples
+    --------
+    >>> from reprsim.measures import get_measure
+    >>> get_measure("procrustes")
+    Procrustes(score='angular')
+    """
+    if isinstance(spec, Measure):
+        return spec
+    if isinstance(spec, str) and spec in _REGISTRY:
+        return _REGISTRY[spec]()
+    import difflib
+
+    close = difflib.get_close_matches(str(spec), list(_REGISTRY), n=3)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InvalidParameterError(
+        f"unknown measure {spec!r}{hint} Known names: {available_measures()}; or pass a measure object "
+        "such as reprsim.measures.ShapeMetric(alpha=0.5)"
+    )
+
+
+@full_precision_matmul
+def pair_of(x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2) -> tuple[Moments, torch.Tensor]:
+    """Validated moments of two whole representations, and the input tensor that sets the result's type."""
+    xt, yt = as_matrix(x, "x"), as_matrix(y, "y")
+    if xt.shape[0] != yt.shape[0]:
+        raise ShapeMismatchError(
+            f"x and y must hold the same samples in the same order; got {xt.shape[0]} rows in x (shape "
+            f"{tuple(xt.shape)}) and {yt.shape[0]} in y (shape {tuple(yt.shape)})"
+        )
+    check_same_device({"x": xt, "y": yt})
+    check_finite(xt, "x")
+    check_finite(yt, "y")
+    n = xt.shape[0]
+    if n < max(need, folds if folds > 1 else 0):
+        raise InsufficientSamplesError(f"this measure needs at least {max(need, folds)} samples; got {n}")
+    dtype = torch.promote_types(xt.dtype, yt.dtype)
+    layout = Layout((xt.shape[1], yt.shape[1]), (((0,), (1,)),), fourth=fourth, folds=folds)
+    fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
+    state = chunk_state([xt.to(dtype), yt.to(dtype)], layout, fold_of_rows)
+    state = {k: v.to(torch.float64) for k, v in state.items()}
+    if folds > 1:
+        pooled = pool_folds(state, layout)
+        m = pair_moments(pooled, Layout(layout.widths, layout.blocks, fourth, 1), 0, 0, 0)
+        m.folds = tuple(pair_moments(state, layout, 0, 0, 0, fold=k) for k in range(folds))
+    else:
+        m = pair_moments(state, layout, 0, 0, 0)
+    return m, xt
+
+
+def evaluate(measure: Measure, x: Any, y: Any) -> Any:
+    """``measure`` of two whole representations (the functional forms' common body)."""
+    if measure.stream != "moments":
+        raise InvalidParameterError(
+            f"{measure!r} is defined over a stream of batches, not on two arrays; use it in reprsim.compare "
+            "or with reprsim.streaming.MinibatchCKA"
+        )
+    m, like = pair_of(x, y, fourth=measure.fourth, folds=measure.folds, need=measure.min_samples)
+    return as_result(measure.from_moments(m), like, x)
+
+
+def as_result(value: torch.Tensor, like: torch.Tensor, original: Any) -> Any:
+    """A Python float for non-tensor inputs; otherwise a tensor of the input's floating dtype."""
+    if not isinstance(original, torch.Tensor):
+        return float(value) if value.ndim == 0 else value.detach().cpu()
+    dtype = like.dtype if like.dtype.is_floating_point else torch.float32
+    return value.to(dtype)

@@ -1,0 +1,620 @@
+"""Layer-by-layer comparison of models over a stream of batches: :func:`compare`.
+
+Runs each distinct model once per batch (a model compared with itself, or with several others, is not run
+again) and streams every layer into the accumulators that the requested measures need: one
+:class:`~reprsim.streaming.CrossMoments` for all moment-based measures (one set of moments per layer, one
+cross co-moment per compared pair), one :class:`~reprsim.streaming.MinibatchCKAMatrix` per pair and kernel for
+minibatch CKA. Nothing proportional to the dataset is kept. Measures reach this module only through the
+measure protocol (:class:`~reprsim.measures.Measure`). Models may be put in eval mode for
+the duration; every module's ``training`` flag is restored afterwards, also after an exception. Models are
+never moved or cast: batches are moved to each model's device instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Union, overload
+
+import torch
+from torch import nn
+from typing_extensions import TypedDict, Unpack
+
+from .._version import __version__
+from ..errors import (
+    DeviceMismatchError,
+    IncompatibleStateError,
+    InsufficientSamplesError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+from ..measures._base import Measure, get_measure
+from ..measures._cka import CKA, batch_gram, zero_diagonals_
+from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
+from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch, resolve_layers
+from ._result import SimilarityResult
+
+__all__ = ["compare"]
+
+EXACT_MAX_WIDTH = 8192
+Adapter = Callable[[Any], Any]
+
+
+def _progress(data: Iterable[Any], enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
+
+
+def _batch_size(acts: Mapping[str, torch.Tensor]) -> int:
+    return int(next(iter(acts.values())).shape[0])
+
+
+def _pool_name(pool: Any) -> Any:
+    if isinstance(pool, Mapping):
+        return {k: _pool_name(v) for k, v in pool.items()}
+    return pool if isinstance(pool, str) else getattr(pool, "__name__", repr(pool))
+
+
+MeasureSpec = Union[str, Measure]
+#: compare's keyword arguments before 0.2, and what replaces each.
+_REMOVED = {
+    "estimator": "measure='cka_minibatch' (the old default), measure='cka' (estimator='exact') or "
+    "measure='cka_unbiased' (estimator='exact_unbiased')",
+    "kernel": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf')",
+    "sigma": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf', sigma=...)",
+    "median_fraction": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf', median_fraction=...)",
+}
+
+
+class CompareOptions(TypedDict, total=False):
+    """The keyword options of :func:`compare` other than the measures (for type checkers)."""
+
+    layers_a: LayerSpec | None
+    layers_b: LayerSpec | None
+    layers: LayerSpec | Mapping[str, LayerSpec] | None
+    pool: Pool | Mapping[str, Pool]
+    capture: Literal["output", "input"]
+    select: Any
+    calls: Literal["error", "each"]
+    inputs_a: Adapter | None
+    inputs_b: Adapter | None
+    inputs: Mapping[str, Adapter] | None
+    pairs: Sequence[tuple[str, str]] | None
+    names: tuple[str, str]
+    device: torch.device | str | None
+    eval: bool
+    stop_early: bool
+    progress: bool
+
+
+@overload
+def compare(
+    model_a: nn.Module,
+    model_b: nn.Module | None,
+    data: Iterable[Any],
+    *,
+    measure: MeasureSpec | None = None,
+    measures: None = None,
+    **options: Unpack[CompareOptions],
+) -> SimilarityResult: ...
+
+
+@overload
+def compare(
+    model_a: nn.Module,
+    model_b: nn.Module | None,
+    data: Iterable[Any],
+    *,
+    measure: None = None,
+    measures: Sequence[MeasureSpec],
+    **options: Unpack[CompareOptions],
+) -> dict[str, SimilarityResult]: ...
+
+
+@overload
+def compare(
+    model_a: Mapping[str, nn.Module],
+    model_b: Iterable[Any],
+    data: None = None,
+    *,
+    measure: MeasureSpec | None = None,
+    measures: None = None,
+    **options: Unpack[CompareOptions],
+) -> dict[tuple[str, str], SimilarityResult]: ...
+
+
+@overload
+def compare(
+    model_a: Mapping[str, nn.Module],
+    model_b: Iterable[Any],
+    data: None = None,
+    *,
+    measure: None = None,
+    measures: Sequence[MeasureSpec],
+    **options: Unpack[CompareOptions],
+) -> dict[tuple[str, str], dict[str, SimilarityResult]]: ...
+
+
+def compare(
+    model_a: nn.Module | Mapping[str, nn.Module],
+    model_b: Any = None,
+    data: Iterable[Any] | None = None,
+    *,
+    measure: MeasureSpec | None = None,
+    measures: Sequence[MeasureSpec] | None = None,
+    layers_a: LayerSpec | None = None,
+    layers_b: LayerSpec | None = None,
+    layers: LayerSpec | Mapping[str, LayerSpec] | None = None,
+    pool: Pool | Mapping[str, Pool] = "flatten",
+    capture: Literal["output", "input"] = "output",
+    select: Any = None,
+    calls: Literal["error", "each"] = "error",
+    inputs_a: Adapter | None = None,
+    inputs_b: Adapter | None = None,
+    inputs: Mapping[str, Adapter] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    names: tuple[str, str] = ("model A", "model B"),
+    device: torch.device | str | None = None,
+    eval: bool = True,
+    stop_early: bool = False,
+    progress: bool = True,
+    **removed: Any,
+) -> Any:
+    """Compare two models (or every pair of several) layer by layer over a dataset, streaming.
+
+    Parameters
+    ----------
+    model_a, model_b : nn.Module
+        The models. ``model_b`` None (or the same object as ``model_a``) compares ``model_a`` with itself,
+        running it once per batch. Instead of two models, ``model_a`` may be a mapping of names to models
+        (e.g. ``{"moco": m1, "dino": m2, "mae": m3}``), with the data as second argument: every model runs
+        once per batch and every pair is compared (existing libraries run two forwards per pair).
+    data : iterable of batches
+        E.g. a DataLoader. A batch is a tensor, an ``(inputs, labels, ...)`` tuple whose first element is fed
+        to the model, or a dict passed as keyword arguments (so ``attention_mask`` reaches a Hugging Face
+        model and ``pool="masked_mean"``). Batches are moved to each model's device.
+    measure : str or Measure, default "cka_minibatch"
+        The measure: a name from :func:`reprsim.measures.available_measures` (``"cka"``, ``"procrustes"``,
+        ``"cca"``, ...) or a configured object (``reprsim.measures.ShapeMetric(alpha=0.5)``). The default,
+        minibatch CKA (Nguyen et al. 2021), works for any layer width; moment-based measures (every other
+        one) stream exact statistics of the whole dataset and need pooled widths up to 8192.
+    measures : sequence of str or Measure, optional
+        Several measures from one pass over the data (instead of ``measure``); the result is then a dict
+        keyed by each measure as given (a name, or the object's ``id``).
+    layers_a, layers_b : layer selection
+        Names, globs (``"blocks.*.attn.qkv"``), regexes, module types or callables; see
+        :class:`Extractor`. ``layers_b`` defaults to ``layers_a``; ``layers`` sets both.
+    layers : layer selection, or a mapping from model name to one
+        For several models: one selection for all, or one per model.
+    pool : str, callable, or a mapping from layer name to either, default "flatten"
+        Token / spatial pooling before similarity; see :func:`pool_tokens`.
+    capture, select, calls, stop_early
+        As in :class:`Extractor`.
+    inputs_a, inputs_b : callable, optional
+        Adapt a batch before it is fed to model A / B, when the two need different preprocessing of the
+        same samples (``inputs`` maps model names to adapters for several models).
+    pairs : sequence of (name, name), optional
+        With several models, which pairs to compare; by default every pair once, in mapping order.
+    names : (str, str), default ("model A", "model B")
+        Names of the two models in the result (axis labels of the heatmap).
+    device : torch.device or str, optional
+        Where batches go; by default each model's own device. Models are never moved.
+    eval : bool, default True
+        Run the models in eval mode for the duration (dropout off, batch-norm statistics frozen); each
+        module's ``training`` flag is restored afterwards.
+    progress : bool, default True
+        Show a progress bar with samples/s when tqdm is installed.
+
+    Returns
+    -------
+    SimilarityResult
+        With ``measure`` and two models. Matrix rows are model A's layers, columns model B's.
+    dict
+        With ``measures``: ``{measure: SimilarityResult}``; with several models: ``{(name_a, name_b): ...}``
+        holding a SimilarityResult (``measure``) or such a dict (``measures``) per pair.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from reprsim import compare
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    >>> data = [torch.randn(64, 10) for _ in range(4)]
+    >>> result = compare(net, net, data, layers_a=["0", "2", "4"], progress=False)
+    >>> result.matrix.shape, round(result["2", "2"], 6)
+    (torch.Size([3, 3]), 1.0)
+    >>> several = compare(net, net, data, layers_a=["0", "4"], measures=["cka", "procrustes"], progress=False)
+    >>> sorted(several), several["procrustes"].measure["direction"]
+    (['cka', 'procrustes'], 'distance')
+    """
+    if removed:
+        known = {k: _REMOVED[k] for k in removed if k in _REMOVED}
+        if known:
+            raise InvalidParameterError(
+                "compare() takes a measure instead of estimator/kernel/sigma/median_fraction since reprsim 0.2: "
+                + "; ".join(f"instead of {k}=, pass {v}" for k, v in known.items())
+            )
+        raise TypeError(f"compare() got unexpected keyword arguments {sorted(removed)}")
+    chosen = _measures(measure, measures)
+    if data is None and isinstance(model_a, Mapping):
+        models = dict(model_a)
+        data = model_b
+        if len(models) < 2 and pairs is None:
+            raise InvalidParameterError("compare needs at least two models in the mapping (or explicit pairs)")
+        spec = layers if layers is not None else layers_a
+        specs = dict(spec) if isinstance(spec, Mapping) else dict.fromkeys(models, spec)
+        adapters = dict(inputs or {})
+        todo = (
+            list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(models) for b in list(models)[i + 1 :]]
+        )
+        multi = True
+    else:
+        if not isinstance(model_a, nn.Module) or data is None:
+            raise InvalidParameterError(
+                "call compare(model_a, model_b, data, layers_a=...) or compare({'name': model, ...}, data, layers=...)"
+            )
+        b = model_a if model_b is None else model_b
+        na, nb = names
+        if na == nb:
+            raise InvalidParameterError(f"the two models need different names; got {names}")
+        models = {na: model_a, nb: b}
+        sa = layers_a if layers_a is not None else layers
+        sb = layers_b if layers_b is not None else sa
+        specs = {na: sa, nb: sb}
+        adapters = {k: v for k, v in ((na, inputs_a), (nb, inputs_b)) if v is not None}
+        todo = [(na, nb)]
+        multi = False
+    for name in models:
+        if specs.get(name) is None:
+            raise InvalidParameterError(f"no layers selected for {name!r}: pass layers_a= (and layers_b=) or layers=")
+    for a, b in todo:
+        for n in (a, b):
+            if n not in models:
+                raise InvalidParameterError(f"pair ({a!r}, {b!r}) names {n!r}, which is not among {list(models)}")
+
+    results = _Comparison(
+        models,
+        specs,
+        adapters,
+        todo,
+        measures=chosen,
+        pool=pool,
+        capture=capture,
+        select=select,
+        calls=calls,
+        device=device,
+        stop_early=stop_early,
+    ).run(data, eval_models=eval, progress=progress)
+    single = measures is None
+    shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
+    return shaped if multi else shaped[todo[0]]
+
+
+def _measures(measure: MeasureSpec | None, measures: Sequence[MeasureSpec] | None) -> dict[str, Measure]:
+    """The requested measures keyed as the user named them (a registry name, or the object's id)."""
+    if measure is not None and measures is not None:
+        raise InvalidParameterError("pass either measure= (one measure) or measures= (several), not both")
+    if measures is not None:
+        if isinstance(measures, (str, Measure)):
+            raise InvalidParameterError(
+                f"measures= takes a list (e.g. measures=[{measures!r}]); for one measure pass measure={measures!r}"
+            )
+        specs = list(measures)
+        if not specs:
+            raise InvalidParameterError("measures= is empty; name at least one measure")
+    else:
+        specs = [measure if measure is not None else "cka_minibatch"]
+    out: dict[str, Measure] = {}
+    for s in specs:
+        m = get_measure(s)
+        key = s if isinstance(s, str) else m.id
+        if key in out:
+            raise InvalidParameterError(f"measure {key!r} is requested twice")
+        out[key] = m
+    folds = {m.folds for m in out.values() if m.stream == "moments" and m.folds > 1}
+    if len(folds) > 1:
+        raise InvalidParameterError(
+            f"the cross-validated measures ask for different fold counts {sorted(folds)}; one pass keeps one set of "
+            "folds: give them the same folds="
+        )
+    return out
+
+
+def _minibatch_key(m: Measure) -> tuple[Any, ...]:
+    if not isinstance(m, CKA):  # pragma: no cover - CKA is the only minibatch measure
+        raise InvalidParameterError(f"{m!r} claims to stream per batch, which only minibatch CKA does")
+    return (m.kernel, m.sigma, m.median_fraction)
+
+
+class _Comparison:
+    """One streaming comparison: extractors grouped by model run, accumulators shared by measures."""
+
+    def __init__(
+        self,
+        models: dict[str, nn.Module],
+        specs: dict[str, Any],
+        adapters: dict[str, Adapter],
+        pairs: list[tuple[str, str]],
+        *,
+        measures: dict[str, Measure],
+        pool: Any,
+        capture: str,
+        select: Any,
+        calls: str,
+        device: torch.device | str | None,
+        stop_early: bool,
+    ) -> None:
+        used = [n for n in models if any(n in p for p in pairs)]
+        self.measures = measures
+        moment = [m for m in measures.values() if m.stream == "moments"]
+        self.minibatch_configs = list(
+            dict.fromkeys(_minibatch_key(m) for m in measures.values() if m.stream == "minibatch")
+        )
+        self.fourth = any(m.fourth for m in moment)
+        self.folds = max((m.folds for m in moment), default=1)
+        self.use_moments = bool(moment)
+        # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
+        # outlives its layer (kept activations cost the allocator fresh memory on every layer).
+        self.grams_in_hook = not moment and len(self.minibatch_configs) == 1
+        self.widths: dict[tuple[int, int], dict[str, int]] = {}
+        self.models = models
+        self.pairs = pairs
+        self.config = {"pool": _pool_name(pool), "capture": capture}
+        self.layer_names = {n: resolve_layers(models[n], specs[n]) for n in used}
+        # One run per (model object, input adapter): a model under two names, or compared with itself, is run
+        # once per batch, capturing the union of the layers its names select.
+        self.run_of: dict[str, tuple[int, int]] = {n: (id(models[n]), id(adapters.get(n))) for n in used}
+        self.runs: dict[tuple[int, int], Extractor] = {}
+        self.run_adapter: dict[tuple[int, int], Adapter | None] = {}
+        self.run_device: dict[tuple[int, int], torch.device] = {}
+        for n in used:
+            key = self.run_of[n]
+            union = [l for m in used if self.run_of[m] == key for l in self.layer_names[m]]
+            union = list(dict.fromkeys(union))
+            if key not in self.runs:
+                transform = self._gram_transform(key) if self.grams_in_hook else None
+                self.runs[key] = Extractor(
+                    models[n],
+                    union,
+                    capture=capture,
+                    select=select,
+                    pool=pool,
+                    calls=calls,
+                    stop_early=stop_early,
+                    transform=transform,
+                )
+                self.run_adapter[key] = adapters.get(n)
+                own = model_device(models[n])
+                target = torch.device(device) if device is not None else own
+                if device is not None and any(t.device != target for t in models[n].parameters()):
+                    raise DeviceMismatchError(
+                        f"{n!r} has parameters on {own} but device={str(target)!r}; compare never moves a model: "
+                        f"move it with .to({str(target)!r}) first, or leave device=None"
+                    )
+                self.run_device[key] = target
+        self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2])
+                          for p in pairs for c in self.minibatch_configs}  # fmt: skip
+        self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
+        self.slots: dict[tuple[tuple[int, int], str], int] = {}
+        self.keys: dict[str, list[str]] = {}
+        self.samples = 0
+        self.batches = 0
+
+    def _keys_for(self, name: str, acts: Mapping[str, torch.Tensor]) -> list[str]:
+        """Activation keys of ``name``'s layers (``layer#k`` keys when each call is recorded)."""
+        if name not in self.keys:
+            wanted = set(self.layer_names[name])
+            self.keys[name] = [k for k in acts if k.split("#")[0] in wanted]
+        return self.keys[name]
+
+    def run(
+        self, data: Iterable[Any], *, eval_models: bool, progress: bool
+    ) -> dict[tuple[str, str], dict[str, SimilarityResult]]:
+        bar = _progress(data, progress, "compare")
+        start = time.perf_counter()
+        manager = eval_mode(self.models.values()) if eval_models else contextlib.nullcontext()
+        try:
+            # claimed before eval mode: a call that finds a model busy in another thread changes no flag
+            with exclusive(self.models.values()), manager, torch.no_grad():
+                for batch in data:
+                    self._step(batch)
+                    if bar is not None:
+                        bar.update(1)
+                        rate = self.samples / max(time.perf_counter() - start, 1e-9)
+                        bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.batches == 0:
+            raise InvalidParameterError("data yielded no batches; nothing to compare")
+        caches: dict[int, dict[Any, Any]] = {}
+        return {
+            p: {k: self._result(p, i, k, m, caches) for k, m in self.measures.items()} for i, p in enumerate(self.pairs)
+        }
+
+    def _step(self, batch: Any) -> None:
+        acts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        for key, extractor in self.runs.items():
+            moved = move_batch(batch, self.run_device[key])
+            adapter = self.run_adapter[key]
+            acts[key] = extractor(moved, model_inputs=None if adapter is None else adapter(moved))
+        sizes = {_batch_size(a) for a in acts.values()}
+        if len(sizes) != 1:
+            raise ShapeMismatchError(f"the models produced different batch sizes {sorted(sizes)} for one batch")
+        for name in {n for p in self.pairs for n in p}:
+            self._keys_for(name, acts[self.run_of[name]])
+        # Every check of the batch (NaN/inf in any layer, overflow in any statistic) shares one host
+        # synchronisation, and nothing is added before all pass: a rejected batch changes no state.
+        checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]] = []
+        pending: list[Pending] = []
+        if self.use_moments:
+            pending.append(self._prepare_moments(acts, checks))
+        for config in self.minibatch_configs:
+            pending.extend(self._prepare_minibatch(config, acts, checks))
+        first = next(iter(next(iter(acts.values())).values())).device
+        flags = [f.to(first) for f, _ in checks] + [p.flags().to(first) for p in pending]
+        ok = torch.cat(flags).tolist() if flags else []
+        pos = 0
+        for f, fail in checks:
+            if not all(ok[pos : pos + len(f)]):
+                fail(ok[pos : pos + len(f)])
+            pos += len(f)
+        for p in pending:
+            if not all(ok[pos : pos + len(p.contribution)]):
+                p.fail()
+            pos += len(p.contribution)
+        for p in pending:
+            p.owner.commit(p, checked=True)
+        self.samples += sizes.pop()
+        self.batches += 1
+
+    def _named_layers(
+        self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]
+    ) -> list[tuple[str, str, torch.Tensor]]:
+        names = list(dict.fromkeys(n for p in self.pairs for n in p))
+        return [(n, k, acts[self.run_of[n]][k]) for n in names for k in self.keys[n]]
+
+    def _prepare_moments(
+        self,
+        acts: dict[tuple[int, int], dict[str, torch.Tensor]],
+        checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
+    ) -> Pending:
+        named = self._named_layers(acts)
+        first = named[0][2].device
+
+        def fail(ok: list[bool]) -> None:
+            for (model, layer, t), fine in zip(named, ok):
+                if not fine and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteError(
+                        f"{model}: layer {layer!r} produced NaN or infinite values in this batch (shape "
+                        f"{tuple(t.shape)}); check the model and its inputs"
+                    )
+
+        checks.append((torch.stack([torch.isfinite(t.sum()).to(first) for _, _, t in named]), fail))
+        if self.moments is None:
+            for model, layer, t in named:
+                width = t.reshape(t.shape[0], -1).shape[1]
+                if width > EXACT_MAX_WIDTH:
+                    raise InvalidParameterError(
+                        f"moment-based measures keep width×width statistics per layer, but {model}:{layer} has "
+                        f"{width} features after pooling (limit {EXACT_MAX_WIDTH}); pool tokens (pool='mean' or "
+                        "'cls') or use measure='cka_minibatch'"
+                    )
+            for model, layer, _ in named:
+                self.slots.setdefault((self.run_of[model], layer), len(self.slots))
+            blocks = [
+                (
+                    [self.slots[(self.run_of[a], k)] for k in self.keys[a]],
+                    [self.slots[(self.run_of[b], k)] for k in self.keys[b]],
+                )
+                for a, b in self.pairs
+            ]
+            self.moments = CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
+        layers: list[torch.Tensor] = [torch.empty(0)] * len(self.slots)
+        for (run, layer), slot in self.slots.items():
+            layers[slot] = acts[run][layer].to(first)
+        return self.moments.prepare(layers, checked=True)
+
+    def _gram_transform(self, key: tuple[int, int]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+        widths = self.widths.setdefault(key, {})
+        kernel, sigma, median_fraction = self.minibatch_configs[0]
+
+        def transform(layer: str, pooled: torch.Tensor) -> torch.Tensor:
+            widths[layer] = pooled.shape[1]
+            return batch_gram(pooled, kernel, sigma, median_fraction, layer)
+
+        return transform
+
+    def _prepare_minibatch(
+        self,
+        config: tuple[Any, ...],
+        acts: dict[tuple[int, int], dict[str, torch.Tensor]],
+        checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
+    ) -> list[Pending]:
+        grams: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
+        stacked: dict[tuple[int, int], tuple[torch.Tensor, list[str], dict[str, int]]] = {}
+        for name in dict.fromkeys(n for p in self.pairs for n in p):
+            key = self.run_of[name]
+            if key not in stacked:
+                run_keys = list(acts[key])
+                if self.grams_in_hook:
+                    built = [acts[key][k] for k in run_keys]
+                    widths = {k.split("#")[0]: w for k, w in self.widths[key].items()}
+                else:
+                    flat = {k: acts[key][k].reshape(acts[key][k].shape[0], -1) for k in run_keys}
+                    built = [batch_gram(flat[k], config[0], config[1], config[2], k) for k in run_keys]
+                    widths = {k.split("#")[0]: flat[k].shape[1] for k in run_keys}
+                g = zero_diagonals_(torch.stack(built))
+                if g.shape[-1] < 4:
+                    raise InsufficientSamplesError(
+                        f"minibatch CKA needs batches of at least 4 samples; got {g.shape[-1]}. Drop the "
+                        "incomplete last batch (DataLoader(drop_last=True))"
+                    )
+                stacked[key] = (g, run_keys, widths)
+
+                def fail(
+                    ok: list[bool], run_keys: list[str] = run_keys, model: str = name, dtype: Any = g.dtype
+                ) -> None:
+                    bad = [k for k, fine in zip(run_keys, ok) if not fine]
+                    raise NonFiniteError(
+                        f"{model}: layers {bad} produced NaN or infinite values in this batch (or values too large "
+                        f"for {dtype}); check the model and its inputs"
+                    )
+
+                checks.append((torch.isfinite(g.sum(dim=(1, 2))), fail))
+            g, run_keys, widths = stacked[key]
+            keys = self.keys[name]
+            idx = [run_keys.index(k) for k in keys]
+            grams[name] = (
+                g if idx == list(range(len(run_keys))) else g[idx],
+                tuple(widths[k.split("#")[0]] for k in keys),
+            )
+        out = []
+        for a, b in self.pairs:
+            ga, wa = grams[a]
+            acc = self.minibatch[((a, b), config)]
+            if self.run_of[a] == self.run_of[b] and self.keys[a] == self.keys[b]:
+                out.append(acc.prepare_grams(ga, wa))
+            else:
+                gb, wb = grams[b]
+                out.append(acc.prepare_grams(ga, wa, gb.to(ga.device), wb))
+        return out
+
+    def _result(
+        self, pair: tuple[str, str], index: int, key: str, measure: Measure, caches: dict[int, dict[Any, Any]]
+    ) -> SimilarityResult:
+        a, b = pair
+        if measure.stream == "minibatch":
+            matrix = self.minibatch[(pair, _minibatch_key(measure))].compute(
+                names_a=[f"{a}:{k}" for k in self.keys[a]], names_b=[f"{b}:{k}" for k in self.keys[b]]
+            )
+        else:
+            if self.moments is None:
+                raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
+            matrix = self.moments.compute_matrix(
+                measure,
+                block=index,
+                caches=caches,
+                names_a=[f"{a}:{k}" for k in self.keys[a]],
+                names_b=[f"{b}:{k}" for k in self.keys[b]],
+            )
+        meta = {
+            "model_a": a,
+            "model_b": b,
+            "measure": measure.describe(),
+            **self.config,
+            "samples": self.samples,
+            "batches": self.batches,
+            "reprsim": __version__,
+        }
+        return SimilarityResult(matrix, self.keys[a], self.keys[b], meta)

@@ -1,0 +1,275 @@
+"""The one exact streaming state that serves every moment-based measure: :class:`CrossMoments`.
+
+It keeps, for every layer, the sample count, the means and the centred co-moment XcᵀXc, and for every pair
+of layers that will be compared, the centred cross co-moment XcᵀYc (plus, when unbiased CKA is wanted, the
+row-norm moments, and with ``folds`` one set per fold). Batches, merges and all-reduces combine with the
+parallel update of Chan et al. (:mod:`reprsim.measures._moments`), so after any sequence of batches the
+statistics, and every measure computed from them, equal the one-shot result on the concatenated data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .._precision import full_precision_matmul
+from .._validation import as_matrix, check_finite
+from ..errors import DeviceMismatchError, InvalidParameterError, ReprsimError, ShapeMismatchError
+from ..measures._base import Measure, get_measure
+from ..measures._moments import Layout, Moments, chunk_state, combine_states, pair_moments, pool_folds, shift_state
+from ._protocol import Dims, Pending, _Accumulator, _StateSpec
+
+__all__ = ["CrossMoments"]
+
+
+def _as_layers(v: Any, side: str) -> tuple[list[Any], bool]:
+    if isinstance(v, (list, tuple)):
+        if not v:
+            raise ShapeMismatchError(f"{side} is an empty sequence; pass a tensor or a list of tensors (one per layer)")
+        return list(v), True
+    return [v], False
+
+
+class CrossMoments(_Accumulator):
+    """Exact streaming cross moments of representations, from which any moment-based measure is computed.
+
+    Feed batches of two sides, each one tensor or a list of tensors (layers), with the same samples in the
+    same order; then compute any measure (CKA, Procrustes, shape metrics, the CCA family, predictivity) for
+    every pair of an x-layer and a y-layer. Memory is O(Σp² + Σp·Σq) whatever the number of samples.
+
+    Parameters
+    ----------
+    fourth : bool, default False
+        Also keep the row-norm moments that unbiased linear CKA needs (O(p + q) more per layer pair).
+    folds : int, default 1
+        Keep one set of moments per fold (sample i of the stream, counted on this process, belongs to fold
+        i mod folds), which cross-validated measures need.
+    dtype : {torch.float64, torch.float32}, default torch.float64
+        The state's dtype; batches of any floating dtype are accepted.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim.measures import Procrustes, procrustes
+    >>> from reprsim.streaming import CrossMoments
+    >>> x, y = torch.randn(1000, 16, dtype=torch.float64), torch.randn(1000, 8, dtype=torch.float64)
+    >>> acc = CrossMoments()
+    >>> for xb, yb in zip(x.split(100), y.split(100)):
+    ...     acc.update(xb, yb)
+    >>> abs(acc.compute("procrustes") - float(procrustes(x, y))) < 1e-12
+    True
+    """
+
+    _version = 2
+
+    def __init__(
+        self,
+        *,
+        fourth: bool = False,
+        folds: int = 1,
+        dtype: torch.dtype = torch.float64,
+        blocks: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+    ) -> None:
+        super().__init__(dtype)
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+            raise InvalidParameterError(f"folds must be a positive integer; got {folds!r}")
+        self.fourth, self.folds = bool(fourth), folds
+        self._blocks = None if blocks is None else tuple((tuple(a), tuple(b)) for a, b in blocks)
+        self._single = False
+
+    # -- layout ------------------------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        blocks = None if self._blocks is None else [[list(a), list(b)] for a, b in self._blocks]
+        return {"fourth": self.fourth, "folds": self.folds, "blocks": blocks, "dtype": str(self._dtype)}
+
+    def _layout(self, dims: Dims) -> Layout:
+        """dims = (x-layer count (0 with explicit blocks), width of every layer...)."""
+        split, widths = dims[0], tuple(dims[1:])
+        if self._blocks is not None:
+            blocks = self._blocks
+        else:
+            blocks = ((tuple(range(split)), tuple(range(split, len(widths)))),)
+        return Layout(widths, blocks, self.fourth, self.folds)
+
+    def _specs_for(self, dims: Dims) -> dict[str, _StateSpec]:
+        if len(dims) < 2:
+            raise IndexError("no layers")
+        shapes = self._layout(dims).shapes()
+        if self._blocks is not None and any(l >= len(dims) - 1 for a, b in self._blocks for l in (*a, *b)):
+            raise IndexError("blocks name layers beyond dims")
+
+        def fixed(s: tuple[int, ...]) -> Callable[[Dims], tuple[int, ...]]:
+            return lambda _d: s
+
+        return {k: _StateSpec(fixed(s), "sum") for k, s in shapes.items()}
+
+    def _describe(self, dims: Dims) -> str:
+        if self._blocks is None:
+            xs, ys = list(dims[1 : dims[0] + 1]), list(dims[dims[0] + 1 :])
+            return f"x: {xs[0] if len(xs) == 1 else xs}, y: {ys[0] if len(ys) == 1 else ys}"
+        return str(list(dims[1:]))
+
+    # -- updates -----------------------------------------------------------------------------------------
+    @full_precision_matmul
+    def prepare(self, x: Any, y: Any = None, *, checked: bool = False) -> Pending:
+        """Check a batch and compute its contribution without touching the state (see :meth:`commit`).
+
+        ``x`` and ``y``: each a tensor (b, ...) or a list of them (layers). With explicit ``blocks``, ``x`` is
+        the list of every layer and ``y`` is omitted. ``checked=True`` skips the NaN/inf scan of the inputs
+        (for callers that have already made it).
+        """
+        with torch.no_grad():
+            xs, x_list = _as_layers(x, "x")
+            if self._blocks is None:
+                if y is None:
+                    raise InvalidParameterError("update(x, y) needs both sides; y is missing")
+                ys, y_list = _as_layers(y, "y")
+                names = [f"x[{i}]" if x_list else "x" for i in range(len(xs))]
+                names += [f"y[{i}]" if y_list else "y" for i in range(len(ys))]
+                layers, split = xs + ys, len(xs)
+                single = not x_list and not y_list
+            else:
+                if y is not None:
+                    raise InvalidParameterError("with explicit blocks, pass every layer as one list: update(layers)")
+                names = [f"layer {i}" for i in range(len(xs))]
+                layers, split, single = xs, 0, False
+            tensors = [as_matrix(v, nm).detach() for v, nm in zip(layers, names)]
+            b, device = tensors[0].shape[0], tensors[0].device
+            for nm, t in zip(names, tensors):
+                if t.shape[0] != b:
+                    raise ShapeMismatchError(
+                        f"every representation in a batch must hold the same samples; {names[0]} has {b} rows "
+                        f"but {nm} has {t.shape[0]} (shape {tuple(t.shape)})"
+                    )
+                if t.device != device:
+                    raise DeviceMismatchError(f"{names[0]} is on {device} but {nm} is on {t.device}; use one device")
+            self._prepare_device(device)
+            if not checked:
+                for nm, t in zip(names, tensors):
+                    check_finite(t, nm)
+            dims: Dims = (split, *(t.shape[1] for t in tensors))
+            if self._dims is not None and dims != self._dims:
+                raise ShapeMismatchError(
+                    f"this batch has feature widths {self._describe(dims)} but earlier batches had "
+                    f"{self._describe(self._dims)}; every batch must come from the same layers"
+                )
+            layout = self._layout(dims)
+            try:
+                layout.shapes()
+                self._specs_for(dims)
+            except IndexError as exc:
+                raise ShapeMismatchError(f"the blocks {self._blocks} name layers this batch does not have") from exc
+            seen = self.num_samples
+            folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
+            contribution = chunk_state([t.to(self._dtype) for t in tensors], layout, folds)
+            self._single = single
+            return Pending(self, dims, device, contribution)
+
+    def update(self, x: Any, y: Any = None) -> None:
+        """Add a batch: ``x`` and ``y`` each a tensor (b, ...) or a list of tensors (layers), same b samples."""
+        pending = self.prepare(x, y)
+        if pending.contribution["n"].sum() == 0:
+            return  # an empty batch adds nothing
+        self.commit(pending)
+
+    def _add(self, contribution: Mapping[str, torch.Tensor]) -> None:
+        assert self._dims is not None
+        self._generation += 1
+        self._state = combine_states(self._state, dict(contribution), self._layout(self._dims))
+
+    def _reduce_states(self, dist: Any, group: Any, rank: int, world: int, has_data: bool) -> None:
+        # Chan's update across ranks: the total count and mean first, then every rank's statistics shifted to
+        # that mean (ranks without data contribute zeros), then one sum.
+        assert self._dims is not None
+        layout = self._layout(self._dims)
+        n = self._state["n"].clone()
+        dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
+        weighted = self._state["n"].unsqueeze(1) * self._state["mean"]
+        dist.all_reduce(weighted, op=dist.ReduceOp.SUM, group=group)
+        mean = weighted / torch.where(n > 0, n, torch.ones_like(n)).unsqueeze(1)
+        shifted = shift_state(self._state, mean, layout)
+        for name, t in shifted.items():
+            if name not in ("n", "mean"):
+                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        shifted["n"], shifted["mean"] = n, mean
+        self._state = shifted
+
+    # -- results -----------------------------------------------------------------------------------------
+    @property
+    def layout(self) -> Layout:
+        """The layers' widths and the blocks of cross moments (after the first batch)."""
+        if self._dims is None:
+            self._require_samples(1, "the layout")
+        assert self._dims is not None
+        return self._layout(self._dims)
+
+    def moments(
+        self, i: int = 0, j: int = 0, *, block: int = 0, caches: dict[int, dict[Any, Any]] | None = None
+    ) -> Moments:
+        """The pooled moments of x-layer ``i`` and y-layer ``j`` (with per-fold moments when ``folds > 1``)."""
+        return self._all_moments(block, [(i, j)], caches if caches is not None else {})[0]
+
+    def _all_moments(
+        self, block: int, pairs: Sequence[tuple[int, int]], caches: dict[int, dict[Any, Any]]
+    ) -> list[Moments]:
+        layout = self.layout
+        one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
+        pooled = pool_folds(self._state, layout) if layout.folds > 1 else self._state
+        out = []
+        for i, j in pairs:
+            m = pair_moments(pooled, one, block, i, j, caches=caches)
+            if layout.folds > 1:
+                m.folds = tuple(pair_moments(self._state, layout, block, i, j, fold=k) for k in range(layout.folds))
+            out.append(m)
+        return out
+
+    @full_precision_matmul
+    def compute_matrix(
+        self,
+        measure: str | Measure,
+        *,
+        block: int = 0,
+        caches: dict[int, dict[Any, Any]] | None = None,
+        names_a: Sequence[str] | None = None,
+        names_b: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """``measure`` for every (x-layer, y-layer) pair of ``block``: a (L_x, L_y) float64 tensor on the CPU.
+
+        A layer's own factorisations (eigendecompositions, whitening) are computed once and shared by all
+        pairs it takes part in (and, through ``caches``, by several measures: pass the same dict to each call
+        while the state does not change). ``names_a``/``names_b`` name the layers in error messages.
+        """
+        m = get_measure(measure)
+        self._check_measure(m)
+        ga, gb = self.layout.blocks[block]
+        self._require_samples(m.min_samples, m.label)
+        pairs = [(i, j) for i in range(len(ga)) for j in range(len(gb))]
+        caches = caches if caches is not None else {}
+        values = []
+        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches)):
+            try:
+                values.append(m.from_moments(mm))
+            except ReprsimError as exc:
+                a = names_a[i] if names_a is not None else f"x[{i}]"
+                b = names_b[j] if names_b is not None else f"y[{j}]"
+                raise type(exc)(f"{m.label} of {a} and {b}: {exc}") from exc
+        return torch.stack(values).reshape(len(ga), len(gb)).to(torch.float64).cpu()
+
+    def compute(self, measure: str | Measure = "cka") -> float | torch.Tensor:
+        """``measure`` of everything seen: a float when both sides were single tensors, else a (L_x, L_y)
+        tensor (one value per pair of an x-layer and a y-layer)."""
+        matrix = self.compute_matrix(measure)
+        return float(matrix[0, 0]) if self._single else matrix
+
+    def _check_measure(self, m: Measure) -> None:
+        if m.stream != "moments":
+            raise InvalidParameterError(f"{m!r} is not computed from cross moments; use reprsim.streaming.MinibatchCKA")
+        if m.fourth and not self.fourth:
+            raise InvalidParameterError(f"{m!r} needs the fourth-order moments: create CrossMoments(fourth=True)")
+        if m.folds > 1 and m.folds != self.folds:
+            raise InvalidParameterError(
+                f"{m!r} cross-validates over {m.folds} folds but this accumulator keeps {self.folds}; "
+                f"create CrossMoments(folds={m.folds})"
+            )
