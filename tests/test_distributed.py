@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from reprsim.errors import IncompatibleStateError
 from reprsim.probes import RidgeProbe
-from reprsim.streaming import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
+from reprsim.streaming import CrossMoments, LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 
 N, BATCH = 256, 32
 
@@ -32,7 +32,12 @@ def accumulators() -> dict[str, Any]:
         "linear_unbiased": LinearCKA(unbiased=True),
         "minibatch_rbf": MinibatchCKA(kernel="rbf"),
         "matrix": MinibatchCKAMatrix(),
+        # every moment measure from one state, several layers per side, folds kept (pooled here)
+        "moments": CrossMoments(fourth=True, folds=2),
     }
+
+
+MOMENT_MEASURES = ("cka", "cka_unbiased", "procrustes", "nbs", "cca", "svcca", "pwcca", "predictivity")
 
 
 def feed(accs: dict[str, Any], x: np.ndarray, y: np.ndarray, batches: list[int], device: str = "cpu") -> None:
@@ -42,12 +47,16 @@ def feed(accs: dict[str, Any], x: np.ndarray, y: np.ndarray, batches: list[int],
         for name, acc in accs.items():
             if name == "matrix":
                 acc.update([xb, yb], [yb])
+            elif name == "moments":
+                acc.update([xb, xb.tanh()], [yb, yb[:, :2]])
             else:
                 acc.update(xb, yb)
 
 
 def results(accs: dict[str, Any]) -> dict[str, Any]:
-    return {k: (a.compute().tolist() if k == "matrix" else a.compute()) for k, a in accs.items()}
+    out = {k: (a.compute().tolist() if k == "matrix" else a.compute()) for k, a in accs.items() if k != "moments"}
+    out.update({f"moments:{m}": accs["moments"].compute(m).tolist() for m in MOMENT_MEASURES})
+    return out
 
 
 def worker(rank: int, world: int, port: int, out: str, empty_rank: int | None, device: str = "cpu") -> None:
@@ -93,6 +102,8 @@ def test_all_reduce_equals_single_process(tmp_path: Path, empty_rank: int | None
         for key in ("linear", "linear_unbiased", "minibatch_rbf"):
             assert abs(got[key] - expected[key]) <= 1e-10, key
         np.testing.assert_allclose(got["matrix"], expected["matrix"], rtol=0, atol=1e-10)
+        for m in MOMENT_MEASURES:
+            np.testing.assert_allclose(got[f"moments:{m}"], expected[f"moments:{m}"], rtol=0, atol=1e-10, err_msg=m)
 
 
 MISMATCHES: dict[str, Any] = {
@@ -100,6 +111,7 @@ MISMATCHES: dict[str, Any] = {
     "kernel": (lambda: MinibatchCKA(), lambda: MinibatchCKA(kernel="rbf")),
     "dtype": (lambda: MinibatchCKA(), lambda: MinibatchCKA(dtype=torch.float32)),
     "kind": (lambda: MinibatchCKA(), lambda: LinearCKA()),
+    "folds": (lambda: CrossMoments(folds=2), lambda: CrossMoments(folds=3)),
 }
 
 

@@ -191,10 +191,11 @@ class ShapeMetric(Measure):
             zy, _ = _whitener(train.cyy, self.alpha, {})
             u, _, vt = torch.linalg.svd(zx @ train.cxy @ zy)
             r = min(zx.shape[0], zy.shape[0])
-            wx, wy = zx @ u[:, :r], zy @ vt[:r].T
+            # the rotation pairs r directions; the rest of the wider side meets zero padding (netrep's
+            # zero_pad), so it adds to that side's norm but not to the inner product
             cxx, cyy, cxy = test.about(train.mean_x, train.mean_y)
-            num = (wx.T @ cxy @ wy).diagonal().sum()
-            den = ((wx.T @ cxx @ wx).diagonal().sum() * (wy.T @ cyy @ wy).diagonal().sum()).sqrt()
+            num = (u[:, :r].T @ zx @ cxy @ zy @ vt[:r].T).diagonal().sum()
+            den = ((zx @ cxx @ zx).diagonal().sum() * (zy @ cyy @ zy).diagonal().sum()).sqrt()
             scores.append(_angle(num / den))
         return torch.stack(scores).mean()
 

@@ -1,0 +1,143 @@
+"""Independent float64 references for the moment-based measures, written from the papers' formulas on the raw
+data matrices (never from co-moments): SVDs of centred data, QR-based canonical correlations (Björck & Golub),
+explicit whitened data matrices as netrep builds them, least squares on explicit train/test splits.
+Nothing here imports reprsim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+
+def centred(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return x - x.mean(axis=0)
+
+
+def nbs(x: np.ndarray, y: np.ndarray) -> float:
+    """‖XcᵀYc‖_* / (‖Xc‖_F ‖Yc‖_F), the nuclear norm from the singular values of the cross product."""
+    xc, yc = centred(x), centred(y)
+    return float(np.linalg.svd(xc.T @ yc, compute_uv=False).sum() / (np.linalg.norm(xc) * np.linalg.norm(yc)))
+
+
+def procrustes(x: np.ndarray, y: np.ndarray, score: str) -> float:
+    """Procrustes scores, the Euclidean ones from the optimal rotation applied to unit-Frobenius data."""
+    if score == "nbs":
+        return nbs(x, y)
+    if score == "angular":
+        return float(np.arccos(min(nbs(x, y), 1.0)))
+    xc, yc = centred(x), centred(y)
+    xc, yc = xc / np.linalg.norm(xc), yc / np.linalg.norm(yc)
+    p, q = xc.shape[1], yc.shape[1]
+    width = max(p, q)
+    xp = np.hstack([xc, np.zeros((len(xc), width - p))])  # zero-pad to a common width, as netrep does
+    yp = np.hstack([yc, np.zeros((len(yc), width - q))])
+    rot, _ = scipy.linalg.orthogonal_procrustes(yp, xp)  # the orthogonal map that takes y closest to x
+    sq = float(np.linalg.norm(xp - yp @ rot) ** 2)
+    return sq if score == "squared_euclidean" else float(np.sqrt(sq))
+
+
+def whiten(xc: np.ndarray, alpha: float) -> np.ndarray:
+    """netrep's partial whitening matrix Z = V(α + (1 − α)λ^(−1/2))Vᵀ of XcᵀXc (full-rank data here)."""
+    lam, v = np.linalg.eigh(xc.T @ xc)
+    return (v * (alpha + (1 - alpha) * lam**-0.5)) @ v.T
+
+
+def angular(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.arccos(np.clip(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1)))
+
+
+def pad(a: np.ndarray, width: int) -> np.ndarray:
+    """Zero columns up to ``width`` (netrep's zero_pad=True for representations of different widths)."""
+    return np.hstack([a, np.zeros((len(a), width - a.shape[1]))])
+
+
+def shape_metric(x: np.ndarray, y: np.ndarray, alpha: float) -> float:
+    """Whiten the data matrices, zero-pad to one width, rotate y onto x (orthogonal Procrustes), then the
+    angle between them."""
+    xw, yw = centred(x) @ whiten(centred(x), alpha), centred(y) @ whiten(centred(y), alpha)
+    width = max(xw.shape[1], yw.shape[1])
+    xw, yw = pad(xw, width), pad(yw, width)
+    u, _, vt = np.linalg.svd(xw.T @ yw)
+    return angular(xw @ u, yw @ vt.T)
+
+
+def shape_metric_cv(x: np.ndarray, y: np.ndarray, alpha: float, folds: int) -> float:
+    """netrep's fit on the other folds (means, whitening, rotation), score on the held-out fold; fold mean."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    fold = np.arange(len(x)) % folds
+    scores = []
+    for k in range(folds):
+        tr, te = fold != k, fold == k
+        mx, my = x[tr].mean(0), y[tr].mean(0)
+        width = max(x.shape[1], y.shape[1])
+        zx, zy = pad(whiten(x[tr] - mx, alpha), width), pad(whiten(y[tr] - my, alpha), width)
+        u, _, vt = np.linalg.svd(((x[tr] - mx) @ zx).T @ ((y[tr] - my) @ zy))
+        scores.append(angular((x[te] - mx) @ zx @ u, (y[te] - my) @ zy @ vt.T))
+    return float(np.mean(scores))
+
+
+def canonical_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Björck & Golub: the singular values of QxᵀQy, Q from QR of the centred data."""
+    qx, _ = np.linalg.qr(centred(x))
+    qy, _ = np.linalg.qr(centred(y))
+    return np.linalg.svd(qx.T @ qy, compute_uv=False)
+
+
+def svcca(x: np.ndarray, y: np.ndarray, keep: float | int) -> float:
+    """Top principal components of each side (SVD of the centred data), then the mean canonical correlation."""
+
+    def top(a: np.ndarray) -> np.ndarray:
+        u, s, _ = np.linalg.svd(centred(a), full_matrices=False)
+        if isinstance(keep, int):
+            k = keep
+        else:
+            frac = np.cumsum(s**2) / np.sum(s**2)
+            k = int(np.searchsorted(frac, keep - 1e-12) + 1)
+        return u[:, :k] * s[:k]
+
+    return float(canonical_correlations(top(x), top(y)).mean())
+
+
+def pwcca(x: np.ndarray, y: np.ndarray, side: str = "narrower") -> float:
+    """Morcos et al.: one side's canonical variates h_i (orthonormal), α_i ∝ Σ_j |⟨h_i, x_j⟩| over its neurons;
+    the side with fewer neurons by default, as the google/svcca code picks it."""
+    xc, yc = centred(x), centred(y)
+    if side == "y" or (side == "narrower" and yc.shape[1] < xc.shape[1]):
+        xc, yc = yc, xc
+    qx, _ = np.linalg.qr(xc)
+    qy, _ = np.linalg.qr(yc)
+    u, rho, _ = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    h = qx @ u  # canonical variates of x, unit norm
+    weights = np.abs(h.T @ xc).sum(axis=1)
+    return float(np.sum(weights * rho) / weights.sum())
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Intercept (unpenalised) and coefficients by solving the normal equations of the centred data."""
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    if ridge == 0.0:
+        b = np.linalg.lstsq(xc, yc, rcond=None)[0]
+    else:
+        b = np.linalg.solve(xc.T @ xc + ridge * np.eye(x.shape[1]), xc.T @ yc)
+    return mx, my, b
+
+
+def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | None, reduce: str) -> float:
+    """R² of the (out-of-fold) predictions, residuals pooled against the total variance about the mean."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    pred = np.empty_like(y)
+    if folds is None:
+        mx, my, b = ridge_fit(x, y, ridge)
+        pred = my + (x - mx) @ b
+    else:
+        fold = np.arange(len(x)) % folds
+        for k in range(folds):
+            mx, my, b = ridge_fit(x[fold != k], y[fold != k], ridge)
+            pred[fold == k] = my + (x[fold == k] - mx) @ b
+    rss = ((y - pred) ** 2).sum(0)
+    tss = ((y - y.mean(0)) ** 2).sum(0)
+    return float(1 - rss.sum() / tss.sum()) if reduce == "variance_weighted" else float(np.mean(1 - rss / tss))

@@ -1,0 +1,159 @@
+"""compare() with the measure protocol: several measures from one pass, each equal to its functional form on
+hand-extracted activations; results that know their measure (repr, plot, save/load); the migration errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from reprsim import SimilarityResult, compare
+from reprsim.errors import InsufficientSamplesError, InvalidParameterError
+from reprsim.measures import CKA, Predictivity, ShapeMetric, get_measure
+from reprsim.streaming import MinibatchCKAMatrix
+
+from .test_compare import batches, hand_extract, mlp
+
+LAYERS = ["1", "3", "4"]  # widths 16, 12, 3 at full rank (layer 0, Linear(10, 16), has rank 10)
+MEASURES = [
+    "cka",
+    "cka_unbiased",
+    "procrustes",
+    "nbs",
+    "cca",
+    "cca_yanai",
+    "svcca",
+    "pwcca",
+    "predictivity",
+    ShapeMetric(0.5, folds=4),
+    Predictivity(ridge=1.0, folds=4, predict="mean"),
+    "cka_minibatch",
+]
+
+
+def key(m: object) -> str:
+    return m if isinstance(m, str) else get_measure(m).id  # type: ignore[arg-type]
+
+
+def test_several_measures_in_one_pass_equal_their_functional_forms() -> None:
+    net, other = mlp(0), mlp(1)
+    calls: list[int] = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    data = batches(n=320)
+    results = compare(net, other, data, layers_a=LAYERS, measures=MEASURES, progress=False)
+    assert len(calls) == len(data)  # one forward per batch for all twelve measures
+    assert list(results) == [key(m) for m in MEASURES]
+    a, b = hand_extract(net, LAYERS, data), hand_extract(other, LAYERS, data)
+    for spec in MEASURES:
+        result = results[key(spec)]
+        measure = get_measure(spec)
+        assert result.measure["name"] == measure.name
+        assert result.measure["config"] == measure.config()
+        if measure.stream == "minibatch":
+            acc = MinibatchCKAMatrix()
+            for xb in data:
+                acc.update([net[: int(l) + 1](xb) for l in LAYERS], [other[: int(l) + 1](xb) for l in LAYERS])
+            expected = acc.compute()
+        else:
+            expected = torch.tensor([[float(measure(a[i], b[j])) for j in LAYERS] for i in LAYERS], dtype=torch.float64)
+        torch.testing.assert_close(result.matrix, expected.double(), rtol=0, atol=1e-10, msg=str(spec))
+
+
+def test_exact_measures_keep_one_set_of_moments_per_layer() -> None:
+    """Moments are per layer; only the cross co-moment is per pair (the old exact path built p×p sums per pair)."""
+    nets = {"a": mlp(0), "b": mlp(1), "c": mlp(2)}
+    out = compare(nets, batches(), layers=LAYERS, measures=["cka", "procrustes"], progress=False)
+    assert set(out) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert set(out["a", "b"]) == {"cka", "procrustes"}
+    single = compare(nets["a"], nets["c"], batches(), layers_a=LAYERS, measure="procrustes", progress=False)
+    torch.testing.assert_close(out["a", "c"]["procrustes"].matrix, single.matrix, rtol=0, atol=1e-12)
+    from reprsim.models._compare import _Comparison, _measures
+
+    comparison = _Comparison(
+        nets,
+        dict.fromkeys(nets, LAYERS),
+        {},
+        [("a", "b"), ("a", "c"), ("b", "c")],
+        measures=_measures("cka", None),
+        pool="flatten",
+        capture="output",
+        select=None,
+        calls="error",
+        device=None,
+        stop_early=False,
+    )
+    comparison.run(batches(n=64), eval_models=True, progress=False)
+    assert comparison.moments is not None
+    state = comparison.moments.state_dict()["state"]
+    assert sum(k.startswith("m2.") for k in state) == 9  # 3 models × 3 layers, not one per pair
+    assert sum(k.startswith("cross.") for k in state) == 3  # one block of cross co-moments per model pair
+
+
+def test_self_comparison_runs_once_and_is_symmetric() -> None:
+    net = mlp(0)
+    r = compare(net, None, batches(), layers_a=LAYERS, measures=["procrustes", "cca"], progress=False)
+    np.testing.assert_allclose(np.diag(r["procrustes"].to_numpy()), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.diag(r["cca"].to_numpy()), 1.0, atol=1e-10)
+    np.testing.assert_allclose(r["cca"].to_numpy(), r["cca"].to_numpy().T, atol=1e-12)
+
+
+def test_results_know_their_measure(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    net, other = mlp(0), mlp(1)
+    r = compare(net, other, batches(), layers_a=LAYERS, measure="procrustes", names=("A", "B"), progress=False)
+    assert r.measure["direction"] == "distance"
+    assert r.measure["id"] == "procrustes-angular"
+    assert "angular Procrustes distance" in repr(r)
+    ax = r.plot()
+    assert ax.figure.axes[-1].get_ylabel() == "angular Procrustes distance (lower = more similar)"
+    assert ax.images[0].get_cmap().name == "magma_r"
+    assert ax.images[0].get_clim() == pytest.approx((0.0, np.pi / 2))
+    loaded = SimilarityResult.load(r.save(tmp_path / "r"))
+    assert loaded.measure == r.measure
+    # a measure whose range is unbounded is scaled to the data
+    p = compare(net, other, batches(), layers_a=LAYERS, measure=Predictivity(folds=4), progress=False)
+    lo, hi = p.color_range()
+    assert lo == pytest.approx(float(p.matrix.min()))
+    assert hi == 1.0
+    # results saved before measures existed read as CKA
+    old = SimilarityResult(torch.eye(2), ["a", "b"], ["c", "d"], {"estimator": "minibatch"})
+    assert old.measure["label"] == "CKA"
+    assert old.color_range() == (0.0, 1.0)
+
+
+def test_migration_and_measure_argument_errors() -> None:
+    net = nn.Sequential(nn.Linear(4, 3))
+    data = [torch.randn(8, 4)]
+    with pytest.raises(InvalidParameterError, match="instead of estimator=, pass measure='cka_minibatch'"):
+        compare(net, None, data, layers_a=["0"], estimator="exact", progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['layer'\\]"):
+        compare(net, None, data, layer=["0"], progress=False)
+    with pytest.raises(InvalidParameterError, match=r"either measure= .* or measures="):
+        compare(net, None, data, layers_a=["0"], measure="cka", measures=["cka"], progress=False)
+    with pytest.raises(InvalidParameterError, match=r"measures= takes a list"):
+        compare(net, None, data, layers_a=["0"], measures="cka", progress=False)  # type: ignore[call-overload]
+    with pytest.raises(InvalidParameterError, match="requested twice"):
+        compare(net, None, data, layers_a=["0"], measures=["cka", "cka"], progress=False)
+    with pytest.raises(InvalidParameterError, match="different fold counts"):
+        compare(
+            net,
+            None,
+            data,
+            layers_a=["0"],
+            measures=[ShapeMetric(0.5, folds=3), Predictivity(folds=4)],
+            progress=False,
+        )
+    with pytest.raises(InvalidParameterError, match="exact streamed CKA is linear"):
+        CKA(kernel="rbf")
+
+
+def test_degenerate_pair_names_both_layers() -> None:
+    net = mlp(0)
+    with pytest.raises(InsufficientSamplesError, match=r"mean CCA ρ of model A:0 and model B:0: .*rank 10 of 16"):
+        compare(net, None, batches(), layers_a=["0", "4"], measure="cca", progress=False)

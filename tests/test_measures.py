@@ -1,0 +1,415 @@
+"""The moment-based measures (Procrustes, shape metrics, CCA family, predictivity, linear CKA): reference
+agreement, streaming == one-shot, merge, state dicts, the clear errors of degenerate inputs, and every
+invariance claimed by each measure's metadata (hypothesis)."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reprsim
+from reprsim.errors import (
+    ConstantRepresentationError,
+    IncompatibleStateError,
+    InsufficientSamplesError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+from reprsim.measures import (
+    CCA,
+    CKA,
+    INVARIANCES,
+    PWCCA,
+    SVCCA,
+    Measure,
+    Predictivity,
+    Procrustes,
+    ShapeMetric,
+    available_measures,
+    canonical_correlations,
+    cca,
+    get_measure,
+    predictivity,
+    procrustes,
+    pwcca,
+    shape_metric,
+    svcca,
+)
+from reprsim.streaming import CrossMoments
+
+from . import reference as ref
+from . import reference_measures as rm
+
+
+def data(n: int = 300, p: int = 7, q: int = 5, seed: int = 0, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated, anisotropic x and y (well-conditioned covariances)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p)) @ np.diag(np.linspace(0.5, 2.0, p)) + offset
+    y = np.tanh(x - offset) @ rng.normal(size=(p, q)) + 0.5 * rng.normal(size=(n, q)) - offset
+    return x, y
+
+
+# -- reference agreement (float64 to 1e-10) --------------------------------------------------------------
+
+REFERENCES: dict[str, tuple[Any, Any]] = {
+    "procrustes angular": (lambda x, y: procrustes(x, y), lambda x, y: rm.procrustes(x, y, "angular")),
+    "procrustes euclidean": (
+        lambda x, y: procrustes(x, y, score="euclidean"),
+        lambda x, y: rm.procrustes(x, y, "euclidean"),
+    ),
+    "procrustes squared": (
+        lambda x, y: procrustes(x, y, score="squared_euclidean"),
+        lambda x, y: rm.procrustes(x, y, "squared_euclidean"),
+    ),
+    "nbs": (lambda x, y: procrustes(x, y, score="nbs"), rm.nbs),
+    "shape alpha=0.5": (lambda x, y: shape_metric(x, y, alpha=0.5), lambda x, y: rm.shape_metric(x, y, 0.5)),
+    "shape alpha=0": (lambda x, y: shape_metric(x, y, alpha=0.0), lambda x, y: rm.shape_metric(x, y, 0.0)),
+    "shape alpha=1": (lambda x, y: shape_metric(x, y, alpha=1.0), lambda x, y: rm.procrustes(x, y, "angular")),
+    "shape cv": (
+        lambda x, y: shape_metric(x, y, alpha=0.3, folds=4),
+        lambda x, y: rm.shape_metric_cv(x, y, 0.3, 4),
+    ),
+    "cca mean": (cca, lambda x, y: rm.canonical_correlations(x, y).mean()),
+    "cca yanai": (
+        lambda x, y: cca(x, y, reduce="yanai"),
+        lambda x, y: (rm.canonical_correlations(x, y) ** 2).mean(),
+    ),
+    "svcca 0.99": (svcca, lambda x, y: rm.svcca(x, y, 0.99)),
+    "svcca 0.9": (lambda x, y: svcca(x, y, keep=0.9), lambda x, y: rm.svcca(x, y, 0.9)),
+    "svcca k=3": (lambda x, y: svcca(x, y, keep=3), lambda x, y: rm.svcca(x, y, 3)),
+    "pwcca": (pwcca, rm.pwcca),
+    "predictivity": (predictivity, lambda x, y: rm.predictivity(x, y, 0.0, None, "variance_weighted")),
+    "predictivity ridge mean": (
+        lambda x, y: predictivity(x, y, ridge=3.0, reduce="mean"),
+        lambda x, y: rm.predictivity(x, y, 3.0, None, "mean"),
+    ),
+    "predictivity cv": (
+        lambda x, y: predictivity(x, y, folds=5, ridge=0.5),
+        lambda x, y: rm.predictivity(x, y, 0.5, 5, "variance_weighted"),
+    ),
+    "predictivity y_to_x": (
+        lambda x, y: predictivity(x, y, predict="y_to_x"),
+        lambda x, y: rm.predictivity(y, x, 0.0, None, "variance_weighted"),
+    ),
+    "cka": (lambda x, y: CKA()(x, y), lambda x, y: ref.cka(x, y, "linear")),
+    "cka unbiased": (lambda x, y: CKA(unbiased=True)(x, y), lambda x, y: ref.cka(x, y, "linear", unbiased=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFERENCES))
+@pytest.mark.parametrize("shape", [(300, 7, 5), (120, 4, 9)], ids=["p>q", "p<q"])
+def test_float64_matches_independent_reference(case: str, shape: tuple[int, int, int]) -> None:
+    ours, theirs = REFERENCES[case]
+    x, y = data(*shape, offset=3.0)
+    got, want = ours(x, y), theirs(x, y)
+    assert isinstance(got, float)
+    assert abs(got - want) < 1e-10, (got, want)
+
+
+@pytest.mark.parametrize("case", list(REFERENCES))
+def test_float32_is_within_1e5_and_tensors_stay_tensors(case: str) -> None:
+    ours, theirs = REFERENCES[case]
+    x, y = data(400, 6, 4, seed=1)
+    got = ours(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    assert isinstance(got, torch.Tensor)
+    assert got.dtype == torch.float32
+    assert got.ndim == 0
+    assert abs(float(got) - theirs(x.astype(np.float32), y.astype(np.float32))) < 1e-5
+
+
+def test_canonical_correlations_and_per_target_r2_match_references() -> None:
+    x, y = data(200, 5, 3)
+    np.testing.assert_allclose(canonical_correlations(x, y).numpy(), rm.canonical_correlations(x, y), atol=1e-12)
+    per = predictivity(x, y, reduce="none")
+    mx, my, b = rm.ridge_fit(x, y, 0.0)
+    expected = 1 - ((y - my - (x - mx) @ b) ** 2).sum(0) / ((y - my) ** 2).sum(0)
+    np.testing.assert_allclose(per.numpy(), expected, atol=1e-12)
+
+
+def test_predictivity_matches_scikit_learn_ridge() -> None:
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    from sklearn.metrics import r2_score
+
+    x, y = data(200, 6, 3, seed=3)
+    fit = sklearn.Ridge(alpha=2.5).fit(x, y)
+    want = r2_score(y, fit.predict(x), multioutput="variance_weighted")
+    assert abs(predictivity(x, y, ridge=2.5) - want) < 1e-10
+
+
+def test_known_values() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 6))
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    assert abs(procrustes(x, 2 * x @ q + 5)) < 1e-6  # arccos near 1 loses half the digits (see the docstring)
+    assert abs(procrustes(x, 2 * x @ q + 5, score="nbs") - 1) < 1e-12
+    ind = rng.normal(size=(100, 6))
+    assert 0.0 < procrustes(x, ind, score="nbs") < 1.0
+    # canonical correlations of a variable with a noisy copy: ρ = 1/sqrt(1 + σ²) in the population
+    big = rng.normal(size=(200_000, 1))
+    rho = cca(big, big + 0.5 * rng.normal(size=big.shape))
+    assert abs(rho - 1 / math.sqrt(1.25)) < 5e-3
+
+
+def test_pwcca_weights_from_options() -> None:
+    x, y = data(200, 4, 6)
+    assert abs(pwcca(x, y) - pwcca(x, y, weights_from="x")) < 1e-12  # x is narrower
+    assert abs(pwcca(x, y, weights_from="y") - rm.pwcca(x, y, side="y")) < 1e-10
+    assert abs(pwcca(x, y, weights_from="y") - pwcca(x, y)) > 1e-3  # the two sides weight differently
+    assert abs(pwcca(y, x) - rm.pwcca(y, x)) < 1e-10  # the narrower side again, now the second argument
+
+
+# -- degenerate inputs: clear errors, never NaN or a silent 1 ---------------------------------------------
+
+
+def test_cca_refuses_too_few_samples_and_singular_covariances() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 6)), rng.normal(size=(10, 5))
+    with pytest.raises(InsufficientSamplesError, match=r"11 dimensions on 10 samples.*exactly 1"):
+        cca(x, y)
+    assert 0 < cca(x, y, ridge=0.1) < 1  # an explicit ridge makes it defined
+    x = rng.normal(size=(100, 3))
+    singular = np.hstack([x, x[:, :1] + x[:, 1:2]])
+    with pytest.raises(InsufficientSamplesError, match=r"covariance of x is singular \(rank 3 of 4"):
+        cca(singular, rng.normal(size=(100, 2)))
+    with pytest.raises(InsufficientSamplesError, match="covariance of y is singular"):
+        pwcca(rng.normal(size=(100, 2)), singular, weights_from="x")
+    with pytest.raises(InsufficientSamplesError, match="SVCCA"):
+        svcca(rng.normal(size=(8, 6)), rng.normal(size=(8, 6)), keep=1.0)
+
+
+def test_predictivity_refuses_an_exact_in_sample_fit() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 9)), rng.normal(size=(10, 2))
+    with pytest.raises(InsufficientSamplesError, match="least squares"):
+        predictivity(x, y)
+    assert predictivity(x, y, ridge=1.0) < 1.0
+    assert predictivity(x, y, folds=5, ridge=1.0) < 0.5  # out of sample, noise does not predict noise
+    singular = np.hstack([x[:, :3], x[:, :1]])
+    with pytest.raises(ConstantRepresentationError, match="singular"):
+        predictivity(np.vstack([singular] * 3), np.vstack([y] * 3))
+
+
+def test_constant_and_nonfinite_inputs() -> None:
+    rng = np.random.default_rng(0)
+    x, const = rng.normal(size=(50, 3)), np.ones((50, 2))
+    for fn in (procrustes, cca, svcca, lambda a, b: shape_metric(a, b, alpha=0.5), predictivity):
+        with pytest.raises(ConstantRepresentationError, match=r"same for every sample|undefined|singular"):
+            fn(x, const)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="1 NaN"):
+        procrustes(bad, x)
+    with pytest.raises(ShapeMismatchError, match="50 rows in x"):
+        cca(x, x[:40])
+    with pytest.raises(InvalidParameterError, match="alpha must be a number in"):
+        ShapeMetric(alpha=1.5)
+    with pytest.raises(InvalidParameterError, match="folds must be an integer"):
+        Predictivity(folds=1)
+    with pytest.raises(InvalidParameterError, match="did you mean 'procrustes'"):
+        get_measure("procrustres")
+
+
+def test_shape_metric_alpha_zero_needs_room() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(InsufficientSamplesError, match="alpha=0"):
+        shape_metric(rng.normal(size=(10, 6)), rng.normal(size=(10, 6)), alpha=0.0)
+    assert math.isfinite(shape_metric(rng.normal(size=(10, 6)), rng.normal(size=(10, 6)), alpha=0.5))
+
+
+def test_rank_deficient_data_leave_the_null_space_out_of_the_whitening() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = rng.normal(size=(200, 4))
+    padded = np.hstack([x, np.zeros((200, 2))])  # two dead units: the value must not change (netrep zero-pads)
+    assert abs(shape_metric(padded, y, alpha=0.4) - shape_metric(x, y, alpha=0.4)) < 1e-12
+
+
+# -- streaming == one-shot, merge, state dicts -----------------------------------------------------------
+
+STREAMED: list[Measure] = [
+    CKA(),
+    CKA(unbiased=True),
+    Procrustes(),
+    Procrustes("nbs"),
+    ShapeMetric(0.5),
+    ShapeMetric(0.5, folds=3),
+    CCA(),
+    CCA("yanai", ridge=0.01),
+    SVCCA(),
+    PWCCA(),
+    Predictivity(),
+    Predictivity(ridge=1.0, folds=3, predict="mean"),
+]
+
+
+def stream(x: np.ndarray, y: np.ndarray, sizes: list[int], **kwargs: Any) -> CrossMoments:
+    acc = CrossMoments(**kwargs)
+    start = 0
+    for s in sizes:
+        acc.update(torch.from_numpy(x[start : start + s]), torch.from_numpy(y[start : start + s]))
+        start += s
+    return acc
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6], ids=["centred", "offset-1e6"])
+def test_streaming_equals_one_shot_for_every_measure(offset: float) -> None:
+    x, y = data(240, 6, 4, offset=offset)
+    sizes = [1, 0, 50, 7, 100, 82]  # uneven, with an empty batch and a single row
+    acc = stream(x, y, sizes, fourth=True, folds=3)
+    assert acc.num_samples == 240
+    for m in STREAMED:
+        one_shot = m(x, y)
+        tol = 1e-10 if offset == 0 else 1e-7  # the offset data themselves lose digits when centred
+        assert abs(acc.compute(m) - one_shot) < tol, (m, acc.compute(m), one_shot)
+
+
+def test_merge_equals_concatenation_and_all_layers_at_once() -> None:
+    x, y = data(200, 5, 3, offset=10.0)
+    a = stream(x[:70], y[:70], [30, 40], fourth=True)
+    b = stream(x[70:], y[70:], [130], fourth=True)
+    whole = stream(x, y, [200], fourth=True)
+    a.merge(b)
+    for m in ("cka", "cka_unbiased", "procrustes", "cca", "predictivity"):
+        assert abs(a.compute(m) - whole.compute(m)) < 1e-11
+    # several layers per side: every pair equals the functional form on that pair
+    acc = CrossMoments()
+    layers_x = [x, x**2]
+    layers_y = [y, np.tanh(y)]
+    for s in (slice(0, 90), slice(90, 200)):
+        acc.update([torch.from_numpy(v[s]) for v in layers_x], [torch.from_numpy(v[s]) for v in layers_y])
+    matrix = acc.compute("procrustes")
+    assert isinstance(matrix, torch.Tensor)
+    assert matrix.shape == (2, 2)
+    for i, a_ in enumerate(layers_x):
+        for j, b_ in enumerate(layers_y):
+            assert abs(float(matrix[i, j]) - procrustes(a_, b_)) < 1e-11
+
+
+def test_state_dict_round_trip_and_rejected_inputs_leave_state_untouched() -> None:
+    x, y = data(100, 4, 3)
+    acc = stream(x, y, [60, 40], fourth=True, folds=2)
+    buffer = io.BytesIO()
+    torch.save(acc.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = CrossMoments(fourth=True, folds=2).load_state_dict(torch.load(buffer, weights_only=True))
+    for m in ("cka_unbiased", "procrustes", ShapeMetric(0.2, folds=2)):
+        assert loaded.compute(m) == acc.compute(m)
+    before = {k: v.clone() for k, v in acc.state_dict()["state"].items()}
+    bad = torch.from_numpy(x[:5].copy())
+    bad[2, 1] = float("inf")
+    with pytest.raises(NonFiniteError):
+        acc.update(bad, torch.from_numpy(y[:5]))
+    with pytest.raises(ShapeMismatchError, match="every batch must come from the same layers"):
+        acc.update(torch.from_numpy(x[:5, :2]), torch.from_numpy(y[:5]))
+    with pytest.raises(IncompatibleStateError, match="configurations differ"):
+        CrossMoments(folds=3).load_state_dict(acc.state_dict())
+    after = acc.state_dict()["state"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(InvalidParameterError, match="fourth-order"):
+        stream(x, y, [100]).compute("cka_unbiased")
+    with pytest.raises(InvalidParameterError, match="keeps 2"):
+        acc.compute(Predictivity(folds=5))
+
+
+def test_folds_follow_the_sample_index_across_batches() -> None:
+    x, y = data(90, 4, 3)
+    acc = stream(x, y, [13, 40, 37], folds=3)
+    m = acc.moments()
+    for k, fold in enumerate(m.folds):
+        rows = np.arange(90) % 3 == k
+        assert fold.n == rows.sum()
+        np.testing.assert_allclose(fold.mean_x.numpy(), x[rows].mean(0), atol=1e-12)
+        xc = x[rows] - x[rows].mean(0)
+        np.testing.assert_allclose(fold.cxx.numpy(), xc.T @ xc, atol=1e-10)
+
+
+def test_float32_state_streams_within_1e5() -> None:
+    x, y = data(500, 6, 4, offset=50.0)
+    acc = stream(x.astype(np.float32), y.astype(np.float32), [100] * 5, dtype=torch.float32)
+    for m in ("cka", "procrustes", "cca", "predictivity"):
+        assert abs(acc.compute(m) - get_measure(m)(x, y)) < 1e-5
+
+
+# -- metadata and invariances ----------------------------------------------------------------------------
+
+CONFIGURED: list[Measure] = [get_measure(name) for name in available_measures() if name != "cka_minibatch"] + [
+    ShapeMetric(0.0),
+    ShapeMetric(0.5),
+    ShapeMetric(1.0),
+    CCA(ridge=0.1),
+    SVCCA(keep=3),
+    PWCCA(weights_from="y"),
+    Predictivity(ridge=2.0),
+    Predictivity(reduce="mean"),
+    Predictivity(predict="mean"),
+]
+
+
+def test_metadata_is_complete_and_consistent() -> None:
+    for m in [*CONFIGURED, get_measure("cka_minibatch")]:
+        d = m.describe()
+        assert d["direction"] in ("similarity", "distance")
+        assert set(d["invariances"]) <= set(INVARIANCES)
+        assert d["range"][0] < d["range"][1]
+        assert not (m.metric and m.direction == "similarity"), m
+        assert get_measure(m) is m
+        assert m == type(m)(**m.config()) if not isinstance(m, CKA) else True
+
+
+def transform(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    p = x.shape[1]
+    if kind == "orthogonal":
+        q, _ = np.linalg.qr(rng.normal(size=(p, p)))
+        return x @ q
+    if kind == "isotropic_scaling":
+        return x * rng.uniform(0.1, 10.0)
+    if kind == "translation":
+        return x + rng.normal(size=p) * 5.0
+    if kind == "invertible_linear":
+        return x @ (rng.normal(size=(p, p)) + 3.0 * np.eye(p))
+    if kind == "permutation":
+        return x[:, rng.permutation(p)]
+    raise AssertionError(kind)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), side=st.sampled_from(["x", "y"]))
+@pytest.mark.parametrize("measure", CONFIGURED, ids=repr)
+def test_claimed_invariances_hold(measure: Measure, seed: int, side: str) -> None:
+    rng = np.random.default_rng(seed)
+    x, y = data(80, 5, 4, seed=seed % 1000)
+    base = measure(x, y)
+    for kind in sorted(measure.invariances):
+        tx, ty = (transform(kind, x, rng), y) if side == "x" else (x, transform(kind, y, rng))
+        # angles near 0 lose half their digits to arccos; everything else keeps ~1e-9 on this data
+        assert abs(measure(tx, ty) - base) < 1e-7, (kind, side)
+    if measure.symmetric:
+        assert abs(measure(y, x) - base) < 1e-9
+
+
+def test_metadata_does_not_claim_what_fails() -> None:
+    """The claims are not vacuous: each measure is sensitive to what it does not claim (on this data)."""
+    rng = np.random.default_rng(7)
+    x, y = data(80, 5, 4, seed=3)
+    for m in CONFIGURED:
+        for kind in set(INVARIANCES) - m.invariances:
+            # a claim covers both sides, so a measure lacks it when either side's transform changes the value
+            changed = max(abs(m(transform(kind, x, rng), y) - m(x, y)), abs(m(x, transform(kind, y, rng)) - m(x, y)))
+            assert changed > 1e-6, (m, kind)
+
+
+def test_top_level_and_namespaced_names_agree() -> None:
+    assert reprsim.procrustes is procrustes
+    assert reprsim.cca is cca
+    assert reprsim.measures.svcca is svcca
+    assert {"cka", "procrustes", "cca", "cca_yanai", "svcca", "pwcca", "predictivity", "nbs"} <= set(
+        available_measures()
+    )
