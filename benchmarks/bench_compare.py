@@ -58,7 +58,7 @@ def main() -> None:
         reprsim.compare(a, b, data, layers_a=BLOCKS, pool=args.pool, progress=False)
 
     def three_at_once() -> None:
-        reprsim.compare({"a": a, "b": b, "c": c}, data, layers=BLOCKS, pool=args.pool, progress=False)
+        reprsim.compare({"a": a, "b": b, "c": c}, data=data, layers=BLOCKS, pool=args.pool, progress=False)
 
     def three_pairs() -> None:
         for x, y in ((a, b), (a, c), (b, c)):

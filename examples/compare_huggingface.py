@@ -36,6 +36,8 @@ sentences = [
 ]
 batches = [dict(tokenizer(sentences, padding=True, return_tensors="pt"))] * 2
 
-result = compare(bert, noisy, batches, layers_a="encoder.layer.*", pool="masked_mean", names=("MiniLM", "perturbed"))
+result = compare(
+    bert, noisy, batches, layers_a="encoder.layer.*", pool="masked_mean", model_names=("MiniLM", "perturbed")
+)
 print(result)
 print("last layer vs itself:", round(result["encoder.layer.5", "encoder.layer.5"], 4))

@@ -17,7 +17,7 @@ vit_a = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
 vit_b = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=4)
 images = [torch.randn(32, 3, 32, 32) for _ in range(4)]  # stand-in for a DataLoader of images
 
-blocks = compare(vit_a, vit_b, images, layers_a="blocks.*", pool="mean_no_cls", names=("ViT A", "ViT B"))
+blocks = compare(vit_a, vit_b, images, layers_a="blocks.*", pool="mean_no_cls", model_names=("ViT A", "ViT B"))
 print(blocks)
 blocks.plot().figure.savefig("vit_blocks.png")
 
@@ -28,7 +28,7 @@ sublayers = compare(
     images,
     layers_a=["blocks.*.attn.qkv", "blocks.*.norm1", "blocks.*.mlp.fc1"],
     pool="mean_no_cls",
-    names=("ViT A", "ViT B"),
+    model_names=("ViT A", "ViT B"),
 )
 for kind in ("attn.qkv", "norm1", "mlp.fc1"):
     same_block = [sublayers[f"blocks.{i}.{kind}", f"blocks.{i}.{kind}"] for i in range(4)]

@@ -25,7 +25,7 @@ torch.manual_seed(0)
 cnn, other = small_cnn(), small_cnn()  # same architecture, different random weights
 images = [torch.randn(64, 3, 16, 16) for _ in range(4)]
 
-result = compare(cnn, other, images, layers_a=[nn.Conv2d, nn.Linear], pool="mean", names=("CNN", "other CNN"))
+result = compare(cnn, other, images, layers_a=[nn.Conv2d, nn.Linear], pool="mean", model_names=("CNN", "other CNN"))
 path = result.save("cnn_vs_other.npz")
 again = SimilarityResult.load(path)
 assert torch.equal(again.matrix, result.matrix)

@@ -322,11 +322,11 @@ def test_three_models_run_once_each_and_match_pairwise_calls() -> None:
     for k, m in models.items():
         m.register_forward_hook(lambda *a, k=k: counts.__setitem__(k, counts[k] + 1))
     data = batches()
-    results = compare(models, data, layers=LAYERS, progress=False)
+    results = compare(models, data=data, layers=LAYERS, progress=False)
     assert set(results) == {("a", "b"), ("a", "c"), ("b", "c")}
     assert counts == {"a": len(data), "b": len(data), "c": len(data)}
     for (x, y), res in results.items():
-        pair = compare(models[x], models[y], data, layers_a=LAYERS, names=(x, y), progress=False)
+        pair = compare(models[x], models[y], data, layers_a=LAYERS, model_names=(x, y), progress=False)
         torch.testing.assert_close(res.matrix, pair.matrix, rtol=0, atol=1e-12)
         assert (res.model_a, res.model_b) == (x, y)
 
@@ -369,7 +369,7 @@ def test_rbf_minibatch_compare_runs() -> None:
 
 
 def test_result_save_load_roundtrip_and_no_pickle(tmp_path: Path) -> None:
-    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, names=("resnet-ish", "other"), progress=False)
+    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, model_names=("resnet-ish", "other"), progress=False)
     path = r.save(tmp_path / "cmp")
     assert path.suffix == ".npz"
     with np.load(path, allow_pickle=False) as f:
@@ -384,7 +384,7 @@ def test_result_save_load_roundtrip_and_no_pickle(tmp_path: Path) -> None:
 def test_result_plot_puts_model_a_on_the_y_axis(tmp_path: Path) -> None:
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
-    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, layers_b=["0", "2"], names=("A", "B"), progress=False)
+    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, layers_b=["0", "2"], model_names=("A", "B"), progress=False)
     ax = r.plot()
     assert ax.get_ylabel() == "A"
     assert ax.get_xlabel() == "B"

@@ -65,7 +65,7 @@ def test_several_measures_in_one_pass_equal_their_functional_forms() -> None:
 def test_exact_measures_keep_one_set_of_moments_per_layer() -> None:
     """Moments are per layer; only the cross co-moment is per pair (the old exact path built p×p sums per pair)."""
     nets = {"a": mlp(0), "b": mlp(1), "c": mlp(2)}
-    out = compare(nets, batches(), layers=LAYERS, measures=["cka", "procrustes"], progress=False)
+    out = compare(nets, data=batches(), layers=LAYERS, measures=["cka", "procrustes"], progress=False)
     assert set(out) == {("a", "b"), ("a", "c"), ("b", "c")}
     assert set(out["a", "b"]) == {"cka", "procrustes"}
     single = compare(nets["a"], nets["c"], batches(), layers_a=LAYERS, measure="procrustes", progress=False)
@@ -106,7 +106,7 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
 
     matplotlib.use("Agg")
     net, other = mlp(0), mlp(1)
-    r = compare(net, other, batches(), layers_a=LAYERS, measure="procrustes", names=("A", "B"), progress=False)
+    r = compare(net, other, batches(), layers_a=LAYERS, measure="procrustes", model_names=("A", "B"), progress=False)
     assert r.measure["direction"] == "distance"
     assert r.measure["id"] == "procrustes-angular"
     assert "angular Procrustes distance" in repr(r)

@@ -86,7 +86,7 @@ def test_compare_minibatch_on_cuda_equals_reference() -> None:
 def test_several_models_and_mixed_devices() -> None:
     ms = models((0, 1, 2))
     data = batches()
-    cpu = compare({"a": ms[0], "b": ms[1], "c": ms[2]}, data, layers=LAYERS, progress=False)
+    cpu = compare({"a": ms[0], "b": ms[1], "c": ms[2]}, data=data, layers=LAYERS, progress=False)
     mixed = compare(
         {"a": models((0,))[0].cuda(), "b": models((1,))[0], "c": models((2,))[0].cuda()},
         data,
@@ -181,8 +181,8 @@ def test_analyses_on_cuda_equal_cpu() -> None:
 def test_separability_with_a_cuda_model() -> None:
     model = models()[0]
     data = batches()
-    cpu = separability(model, data[:4], data[4:], layers=["blocks.*"], pools=("mean", "flatten"), k=5)
-    gpu = separability(model.cuda(), data[:4], data[4:], layers=["blocks.*"], pools=("mean", "flatten"), k=5)
+    cpu = separability(model, data[:4], data[4:], layers=["blocks.*"], pool=("mean", "flatten"), k=5)
+    gpu = separability(model.cuda(), data[:4], data[4:], layers=["blocks.*"], pool=("mean", "flatten"), k=5)
     assert gpu.keys() == cpu.keys()
     for pool in cpu:
         assert gpu[pool].keys() == cpu[pool].keys()

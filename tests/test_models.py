@@ -144,7 +144,7 @@ def test_masked_mean_ignores_padding_length(minilm: tuple[object, torch.nn.Modul
         tokenized(tokenizer, padding=True),
         layers_a=LAYERS,
         pool="masked_mean",
-        names=("a", "b"),
+        model_names=("a", "b"),
         progress=False,
     )
     padded = tokenized(tokenizer, padding="max_length")

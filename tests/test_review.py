@@ -120,7 +120,7 @@ def test_separability_with_pools_of_different_widths_matches_each_pooling_alone(
     train = list(zip(x[:100].split(25), y[:100].split(25)))
     test = list(zip(x[100:].split(25), y[100:].split(25)))
     pools = ["mean", "flatten", "cls"]  # widths 6, 18, 6
-    got = reprsim.probes.separability(model, train, test, layers=["act"], pools=pools, k=7, probe=True)
+    got = reprsim.probes.separability(model, train, test, layers=["act"], pool=pools, k=7, probe=True)
     with torch.no_grad():
         ftr, fte = model(x[:100]), model(x[100:])
     for p in pools:
@@ -412,9 +412,7 @@ def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str
     calls = {
         "compare": lambda: compare(model, model, data, layers_a=["lin"], progress=False),
         "extractor": lambda: Extractor(model, ["lin"])(data[0]),
-        "separability": lambda: reprsim.probes.separability(
-            model, labelled, labelled, layers=["lin"], pools=["flatten"]
-        ),
+        "separability": lambda: reprsim.probes.separability(model, labelled, labelled, layers=["lin"], pool="flatten"),
     }
     try:
         with pytest.raises(reprsim.errors.ConcurrentUseError, match="already being run by a reprsim call in another"):
@@ -617,9 +615,9 @@ def test_separability_and_ridge_probe_bad_inputs() -> None:
     x, y = _xy()
     model = nn.Sequential(nn.Linear(3, 3))
     with pytest.raises(reprsim.errors.InsufficientSamplesError, match="got 0 and"):
-        reprsim.probes.separability(model, [], [(x, y)], layers=["0"], pools=["flatten"], k=3)
+        reprsim.probes.separability(model, [], [(x, y)], layers=["0"], pool="flatten", k=3)
     with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 1"):
-        reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], pools=["flatten"], k=3, num_classes=1)
+        reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], pool="flatten", k=3, num_classes=1)
     probe = reprsim.probes.RidgeProbe(2)
     with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 2"):
         probe.update(x, y + 1)

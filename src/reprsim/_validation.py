@@ -8,7 +8,7 @@ what was expected, what was received, and how to fix it. No mathematics lives he
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from .errors import (
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 KERNELS = ("linear", "rbf")
+#: The kernels reprsim computes Grams with.
+Kernel = Literal["linear", "rbf"]
 
 
 def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -270,7 +270,9 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
     # ---- A1: full-layer CKA ----
     t0 = time.perf_counter()
     log("A1: block-by-block minibatch CKA ...")
-    a1 = compare(pre[label_c], pre[label_m], test_batches, layers_a=blocks, names=(label_c, label_m), progress=False)
+    a1 = compare(
+        pre[label_c], pre[label_m], test_batches, layers_a=blocks, model_names=(label_c, label_m), progress=False
+    )
     a1.save(out / "a1_blocks.npz")
     fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
     a1.plot(ax=ax, title=f"A1: {label_c} vs {label_m} (minibatch CKA, batch {s.cka_batch})")
@@ -284,7 +286,7 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
             c2_model,
             test_batches,
             layers_a=blocks,
-            names=(label_c, "contrastive (seed 2)"),
+            model_names=(label_c, "contrastive (seed 2)"),
             progress=False,
         )
         results["A1"]["control_diagonal"] = diagonal(control)
@@ -294,7 +296,13 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
     t0 = time.perf_counter()
     log("A2: sub-layer CKA (attn.qkv, norm1, mlp.fc1) ...")
     a2 = compare(
-        pre[label_c], pre[label_m], test_batches, layers_a=sub, names=(label_c, label_m), pool="flatten", progress=False
+        pre[label_c],
+        pre[label_m],
+        test_batches,
+        layers_a=sub,
+        model_names=(label_c, label_m),
+        pool="flatten",
+        progress=False,
     )
     a2.save(out / "a2_sublayers.npz")
     kinds = {"attn.qkv": "attn.qkv", "norm1": "norm1", "mlp.fc1": "mlp.fc1"}
@@ -373,7 +381,7 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
             (label_m, "MAE FT"),
             ("contrastive FT", label_m),
         ]
-        a5_res = compare(four, test_batches, layers=blocks, pairs=pairs, progress=False)
+        a5_res = compare(four, data=test_batches, layers=blocks, pairs=pairs, progress=False)
         a5 = {f"{a} vs {b}": {"diagonal": diagonal(r), "mean": mean(diagonal(r))} for (a, b), r in a5_res.items()}
         fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
         for (a, b), r in a5_res.items():

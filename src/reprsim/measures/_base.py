@@ -101,7 +101,8 @@ class Measure:
         }
 
     def __call__(self, x: Any, y: Any) -> Any:
-        """The measure of ``x`` (n, ...) and ``y`` (n, ...): a float for NumPy inputs, a 0-d tensor for torch."""
+        """The measure of ``x`` (n, ...) and ``y`` (n, ...): a float for NumPy inputs, a 0-d tensor when either
+        input is a tensor."""
         return evaluate(self, x, y)
 
     def __repr__(self) -> str:
@@ -171,13 +172,14 @@ def pair_of(x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int =
     fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
     state = chunk_state([xt.to(dtype), yt.to(dtype)], layout, fold_of_rows)
     state = {k: v.to(torch.float64) for k, v in state.items()}
+    like = xt.new_empty(0, dtype=dtype)
     if folds > 1:
         pooled = pool_folds(state, layout)
         m = pair_moments(pooled, Layout(layout.widths, layout.blocks, fourth, 1), 0, 0, 0)
         m.folds = tuple(pair_moments(state, layout, 0, 0, 0, fold=k) for k in range(folds))
     else:
         m = pair_moments(state, layout, 0, 0, 0)
-    return m, xt
+    return m, like
 
 
 def evaluate(measure: Measure, x: Any, y: Any) -> Any:
@@ -188,12 +190,12 @@ def evaluate(measure: Measure, x: Any, y: Any) -> Any:
             "or with reprsim.streaming.MinibatchCKA"
         )
     m, like = pair_of(x, y, fourth=measure.fourth, folds=measure.folds, need=measure.min_samples)
-    return as_result(measure.from_moments(m), like, x)
+    return as_result(measure.from_moments(m), like, x, y)
 
 
-def as_result(value: torch.Tensor, like: torch.Tensor, original: Any) -> Any:
-    """A Python float for non-tensor inputs; otherwise a tensor of the input's floating dtype."""
-    if not isinstance(original, torch.Tensor):
+def as_result(value: torch.Tensor, like: torch.Tensor, *inputs: Any) -> Any:
+    """The return rule: when no input is a tensor, a Python float (scalars) or a CPU tensor (vectors);
+    otherwise a tensor of the inputs' floating dtype, on their device, differentiable."""
+    if not any(isinstance(v, torch.Tensor) for v in inputs):
         return float(value) if value.ndim == 0 else value.detach().cpu()
-    dtype = like.dtype if like.dtype.is_floating_point else torch.float32
-    return value.to(dtype)
+    return value.to(like.dtype)

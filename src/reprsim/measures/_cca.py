@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import InsufficientSamplesError, InvalidParameterError
-from ._base import Measure, evaluate, pair_of, register
+from ._base import Measure, as_result, evaluate, pair_of, register
 from ._linalg import check_dimensions, check_variance, eigh_cached, numerical_rank
 from ._moments import Moments
 
@@ -45,7 +45,7 @@ def _inverse_root(c: torch.Tensor, ridge: float, cache: dict[Any, Any], side: st
                     "relative to the mean variance), or reduce the width first (SVCCA keeps the top principal "
                     "components)"
                 )
-        shift = ridge * float(lam.sum()) / lam.numel()
+        shift = ridge * lam.sum() / lam.numel()
         cache[key] = (lam + shift).rsqrt().unsqueeze(1) * vec.T
     out: torch.Tensor = cache[key]
     return out
@@ -242,7 +242,8 @@ def canonical_correlations(x: Any, y: Any, *, ridge: float = 0.0) -> torch.Tenso
     r = _check_ridge(ridge)
     m, like = pair_of(x, y, need=3)
     out = _correlations(m, r)
-    return out.to(like.dtype) if isinstance(x, torch.Tensor) else out.detach().cpu()
+    result: torch.Tensor = as_result(out, like, x, y)
+    return result
 
 
 def cca(x: Any, y: Any, *, reduce: CCAReduce = "mean", ridge: float = 0.0) -> Any:

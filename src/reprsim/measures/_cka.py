@@ -18,6 +18,7 @@ import torch
 from .._kernels import _rbf_from_sq_distances, _u_center, as_gram, squared_distances
 from .._precision import full_precision_matmul
 from .._validation import (
+    Kernel,
     as_matrix,
     check_finite,
     check_kernel,
@@ -29,7 +30,7 @@ from .._validation import (
     rescaled,
 )
 from ..errors import ConstantRepresentationError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
-from ._base import Measure, evaluate, register
+from ._base import Measure, as_result, evaluate, register
 from ._linalg import check_variance
 from ._moments import Moments
 
@@ -103,7 +104,7 @@ def _check_grams(k: Any, l: Any, unbiased: bool) -> tuple[torch.Tensor, torch.Te
 
 
 @full_precision_matmul
-def hsic(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
+def hsic(k: Any, l: Any, *, unbiased: bool = False) -> Any:
     """Hilbert-Schmidt independence criterion of two Gram matrices.
 
     Parameters
@@ -116,8 +117,9 @@ def hsic(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
-        A differentiable 0-d tensor.
+    float or torch.Tensor
+        A Python float when neither Gram is a tensor; otherwise a differentiable 0-d tensor (the rule of every
+        scalar reprsim returns).
 
     Notes
     -----
@@ -143,12 +145,14 @@ def hsic(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
     # features share an offset (Gram entries far larger than their variation): 0.04 relative error at an
     # offset of 1000× the feature scale, in float64.
     if unbiased:
-        return inner(_u_center(kt), _u_center(lt.T)) / (n * (n - 3))
-    return inner(_double_center(kt), _double_center(lt.T)) / (n - 1) ** 2
+        value = inner(_u_center(kt), _u_center(lt.T)) / (n * (n - 3))
+    else:
+        value = inner(_double_center(kt), _double_center(lt.T)) / (n - 1) ** 2
+    return as_result(value, value, k, l)
 
 
 @full_precision_matmul
-def cka_from_grams(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
+def cka_from_grams(k: Any, l: Any, *, unbiased: bool = False) -> Any:
     """Centered kernel alignment of two Gram matrices.
 
     ``HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))`` with the biased or the unbiased HSIC estimator.
@@ -162,8 +166,8 @@ def cka_from_grams(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor
-        A differentiable 0-d tensor.
+    float or torch.Tensor
+        A Python float when neither Gram is a tensor; otherwise a differentiable 0-d tensor.
 
     Raises
     ------
@@ -180,7 +184,7 @@ def cka_from_grams(k: Any, l: Any, *, unbiased: bool = False) -> torch.Tensor:
     """
     kt, lt = _check_grams(k, l, unbiased)
     center = _u_center if unbiased else _double_center
-    return _cosine_of_centered(center(kt), center(lt), ("k", "l"))
+    return as_result(_cosine_of_centered(center(kt), center(lt), ("k", "l")), kt, k, l)
 
 
 def _double_center(k: torch.Tensor) -> torch.Tensor:
@@ -209,7 +213,7 @@ def cka(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    kernel: str = ...,
+    kernel: Kernel = ...,
     unbiased: bool = ...,
     sigma: float | None = ...,
     median_fraction: float = ...,
@@ -222,7 +226,7 @@ def cka(
     x: np.ndarray[Any, Any],
     y: np.ndarray[Any, Any],
     *,
-    kernel: str = ...,
+    kernel: Kernel = ...,
     unbiased: bool = ...,
     sigma: float | None = ...,
     median_fraction: float = ...,
@@ -235,7 +239,7 @@ def cka(
     x: Any,
     y: Any,
     *,
-    kernel: str = ...,
+    kernel: Kernel = ...,
     unbiased: bool = ...,
     sigma: float | None = ...,
     median_fraction: float = ...,
@@ -248,12 +252,12 @@ def cka(
     x: Any,
     y: Any,
     *,
-    kernel: str = "linear",
+    kernel: Kernel = "linear",
     unbiased: bool = False,
     sigma: float | None = None,
     median_fraction: float = 1.0,
     dtype: torch.dtype | None = None,
-) -> float | torch.Tensor:
+) -> Any:
     """Centered kernel alignment (Kornblith et al., 2019) between two representations of the same samples.
 
     Parameters
@@ -329,9 +333,7 @@ def cka(
     else:
         kc, lc = (_centered_rbf_gram(t, sigma, median_fraction, unbiased, name) for t, name in ((xt, "x"), (yt, "y")))
         value = _cosine_of_centered(kc, lc, ("x", "y"))
-    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
-        return value
-    return float(value)
+    return as_result(value, value, x, y)
 
 
 def _centered(x: torch.Tensor) -> torch.Tensor:
@@ -533,7 +535,7 @@ def cka_matrix(
     xs: Sequence[Any],
     ys: Sequence[Any] | None = None,
     *,
-    kernel: str = "linear",
+    kernel: Kernel = "linear",
     unbiased: bool = False,
     sigma: float | None = None,
     median_fraction: float = 1.0,
@@ -725,7 +727,7 @@ class CKA(Measure):
         self,
         unbiased: bool = False,
         estimator: Literal["exact", "minibatch"] = "exact",
-        kernel: Literal["linear", "rbf"] = "linear",
+        kernel: Kernel = "linear",
         sigma: float | None = None,
         median_fraction: float = 1.0,
     ) -> None:

@@ -28,6 +28,7 @@ def eigh_cached(c: torch.Tensor, cache: dict[Any, Any]) -> tuple[torch.Tensor, t
 
 def numerical_rank(lam: torch.Tensor) -> int:
     """How many eigenvalues (descending) are distinguishable from zero."""
+    lam = lam.detach()
     top = float(lam[0]) if lam.numel() else 0.0
     if top <= 0:
         return 0

@@ -191,7 +191,7 @@ def predictivity(
         if predict == "y_to_x":
             m = m.swapped()
         out = measure.per_target(m)
-        return out.to(like.dtype) if isinstance(x, torch.Tensor) else as_result(out, like, None)
+        return as_result(out, like, x, y)
     return evaluate(Predictivity(ridge, folds, predict, reduce), x, y)
 
 

@@ -71,6 +71,7 @@ _REMOVED = {
     "kernel": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf')",
     "sigma": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf', sigma=...)",
     "median_fraction": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf', median_fraction=...)",
+    "names": "model_names=(...) (the models' names; layer names are the result's names_a and names_b)",
 }
 
 
@@ -83,12 +84,12 @@ class CompareOptions(TypedDict, total=False):
     pool: Pool | Mapping[str, Pool]
     capture: Literal["output", "input"]
     select: Any
-    calls: Literal["error", "each"]
+    calls: Literal["error", "each", "first", "last"]
     inputs_a: Adapter | None
     inputs_b: Adapter | None
     inputs: Mapping[str, Adapter] | None
     pairs: Sequence[tuple[str, str]] | None
-    names: tuple[str, str]
+    model_names: tuple[str, str]
     device: torch.device | str | None
     eval: bool
     stop_early: bool
@@ -122,9 +123,9 @@ def compare(
 @overload
 def compare(
     model_a: Mapping[str, nn.Module],
-    model_b: Iterable[Any],
-    data: None = None,
+    model_b: None = None,
     *,
+    data: Iterable[Any],
     measure: MeasureSpec | None = None,
     measures: None = None,
     **options: Unpack[CompareOptions],
@@ -134,9 +135,9 @@ def compare(
 @overload
 def compare(
     model_a: Mapping[str, nn.Module],
-    model_b: Iterable[Any],
-    data: None = None,
+    model_b: None = None,
     *,
+    data: Iterable[Any],
     measure: None = None,
     measures: Sequence[MeasureSpec],
     **options: Unpack[CompareOptions],
@@ -156,12 +157,12 @@ def compare(
     pool: Pool | Mapping[str, Pool] = "flatten",
     capture: Literal["output", "input"] = "output",
     select: Any = None,
-    calls: Literal["error", "each"] = "error",
+    calls: Literal["error", "each", "first", "last"] = "error",
     inputs_a: Adapter | None = None,
     inputs_b: Adapter | None = None,
     inputs: Mapping[str, Adapter] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
-    names: tuple[str, str] = ("model A", "model B"),
+    model_names: tuple[str, str] = ("model A", "model B"),
     device: torch.device | str | None = None,
     eval: bool = True,
     stop_early: bool = False,
@@ -175,8 +176,9 @@ def compare(
     model_a, model_b : nn.Module
         The models. ``model_b`` None (or the same object as ``model_a``) compares ``model_a`` with itself,
         running it once per batch. Instead of two models, ``model_a`` may be a mapping of names to models
-        (e.g. ``{"moco": m1, "dino": m2, "mae": m3}``), with the data as second argument: every model runs
-        once per batch and every pair is compared (existing libraries run two forwards per pair).
+        (e.g. ``compare({"moco": m1, "dino": m2, "mae": m3}, data=loader, layers=...)``, the data then passed
+        by keyword): every model runs once per batch and every pair is compared (existing libraries run two
+        forwards per pair).
     data : iterable of batches
         E.g. a DataLoader. A batch is a tensor, an ``(inputs, labels, ...)`` tuple whose first element is fed
         to the model, or a dict passed as keyword arguments (so ``attention_mask`` reaches a Hugging Face
@@ -203,8 +205,9 @@ def compare(
         same samples (``inputs`` maps model names to adapters for several models).
     pairs : sequence of (name, name), optional
         With several models, which pairs to compare; by default every pair once, in mapping order.
-    names : (str, str), default ("model A", "model B")
-        Names of the two models in the result (axis labels of the heatmap).
+    model_names : (str, str), default ("model A", "model B")
+        Names of the two models in the result (axis labels of the heatmap; layer names are the result's
+        ``names_a``/``names_b``).
     device : torch.device or str, optional
         Where batches go; by default each model's own device. Models are never moved.
     eval : bool, default True
@@ -241,14 +244,20 @@ def compare(
         known = {k: _REMOVED[k] for k in removed if k in _REMOVED}
         if known:
             raise InvalidParameterError(
-                "compare() takes a measure instead of estimator/kernel/sigma/median_fraction since reprsim 0.2: "
+                "compare()'s keywords changed in reprsim 0.2: "
                 + "; ".join(f"instead of {k}=, pass {v}" for k, v in known.items())
             )
         raise TypeError(f"compare() got unexpected keyword arguments {sorted(removed)}")
     chosen = _measures(measure, measures)
-    if data is None and isinstance(model_a, Mapping):
+    if isinstance(model_a, Mapping):
+        if model_b is not None:
+            raise InvalidParameterError(
+                "with a mapping of models, pass the data by keyword: compare({'a': m1, 'b': m2}, data=loader, "
+                "layers=...) (the second argument is model_b, which a mapping already contains)"
+            )
+        if data is None:
+            raise InvalidParameterError("compare(models, data=...) needs the data")
         models = dict(model_a)
-        data = model_b
         if len(models) < 2 and pairs is None:
             raise InvalidParameterError("compare needs at least two models in the mapping (or explicit pairs)")
         spec = layers if layers is not None else layers_a
@@ -261,12 +270,13 @@ def compare(
     else:
         if not isinstance(model_a, nn.Module) or data is None:
             raise InvalidParameterError(
-                "call compare(model_a, model_b, data, layers_a=...) or compare({'name': model, ...}, data, layers=...)"
+                "call compare(model_a, model_b, data, layers_a=...) or "
+                "compare({'name': model, ...}, data=data, layers=...)"
             )
         b = model_a if model_b is None else model_b
-        na, nb = names
+        na, nb = model_names
         if na == nb:
-            raise InvalidParameterError(f"the two models need different names; got {names}")
+            raise InvalidParameterError(f"the two models need different model_names; got {model_names}")
         models = {na: model_a, nb: b}
         sa = layers_a if layers_a is not None else layers
         sb = layers_b if layers_b is not None else sa
@@ -348,9 +358,9 @@ class _Comparison:
         *,
         measures: dict[str, Measure],
         pool: Any,
-        capture: str,
+        capture: Literal["output", "input"],
         select: Any,
-        calls: str,
+        calls: Literal["error", "each", "first", "last"],
         device: torch.device | str | None,
         stop_early: bool,
     ) -> None:

@@ -16,7 +16,7 @@ import difflib
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ def _select(obj: Any, select: int | str | Callable[[Any], torch.Tensor] | None, 
     return t
 
 
-def pool_tokens(x: torch.Tensor, how: Pool = "flatten", attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def pool_tokens(x: torch.Tensor, pool: Pool = "flatten", attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a layer's activation to one vector per sample: shape (batch, features).
 
     Parameters
@@ -172,7 +172,7 @@ def pool_tokens(x: torch.Tensor, how: Pool = "flatten", attention_mask: torch.Te
     x : torch.Tensor
         ``(batch, features)`` is returned as is. ``(batch, tokens, features)`` is read as a token sequence
         (transformers, ViTs); ``(batch, channels, *spatial)`` with 4 or more dims as a feature map (CNNs).
-    how : {"flatten", "mean", "cls", "mean_no_cls", "masked_mean"} or callable
+    pool : {"flatten", "mean", "cls", "mean_no_cls", "masked_mean"} or callable
         ``flatten``: every value a feature. ``mean``: average over tokens, or over spatial positions.
         ``cls``: the first token. ``mean_no_cls``: average over all tokens but the first. ``masked_mean``:
         average over the tokens whose ``attention_mask`` is 1 (padding excluded). A callable receives ``x``
@@ -196,28 +196,28 @@ def pool_tokens(x: torch.Tensor, how: Pool = "flatten", attention_mask: torch.Te
     tensor([[ 2.,  3.,  4.,  5.],
             [16., 17., 18., 19.]])
     """
-    if callable(how):
-        out = how(x)
+    if callable(pool):
+        out = pool(x)
         if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != x.shape[0]:
             raise InvalidParameterError(
                 f"the pooling callable must return a tensor with the batch ({x.shape[0]}) first; got "
                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
             )
         return out.reshape(out.shape[0], -1)
-    if how not in POOLS:
-        raise InvalidParameterError(f"pool must be one of {POOLS} or a callable; got {how!r}")
-    if x.ndim <= 2 or how == "flatten":
+    if pool not in POOLS:
+        raise InvalidParameterError(f"pool must be one of {POOLS} or a callable; got {pool!r}")
+    if x.ndim <= 2 or pool == "flatten":
         return x.reshape(x.shape[0], -1)
-    if how == "mean":
+    if pool == "mean":
         return x.mean(dim=1) if x.ndim == 3 else x.flatten(2).mean(dim=2)
     if x.ndim != 3:
         raise ShapeMismatchError(
-            f"pool={how!r} needs a (batch, tokens, features) activation; got shape {tuple(x.shape)}. "
+            f"pool={pool!r} needs a (batch, tokens, features) activation; got shape {tuple(x.shape)}. "
             "Use 'mean' or 'flatten' for feature maps"
         )
-    if how == "cls":
+    if pool == "cls":
         return x[:, 0]
-    if how == "mean_no_cls":
+    if pool == "mean_no_cls":
         if x.shape[1] < 2:
             raise ShapeMismatchError(f"pool='mean_no_cls' needs at least 2 tokens; got shape {tuple(x.shape)}")
         return x[:, 1:].mean(dim=1)
@@ -387,10 +387,10 @@ class Extractor:
         model: nn.Module,
         layers: LayerSpec,
         *,
-        capture: str = "output",
+        capture: Literal["output", "input"] = "output",
         select: int | str | Callable[[Any], torch.Tensor] | None = None,
         pool: Pool | Mapping[str, Pool] = "flatten",
-        calls: str = "error",
+        calls: Literal["error", "each", "first", "last"] = "error",
         stop_early: bool = False,
         no_grad: bool = True,
         transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,

@@ -61,7 +61,7 @@ def separability(
     test: Iterable[Any],
     *,
     layers: LayerSpec,
-    pools: Sequence[str] = ("cls", "mean", "mean_no_cls"),
+    pool: str | Sequence[str] = ("cls", "mean", "mean_no_cls"),
     k: int = 20,
     metric: str = "cosine",
     temperature: float = 0.07,
@@ -79,7 +79,7 @@ def separability(
     train, test : iterables of (inputs, labels) batches
     layers : layer selection
         As in :class:`reprsim.Extractor`, e.g. ``"blocks.*"``.
-    pools : sequence of {"cls", "mean", "mean_no_cls", "flatten"}, default ("cls", "mean", "mean_no_cls")
+    pool : {"cls", "mean", "mean_no_cls", "flatten"} or a sequence of them, default ("cls", "mean", "mean_no_cls")
         Token poolings to score (the three of Shekhar et al., 2022); each is computed from the same forward.
     k, metric, temperature
         As in :func:`reprsim.probes.knn_accuracy` (DINO's weighted 20-NN by default).
@@ -106,13 +106,13 @@ def separability(
     >>> x = torch.cat([torch.randn(60, 4) + 3, torch.randn(60, 4) - 3])
     >>> y = torch.arange(120) // 60
     >>> data = list(zip(x.split(30), y.split(30)))
-    >>> res = separability(net, data, data, layers=["0", "2"], pools=["flatten"], k=5)
+    >>> res = separability(net, data, data, layers=["0", "2"], pool="flatten", k=5)
     >>> res["flatten"]["2"]["top1"]
     1.0
     """
+    pools = [pool] if isinstance(pool, str) else list(pool)
     if not pools:
-        raise InvalidParameterError("pools must name at least one pooling")
-    pools = list(pools)
+        raise InvalidParameterError("pool must name at least one pooling")
     widths: dict[str, list[int]] = {}
 
     def packer(layer: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import as_matrix, check_finite, check_kernel
+from .._validation import Kernel, as_matrix, check_finite, check_kernel
 from ..errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
@@ -131,7 +131,7 @@ class _MinibatchBase(_Accumulator):
 
     def __init__(
         self,
-        kernel: str = "linear",
+        kernel: Kernel = "linear",
         sigma: float | None = None,
         median_fraction: float = 1.0,
         dtype: torch.dtype = torch.float64,

@@ -1,0 +1,92 @@
+"""One public API style: the return-type rule, one keyword per idea, namespaces, one version source."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reprsim
+from reprsim.errors import InvalidParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCALAR_FUNCTIONS = {
+    "cka": lambda x, y: reprsim.cka(x, y),
+    "hsic": lambda x, y: reprsim.hsic(x @ x.T, y @ y.T),  # Grams of the input's own type
+    "cka_from_grams": lambda x, y: reprsim.cka_from_grams(x @ x.T, y @ y.T),
+    "procrustes": reprsim.procrustes,
+    "shape_metric": lambda x, y: reprsim.shape_metric(x, y, alpha=0.5),
+    "cca": reprsim.cca,
+    "svcca": reprsim.svcca,
+    "pwcca": reprsim.pwcca,
+    "predictivity": reprsim.predictivity,
+}
+
+
+@pytest.mark.parametrize("name", list(SCALAR_FUNCTIONS))
+def test_scalars_are_floats_for_numpy_and_tensors_for_torch(name: str) -> None:
+    fn = SCALAR_FUNCTIONS[name]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(60, 3))
+    assert type(fn(x, y)) is float
+    xt = torch.tensor(x, requires_grad=True)
+    value = fn(xt, torch.tensor(y))
+    assert isinstance(value, torch.Tensor)
+    assert value.ndim == 0
+    assert value.dtype == torch.float64
+    value.backward()  # differentiable through the moments and the eigendecompositions
+    assert xt.grad is not None
+    assert bool(torch.isfinite(xt.grad).all())
+    # one tensor argument is enough to get a tensor back
+    assert isinstance(fn(x, torch.tensor(y)), torch.Tensor)
+
+
+def test_matrices_and_vectors_are_tensors() -> None:
+    x = np.random.default_rng(0).normal(size=(30, 3))
+    assert isinstance(reprsim.cka_matrix([x, x]), torch.Tensor)
+    assert isinstance(reprsim.canonical_correlations(x, x), torch.Tensor)
+    assert isinstance(reprsim.predictivity(x, x, ridge=1.0, reduce="none"), torch.Tensor)
+
+
+def test_namespaces_hold_what_the_top_level_does_not() -> None:
+    top = set(reprsim.__all__)
+    assert not {"InvalidParameterError", "LinearCKA", "RidgeProbe", "knn_accuracy", "separability"} & top
+    assert {"errors", "measures", "streaming", "probes"} <= top
+    assert reprsim.errors.InvalidParameterError.__module__ == "reprsim.errors"
+    for name in reprsim.__all__:
+        assert hasattr(reprsim, name), name
+    for ns in (reprsim.measures, reprsim.streaming, reprsim.probes, reprsim.errors):
+        for name in ns.__all__:
+            assert hasattr(ns, name), (ns.__name__, name)
+
+
+def test_one_version_source() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'path = "src/reprsim/_version.py"' in pyproject
+    assert importlib.metadata.version("reprsim") == reprsim.__version__
+
+
+def test_same_keyword_for_the_same_idea() -> None:
+    tokens = torch.randn(2, 3, 4)
+    assert torch.equal(reprsim.pool_tokens(tokens, pool="cls"), tokens[:, 0])
+    net = nn.Sequential(nn.Linear(4, 4))
+    data = [torch.randn(8, 4)]
+    r = reprsim.compare(net, None, data, layers_a=["0"], model_names=("a", "b"), progress=False)
+    assert (r.model_a, r.model_b, r.names_a) == ("a", "b", ["0"])
+    with pytest.raises(InvalidParameterError, match=r"model_names=\(\.\.\.\)"):
+        reprsim.compare(net, None, data, layers_a=["0"], names=("a", "b"), progress=False)
+
+
+def test_no_positional_argument_changes_meaning() -> None:
+    nets = {"a": nn.Sequential(nn.Linear(4, 4)), "b": nn.Sequential(nn.Linear(4, 4))}
+    data = [torch.randn(8, 4)]
+    with pytest.raises(InvalidParameterError, match="pass the data by keyword"):
+        reprsim.compare(nets, data, layers=["0"], progress=False)  # type: ignore[call-overload]
+    out = reprsim.compare(nets, data=data, layers=["0"], progress=False)
+    assert set(out) == {("a", "b")}
