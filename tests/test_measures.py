@@ -413,3 +413,29 @@ def test_top_level_and_namespaced_names_agree() -> None:
     assert {"cka", "procrustes", "cca", "cca_yanai", "svcca", "pwcca", "predictivity", "nbs"} <= set(
         available_measures()
     )
+
+
+@pytest.mark.parametrize(("cond", "tol"), [(1e6, 1e-10), (1e8, 1e-8)])
+def test_ill_conditioned_covariances_keep_the_documented_accuracy(cond: float, tol: float) -> None:
+    """docs/measures.md: whitening measures lose about eps·κ(C); 1e-10 holds up to κ ≈ 1e6."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    x = rng.normal(size=(2000, 8)) @ np.diag(np.logspace(0, -np.log10(cond) / 2, 8)) @ q  # κ(XᵀX) = cond
+    y = x[:, :5] @ rng.normal(size=(5, 5)) + 0.3 * rng.normal(size=(2000, 5))
+    assert abs(cca(x, y) - rm.canonical_correlations(x, y).mean()) < tol
+    assert abs(pwcca(x, y, weights_from="x") - rm.pwcca(x, y, side="x")) < tol
+    assert abs(predictivity(x, y) - rm.predictivity(x, y, 0.0, None, "variance_weighted")) < tol
+    assert abs(shape_metric(x, y, alpha=0.0) - rm.shape_metric(x, y, 0.0)) < tol * 10
+
+
+def test_measures_page_lists_every_registered_measure_with_its_id_and_direction() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "measures.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    for name in available_measures():
+        m = get_measure(name)
+        row = rows.get(f"`{name}`")
+        assert row is not None, name
+        assert f"`{m.id}`" in row, (name, m.id)
+        assert f"| {m.direction} |" in row, name

@@ -117,20 +117,26 @@ def _keep_count(lam: torch.Tensor, keep: float | int) -> int:
 
 
 class SVCCA(Measure):
-    """SVCCA (Raghu et al. 2017): each side projected on its top principal components, then the mean ρ.
+    """SVCCA (Raghu et al. 2017): each side projected on its top principal components, then CCA summarised
+    by the mean ρ (Raghu et al.'s summary) or Yanai's R².
 
     Parameters
     ----------
     keep : float in (0, 1] or int, default 0.99
         A float keeps the fewest components explaining at least that fraction of the variance; an int keeps
         that many (at most the rank).
+    reduce : {"mean", "yanai"}, default "mean"
+        As in :class:`CCA`.
     """
 
     name = "svcca"
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
 
-    def __init__(self, keep: float | int = 0.99) -> None:
+    def __init__(self, keep: float | int = 0.99, reduce: CCAReduce = "mean") -> None:
+        if reduce not in ("mean", "yanai"):
+            raise InvalidParameterError(f"reduce must be 'mean' or 'yanai'; got {reduce!r}")
+        self.reduce = reduce
         ok_int = isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1
         ok_float = isinstance(keep, float) and 0.0 < keep <= 1.0
         if not (ok_int or ok_float):
@@ -142,14 +148,15 @@ class SVCCA(Measure):
 
     @property
     def id(self) -> str:
-        return "svcca" + (f"-var{round(self.keep * 100)}" if isinstance(self.keep, float) else f"-k{self.keep}")
+        kept = f"-var{round(self.keep * 100)}" if isinstance(self.keep, float) else f"-k{self.keep}"
+        return "svcca" + kept + ("-mean_sq_corr" if self.reduce == "yanai" else "")
 
     @property
     def label(self) -> str:
-        return "SVCCA (mean ρ)"
+        return "SVCCA (mean ρ)" if self.reduce == "mean" else "SVCCA (Yanai's R²)"
 
     def config(self) -> dict[str, Any]:
-        return {"keep": self.keep}
+        return {"keep": self.keep, "reduce": self.reduce}
 
     def from_moments(self, m: Moments) -> torch.Tensor:
         check_variance(m.cxx, "x", "SVCCA")
@@ -161,7 +168,7 @@ class SVCCA(Measure):
         wx = lx[:kx].rsqrt().unsqueeze(1) * vx[:, :kx].T
         wy = ly[:ky].rsqrt().unsqueeze(1) * vy[:, :ky].T
         rho: torch.Tensor = torch.linalg.svdvals(wx @ m.cxy @ wy.T)
-        return rho.mean()
+        return rho.mean() if self.reduce == "mean" else (rho * rho).mean()
 
 
 class PWCCA(Measure):
@@ -272,8 +279,8 @@ def cca(x: Any, y: Any, *, reduce: CCAReduce = "mean", ridge: float = 0.0) -> An
     return evaluate(CCA(reduce, ridge), x, y)
 
 
-def svcca(x: Any, y: Any, *, keep: float | int = 0.99) -> Any:
-    """SVCCA: mean canonical correlation of the top principal components; see :class:`SVCCA`.
+def svcca(x: Any, y: Any, *, keep: float | int = 0.99, reduce: CCAReduce = "mean") -> Any:
+    """SVCCA: mean canonical correlation (or Yanai's R²) of the top principal components; see :class:`SVCCA`.
 
     Examples
     --------
@@ -284,7 +291,7 @@ def svcca(x: Any, y: Any, *, keep: float | int = 0.99) -> Any:
     >>> round(svcca(x, x, keep=4), 6)
     1.0
     """
-    return evaluate(SVCCA(keep), x, y)
+    return evaluate(SVCCA(keep, reduce), x, y)
 
 
 def pwcca(x: Any, y: Any, *, weights_from: Literal["narrower", "x", "y"] = "narrower", ridge: float = 0.0) -> Any:

@@ -159,6 +159,7 @@ class ShapeMetric(Measure):
         self.invariances = frozenset(inv)
         if self.cv:
             self.range = (0.0, math.pi)  # a held-out fold can be anti-aligned
+            self.metric = False  # a held-out score need not vanish between identical representations
         self.min_samples = max(2, 2 * self.folds)
 
     @property
