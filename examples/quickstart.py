@@ -1,8 +1,8 @@
-"""The README quickstart: CKA between two representations, and a matrix of every pair."""
+"""The README quickstart: several measures of how similar two representations are, and a matrix of every pair."""
 
 import numpy as np
 
-from reprsim import cka, cka_matrix
+from reprsim import cca, cka, cka_matrix, procrustes
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(500, 64))  # 500 samples, 64 features (e.g. one layer)
@@ -10,4 +10,6 @@ y = np.tanh(x @ rng.normal(size=(64, 32)))  # another representation of the same
 print(f"linear CKA     {cka(x, y):.3f}")
 print(f"unbiased CKA   {cka(x, y, unbiased=True):.3f}")  # use this when features are many relative to samples
 print(f"RBF CKA        {cka(x, y, kernel='rbf'):.3f}")
+print(f"Procrustes     {procrustes(x, y):.3f} rad")  # angular distance: 0 means equal up to rotation and scale
+print(f"mean CCA rho   {cca(x, y):.3f}")
 print(cka_matrix([x, y, rng.normal(size=(500, 8))]))  # every pair, one matrix product

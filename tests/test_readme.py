@@ -24,6 +24,10 @@ def test_readme_quickstart_runs(capsys: pytest.CaptureFixture[str]) -> None:
     values = [float(v) for v in re.findall(r"CKA\s+(-?\d\.\d+)", out)]
     assert len(values) == 3
     assert all(0.0 < v < 1.0 for v in values)
+    angle = float(re.search(r"Procrustes\s+(\d\.\d+) rad", out).group(1))  # type: ignore[union-attr]
+    rho = float(re.search(r"mean CCA rho\s+(\d\.\d+)", out).group(1))  # type: ignore[union-attr]
+    assert 0.0 < angle < 1.5708
+    assert 0.0 < rho < 1.0
     assert "tensor(" in out
 
 

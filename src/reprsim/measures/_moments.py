@@ -216,8 +216,8 @@ def _one_fold(layers: Sequence[torch.Tensor], layout: Layout) -> State:
         out[f"m2.{l}"] = (u.T @ u).unsqueeze(0)
     rows = torch.stack([(u * u).sum(dim=1) for u in centred], dim=1) if layout.fourth else None  # (b, L)
     for bi, (ga, gb) in enumerate(layout.blocks):
-        ua = torch.cat([centred[l] for l in ga], dim=1)
-        ub = torch.cat([centred[l] for l in gb], dim=1)
+        ua = centred[ga[0]] if len(ga) == 1 else torch.cat([centred[l] for l in ga], dim=1)
+        ub = centred[gb[0]] if len(gb) == 1 else torch.cat([centred[l] for l in gb], dim=1)
         out[f"cross.{bi}"] = (ua.T @ ub).unsqueeze(0)
         if rows is not None:
             ra, rb = rows[:, list(ga)], rows[:, list(gb)]

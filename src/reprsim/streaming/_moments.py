@@ -16,7 +16,13 @@ import torch
 
 from .._precision import full_precision_matmul
 from .._validation import as_matrix, check_finite
-from ..errors import DeviceMismatchError, InvalidParameterError, ReprsimError, ShapeMismatchError
+from ..errors import (
+    DeviceMismatchError,
+    IncompatibleStateError,
+    InvalidParameterError,
+    ReprsimError,
+    ShapeMismatchError,
+)
 from ..measures._base import Measure, get_measure
 from ..measures._moments import Layout, Moments, chunk_state, combine_states, pair_moments, pool_folds, shift_state
 from ._protocol import Dims, Pending, _Accumulator, _StateSpec
@@ -175,15 +181,32 @@ class CrossMoments(_Accumulator):
         self.commit(pending)
 
     def _add(self, contribution: Mapping[str, torch.Tensor]) -> None:
-        assert self._dims is not None
         self._generation += 1
-        self._state = combine_states(self._state, dict(contribution), self._layout(self._dims))
+        layout = self.layout
+        if layout.fourth:
+            self._state = combine_states(self._state, dict(contribution), layout)
+            return
+        # Second order only: Chan's update in place, M += M_b + (n_a n_b / n) δ_x δ_yᵀ, so a batch costs no copy
+        # of the (possibly large) state. Same algebra as combine_states, which the fourth-order terms need.
+        s, c = self._state, contribution
+        n_a, n_b = s["n"], c["n"]
+        n = n_a + n_b
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        delta = c["mean"] - s["mean"]
+        scaled = delta * (n_a * n_b / safe).unsqueeze(1)
+        for l in range(len(layout.widths)):
+            cols = layout.cols(l)
+            s[f"m2.{l}"].add_(c[f"m2.{l}"]).baddbmm_(scaled[:, cols].unsqueeze(2), delta[:, cols].unsqueeze(1))
+        for b, (ga, gb) in enumerate(layout.blocks):
+            ia, ib = layout.group_cols(ga).to(delta.device), layout.group_cols(gb).to(delta.device)
+            s[f"cross.{b}"].add_(c[f"cross.{b}"]).baddbmm_(scaled[:, ia].unsqueeze(2), delta[:, ib].unsqueeze(1))
+        s["mean"].add_(delta * (n_b / safe).unsqueeze(1))
+        s["n"] = n
 
     def _reduce_states(self, dist: Any, group: Any, rank: int, world: int, has_data: bool) -> None:
         # Chan's update across ranks: the total count and mean first, then every rank's statistics shifted to
         # that mean (ranks without data contribute zeros), then one sum.
-        assert self._dims is not None
-        layout = self._layout(self._dims)
+        layout = self.layout
         n = self._state["n"].clone()
         dist.all_reduce(n, op=dist.ReduceOp.SUM, group=group)
         weighted = self._state["n"].unsqueeze(1) * self._state["mean"]
@@ -201,8 +224,7 @@ class CrossMoments(_Accumulator):
     def layout(self) -> Layout:
         """The layers' widths and the blocks of cross moments (after the first batch)."""
         if self._dims is None:
-            self._require_samples(1, "the layout")
-        assert self._dims is not None
+            raise IncompatibleStateError("CrossMoments has seen no batch yet, so its layers are not known")
         return self._layout(self._dims)
 
     def moments(
