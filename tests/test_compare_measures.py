@@ -157,3 +157,40 @@ def test_degenerate_pair_names_both_layers() -> None:
     net = mlp(0)
     with pytest.raises(InsufficientSamplesError, match=r"mean CCA ρ of model A:0 and model B:0: .*rank 10 of 16"):
         compare(net, None, batches(), layers_a=["0", "4"], measure="cca", progress=False)
+
+
+def test_a_rejected_batch_leaves_every_accumulator_untouched() -> None:
+    """NaN from one model's layer mid-stream: nothing of that batch reaches the moments or minibatch sums."""
+    from reprsim.errors import NonFiniteError
+    from reprsim.models._compare import _Comparison, _measures
+
+    net, other = mlp(0), mlp(1)
+    comparison = _Comparison(
+        {"A": net, "B": other},
+        {"A": LAYERS, "B": LAYERS},
+        {},
+        [("A", "B")],
+        measures=_measures(None, ["cka", "procrustes", "cka_minibatch"]),
+        pool="flatten",
+        capture="output",
+        select=None,
+        calls="error",
+        device=None,
+        stop_early=False,
+    )
+    good = batches(n=64)
+    with torch.no_grad():
+        for b in good:
+            comparison._step(b)
+    assert comparison.moments is not None
+    before = {k: v.clone() for k, v in comparison.moments.state_dict()["state"].items()}
+    minibatch = next(iter(comparison.minibatch.values()))
+    before_mb = {k: v.clone() for k, v in minibatch.state_dict()["state"].items()}
+    bad = batches(n=32, seed=9)[0].clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="A: layer '1'"), torch.no_grad():
+        comparison._step(bad)
+    after = comparison.moments.state_dict()["state"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    after_mb = minibatch.state_dict()["state"]
+    assert all(torch.equal(before_mb[k], after_mb[k]) for k in before_mb)
