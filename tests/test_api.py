@@ -90,3 +90,17 @@ def test_no_positional_argument_changes_meaning() -> None:
         reprsim.compare(nets, data, layers=["0"], progress=False)  # type: ignore[call-overload]
     out = reprsim.compare(nets, data=data, layers=["0"], progress=False)
     assert set(out) == {("a", "b")}
+
+
+def test_the_demo_imports_only_the_public_api() -> None:
+    import ast
+
+    public = {"": reprsim, "errors": reprsim.errors, "probes": reprsim.probes, "measures": reprsim.measures,
+              "streaming": reprsim.streaming}  # fmt: skip
+    for path in (ROOT / "src" / "reprsim" / "demo").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:  # from .. / from ..x
+                module = node.module or ""
+                assert module in public, (path.name, module)
+                exported = set(public[module].__all__)
+                assert {a.name for a in node.names} <= exported | {"__version__"}, (path.name, module)

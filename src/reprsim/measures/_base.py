@@ -67,6 +67,9 @@ class Measure:
     fourth: bool = False
     folds: int = 1
     min_samples: int = 2
+    #: False for measures that read only Cxy in full and the diagonals of Cxx and Cyy (their traces): on two
+    #: arrays they then cost one product instead of three.
+    full_second_order: bool = True
 
     # -- what subclasses provide -------------------------------------------------------------------------
     @property
@@ -153,8 +156,14 @@ def get_measure(spec: str | Measure) -> Measure:
 
 
 @full_precision_matmul
-def pair_of(x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2) -> tuple[Moments, torch.Tensor]:
-    """Validated moments of two whole representations, and the input tensor that sets the result's type."""
+def pair_of(
+    x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2, cross_only: bool = False
+) -> tuple[Moments, torch.Tensor]:
+    """Validated moments of two whole representations, and an empty tensor of the result's dtype.
+
+    ``cross_only``: compute Cxy in full but only the diagonals of Cxx and Cyy (returned as diagonal
+    matrices), for measures that read nothing else of them (one product instead of three).
+    """
     xt, yt = as_matrix(x, "x"), as_matrix(y, "y")
     if xt.shape[0] != yt.shape[0]:
         raise ShapeMismatchError(
@@ -173,6 +182,16 @@ def pair_of(x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int =
     state = chunk_state([xt.to(dtype), yt.to(dtype)], layout, fold_of_rows)
     state = {k: v.to(torch.float64) for k, v in state.items()}
     like = xt.new_empty(0, dtype=dtype)
+    if cross_only and folds == 1 and not fourth:
+        xd, yd = xt.to(dtype), yt.to(dtype)
+        mx, my = xd.mean(dim=0), yd.mean(dim=0)
+        xc, yc = xd - mx, yd - my
+        f64 = torch.float64
+        m = Moments(
+            n, mx.to(f64), my.to(f64), torch.diag((xc * xc).sum(0).to(f64)), torch.diag((yc * yc).sum(0).to(f64)),
+            (xc.T @ yc).to(f64),
+        )  # fmt: skip
+        return m, like
     if folds > 1:
         pooled = pool_folds(state, layout)
         m = pair_moments(pooled, Layout(layout.widths, layout.blocks, fourth, 1), 0, 0, 0)
@@ -189,7 +208,14 @@ def evaluate(measure: Measure, x: Any, y: Any) -> Any:
             f"{measure!r} is defined over a stream of batches, not on two arrays; use it in reprsim.compare "
             "or with reprsim.streaming.MinibatchCKA"
         )
-    m, like = pair_of(x, y, fourth=measure.fourth, folds=measure.folds, need=measure.min_samples)
+    m, like = pair_of(
+        x,
+        y,
+        fourth=measure.fourth,
+        folds=measure.folds,
+        need=measure.min_samples,
+        cross_only=not measure.full_second_order,
+    )
     return as_result(measure.from_moments(m), like, x, y)
 
 

@@ -20,6 +20,7 @@ rounding. This module is pure tensor algebra: validation and the accumulator pro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,8 @@ class Layout:
         return slice(o, o + self.widths[layer])
 
     def group_cols(self, group: Sequence[int]) -> torch.Tensor:
-        return torch.cat([torch.arange(self.offsets[l], self.offsets[l] + self.widths[l]) for l in group])
+        """The columns of the concatenated layers ``group`` (a CPU index tensor, cached)."""
+        return _group_cols(self, tuple(group))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         k, p = self.folds, sum(self.widths)
@@ -72,6 +74,12 @@ class Layout:
             s["r2"] = (k, len(self.widths))
             s["ur"] = (k, p)
         return s
+
+
+@functools.lru_cache(maxsize=256)
+def _group_cols(layout: Layout, group: tuple[int, ...]) -> torch.Tensor:
+    offsets = layout.offsets
+    return torch.cat([torch.arange(offsets[l], offsets[l] + layout.widths[l]) for l in group])
 
 
 def _outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,7 @@ class Procrustes(Measure):
     name = "procrustes"
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
+    full_second_order = False  # the nuclear norm of Cxy and two traces
 
     def __init__(self, score: ProcrustesScore = "angular") -> None:
         if score not in _SCORES:

@@ -83,7 +83,7 @@ class CrossMoments(_Accumulator):
             raise InvalidParameterError(f"folds must be a positive integer; got {folds!r}")
         self.fourth, self.folds = bool(fourth), folds
         self._blocks = None if blocks is None else tuple((tuple(a), tuple(b)) for a, b in blocks)
-        self._single = False
+        self._layout_cache: tuple[Dims, Layout] | None = None
 
     # -- layout ------------------------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -92,6 +92,13 @@ class CrossMoments(_Accumulator):
 
     def _layout(self, dims: Dims) -> Layout:
         """dims = (x-layer count (0 with explicit blocks), width of every layer...)."""
+        if self._layout_cache is not None and self._layout_cache[0] == dims:
+            return self._layout_cache[1]
+        layout = self._build_layout(dims)
+        self._layout_cache = (dims, layout)
+        return layout
+
+    def _build_layout(self, dims: Dims) -> Layout:
         split, widths = dims[0], tuple(dims[1:])
         if self._blocks is not None:
             blocks = self._blocks
@@ -135,12 +142,11 @@ class CrossMoments(_Accumulator):
                 names = [f"x[{i}]" if x_list else "x" for i in range(len(xs))]
                 names += [f"y[{i}]" if y_list else "y" for i in range(len(ys))]
                 layers, split = xs + ys, len(xs)
-                single = not x_list and not y_list
             else:
                 if y is not None:
                     raise InvalidParameterError("with explicit blocks, pass every layer as one list: update(layers)")
                 names = [f"layer {i}" for i in range(len(xs))]
-                layers, split, single = xs, 0, False
+                layers, split = xs, 0
             tensors = [as_matrix(v, nm).detach() for v, nm in zip(layers, names)]
             b, device = tensors[0].shape[0], tensors[0].device
             for nm, t in zip(names, tensors):
@@ -170,7 +176,6 @@ class CrossMoments(_Accumulator):
             seen = self.num_samples
             folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
             contribution = chunk_state([t.to(self._dtype) for t in tensors], layout, folds)
-            self._single = single
             return Pending(self, dims, device, contribution)
 
     def update(self, x: Any, y: Any = None) -> None:
@@ -280,10 +285,12 @@ class CrossMoments(_Accumulator):
         return torch.stack(values).reshape(len(ga), len(gb)).to(torch.float64).cpu()
 
     def compute(self, measure: str | Measure = "cka") -> float | torch.Tensor:
-        """``measure`` of everything seen: a float when both sides were single tensors, else a (L_x, L_y)
+        """``measure`` of everything seen: a float when each side has one layer, else a (L_x, L_y)
         tensor (one value per pair of an x-layer and a y-layer)."""
         matrix = self.compute_matrix(measure)
-        return float(matrix[0, 0]) if self._single else matrix
+        dims = self._dims or ()
+        single = self._blocks is None and len(dims) == 3 and dims[0] == 1
+        return float(matrix[0, 0]) if single else matrix
 
     def _check_measure(self, m: Measure) -> None:
         if m.stream != "moments":
