@@ -11,11 +11,13 @@ Sections (``--only`` picks some):
   resident memory of a fresh process.
 - ``flat``: 100,000 and 1,000,000 samples × 512 features streamed into Procrustes + CCA + CKA at once; the
   resident set of each run's fresh process (it must not grow with n).
+- ``exact``: exact CKA of 12 × 12 layers of width 768, with one accumulator per layer pair (0.1's
+  ``compare(estimator="exact")``) against one ``CrossMoments`` with moments per layer (0.2); time and peak memory.
 - ``compare``: two 12-block ViTs (timm, random weights, width 192, mean-pooled tokens): one measure against
   three measures (cka, procrustes, cca) in one ``compare`` pass, and the exact CKA of 0.1 (a per-pair
   accumulator grid) against 0.2 (moments per layer).
 
-    python benchmarks/bench_measures.py [--only products peers flat compare] [--repeats 3]
+    python benchmarks/bench_measures.py [--only products peers flat exact compare] [--repeats 3]
 
 Timings are medians of alternating runs in one process; compare ratios, not absolute times across runs.
 """
@@ -156,7 +158,7 @@ print(json.dumps({{"time": statistics.median(times), "peak_mib": peak / 1024, "e
 """
 
 
-def peers(repeats: int) -> None:
+def peers(repeats: int, only: list[str] | None = None) -> None:
     print(f"\n## End to end on two arrays, against the peers (n = {N:,}, p = q = {P}, float64)\n")
     print(
         "Each row runs in a fresh process; peak is that process's resident set (data: 2 × 59 MiB; importing torch "
@@ -166,6 +168,8 @@ def peers(repeats: int) -> None:
     print("| measure | library | time (s) | peak RSS (MiB) | reprsim's speed-up |")
     print("|---|---|---|---|---|")
     for measure in dict.fromkeys(m for m, _ in PEER_CODE):
+        if only and measure not in only:
+            continue
         ours: float | None = None
         for (m, lib), code in PEER_CODE.items():
             if m != measure:
@@ -224,6 +228,50 @@ def flat() -> None:
         )
 
 
+EXACT = """
+import resource, time, torch
+from reprsim.streaming import CrossMoments
+layers, width, n, batch = 12, 768, 2048, 128
+g = torch.Generator().manual_seed(0)
+start = time.perf_counter()
+if "{how}" == "per pair":
+    # 0.1's compare(estimator="exact"): one accumulator per layer pair, each recomputing both layers' XᵀX
+    grid = [[CrossMoments() for _ in range(layers)] for _ in range(layers)]
+else:
+    acc = CrossMoments(blocks=[(list(range(layers)), list(range(layers, 2 * layers)))])
+for _ in range(n // batch):
+    a = [torch.randn(batch, width, generator=g) for _ in range(layers)]
+    b = [torch.randn(batch, width, generator=g) for _ in range(layers)]
+    if "{how}" == "per pair":
+        for i in range(layers):
+            for j in range(layers):
+                grid[i][j].update(a[i], b[j])
+    else:
+        acc.update(a + b)
+if "{how}" == "per pair":
+    values = [[c.compute("cka") for c in row] for row in grid]
+else:
+    values = acc.compute_matrix("cka")
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def exact() -> None:
+    print("\n## Exact CKA of 12 × 12 layers of width 768 (2,048 samples in batches of 128, float64 state)\n")
+    print("| moments kept | time (s) | peak RSS (MiB) |")
+    print("|---|---|---|")
+    for how in ("per pair", "per layer"):
+        done = subprocess.run(
+            [sys.executable, "-c", EXACT.format(how=how)], capture_output=True, text=True, timeout=3600
+        )
+        if done.returncode != 0:
+            print(f"| {how} | failed: {done.stderr.strip().splitlines()[-1][:80]} | |")
+            continue
+        secs, peak = done.stdout.split()
+        label = "per layer pair (0.1)" if how == "per pair" else "per layer + one cross block (0.2)"
+        print(f"| {label} | {float(secs):.1f} | {float(peak):.0f} |")
+
+
 def compare_section(repeats: int) -> None:
     import timm
 
@@ -280,17 +328,20 @@ def compare_section(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=["products", "peers", "flat", "compare"])
+    parser.add_argument("--only", nargs="*", default=["products", "peers", "flat", "exact", "compare"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--measures", nargs="*", help="peers section: only these measures (e.g. procrustes)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if "products" in args.only:
         products(args.repeats)
     if "peers" in args.only:
-        peers(args.repeats)
+        peers(args.repeats, args.measures)
     if "flat" in args.only:
         flat()
+    if "exact" in args.only:
+        exact()
     if "compare" in args.only:
         compare_section(args.repeats)
 

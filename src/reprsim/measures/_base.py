@@ -177,10 +177,6 @@ def pair_of(
     if n < max(need, folds if folds > 1 else 0):
         raise InsufficientSamplesError(f"this measure needs at least {max(need, folds)} samples; got {n}")
     dtype = torch.promote_types(xt.dtype, yt.dtype)
-    layout = Layout((xt.shape[1], yt.shape[1]), (((0,), (1,)),), fourth=fourth, folds=folds)
-    fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
-    state = chunk_state([xt.to(dtype), yt.to(dtype)], layout, fold_of_rows)
-    state = {k: v.to(torch.float64) for k, v in state.items()}
     like = xt.new_empty(0, dtype=dtype)
     if cross_only and folds == 1 and not fourth:
         xd, yd = xt.to(dtype), yt.to(dtype)
@@ -192,6 +188,10 @@ def pair_of(
             (xc.T @ yc).to(f64),
         )  # fmt: skip
         return m, like
+    layout = Layout((xt.shape[1], yt.shape[1]), (((0,), (1,)),), fourth=fourth, folds=folds)
+    fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
+    state = chunk_state([xt.to(dtype), yt.to(dtype)], layout, fold_of_rows)
+    state = {k: v.to(torch.float64) for k, v in state.items()}
     if folds > 1:
         pooled = pool_folds(state, layout)
         m = pair_moments(pooled, Layout(layout.widths, layout.blocks, fourth, 1), 0, 0, 0)

@@ -30,6 +30,27 @@ from ._protocol import Dims, Pending, _Accumulator, _StateSpec
 __all__ = ["CrossMoments"]
 
 
+def _deferred(layers: Sequence[torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A batch's count, means and centred rows, with its products left for commit time.
+
+    ``guard`` is 0, or infinite when a centred value is so large that b·u² could overflow the state dtype:
+    checking it (with the batch's other flags, in one host synchronisation) before anything is added keeps the
+    promise that a rejected batch changes nothing, without holding the products themselves.
+    """
+    b = layers[0].shape[0]
+    means = [x.mean(dim=0) for x in layers]
+    centred = [x - m for x, m in zip(layers, means)]
+    bound = (torch.finfo(dtype).max / (4.0 * b * max(x.shape[1] for x in layers))) ** 0.5
+    amax = torch.stack([u.abs().amax() for u in centred]).amax()
+    out = {
+        "n": torch.full((1,), float(b), dtype=dtype, device=layers[0].device),
+        "mean": torch.cat(means).unsqueeze(0),
+        "guard": torch.where(amax < bound, 0.0, float("inf")).to(dtype),
+    }
+    out.update({f"u.{l}": u for l, u in enumerate(centred)})
+    return out
+
+
 def _as_layers(v: Any, side: str) -> tuple[list[Any], bool]:
     if isinstance(v, (list, tuple)):
         if not v:
@@ -173,10 +194,12 @@ class CrossMoments(_Accumulator):
                 self._specs_for(dims)
             except IndexError as exc:
                 raise ShapeMismatchError(f"the blocks {self._blocks} name layers this batch does not have") from exc
+            cast = [t.to(self._dtype) for t in tensors]
+            if not layout.fourth and layout.folds == 1 and b > 0:
+                return Pending(self, dims, device, _deferred(cast, self._dtype))
             seen = self.num_samples
             folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
-            contribution = chunk_state([t.to(self._dtype) for t in tensors], layout, folds)
-            return Pending(self, dims, device, contribution)
+            return Pending(self, dims, device, chunk_state(cast, layout, folds))
 
     def update(self, x: Any, y: Any = None) -> None:
         """Add a batch: ``x`` and ``y`` each a tensor (b, ...) or a list of tensors (layers), same b samples."""
@@ -194,18 +217,47 @@ class CrossMoments(_Accumulator):
         # Second order only: Chan's update in place, M += M_b + (n_a n_b / n) δ_x δ_yᵀ, so a batch costs no copy
         # of the (possibly large) state. Same algebra as combine_states, which the fourth-order terms need.
         s, c = self._state, contribution
+        if "u.0" in c:
+            self._add_deferred(c, layout)
+            return
         n_a, n_b = s["n"], c["n"]
         n = n_a + n_b
         safe = torch.where(n > 0, n, torch.ones_like(n))
         delta = c["mean"] - s["mean"]
         scaled = delta * (n_a * n_b / safe).unsqueeze(1)
+        # rank-one updates fold by fold (addr_ writes in place; a batched outer product would allocate a
+        # temporary as large as the cross block)
         for l in range(len(layout.widths)):
             cols = layout.cols(l)
-            s[f"m2.{l}"].add_(c[f"m2.{l}"]).baddbmm_(scaled[:, cols].unsqueeze(2), delta[:, cols].unsqueeze(1))
+            m2 = s[f"m2.{l}"].add_(c[f"m2.{l}"])
+            for k in range(layout.folds):
+                m2[k].addr_(scaled[k, cols], delta[k, cols])
         for b, (ga, gb) in enumerate(layout.blocks):
             ia, ib = layout.group_cols(ga).to(delta.device), layout.group_cols(gb).to(delta.device)
-            s[f"cross.{b}"].add_(c[f"cross.{b}"]).baddbmm_(scaled[:, ia].unsqueeze(2), delta[:, ib].unsqueeze(1))
+            cross = s[f"cross.{b}"].add_(c[f"cross.{b}"])
+            for k in range(layout.folds):
+                cross[k].addr_(scaled[k, ia], delta[k, ib])
         s["mean"].add_(delta * (n_b / safe).unsqueeze(1))
+        s["n"] = n
+
+    def _add_deferred(self, c: Mapping[str, torch.Tensor], layout: Layout) -> None:
+        """Add a batch prepared by :func:`_deferred`: its products go straight into the state (``addmm_``), so
+        a batch never holds a second copy of the (possibly very large) cross blocks."""
+        s = self._state
+        n_a, n_b = s["n"], c["n"]
+        n = n_a + n_b
+        delta = c["mean"] - s["mean"]
+        scaled = delta * (n_a * n_b / n).unsqueeze(1)
+        us = [c[f"u.{l}"] for l in range(len(layout.widths))]
+        for l, u in enumerate(us):
+            cols = layout.cols(l)
+            s[f"m2.{l}"][0].addmm_(u.T, u).addr_(scaled[0, cols], delta[0, cols])
+        for b, (ga, gb) in enumerate(layout.blocks):
+            ua = us[ga[0]] if len(ga) == 1 else torch.cat([us[l] for l in ga], dim=1)
+            ub = us[gb[0]] if len(gb) == 1 else torch.cat([us[l] for l in gb], dim=1)
+            ia, ib = layout.group_cols(ga).to(delta.device), layout.group_cols(gb).to(delta.device)
+            s[f"cross.{b}"][0].addmm_(ua.T, ub).addr_(scaled[0, ia], delta[0, ib])
+        s["mean"].add_(delta * (n_b / n).unsqueeze(1))
         s["n"] = n
 
     def _reduce_states(self, dist: Any, group: Any, rank: int, world: int, has_data: bool) -> None:
