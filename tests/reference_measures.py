@@ -141,3 +141,51 @@ def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | None, 
     rss = ((y - pred) ** 2).sum(0)
     tss = ((y - y.mean(0)) ** 2).sum(0)
     return float(1 - rss.sum() / tss.sum()) if reduce == "variance_weighted" else float(np.mean(1 - rss / tss))
+
+
+def knn_sets(x: np.ndarray, k: int, neighbours: str = "cosine") -> list[set[int]]:
+    """Each sample's k nearest neighbours by the dense similarity matrix, self excluded, ties to the lower
+    index (a stable sort of the negated similarities)."""
+    z = np.asarray(x, np.float64).reshape(len(x), -1)
+    if neighbours == "cosine":
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    sim = -cdist_sq(z) if neighbours == "euclidean" else z @ z.T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return [set(row.tolist()) for row in order]
+
+
+def cdist_sq(z: np.ndarray) -> np.ndarray:
+    from scipy.spatial.distance import cdist
+
+    return cdist(z, z, "sqeuclidean")
+
+
+def mutual_knn(x: np.ndarray, y: np.ndarray, k: int, neighbours: str = "cosine") -> float:
+    a, b = knn_sets(x, k, neighbours), knn_sets(y, k, neighbours)
+    return float(np.mean([len(s & t) / k for s, t in zip(a, b)]))
+
+
+def jaccard_knn(x: np.ndarray, y: np.ndarray, k: int, neighbours: str = "cosine") -> float:
+    a, b = knn_sets(x, k, neighbours), knn_sets(y, k, neighbours)
+    return float(np.mean([len(s & t) / len(s | t) for s, t in zip(a, b)]))
+
+
+def distance_correlation(x: np.ndarray, y: np.ndarray, unbiased: bool) -> float:
+    """Székely et al. (2007) dCor from double-centred distance matrices, or Székely & Rizzo's (2014)
+    bias-corrected dCor² from U-centred ones (zero diagonal), with scipy's pairwise distances."""
+    from scipy.spatial.distance import cdist
+
+    def centre(a: np.ndarray) -> np.ndarray:
+        n = len(a)
+        if not unbiased:
+            return a - a.mean(0) - a.mean(1)[:, None] + a.mean()
+        u = a - a.sum(0) / (n - 2) - a.sum(1)[:, None] / (n - 2) + a.sum() / ((n - 1) * (n - 2))
+        np.fill_diagonal(u, 0.0)
+        return u
+
+    xa = np.asarray(x, np.float64).reshape(len(x), -1)
+    ya = np.asarray(y, np.float64).reshape(len(y), -1)
+    a, b = centre(cdist(xa, xa)), centre(cdist(ya, ya))
+    r2 = np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(r2 if unbiased else np.sqrt(max(r2, 0.0)))

@@ -44,6 +44,10 @@ def deep_reps(module: str) -> Any:
         package.__path__ = list(spec.submodule_search_locations)
         package.__reprsim_stub__ = True  # type: ignore[attr-defined]
         sys.modules["deep_reps"] = package
+        # some modules import helpers from the package itself; give the stub what utils defines
+        for name, value in vars(importlib.import_module("deep_reps.utils")).items():
+            if not name.startswith("_"):
+                setattr(package, name, value)
     return importlib.import_module(f"deep_reps.{module}")
 
 
@@ -252,6 +256,51 @@ def _dr_pwcca() -> Callable[..., float]:
     compute_wvcca = deep_reps("cca_measures").compute_wvcca
 
     return torch_pair(compute_wvcca)
+
+
+@pairing("distance_correlation", lambda x, y: reprsim.measures.distance_correlation(x, y), "dcor distance_correlation")
+def _dcor_v() -> Callable[..., float]:
+    import dcor
+
+    return lambda x, y: float(dcor.distance_correlation(x, y))
+
+
+@pairing(
+    "distance_correlation_unbiased",
+    lambda x, y: reprsim.measures.distance_correlation(x, y, unbiased=True),
+    "dcor u_distance_correlation_sqr",
+)
+def _dcor_u() -> Callable[..., float]:
+    import dcor
+
+    return lambda x, y: float(dcor.u_distance_correlation_sqr(x, y))
+
+
+@pairing(
+    "distance_correlation ** 2",
+    lambda x, y: reprsim.measures.distance_correlation(x, y) ** 2,
+    "deep-reps distance_correlation",
+)
+def _dr_dcor() -> Callable[..., float]:
+    return torch_pair(deep_reps("rsm_measures").distance_correlation)
+
+
+@pairing(
+    "jaccard_knn(k=10, neighbours='euclidean')",
+    lambda x, y: reprsim.measures.jaccard_knn(x, y, k=10, neighbours="euclidean"),
+    "deep-reps knn_jaccard_similarity(k=10)",
+)
+def _dr_jaccard() -> Callable[..., float]:
+    f = deep_reps("neighbors_measures").knn_jaccard_similarity
+    return lambda x, y: float(f(torch.tensor(x), torch.tensor(y), 10))
+
+
+@pairing(
+    "jaccard_knn(k=10)", lambda x, y: reprsim.measures.jaccard_knn(x, y, k=10), "deep-reps knn_jaccard_similarity(k=10)"
+)
+def _dr_jaccard_cos() -> Callable[..., float]:
+    f = deep_reps("neighbors_measures").knn_jaccard_similarity
+    return lambda x, y: float(f(torch.tensor(x), torch.tensor(y), 10))
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ moments) and a functional form on two arrays.
 ``procrustes``         orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
 ``cca``                canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``predictivity``       ridge / least-squares R², in-sample or cross-validated
+``samples``            mutual k-NN, k-NN Jaccard, distance correlation (every sample, blockwise)
 =====================  ===========================================================================
 
 Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "procrustes", "cca"]``);
@@ -20,6 +21,7 @@ from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic
 from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
 from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
+from ._samples import DistanceCorrelation, JaccardKNN, MutualKNN, distance_correlation, jaccard_knn, mutual_knn
 
 __all__ = [
     "CCA",
@@ -27,8 +29,11 @@ __all__ = [
     "INVARIANCES",
     "PWCCA",
     "SVCCA",
+    "DistanceCorrelation",
+    "JaccardKNN",
     "Measure",
     "Moments",
+    "MutualKNN",
     "Predictivity",
     "Procrustes",
     "ShapeMetric",
@@ -38,8 +43,11 @@ __all__ = [
     "cka",
     "cka_from_grams",
     "cka_matrix",
+    "distance_correlation",
     "get_measure",
     "hsic",
+    "jaccard_knn",
+    "mutual_knn",
     "predictivity",
     "procrustes",
     "pwcca",

@@ -53,12 +53,13 @@ class Measure:
     invariances : frozenset of str
         Transformations of either representation's features that leave the value unchanged, among
         :data:`INVARIANCES`; the property tests check every claim.
-    stream : {"moments", "minibatch"}
-        How :func:`reprsim.compare` accumulates it: from the shared cross moments, or per batch.
+    stream : {"moments", "minibatch", "samples"}
+        How :func:`reprsim.compare` accumulates it: from the shared cross moments, per batch, or from every
+        sample's pooled features (neighbour and distance measures, computed blockwise at the end).
     """
 
     name: ClassVar[str] = ""
-    stream: ClassVar[Literal["moments", "minibatch"]] = "moments"
+    stream: ClassVar[Literal["moments", "minibatch", "samples"]] = "moments"
     direction: Literal["similarity", "distance"] = "similarity"
     range: tuple[float, float] = (0.0, 1.0)
     metric: bool = False
@@ -85,7 +86,12 @@ class Measure:
         return {}
 
     def from_moments(self, m: Moments) -> torch.Tensor:
-        """The measure's value (a 0-d float64 tensor) from the moments of one pair."""
+        """The measure's value (a 0-d float64 tensor) from the moments of one pair (``stream="moments"``)."""
+        raise NotImplementedError
+
+    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The measure's value from every sample of both representations (``stream="samples"``): validated
+        (n, p) and (n, q) tensors of one dtype and device."""
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------------------
@@ -155,6 +161,23 @@ def get_measure(spec: str | Measure) -> Measure:
     )
 
 
+def sample_pair(x: Any, y: Any, need: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two validated (n, p) and (n, q) representations of the same samples, in their promoted dtype."""
+    xt, yt = as_matrix(x, "x"), as_matrix(y, "y")
+    if xt.shape[0] != yt.shape[0]:
+        raise ShapeMismatchError(
+            f"x and y must hold the same samples in the same order; got {xt.shape[0]} rows in x (shape "
+            f"{tuple(xt.shape)}) and {yt.shape[0]} in y (shape {tuple(yt.shape)})"
+        )
+    check_same_device({"x": xt, "y": yt})
+    check_finite(xt, "x")
+    check_finite(yt, "y")
+    if xt.shape[0] < need:
+        raise InsufficientSamplesError(f"this measure needs at least {need} samples; got {xt.shape[0]}")
+    dtype = torch.promote_types(xt.dtype, yt.dtype)
+    return xt.to(dtype), yt.to(dtype)
+
+
 @full_precision_matmul
 def pair_of(
     x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2, cross_only: bool = False
@@ -203,6 +226,9 @@ def pair_of(
 
 def evaluate(measure: Measure, x: Any, y: Any) -> Any:
     """``measure`` of two whole representations (the functional forms' common body)."""
+    if measure.stream == "samples":
+        xs, ys = sample_pair(x, y, measure.min_samples)
+        return as_result(measure.from_samples(xs, ys), xs, x, y)
     if measure.stream != "moments":
         raise InvalidParameterError(
             f"{measure!r} is defined over a stream of batches, not on two arrays; use it in reprsim.compare "

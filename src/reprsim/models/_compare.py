@@ -28,9 +28,10 @@ from ..errors import (
     InsufficientSamplesError,
     InvalidParameterError,
     NonFiniteError,
+    ReprsimError,
     ShapeMismatchError,
 )
-from ..measures._base import Measure, get_measure
+from ..measures._base import Measure, get_measure, sample_pair
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch, resolve_layers
@@ -373,9 +374,16 @@ class _Comparison:
         self.fourth = any(m.fourth for m in moment)
         self.folds = max((m.folds for m in moment), default=1)
         self.use_moments = bool(moment)
+        self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
+        # sample-space measures need every sample's pooled features: kept in memory, n × width per layer
+        self.features: dict[tuple[tuple[int, int], str], list[torch.Tensor]] = {}
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
-        self.grams_in_hook = not moment and len(self.minibatch_configs) == 1
+        self.grams_in_hook = (
+            not moment
+            and len(self.minibatch_configs) == 1
+            and not any(m.stream == "samples" for m in measures.values())
+        )
         self.widths: dict[tuple[int, int], dict[str, int]] = {}
         self.models = models
         self.pairs = pairs
@@ -467,8 +475,10 @@ class _Comparison:
         # synchronisation, and nothing is added before all pass: a rejected batch changes no state.
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]] = []
         pending: list[Pending] = []
+        if self.use_moments or self.sample_measures:
+            self._check_layers(acts, checks)
         if self.use_moments:
-            pending.append(self._prepare_moments(acts, checks))
+            pending.append(self._prepare_moments(acts))
         for config in self.minibatch_configs:
             pending.extend(self._prepare_minibatch(config, acts, checks))
         first = next(iter(next(iter(acts.values())).values())).device
@@ -485,6 +495,11 @@ class _Comparison:
             pos += len(p.contribution)
         for p in pending:
             p.owner.commit(p, checked=True)
+        if self.sample_measures:
+            for model, layer, tensor in self._named_layers(acts):
+                kept = self.features.setdefault((self.run_of[model], layer), [])
+                if len(kept) < self.batches + 1:  # a model under two names is kept once
+                    kept.append(tensor.reshape(tensor.shape[0], -1))
         self.samples += sizes.pop()
         self.batches += 1
 
@@ -494,11 +509,12 @@ class _Comparison:
         names = list(dict.fromkeys(n for p in self.pairs for n in p))
         return [(n, k, acts[self.run_of[n]][k]) for n in names for k in self.keys[n]]
 
-    def _prepare_moments(
+    def _check_layers(
         self,
         acts: dict[tuple[int, int], dict[str, torch.Tensor]],
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
-    ) -> Pending:
+    ) -> None:
+        """Queue one finiteness flag per layer, whose failure names the model and the layer."""
         named = self._named_layers(acts)
         first = named[0][2].device
 
@@ -511,6 +527,10 @@ class _Comparison:
                     )
 
         checks.append((torch.stack([torch.isfinite(t.sum()).to(first) for _, _, t in named]), fail))
+
+    def _prepare_moments(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> Pending:
+        named = self._named_layers(acts)
+        first = named[0][2].device
         if self.moments is None:
             for model, layer, t in named:
                 width = t.reshape(t.shape[0], -1).shape[1]
@@ -600,11 +620,29 @@ class _Comparison:
                 out.append(acc.prepare_grams(ga, wa, gb.to(ga.device), wb))
         return out
 
+    def _sample_matrix(self, pair: tuple[str, str], measure: Measure) -> torch.Tensor:
+        a, b = pair
+        xs = [torch.cat(self.features[(self.run_of[a], k)]) for k in self.keys[a]]
+        ys = [torch.cat(self.features[(self.run_of[b], k)]) for k in self.keys[b]]
+        values = torch.empty(len(xs), len(ys), dtype=torch.float64)
+        for i, x in enumerate(xs):
+            for j, y in enumerate(ys):
+                try:
+                    xv, yv = sample_pair(x, y.to(x.device), measure.min_samples)
+                    values[i, j] = float(measure.from_samples(xv, yv))
+                except ReprsimError as exc:
+                    raise type(exc)(
+                        f"{measure.label} of {a}:{self.keys[a][i]} and {b}:{self.keys[b][j]}: {exc}"
+                    ) from exc
+        return values
+
     def _result(
         self, pair: tuple[str, str], index: int, key: str, measure: Measure, caches: dict[int, dict[Any, Any]]
     ) -> SimilarityResult:
         a, b = pair
-        if measure.stream == "minibatch":
+        if measure.stream == "samples":
+            matrix = self._sample_matrix(pair, measure)
+        elif measure.stream == "minibatch":
             matrix = self.minibatch[(pair, _minibatch_key(measure))].compute(
                 names_a=[f"{a}:{k}" for k in self.keys[a]], names_b=[f"{b}:{k}" for k in self.keys[b]]
             )
@@ -622,6 +660,7 @@ class _Comparison:
             "model_a": a,
             "model_b": b,
             "measure": measure.describe(),
+            **({"features": "in memory (n × width per layer)"} if measure.stream == "samples" else {}),
             **self.config,
             "samples": self.samples,
             "batches": self.batches,

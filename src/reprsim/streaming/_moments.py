@@ -346,7 +346,10 @@ class CrossMoments(_Accumulator):
 
     def _check_measure(self, m: Measure) -> None:
         if m.stream != "moments":
-            raise InvalidParameterError(f"{m!r} is not computed from cross moments; use reprsim.streaming.MinibatchCKA")
+            raise InvalidParameterError(
+                f"{m!r} is not computed from cross moments (it streams as {m.stream!r}); call it on the arrays, or "
+                "use reprsim.compare"
+            )
         if m.fourth and not self.fourth:
             raise InvalidParameterError(f"{m!r} needs the fourth-order moments: create CrossMoments(fourth=True)")
         if m.folds > 1 and m.folds != self.folds:

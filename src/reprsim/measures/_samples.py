@@ -1,0 +1,314 @@
+"""Measures that need every sample, computed blockwise: nearest-neighbour alignment (:func:`mutual_knn`,
+:func:`jaccard_knn`) and distance correlation (:func:`distance_correlation`).
+
+None of them reduces to covariance statistics: they compare which samples sit near which. Each is computed in
+row strips of the n × n similarity or distance matrix, so memory is O(block · n), never O(n²): ``block`` rows at a
+time (by default as many as fit a budget of about 64 MiB per n × block float64 strip). The strips run on the
+inputs' device at the matrix-multiply rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+
+from .._precision import full_precision_matmul
+from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError
+from ._base import Measure, evaluate, register
+
+__all__ = ["DistanceCorrelation", "JaccardKNN", "MutualKNN", "distance_correlation", "jaccard_knn", "mutual_knn"]
+
+Neighbours = Literal["cosine", "inner_product", "euclidean"]
+NEIGHBOURS = ("cosine", "inner_product", "euclidean")
+STRIP_BYTES = 64 * 2**20
+_SUFFIX = {"cosine": "", "inner_product": "-ip", "euclidean": "-euclidean"}
+
+
+def _strip_rows(n: int, block: int | None) -> int:
+    if block is not None:
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise InvalidParameterError(f"block must be a positive number of rows; got {block!r}")
+        return block
+    return max(1, min(n, STRIP_BYTES // (8 * max(n, 1))))
+
+
+def _strips(n: int, rows: int) -> Iterator[slice]:
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+# -- nearest neighbours ----------------------------------------------------------------------------------
+
+
+def _prepared(x: torch.Tensor, neighbours: str, name: str) -> torch.Tensor:
+    if neighbours == "inner_product":
+        return x
+    if neighbours == "euclidean":
+        return x - x.mean(dim=0)  # distances are translation invariant; centring keeps 2a·b − ‖b‖² accurate
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    zero = (norms == 0).flatten()
+    if bool(zero.any()):
+        raise ConstantRepresentationError(
+            f"{name} has {int(zero.sum())} all-zero rows (e.g. row {int(zero.nonzero()[0])}); their cosine "
+            "similarity is undefined. Drop them, or use neighbours='inner_product'"
+        )
+    out: torch.Tensor = x / norms
+    return out
+
+
+def _neighbour_mask(z: torch.Tensor, rows: slice, k: int, sq: torch.Tensor | None = None) -> torch.Tensor:
+    """(len(rows), n) boolean: the k nearest neighbours of each row among the others, self excluded.
+
+    Ties are broken towards the lower sample index, so the sets are a function of the data alone (a duplicate
+    sample, at similarity equal to some other, is ranked by its index).
+    """
+    sim = z[rows] @ z.T
+    if sq is not None:  # Euclidean: −‖a − b‖² up to the row's own ‖a‖², which does not change its ranking
+        sim.mul_(2.0).sub_(sq[None, :])
+    local = torch.arange(rows.stop - rows.start, device=z.device)
+    sim[local, local + rows.start] = -torch.inf
+    kth = torch.topk(sim, k, dim=1).values[:, -1:]
+    above = sim > kth
+    tied = sim == kth
+    need = k - above.sum(dim=1, keepdim=True)
+    return above | (tied & (torch.cumsum(tied, dim=1) <= need))
+
+
+@full_precision_matmul
+def _overlaps(x: torch.Tensor, y: torch.Tensor, k: int, neighbours: str, block: int | None) -> torch.Tensor:
+    """|N_k^X(i) ∩ N_k^Y(i)| for every sample i (float64, on the inputs' device)."""
+    n = x.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
+    if k > n - 1:
+        raise InsufficientSamplesError(
+            f"k = {k} neighbours need at least k + 1 = {k + 1} samples (a sample is not its own neighbour); got {n}"
+        )
+    if neighbours not in NEIGHBOURS:
+        raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
+    zx, zy = _prepared(x, neighbours, "x"), _prepared(y, neighbours, "y")
+    sx = (zx * zx).sum(1) if neighbours == "euclidean" else None
+    sy = (zy * zy).sum(1) if neighbours == "euclidean" else None
+    out = torch.empty(n, dtype=torch.float64, device=x.device)
+    for rows in _strips(n, _strip_rows(n, block)):
+        both = _neighbour_mask(zx, rows, k, sx) & _neighbour_mask(zy, rows, k, sy)
+        out[rows] = both.sum(dim=1).to(torch.float64)
+    return out
+
+
+class MutualKNN(Measure):
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024): the mean over samples of |N_k^X(i) ∩ N_k^Y(i)| / k.
+
+    Parameters
+    ----------
+    k : int, default 10
+        Neighbours per sample (self excluded; needs n ≥ k + 1).
+    neighbours : {"cosine", "inner_product", "euclidean"}, default "cosine"
+        What ranks neighbours. The platonic-rep code L2-normalises features, which makes its inner product the
+        cosine; ``"inner_product"`` ranks by raw inner products, ``"euclidean"`` by distance (deep-reps'
+        convention). No other pre-processing is applied.
+    block : int, optional
+        Rows per strip of the n × n similarity matrix (memory O(block · n)); by default a 64 MiB strip.
+
+    Notes
+    -----
+    Ties in similarity are broken towards the lower sample index, so duplicated samples give well-defined sets.
+    """
+
+    name = "mutual_knn"
+    stream = "samples"
+    symmetric = True
+
+    def __init__(self, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
+        if neighbours not in NEIGHBOURS:
+            raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
+        self.k, self.neighbours, self.block = k, neighbours, block
+        self.min_samples = 2  # n ≥ k + 1 is checked with its own message
+        inv = {"orthogonal", "permutation", "isotropic_scaling"}
+        if neighbours == "euclidean":
+            inv.add("translation")
+        self.invariances = frozenset(inv)
+
+    @property
+    def id(self) -> str:
+        return f"mutual_knn-k{self.k}" + _SUFFIX[self.neighbours]
+
+    @property
+    def label(self) -> str:
+        return f"mutual {self.k}-NN alignment"
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k, "neighbours": self.neighbours}
+
+    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _overlaps(x, y, self.k, self.neighbours, self.block).mean() / self.k
+
+
+class JaccardKNN(MutualKNN):
+    """k-NN Jaccard similarity (ReSi, Klabunde et al.): the mean over samples of |∩| / |∪| of the two
+    k-nearest-neighbour sets, i.e. |∩| / (2k − |∩|). Cosine neighbours and k = 10 by default, as the ReSi code."""
+
+    name = "jaccard_knn"
+
+    @property
+    def id(self) -> str:
+        return f"jaccard_knn-k{self.k}" + _SUFFIX[self.neighbours]
+
+    @property
+    def label(self) -> str:
+        return f"{self.k}-NN Jaccard similarity"
+
+    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        inter = _overlaps(x, y, self.k, self.neighbours, self.block)
+        return (inter / (2 * self.k - inter)).mean()
+
+
+# -- distance correlation --------------------------------------------------------------------------------
+
+
+def _distances(x: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Euclidean distances from the samples ``rows`` to every sample, from squared norms and one product.
+
+    The square root magnifies the rounding of ‖a‖² + ‖b‖² − 2a·b near zero (about √ε·‖a‖ for twins), so the
+    diagonal, where the distance is exactly 0, is set to 0 rather than computed.
+    """
+    d2 = sq[rows, None] + sq[None, :] - 2.0 * (x[rows] @ x.T)
+    d = d2.clamp_(min=0.0).sqrt_()
+    local = torch.arange(rows.stop - rows.start, device=x.device)
+    d[local, local + rows.start] = 0.0
+    return d
+
+
+@full_precision_matmul
+def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | None) -> torch.Tensor:
+    """(Σ A∘B, Σ A∘A, Σ B∘B) of the double-centred (or U-centred) distance matrices, in float64, in two
+    passes over row strips: the first for row sums, the second for the products."""
+    n = x.shape[0]
+    # centring first: distances are translation invariant, and centred rows keep the squared-norm formula exact
+    x64, y64 = x.to(torch.float64), y.to(torch.float64)
+    x64, y64 = x64 - x64.mean(0), y64 - y64.mean(0)
+    sx, sy = (x64 * x64).sum(1), (y64 * y64).sum(1)
+    rows = _strip_rows(n, block)
+    ra = torch.zeros(n, dtype=torch.float64, device=x.device)
+    rb = torch.zeros_like(ra)
+    for r in _strips(n, rows):
+        ra[r] = _distances(x64, sx, r).sum(1)
+        rb[r] = _distances(y64, sy, r).sum(1)
+    ta, tb = ra.sum(), rb.sum()
+    if unbiased:
+        ca, cb = ra / (n - 2), rb / (n - 2)
+        ga, gb = ta / ((n - 1) * (n - 2)), tb / ((n - 1) * (n - 2))
+    else:
+        ca, cb = ra / n, rb / n
+        ga, gb = ta / n**2, tb / n**2
+    totals = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for r in _strips(n, rows):
+        a = _distances(x64, sx, r) - ca[r, None] - ca[None, :] + ga
+        b = _distances(y64, sy, r) - cb[r, None] - cb[None, :] + gb
+        if unbiased:
+            local = torch.arange(r.stop - r.start, device=x.device)
+            a[local, local + r.start] = 0.0
+            b[local, local + r.start] = 0.0
+        totals += torch.stack([(a * b).sum(), (a * a).sum(), (b * b).sum()])
+    return totals
+
+
+class DistanceCorrelation(Measure):
+    """Distance correlation (Székely, Rizzo & Bakirov 2007), blockwise.
+
+    Parameters
+    ----------
+    unbiased : bool, default False
+        False: the V-statistic dCor = sqrt(dCov²(X, Y) / sqrt(dVar²(X) dVar²(Y))) from double-centred Euclidean
+        distance matrices, in [0, 1] (``dcor.distance_correlation``). True: the bias-corrected *squared*
+        distance correlation of Székely & Rizzo (2014) from U-centred matrices (``dcor.u_distance_correlation_sqr``),
+        which can be negative and is not clamped; needs n ≥ 4.
+    block : int, optional
+        Rows per strip of the n × n distance matrices (memory O(block · n)).
+    """
+
+    name = "distance_correlation"
+    stream = "samples"
+    symmetric = True
+    invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
+
+    def __init__(self, unbiased: bool = False, block: int | None = None) -> None:
+        self.unbiased, self.block = bool(unbiased), block
+        self.min_samples = 4 if self.unbiased else 2
+        if self.unbiased:
+            self.range = (-1.0, 1.0)
+
+    @property
+    def id(self) -> str:
+        return "distance_correlation-u_sqr" if self.unbiased else "distance_correlation"
+
+    @property
+    def label(self) -> str:
+        return "bias-corrected dCor²" if self.unbiased else "distance correlation"
+
+    def config(self) -> dict[str, Any]:
+        return {"unbiased": self.unbiased}
+
+    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ab, aa, bb = _dcov_terms(x, y, self.unbiased, self.block)
+        for side, v in (("x", aa), ("y", bb)):
+            if not bool(v > 0):
+                raise ConstantRepresentationError(
+                    f"{side} has zero distance variance (every sample the same), so distance correlation is undefined"
+                )
+        r2: torch.Tensor = ab / (aa * bb).sqrt()
+        # the V-statistic's dCov² is a sum of squares' inner product, ≥ 0 up to rounding; the U-statistic's
+        # can be negative and is returned as it is
+        return r2 if self.unbiased else r2.clamp(min=0.0).sqrt()
+
+
+def mutual_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
+    """Mutual k-NN alignment of Huh et al. (2024); see :class:`MutualKNN`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import mutual_knn
+    >>> x = np.random.default_rng(0).normal(size=(200, 8))
+    >>> mutual_knn(x, 3 * x, k=5)  # scaling changes no neighbour
+    1.0
+    """
+    return evaluate(MutualKNN(k, neighbours, block), x, y)
+
+
+def jaccard_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
+    """k-NN Jaccard similarity (ReSi); see :class:`JaccardKNN`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import jaccard_knn
+    >>> rng = np.random.default_rng(0)
+    >>> 0.0 <= jaccard_knn(rng.normal(size=(100, 5)), rng.normal(size=(100, 5))) < 0.2
+    True
+    """
+    return evaluate(JaccardKNN(k, neighbours, block), x, y)
+
+
+def distance_correlation(x: Any, y: Any, *, unbiased: bool = False, block: int | None = None) -> Any:
+    """Distance correlation of ``x`` (n, p) and ``y`` (n, q), blockwise; see :class:`DistanceCorrelation`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import distance_correlation
+    >>> x = np.random.default_rng(0).normal(size=(300, 4))
+    >>> round(distance_correlation(x, 2 * x + 1), 10)
+    1.0
+    """
+    return evaluate(DistanceCorrelation(unbiased, block), x, y)
+
+
+register("mutual_knn", lambda: MutualKNN())
+register("jaccard_knn", lambda: JaccardKNN())
+register("distance_correlation", lambda: DistanceCorrelation())
+register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=True))
