@@ -137,6 +137,22 @@ PEER_CODE = {
     ("svcca", "repsim"): "import repsim; f = lambda x, y: repsim.svcca([x, y], summary_type='yanai')",
     ("pwcca", "reprsim"): "import reprsim; f = lambda x, y: reprsim.pwcca(x, y)",
     ("pwcca", "repsim"): "import repsim; f = lambda x, y: repsim.pwcca([x, y])",
+    # sample-space measures (run with --n 20000 --measures mutual_knn jaccard_knn distance_correlation)
+    ("mutual_knn", "reprsim"): "import reprsim; f = lambda x, y: reprsim.measures.mutual_knn(x, y, k=10)",
+    ("jaccard_knn", "reprsim"): (
+        "import reprsim; f = lambda x, y: reprsim.measures.jaccard_knn(x, y, k=10, neighbours='euclidean')"
+    ),
+    ("jaccard_knn", "deep-reps"): (
+        "import importlib, importlib.util, sys, types, torch\n"
+        "pkg = types.ModuleType('deep_reps')\n"
+        "pkg.__path__ = importlib.util.find_spec('deep_reps').submodule_search_locations\n"
+        "sys.modules['deep_reps'] = pkg\n"
+        "vars(pkg).update(vars(importlib.import_module('deep_reps.utils')))\n"
+        "g = importlib.import_module('deep_reps.neighbors_measures').knn_jaccard_similarity\n"
+        "f = lambda x, y: g(torch.from_numpy(x), torch.from_numpy(y), 10)"
+    ),
+    ("distance_correlation", "reprsim"): "import reprsim; f = lambda x, y: reprsim.measures.distance_correlation(x, y)",
+    ("distance_correlation", "dcor"): "import dcor; f = lambda x, y: dcor.distance_correlation(x, y)",
 }
 
 RUNNER = """
@@ -158,8 +174,8 @@ print(json.dumps({{"time": statistics.median(times), "peak_mib": peak / 1024, "e
 """
 
 
-def peers(repeats: int, only: list[str] | None = None) -> None:
-    print(f"\n## End to end on two arrays, against the peers (n = {N:,}, p = q = {P}, float64)\n")
+def peers(repeats: int, only: list[str] | None = None, n: int = N) -> None:
+    print(f"\n## End to end on two arrays, against the peers (n = {n:,}, p = q = {P}, float64)\n")
     print(
         "Each row runs in a fresh process; peak is that process's resident set (data: 2 × 59 MiB; importing torch "
         f"costs about 300 MiB). reprsim: median of {repeats} after a warm-up; peers: one cold run, stopped after "
@@ -167,8 +183,9 @@ def peers(repeats: int, only: list[str] | None = None) -> None:
     )
     print("| measure | library | time (s) | peak RSS (MiB) | reprsim's speed-up |")
     print("|---|---|---|---|---|")
+    sample_space = {"mutual_knn", "jaccard_knn", "distance_correlation"}
     for measure in dict.fromkeys(m for m, _ in PEER_CODE):
-        if only and measure not in only:
+        if (only and measure not in only) or (not only and measure in sample_space):
             continue
         ours: float | None = None
         for (m, lib), code in PEER_CODE.items():
@@ -176,7 +193,7 @@ def peers(repeats: int, only: list[str] | None = None) -> None:
                 continue
             # peers whose cost grows like n² or n³ get one cold run, and a time limit
             runs = repeats if lib == "reprsim" else 1
-            script = RUNNER.format(n=N, p=P, repeats=runs, code=code)
+            script = RUNNER.format(n=n, p=P, repeats=runs, code=code)
             try:
                 done = subprocess.run(
                     [sys.executable, "-c", script], capture_output=True, text=True, timeout=PEER_LIMIT_S
@@ -331,13 +348,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["products", "peers", "flat", "exact", "compare"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--measures", nargs="*", help="peers section: only these measures (e.g. procrustes)")
+    parser.add_argument("--n", type=int, default=N, help="peers section: samples")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if "products" in args.only:
         products(args.repeats)
     if "peers" in args.only:
-        peers(args.repeats, args.measures)
+        peers(args.repeats, args.measures, args.n)
     if "flat" in args.only:
         flat()
     if "exact" in args.only:
