@@ -116,3 +116,18 @@ def test_sample_measures_in_compare_equal_the_functional_forms() -> None:
         expected = torch.tensor([[float(fn(a[i], b[j])) for j in layers] for i in layers], dtype=torch.float64)
         torch.testing.assert_close(out[key].matrix, expected, rtol=0, atol=1e-10)
         assert out[key].metadata["samples"] == 192
+
+
+def test_sample_measures_on_the_device(device: str) -> None:
+    """The same numbers on CPU and CUDA, strips on the inputs' device."""
+    x, y = data(120, 5, 3)
+    xt, yt = torch.tensor(x, device=device), torch.tensor(y, device=device)
+    got = mutual_knn(xt, yt, k=5, block=17)
+    assert got.device.type == device
+    assert float(got) == pytest.approx(rm.mutual_knn(x, y, 5), abs=1e-12)
+    assert float(jaccard_knn(xt, yt, k=5, neighbours="euclidean")) == pytest.approx(
+        rm.jaccard_knn(x, y, 5, "euclidean"), abs=1e-12
+    )
+    for unbiased in (False, True):
+        value = distance_correlation(xt, yt, unbiased=unbiased, block=33)
+        assert abs(float(value) - rm.distance_correlation(x, y, unbiased)) < 1e-10
