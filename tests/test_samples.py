@@ -10,7 +10,7 @@ import torch
 
 from reprsim import compare
 from reprsim.errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError
-from reprsim.measures import DistanceCorrelation, MutualKNN, distance_correlation, jaccard_knn, mutual_knn
+from reprsim.measures import DistanceCorrelation, MutualKNN, distance_correlation, jaccard_knn, mutual_knn, rsa
 
 from . import reference_measures as rm
 from .test_compare import batches, hand_extract, mlp
@@ -131,3 +131,45 @@ def test_sample_measures_on_the_device(device: str) -> None:
     for unbiased in (False, True):
         value = distance_correlation(xt, yt, unbiased=unbiased, block=33)
         assert abs(float(value) - rm.distance_correlation(x, y, unbiased)) < 1e-10
+
+
+RDMS = {"correlation": "correlation", "cosine": "cosine", "euclidean": "euclidean", "sqeuclidean": "sqeuclidean"}
+
+
+@pytest.mark.parametrize("rdm", [*RDMS, "sqeuclidean_per_feature"])
+@pytest.mark.parametrize("how", ["pearson", "spearman"])
+def test_rsa_matches_scipy_on_the_upper_triangles(rdm: str, how: str) -> None:
+    from scipy.spatial.distance import pdist
+    from scipy.stats import pearsonr, spearmanr
+
+    x, y = data(80, 6, 4)
+    metric = RDMS.get(rdm, "sqeuclidean")
+    a, b = pdist(x, metric), pdist(y, metric)
+    if rdm == "sqeuclidean_per_feature":  # rsatoolbox's "euclidean": squared, divided by the width
+        a, b = a / x.shape[1], b / y.shape[1]
+    want = (pearsonr if how == "pearson" else spearmanr)(a, b)[0]
+    for block in (None, 1, 13, 80):
+        assert abs(rsa(x, y, rdm=rdm, compare=how, block=block) - want) < 1e-10, block
+
+
+def test_rsa_spearman_gives_ties_their_average_rank() -> None:
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=(40, 3)).astype(float)  # many equal distances: ties in the RDM
+    y = x + rng.integers(0, 2, size=(40, 3))
+    want = spearmanr(pdist(x, "sqeuclidean"), pdist(y, "sqeuclidean"))[0]
+    assert abs(rsa(x, y, rdm="sqeuclidean", compare="spearman") - want) < 1e-12
+
+
+def test_rsa_errors() -> None:
+    x, y = data(30)
+    flat = x.copy()
+    flat[2] = 5.0  # constant across its features: no correlation distance
+    with pytest.raises(ConstantRepresentationError, match="constant across features"):
+        rsa(flat, y)
+    with pytest.raises(InvalidParameterError, match="rdm must be one of"):
+        rsa(x, y, rdm="manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ConstantRepresentationError, match="RDM of x is constant"):
+        rsa(np.eye(4), y[:4], rdm="euclidean", compare="pearson")  # every pair at distance √2

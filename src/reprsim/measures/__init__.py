@@ -6,7 +6,7 @@ moments) and a functional form on two arrays.
 ``procrustes``         orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
 ``cca``                canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``predictivity``       ridge / least-squares R², in-sample or cross-validated
-``samples``            mutual k-NN, k-NN Jaccard, distance correlation (every sample, blockwise)
+``samples``            mutual k-NN, k-NN Jaccard, distance correlation, RSA (every sample, blockwise)
 =====================  ===========================================================================
 
 Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "procrustes", "cca"]``);
@@ -21,13 +21,23 @@ from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic
 from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
 from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
-from ._samples import DistanceCorrelation, JaccardKNN, MutualKNN, distance_correlation, jaccard_knn, mutual_knn
+from ._samples import (
+    RSA,
+    DistanceCorrelation,
+    JaccardKNN,
+    MutualKNN,
+    distance_correlation,
+    jaccard_knn,
+    mutual_knn,
+    rsa,
+)
 
 __all__ = [
     "CCA",
     "CKA",
     "INVARIANCES",
     "PWCCA",
+    "RSA",
     "SVCCA",
     "DistanceCorrelation",
     "JaccardKNN",
@@ -52,6 +62,7 @@ __all__ = [
     "procrustes",
     "pwcca",
     "register",
+    "rsa",
     "shape_metric",
     "svcca",
 ]

@@ -18,7 +18,16 @@ from .._precision import full_precision_matmul
 from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError
 from ._base import Measure, evaluate, register
 
-__all__ = ["DistanceCorrelation", "JaccardKNN", "MutualKNN", "distance_correlation", "jaccard_knn", "mutual_knn"]
+__all__ = [
+    "RSA",
+    "DistanceCorrelation",
+    "JaccardKNN",
+    "MutualKNN",
+    "distance_correlation",
+    "jaccard_knn",
+    "mutual_knn",
+    "rsa",
+]
 
 Neighbours = Literal["cosine", "inner_product", "euclidean"]
 NEIGHBOURS = ("cosine", "inner_product", "euclidean")
@@ -312,3 +321,194 @@ register("mutual_knn", lambda: MutualKNN())
 register("jaccard_knn", lambda: JaccardKNN())
 register("distance_correlation", lambda: DistanceCorrelation())
 register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=True))
+
+
+# -- representational similarity analysis ------------------------------------------------------------------
+
+RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"]
+RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
+RSACompare = Literal["pearson", "spearman"]
+RANK_TIE_RTOL = 1e-12
+
+
+def _rdm_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
+    """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z``."""
+    prod = z[rows] @ z.T
+    if kind in ("correlation", "cosine"):
+        return 1.0 - prod
+    d2 = (sq[rows, None] + sq[None, :] - 2.0 * prod).clamp_(min=0.0)
+    local = torch.arange(rows.stop - rows.start, device=z.device)
+    d2[local, local + rows.start] = 0.0
+    if kind == "euclidean":
+        return d2.sqrt_()
+    if kind == "sqeuclidean_per_feature":
+        return d2 / z.shape[1]
+    return d2
+
+
+def _rdm_prepared(x: torch.Tensor, kind: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    z = x.to(torch.float64)
+    if kind in ("correlation", "cosine"):
+        if kind == "correlation":
+            z = z - z.mean(dim=1, keepdim=True)
+        norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+        zero = (norms == 0).flatten()
+        if bool(zero.any()):
+            what = "constant across features" if kind == "correlation" else "all zero"
+            raise ConstantRepresentationError(
+                f"{name} has {int(zero.sum())} rows that are {what} (e.g. row {int(zero.nonzero()[0])}); their "
+                f"{kind} distance is undefined. Drop them, or use rdm='euclidean'"
+            )
+        z = z / norms
+    else:
+        z = z - z.mean(dim=0)  # distances are translation invariant; centring keeps the product formula accurate
+    return z, (z * z).sum(dim=1)
+
+
+def _upper(rdm_rows: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The entries (i, j) with j > i of a strip of rows."""
+    cols = torch.arange(rdm_rows.shape[1], device=rdm_rows.device)
+    keep = cols[None, :] > torch.arange(rows.start, rows.stop, device=rdm_rows.device)[:, None]
+    return rdm_rows[keep]
+
+
+def _average_ranks(v: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..N of ``v`` with ties given their average rank (as scipy.stats.rankdata).
+
+    Values within RANK_TIE_RTOL of the largest magnitude of each other count as tied: the RDMs come from the
+    product formula, whose rounding (a few ulps) would otherwise split exactly equal dissimilarities (e.g. of
+    integer-valued data) into arbitrary orders.
+    """
+    order = torch.argsort(v, stable=True)
+    sorted_v = v[order]
+    tol = RANK_TIE_RTOL * float(sorted_v.abs().max()) if sorted_v.numel() else 0.0
+    starts = torch.ones_like(sorted_v, dtype=torch.bool)
+    starts[1:] = torch.diff(sorted_v) > tol
+    inverse = torch.cumsum(starts, 0) - 1
+    counts = torch.bincount(inverse)
+    ends = torch.cumsum(counts, 0).to(torch.float64)
+    average = ends - (counts.to(torch.float64) - 1.0) / 2.0
+    ranks = torch.empty_like(v, dtype=torch.float64)
+    ranks[order] = average[inverse]
+    return ranks
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt()
+
+
+class RSA(Measure):
+    """Representational similarity analysis (Kriegeskorte et al. 2008): the correlation of the two
+    representational dissimilarity matrices (RDMs) over their upper triangles (i < j).
+
+    Parameters
+    ----------
+    rdm : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"}, default "correlation"
+        Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors, 1 − cosine, the
+        Euclidean distance, its square, or its square divided by the width (what rsatoolbox calls "euclidean").
+    compare : {"pearson", "spearman"}, default "spearman"
+        How the RDMs are compared. Pearson is computed exactly in row strips (memory O(block · n)); Spearman
+        ranks all n(n − 1)/2 entries of each triangle (ties get average ranks, as ``scipy.stats.spearmanr``), so
+        it holds the two triangles in memory (8 bytes per entry each).
+    block : int, optional
+        Rows per strip of the RDMs.
+    """
+
+    name = "rsa"
+    stream = "samples"
+    symmetric = True
+
+    def __init__(
+        self, rdm: RDMKind = "correlation", compare: RSACompare = "spearman", block: int | None = None
+    ) -> None:
+        if rdm not in RDM_KINDS:
+            raise InvalidParameterError(f"rdm must be one of {RDM_KINDS}; got {rdm!r}")
+        if compare not in ("pearson", "spearman"):
+            raise InvalidParameterError(f"compare must be 'pearson' or 'spearman'; got {compare!r}")
+        self.rdm, self.compare, self.block = rdm, compare, block
+        self.range = (-1.0, 1.0)
+        self.min_samples = 3
+        inv = {"isotropic_scaling", "permutation"}
+        if rdm != "correlation":
+            inv.add("orthogonal")
+        if rdm not in ("correlation", "cosine"):
+            inv.add("translation")
+        self.invariances = frozenset(inv)
+
+    @property
+    def id(self) -> str:
+        return f"rsa-{self.rdm}-{self.compare}"
+
+    @property
+    def label(self) -> str:
+        return f"RSA ({self.rdm} RDM, {self.compare})"
+
+    def config(self) -> dict[str, Any]:
+        return {"rdm": self.rdm, "compare": self.compare}
+
+    @full_precision_matmul
+    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        zx, sx = _rdm_prepared(x, self.rdm, "x")
+        zy, sy = _rdm_prepared(y, self.rdm, "y")
+        strips = list(_strips(n, _strip_rows(n, self.block)))
+        if self.compare == "spearman":
+            a = torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in strips])
+            b = torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in strips])
+            a, b = _average_ranks(a), _average_ranks(b)
+            return self._checked(_pearson(a, b), a, b)
+        # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
+        count = torch.zeros((), dtype=torch.float64, device=x.device)
+        ma = mb = caa = cbb = cab = torch.zeros((), dtype=torch.float64, device=x.device)
+        for r in strips:
+            a = _upper(_rdm_rows(zx, sx, r, self.rdm), r)
+            b = _upper(_rdm_rows(zy, sy, r, self.rdm), r)
+            if a.numel() == 0:
+                continue
+            m = torch.tensor(float(a.numel()), dtype=torch.float64, device=x.device)
+            sa, sb = a.mean(), b.mean()
+            da, db = a - sa, b - sb
+            total = count + m
+            delta_a, delta_b = sa - ma, sb - mb
+            caa = caa + (da * da).sum() + delta_a * delta_a * count * m / total
+            cbb = cbb + (db * db).sum() + delta_b * delta_b * count * m / total
+            cab = cab + (da * db).sum() + delta_a * delta_b * count * m / total
+            ma, mb, count = ma + delta_a * m / total, mb + delta_b * m / total, total
+        for side, v in (("x", caa), ("y", cbb)):
+            if not bool(v > 0):
+                raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+        result: torch.Tensor = cab / (caa * cbb).sqrt()
+        return result
+
+    @staticmethod
+    def _checked(value: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        for side, v in (("x", a), ("y", b)):
+            if not bool(v.max() > v.min()):
+                raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+        return value
+
+
+def rsa(
+    x: Any,
+    y: Any,
+    *,
+    rdm: RDMKind = "correlation",
+    compare: RSACompare = "spearman",
+    block: int | None = None,
+) -> Any:
+    """Representational similarity analysis: correlation of the two RDMs' upper triangles; see :class:`RSA`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import rsa
+    >>> x = np.random.default_rng(0).normal(size=(50, 6))
+    >>> round(rsa(x, 2 * x + 1, rdm="euclidean", compare="pearson"), 10)
+    1.0
+    """
+    return evaluate(RSA(rdm, compare, block), x, y)
+
+
+register("rsa", lambda: RSA())
+register("rsa_pearson", lambda: RSA(compare="pearson"))
