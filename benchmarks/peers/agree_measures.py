@@ -5,6 +5,7 @@ Run in a separate environment that has the peers (never reprsim dependencies):
     python -m venv /tmp/peers && . /tmp/peers/bin/activate
     pip install torch==2.13.0 && pip install deep-reps repsim scipy && pip install -e . --no-deps
     pip install --no-deps thingsvision   # its CKA module only (its own dependencies pin torch 2.0)
+    pip install dcor rsatoolbox
     python benchmarks/peers/agree_measures.py
 
 deep-reps 0.0.6 cannot be imported as a package (its ``__init__`` has a circular import, and it imports open_clip
@@ -301,6 +302,33 @@ def _dr_jaccard() -> Callable[..., float]:
 def _dr_jaccard_cos() -> Callable[..., float]:
     f = deep_reps("neighbors_measures").knn_jaccard_similarity
     return lambda x, y: float(f(torch.tensor(x), torch.tensor(y), 10))
+
+
+def rsatoolbox_rsa(rdm: str, how: str) -> Callable[..., float]:
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm, compare
+
+    return lambda x, y: float(
+        compare(calc_rdm(Dataset(x), method=rdm), calc_rdm(Dataset(y), method=rdm), method=how)[0, 0]
+    )
+
+
+@pairing(
+    "rsa(rdm='sqeuclidean_per_feature', compare='pearson')",
+    lambda x, y: reprsim.measures.rsa(x, y, rdm="sqeuclidean_per_feature", compare="pearson"),
+    "rsatoolbox calc_rdm('euclidean') + compare('corr')",
+)
+def _rsa_euc_corr() -> Callable[..., float]:
+    return rsatoolbox_rsa("euclidean", "corr")
+
+
+@pairing(
+    "rsa(rdm='correlation', compare='spearman')",
+    lambda x, y: reprsim.measures.rsa(x, y),
+    "rsatoolbox calc_rdm('correlation') + compare('spearman')",
+)
+def _rsa_corr_spearman() -> Callable[..., float]:
+    return rsatoolbox_rsa("correlation", "spearman")
 
 
 def main() -> None:
