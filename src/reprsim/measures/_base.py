@@ -59,7 +59,7 @@ class Measure:
     """
 
     name: ClassVar[str] = ""
-    stream: ClassVar[Literal["moments", "minibatch", "samples"]] = "moments"
+    stream: Literal["moments", "minibatch", "samples"] = "moments"
     direction: Literal["similarity", "distance"] = "similarity"
     range: tuple[float, float] = (0.0, 1.0)
     metric: bool = False

@@ -744,7 +744,7 @@ class CKA(Measure):
         self.unbiased, self.estimator, self.kernel = bool(unbiased), estimator, kernel
         self.sigma = None if sigma is None else float(sigma)
         self.median_fraction = float(median_fraction)
-        self.stream = "minibatch" if estimator == "minibatch" else "moments"  # type: ignore[misc]
+        self.stream = "minibatch" if estimator == "minibatch" else "moments"
         self.fourth = self.unbiased
         self.min_samples = 4 if self.unbiased else 2
         if self.unbiased or estimator == "minibatch":
