@@ -102,6 +102,14 @@ def products(repeats: int) -> None:
         print(f"| {name} | {t:.3f} |")
 
 
+# deep-reps 0.0.6 does not import as a package (a circular import): load its modules under a stub package
+DEEP_REPS = (
+    "import importlib, importlib.util, sys, types, torch\n"
+    "pkg = types.ModuleType('deep_reps')\n"
+    "pkg.__path__ = importlib.util.find_spec('deep_reps').submodule_search_locations\n"
+    "sys.modules['deep_reps'] = pkg\n"
+)
+
 PEER_CODE = {
     ("cka", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cka(x, y)",
     ("cka", "repsim"): "import repsim; f = lambda x, y: repsim.cka([x, y], kernel_type='linear', estimator='gretton')",
@@ -116,21 +124,13 @@ PEER_CODE = {
     ),
     ("procrustes", "reprsim"): "import reprsim; f = lambda x, y: reprsim.procrustes(x, y, score='euclidean')",
     ("procrustes", "deep-reps"): (
-        "import importlib, importlib.util, sys, types, torch\n"
-        "pkg = types.ModuleType('deep_reps')\n"
-        "pkg.__path__ = importlib.util.find_spec('deep_reps').submodule_search_locations\n"
-        "sys.modules['deep_reps'] = pkg\n"
-        "g = importlib.import_module('deep_reps.alignment_measures').orthogonal_procrustes\n"
+        DEEP_REPS + "g = importlib.import_module('deep_reps.alignment_measures').orthogonal_procrustes\n"
         "f = lambda x, y: g(torch.from_numpy(x), torch.from_numpy(y))"
     ),
     ("cca_yanai", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cca(x, y, reduce='yanai')",
     ("cca_yanai", "repsim"): "import repsim; f = lambda x, y: repsim.cca([x, y], summary_type='yanai')",
     ("cca_yanai", "deep-reps"): (
-        "import importlib, importlib.util, sys, types, torch\n"
-        "pkg = types.ModuleType('deep_reps')\n"
-        "pkg.__path__ = importlib.util.find_spec('deep_reps').submodule_search_locations\n"
-        "sys.modules['deep_reps'] = pkg\n"
-        "g = importlib.import_module('deep_reps.cca_measures').compute_yanai_cca\n"
+        DEEP_REPS + "g = importlib.import_module('deep_reps.cca_measures').compute_yanai_cca\n"
         "f = lambda x, y: g(torch.from_numpy(x), torch.from_numpy(y))"
     ),
     ("svcca", "reprsim"): "import reprsim; f = lambda x, y: reprsim.svcca(x, y, reduce='yanai')",
@@ -143,11 +143,7 @@ PEER_CODE = {
         "import reprsim; f = lambda x, y: reprsim.measures.jaccard_knn(x, y, k=10, neighbours='euclidean')"
     ),
     ("jaccard_knn", "deep-reps"): (
-        "import importlib, importlib.util, sys, types, torch\n"
-        "pkg = types.ModuleType('deep_reps')\n"
-        "pkg.__path__ = importlib.util.find_spec('deep_reps').submodule_search_locations\n"
-        "sys.modules['deep_reps'] = pkg\n"
-        "vars(pkg).update(vars(importlib.import_module('deep_reps.utils')))\n"
+        DEEP_REPS + "vars(pkg).update(vars(importlib.import_module('deep_reps.utils')))\n"
         "g = importlib.import_module('deep_reps.neighbors_measures').knn_jaccard_similarity\n"
         "f = lambda x, y: g(torch.from_numpy(x), torch.from_numpy(y), 10)"
     ),

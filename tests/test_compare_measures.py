@@ -4,6 +4,7 @@ hand-extracted activations; results that know their measure (repr, plot, save/lo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,25 @@ MEASURES = [
     Predictivity(ridge=1.0, folds=4, predict="mean"),
     "cka_minibatch",
 ]
+
+
+def comparison_of(models: dict[str, nn.Module], pairs: list[tuple[str, str]], measures: list[str]) -> Any:
+    """compare()'s internal streaming object, to look at its accumulators (flattened tokens, every layer)."""
+    from reprsim.models._compare import _Comparison, _measures
+
+    return _Comparison(
+        models,
+        dict.fromkeys(models, LAYERS),
+        {},
+        pairs,
+        measures=_measures(None, measures),
+        pool="flatten",
+        capture="output",
+        select=None,
+        calls="error",
+        device=None,
+        stop_early=False,
+    )
 
 
 def key(m: object) -> str:
@@ -70,21 +90,8 @@ def test_exact_measures_keep_one_set_of_moments_per_layer() -> None:
     assert set(out["a", "b"]) == {"cka", "procrustes"}
     single = compare(nets["a"], nets["c"], batches(), layers_a=LAYERS, measure="procrustes", progress=False)
     torch.testing.assert_close(out["a", "c"]["procrustes"].matrix, single.matrix, rtol=0, atol=1e-12)
-    from reprsim.models._compare import _Comparison, _measures
 
-    comparison = _Comparison(
-        nets,
-        dict.fromkeys(nets, LAYERS),
-        {},
-        [("a", "b"), ("a", "c"), ("b", "c")],
-        measures=_measures("cka", None),
-        pool="flatten",
-        capture="output",
-        select=None,
-        calls="error",
-        device=None,
-        stop_early=False,
-    )
+    comparison = comparison_of(nets, [("a", "b"), ("a", "c"), ("b", "c")], ["cka"])
     comparison.run(batches(n=64), eval_models=True, progress=False)
     assert comparison.moments is not None
     state = comparison.moments.state_dict()["state"]
@@ -162,22 +169,9 @@ def test_degenerate_pair_names_both_layers() -> None:
 def test_a_rejected_batch_leaves_every_accumulator_untouched() -> None:
     """NaN from one model's layer mid-stream: nothing of that batch reaches the moments or minibatch sums."""
     from reprsim.errors import NonFiniteError
-    from reprsim.models._compare import _Comparison, _measures
 
     net, other = mlp(0), mlp(1)
-    comparison = _Comparison(
-        {"A": net, "B": other},
-        {"A": LAYERS, "B": LAYERS},
-        {},
-        [("A", "B")],
-        measures=_measures(None, ["cka", "procrustes", "cka_minibatch"]),
-        pool="flatten",
-        capture="output",
-        select=None,
-        calls="error",
-        device=None,
-        stop_early=False,
-    )
+    comparison = comparison_of({"A": net, "B": other}, [("A", "B")], ["cka", "procrustes", "cka_minibatch"])
     good = batches(n=64)
     with torch.no_grad():
         for b in good:

@@ -10,7 +10,7 @@ accumulator. Nothing here knows any particular measure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 
@@ -22,6 +22,8 @@ from ._moments import Layout, Moments, chunk_state, pair_moments, pool_folds
 __all__ = ["INVARIANCES", "Measure", "available_measures", "evaluate", "get_measure", "register"]
 
 Invariance = Literal["orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"]
+#: A per-layer scratch dict that measures may fill with work shared by every pair the layer is in.
+Cache = Optional[dict[Any, Any]]
 #: The transformations a measure's metadata may claim invariance to (applied to one side's features).
 INVARIANCES: tuple[str, ...] = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation")
 
@@ -89,9 +91,16 @@ class Measure:
         """The measure's value (a 0-d float64 tensor) from the moments of one pair (``stream="moments"``)."""
         raise NotImplementedError
 
-    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def from_samples(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cache_x: dict[Any, Any] | None = None,
+        cache_y: dict[Any, Any] | None = None,
+    ) -> torch.Tensor:
         """The measure's value from every sample of both representations (``stream="samples"``): validated
-        (n, p) and (n, q) tensors of one dtype and device."""
+        (n, p) and (n, q) tensors of one dtype and device. ``cache_x``/``cache_y`` are per-layer scratch dicts
+        (as ``Moments.cache_x``) for work a layer compared with many others needs only once."""
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------------------
@@ -187,24 +196,12 @@ def pair_of(
     ``cross_only``: compute Cxy in full but only the diagonals of Cxx and Cyy (returned as diagonal
     matrices), for measures that read nothing else of them (one product instead of three).
     """
-    xt, yt = as_matrix(x, "x"), as_matrix(y, "y")
-    if xt.shape[0] != yt.shape[0]:
-        raise ShapeMismatchError(
-            f"x and y must hold the same samples in the same order; got {xt.shape[0]} rows in x (shape "
-            f"{tuple(xt.shape)}) and {yt.shape[0]} in y (shape {tuple(yt.shape)})"
-        )
-    check_same_device({"x": xt, "y": yt})
-    check_finite(xt, "x")
-    check_finite(yt, "y")
+    xt, yt = sample_pair(x, y, max(need, folds if folds > 1 else 0))
     n = xt.shape[0]
-    if n < max(need, folds if folds > 1 else 0):
-        raise InsufficientSamplesError(f"this measure needs at least {max(need, folds)} samples; got {n}")
-    dtype = torch.promote_types(xt.dtype, yt.dtype)
-    like = xt.new_empty(0, dtype=dtype)
+    like = xt.new_empty(0)
     if cross_only and folds == 1 and not fourth:
-        xd, yd = xt.to(dtype), yt.to(dtype)
-        mx, my = xd.mean(dim=0), yd.mean(dim=0)
-        xc, yc = xd - mx, yd - my
+        mx, my = xt.mean(dim=0), yt.mean(dim=0)
+        xc, yc = xt - mx, yt - my
         f64 = torch.float64
         m = Moments(
             n, mx.to(f64), my.to(f64), torch.diag((xc * xc).sum(0).to(f64)), torch.diag((yc * yc).sum(0).to(f64)),
@@ -213,7 +210,7 @@ def pair_of(
         return m, like
     layout = Layout((xt.shape[1], yt.shape[1]), (((0,), (1,)),), fourth=fourth, folds=folds)
     fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
-    state = chunk_state([xt.to(dtype), yt.to(dtype)], layout, fold_of_rows)
+    state = chunk_state([xt, yt], layout, fold_of_rows)
     state = {k: v.to(torch.float64) for k, v in state.items()}
     if folds > 1:
         pooled = pool_folds(state, layout)

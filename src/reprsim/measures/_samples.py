@@ -86,8 +86,32 @@ def _neighbour_mask(z: torch.Tensor, rows: slice, k: int, sq: torch.Tensor | Non
 
 
 @full_precision_matmul
-def _overlaps(x: torch.Tensor, y: torch.Tensor, k: int, neighbours: str, block: int | None) -> torch.Tensor:
-    """|N_k^X(i) ∩ N_k^Y(i)| for every sample i (float64, on the inputs' device)."""
+def _neighbour_indices(x: torch.Tensor, k: int, neighbours: str, block: int | None, name: str) -> torch.Tensor:
+    """(n, k): each sample's k nearest neighbours (self excluded, ties to the lower index), strip by strip."""
+    n = x.shape[0]
+    z = _prepared(x, neighbours, name)
+    sq = (z * z).sum(1) if neighbours == "euclidean" else None
+    out = torch.empty((n, k), dtype=torch.long, device=x.device)
+    for rows in _strips(n, _strip_rows(n, block)):
+        # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k)
+        out[rows] = _neighbour_mask(z, rows, k, sq).nonzero()[:, 1].reshape(-1, k)
+    return out
+
+
+def _overlaps(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    neighbours: str,
+    block: int | None,
+    cache_x: dict[Any, Any] | None = None,
+    cache_y: dict[Any, Any] | None = None,
+) -> torch.Tensor:
+    """|N_k^X(i) ∩ N_k^Y(i)| for every sample i (float64, on the inputs' device).
+
+    Each side's neighbour sets are computed once per cache (in ``compare``, once per layer however many
+    layers it is compared with).
+    """
     n = x.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
@@ -97,14 +121,19 @@ def _overlaps(x: torch.Tensor, y: torch.Tensor, k: int, neighbours: str, block: 
         )
     if neighbours not in NEIGHBOURS:
         raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
-    zx, zy = _prepared(x, neighbours, "x"), _prepared(y, neighbours, "y")
-    sx = (zx * zx).sum(1) if neighbours == "euclidean" else None
-    sy = (zy * zy).sum(1) if neighbours == "euclidean" else None
-    out = torch.empty(n, dtype=torch.float64, device=x.device)
-    for rows in _strips(n, _strip_rows(n, block)):
-        both = _neighbour_mask(zx, rows, k, sx) & _neighbour_mask(zy, rows, k, sy)
-        out[rows] = both.sum(dim=1).to(torch.float64)
-    return out
+    key = ("neighbours", k, neighbours)
+    sets = []
+    for v, cache, name in ((x, cache_x, "x"), (y, cache_y, "y")):
+        if cache is not None and key in cache:
+            sets.append(cache[key])
+            continue
+        idx = _neighbour_indices(v, k, neighbours, block, name)
+        if cache is not None:
+            cache[key] = idx
+        sets.append(idx)
+    # each set holds k distinct indices, so a shared neighbour is a pair of equal neighbours after sorting
+    merged = torch.sort(torch.cat(sets, dim=1), dim=1).values
+    return (merged[:, 1:] == merged[:, :-1]).sum(dim=1).to(torch.float64)
 
 
 class MutualKNN(Measure):
@@ -153,8 +182,14 @@ class MutualKNN(Measure):
     def config(self) -> dict[str, Any]:
         return {"k": self.k, "neighbours": self.neighbours}
 
-    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _overlaps(x, y, self.k, self.neighbours, self.block).mean() / self.k
+    def from_samples(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cache_x: dict[Any, Any] | None = None,
+        cache_y: dict[Any, Any] | None = None,
+    ) -> torch.Tensor:
+        return _overlaps(x, y, self.k, self.neighbours, self.block, cache_x, cache_y).mean() / self.k
 
 
 class JaccardKNN(MutualKNN):
@@ -171,8 +206,14 @@ class JaccardKNN(MutualKNN):
     def label(self) -> str:
         return f"{self.k}-NN Jaccard similarity"
 
-    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        inter = _overlaps(x, y, self.k, self.neighbours, self.block)
+    def from_samples(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cache_x: dict[Any, Any] | None = None,
+        cache_y: dict[Any, Any] | None = None,
+    ) -> torch.Tensor:
+        inter = _overlaps(x, y, self.k, self.neighbours, self.block, cache_x, cache_y)
         return (inter / (2 * self.k - inter)).mean()
 
 
@@ -262,7 +303,13 @@ class DistanceCorrelation(Measure):
     def config(self) -> dict[str, Any]:
         return {"unbiased": self.unbiased}
 
-    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def from_samples(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cache_x: dict[Any, Any] | None = None,
+        cache_y: dict[Any, Any] | None = None,
+    ) -> torch.Tensor:
         ab, aa, bb = _dcov_terms(x, y, self.unbiased, self.block)
         for side, v in (("x", aa), ("y", bb)):
             if not bool(v > 0):
@@ -448,7 +495,13 @@ class RSA(Measure):
         return {"rdm": self.rdm, "compare": self.compare}
 
     @full_precision_matmul
-    def from_samples(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def from_samples(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cache_x: dict[Any, Any] | None = None,
+        cache_y: dict[Any, Any] | None = None,
+    ) -> torch.Tensor:
         n = x.shape[0]
         zx, sx = _rdm_prepared(x, self.rdm, "x")
         zy, sy = _rdm_prepared(y, self.rdm, "y")

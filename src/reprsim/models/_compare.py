@@ -377,6 +377,7 @@ class _Comparison:
         self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
         # sample-space measures need every sample's pooled features: kept in memory, n × width per layer
         self.features: dict[tuple[tuple[int, int], str], list[torch.Tensor]] = {}
+        self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
         self.grams_in_hook = (
@@ -620,28 +621,38 @@ class _Comparison:
                 out.append(acc.prepare_grams(ga, wa, gb.to(ga.device), wb))
         return out
 
-    def _sample_matrix(self, pair: tuple[str, str], measure: Measure) -> torch.Tensor:
+    def _sample_matrix(
+        self, pair: tuple[str, str], measure: Measure, caches: dict[tuple[tuple[int, int], str], dict[Any, Any]]
+    ) -> torch.Tensor:
         a, b = pair
-        xs = [torch.cat(self.features[(self.run_of[a], k)]) for k in self.keys[a]]
-        ys = [torch.cat(self.features[(self.run_of[b], k)]) for k in self.keys[b]]
-        values = torch.empty(len(xs), len(ys), dtype=torch.float64)
-        for i, x in enumerate(xs):
-            for j, y in enumerate(ys):
+        slots_a = [(self.run_of[a], k) for k in self.keys[a]]
+        slots_b = [(self.run_of[b], k) for k in self.keys[b]]
+        values = torch.empty(len(slots_a), len(slots_b), dtype=torch.float64)
+        for i, sa in enumerate(slots_a):
+            for j, sb in enumerate(slots_b):
                 try:
+                    x, y = self._features(sa), self._features(sb)
                     xv, yv = sample_pair(x, y.to(x.device), measure.min_samples)
-                    values[i, j] = float(measure.from_samples(xv, yv))
+                    cx, cy = caches.setdefault(sa, {}), caches.setdefault(sb, {})
+                    values[i, j] = float(measure.from_samples(xv, yv, cx, cy))
                 except ReprsimError as exc:
-                    raise type(exc)(
-                        f"{measure.label} of {a}:{self.keys[a][i]} and {b}:{self.keys[b][j]}: {exc}"
-                    ) from exc
+                    where = f"{a}:{sa[1]} and {b}:{sb[1]}"
+                    raise type(exc)(f"{measure.label} of {where}: {exc}") from exc
         return values
+
+    def _features(self, slot: tuple[tuple[int, int], str]) -> torch.Tensor:
+        """A layer's pooled features of every batch, concatenated once."""
+        kept = self.features[slot]
+        if len(kept) > 1:
+            kept[:] = [torch.cat(kept)]
+        return kept[0]
 
     def _result(
         self, pair: tuple[str, str], index: int, key: str, measure: Measure, caches: dict[int, dict[Any, Any]]
     ) -> SimilarityResult:
         a, b = pair
         if measure.stream == "samples":
-            matrix = self._sample_matrix(pair, measure)
+            matrix = self._sample_matrix(pair, measure, self.sample_caches)
         elif measure.stream == "minibatch":
             matrix = self.minibatch[(pair, _minibatch_key(measure))].compute(
                 names_a=[f"{a}:{k}" for k in self.keys[a]], names_b=[f"{b}:{k}" for k in self.keys[b]]

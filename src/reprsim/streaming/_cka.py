@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import Kernel, as_matrix, check_finite, check_kernel
+from .._validation import Kernel, check_finite, check_kernel
 from ..errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
@@ -31,7 +31,7 @@ from ..measures._cka import (
     zero_diagonal_grams,
 )
 from ._moments import CrossMoments
-from ._protocol import Dims, Pending, _Accumulator, _coerce_batch
+from ._protocol import Dims, Pending, _Accumulator, _coerce_batch, batch_layers
 
 __all__ = ["LinearCKA", "MinibatchCKA", "MinibatchCKAMatrix"]
 
@@ -162,18 +162,8 @@ class _MinibatchBase(_Accumulator):
         Returns the (L, b, b) Grams and the layers' widths. All layers are checked for NaN/inf with one host
         synchronisation; the exact per-input count is only computed when something is wrong.
         """
-        tensors = [as_matrix(v, nm).detach() for v, nm in zip(values, names)]
-        if not tensors:
-            raise ShapeMismatchError("update needs at least one representation on each side; got none")
-        b, device = tensors[0].shape[0], tensors[0].device
-        for name, t in zip(names, tensors):
-            if t.shape[0] != b:
-                raise ShapeMismatchError(
-                    f"every representation in a batch must hold the same samples; {names[0]} has {b} rows "
-                    f"but {name} has {t.shape[0]} (shape {tuple(t.shape)})"
-                )
-            if t.device != device:
-                raise DeviceMismatchError(f"{names[0]} is on {device} but {name} is on {t.device}")
+        tensors, b, on = batch_layers(values, names)
+        device = on.device
         if b < 4:
             raise InsufficientSamplesError(
                 f"minibatch CKA computes the unbiased HSIC of each batch, which needs at least 4 rows; got a "

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import as_matrix, check_finite
+from .._validation import check_finite
 from ..errors import (
-    DeviceMismatchError,
     IncompatibleStateError,
     InvalidParameterError,
     ReprsimError,
@@ -25,7 +24,7 @@ from ..errors import (
 )
 from ..measures._base import Measure, get_measure
 from ..measures._moments import Layout, Moments, chunk_state, combine_states, pair_moments, pool_folds, shift_state
-from ._protocol import Dims, Pending, _Accumulator, _StateSpec
+from ._protocol import Dims, Pending, _Accumulator, _StateSpec, batch_layers
 
 __all__ = ["CrossMoments"]
 
@@ -168,16 +167,8 @@ class CrossMoments(_Accumulator):
                     raise InvalidParameterError("with explicit blocks, pass every layer as one list: update(layers)")
                 names = [f"layer {i}" for i in range(len(xs))]
                 layers, split = xs, 0
-            tensors = [as_matrix(v, nm).detach() for v, nm in zip(layers, names)]
-            b, device = tensors[0].shape[0], tensors[0].device
-            for nm, t in zip(names, tensors):
-                if t.shape[0] != b:
-                    raise ShapeMismatchError(
-                        f"every representation in a batch must hold the same samples; {names[0]} has {b} rows "
-                        f"but {nm} has {t.shape[0]} (shape {tuple(t.shape)})"
-                    )
-                if t.device != device:
-                    raise DeviceMismatchError(f"{names[0]} is on {device} but {nm} is on {t.device}; use one device")
+            tensors, b, on = batch_layers(layers, names)
+            device = on.device
             self._prepare_device(device)
             if not checked:
                 for nm, t in zip(names, tensors):

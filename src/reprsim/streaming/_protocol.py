@@ -11,7 +11,7 @@ corrupts it. Concrete accumulators live beside this module; their mathematics in
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import torch
@@ -448,6 +448,26 @@ def shifted_cross_sum(
 ) -> torch.Tensor:
     """Σ(u − d)(v − e)ᵀ from n, Σu, Σv and Σuvᵀ: re-expresses a cross sum in a frame shifted by (d, e)."""
     return suv - torch.outer(su, e) - torch.outer(d, sv) + n * torch.outer(d, e)
+
+
+def batch_layers(values: Sequence[Any], names: Sequence[str]) -> tuple[list[torch.Tensor], int, torch.Tensor]:
+    """One batch's representations as (b, features) tensors, checked to hold the same b samples on one device.
+
+    Returns the tensors, b, and an empty tensor on their device (no values are read: no host sync).
+    """
+    tensors = [as_matrix(v, nm).detach() for v, nm in zip(values, names)]
+    if not tensors:
+        raise ShapeMismatchError("update needs at least one representation on each side; got none")
+    b, device = tensors[0].shape[0], tensors[0].device
+    for name, t in zip(names, tensors):
+        if t.shape[0] != b:
+            raise ShapeMismatchError(
+                f"every representation in a batch must hold the same samples; {names[0]} has {b} rows "
+                f"but {name} has {t.shape[0]} (shape {tuple(t.shape)})"
+            )
+        if t.device != device:
+            raise DeviceMismatchError(f"{names[0]} is on {device} but {name} is on {t.device}; use one device")
+    return tensors, b, tensors[0].new_empty(0)
 
 
 def _coerce_batch(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
