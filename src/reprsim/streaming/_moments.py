@@ -207,48 +207,34 @@ class CrossMoments(_Accumulator):
             return
         # Second order only: Chan's update in place, M += M_b + (n_a n_b / n) δ_x δ_yᵀ, so a batch costs no copy
         # of the (possibly large) state. Same algebra as combine_states, which the fourth-order terms need.
+        # M_b is either held (a merge, a folded batch) or, for a batch prepared by _deferred, its centred rows,
+        # whose products then go straight into the state (addmm_): the cross blocks are never held twice.
         s, c = self._state, contribution
-        if "u.0" in c:
-            self._add_deferred(c, layout)
-            return
         n_a, n_b = s["n"], c["n"]
         n = n_a + n_b
         safe = torch.where(n > 0, n, torch.ones_like(n))
         delta = c["mean"] - s["mean"]
         scaled = delta * (n_a * n_b / safe).unsqueeze(1)
-        # rank-one updates fold by fold (addr_ writes in place; a batched outer product would allocate a
-        # temporary as large as the cross block)
-        for l in range(len(layout.widths)):
-            cols = layout.cols(l)
-            m2 = s[f"m2.{l}"].add_(c[f"m2.{l}"])
-            for k in range(layout.folds):
-                m2[k].addr_(scaled[k, cols], delta[k, cols])
-        for b, (ga, gb) in enumerate(layout.blocks):
-            ia, ib = layout.group_cols(ga).to(delta.device), layout.group_cols(gb).to(delta.device)
-            cross = s[f"cross.{b}"].add_(c[f"cross.{b}"])
-            for k in range(layout.folds):
-                cross[k].addr_(scaled[k, ia], delta[k, ib])
-        s["mean"].add_(delta * (n_b / safe).unsqueeze(1))
-        s["n"] = n
+        rows = [c[f"u.{l}"] for l in range(len(layout.widths))] if "u.0" in c else None
 
-    def _add_deferred(self, c: Mapping[str, torch.Tensor], layout: Layout) -> None:
-        """Add a batch prepared by :func:`_deferred`: its products go straight into the state (``addmm_``), so
-        a batch never holds a second copy of the (possibly very large) cross blocks."""
-        s = self._state
-        n_a, n_b = s["n"], c["n"]
-        n = n_a + n_b
-        delta = c["mean"] - s["mean"]
-        scaled = delta * (n_a * n_b / n).unsqueeze(1)
-        us = [c[f"u.{l}"] for l in range(len(layout.widths))]
-        for l, u in enumerate(us):
-            cols = layout.cols(l)
-            s[f"m2.{l}"][0].addmm_(u.T, u).addr_(scaled[0, cols], delta[0, cols])
+        def update(name: str, group_a: Sequence[int], group_b: Sequence[int], ia: Any, ib: Any) -> None:
+            target = s[name]
+            if rows is None:
+                target.add_(c[name])
+            else:
+                ua = torch.cat([rows[l] for l in group_a], dim=1) if len(group_a) > 1 else rows[group_a[0]]
+                ub = torch.cat([rows[l] for l in group_b], dim=1) if len(group_b) > 1 else rows[group_b[0]]
+                target[0].addmm_(ua.T, ub)
+            # rank-one corrections fold by fold: addr_ writes in place, where a batched outer product would
+            # allocate a temporary as large as the block
+            for k in range(layout.folds):
+                target[k].addr_(scaled[k, ia], delta[k, ib])
+
+        for l in range(len(layout.widths)):
+            update(f"m2.{l}", (l,), (l,), layout.cols(l), layout.cols(l))
         for b, (ga, gb) in enumerate(layout.blocks):
-            ua = us[ga[0]] if len(ga) == 1 else torch.cat([us[l] for l in ga], dim=1)
-            ub = us[gb[0]] if len(gb) == 1 else torch.cat([us[l] for l in gb], dim=1)
-            ia, ib = layout.group_cols(ga).to(delta.device), layout.group_cols(gb).to(delta.device)
-            s[f"cross.{b}"][0].addmm_(ua.T, ub).addr_(scaled[0, ia], delta[0, ib])
-        s["mean"].add_(delta * (n_b / n).unsqueeze(1))
+            update(f"cross.{b}", ga, gb, layout.group_cols(ga).to(delta.device), layout.group_cols(gb).to(delta.device))
+        s["mean"].add_(delta * (n_b / safe).unsqueeze(1))
         s["n"] = n
 
     def _reduce_states(self, dist: Any, group: Any, rank: int, world: int, has_data: bool) -> None:
