@@ -92,11 +92,7 @@ class Measure:
         raise NotImplementedError
 
     def from_samples(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        cache_x: dict[Any, Any] | None = None,
-        cache_y: dict[Any, Any] | None = None,
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         """The measure's value from every sample of both representations (``stream="samples"``): validated
         (n, p) and (n, q) tensors of one dtype and device. ``cache_x``/``cache_y`` are per-layer scratch dicts

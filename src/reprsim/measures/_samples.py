@@ -16,7 +16,7 @@ import torch
 
 from .._precision import full_precision_matmul
 from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError
-from ._base import Measure, evaluate, register
+from ._base import Cache, Measure, evaluate, register
 
 __all__ = [
     "RSA",
@@ -173,7 +173,7 @@ class MutualKNN(Measure):
 
     @property
     def id(self) -> str:
-        return f"mutual_knn-k{self.k}" + _SUFFIX[self.neighbours]
+        return f"{self.name}-k{self.k}" + _SUFFIX[self.neighbours]
 
     @property
     def label(self) -> str:
@@ -183,13 +183,13 @@ class MutualKNN(Measure):
         return {"k": self.k, "neighbours": self.neighbours}
 
     def from_samples(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        cache_x: dict[Any, Any] | None = None,
-        cache_y: dict[Any, Any] | None = None,
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
-        return _overlaps(x, y, self.k, self.neighbours, self.block, cache_x, cache_y).mean() / self.k
+        return self._summary(_overlaps(x, y, self.k, self.neighbours, self.block, cache_x, cache_y))
+
+    def _summary(self, shared: torch.Tensor) -> torch.Tensor:
+        """The score from each sample's count of shared neighbours."""
+        return shared.mean() / self.k
 
 
 class JaccardKNN(MutualKNN):
@@ -199,22 +199,11 @@ class JaccardKNN(MutualKNN):
     name = "jaccard_knn"
 
     @property
-    def id(self) -> str:
-        return f"jaccard_knn-k{self.k}" + _SUFFIX[self.neighbours]
-
-    @property
     def label(self) -> str:
         return f"{self.k}-NN Jaccard similarity"
 
-    def from_samples(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        cache_x: dict[Any, Any] | None = None,
-        cache_y: dict[Any, Any] | None = None,
-    ) -> torch.Tensor:
-        inter = _overlaps(x, y, self.k, self.neighbours, self.block, cache_x, cache_y)
-        return (inter / (2 * self.k - inter)).mean()
+    def _summary(self, shared: torch.Tensor) -> torch.Tensor:
+        return (shared / (2 * self.k - shared)).mean()
 
 
 # -- distance correlation --------------------------------------------------------------------------------
@@ -304,11 +293,7 @@ class DistanceCorrelation(Measure):
         return {"unbiased": self.unbiased}
 
     def from_samples(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        cache_x: dict[Any, Any] | None = None,
-        cache_y: dict[Any, Any] | None = None,
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         ab, aa, bb = _dcov_terms(x, y, self.unbiased, self.block)
         for side, v in (("x", aa), ("y", bb)):
@@ -496,11 +481,7 @@ class RSA(Measure):
 
     @full_precision_matmul
     def from_samples(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        cache_x: dict[Any, Any] | None = None,
-        cache_y: dict[Any, Any] | None = None,
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         n = x.shape[0]
         zx, sx = _rdm_prepared(x, self.rdm, "x")
