@@ -143,16 +143,93 @@ def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | None, 
     return float(1 - rss.sum() / tss.sum()) if reduce == "variance_weighted" else float(np.mean(1 - rss / tss))
 
 
-def knn_sets(x: np.ndarray, k: int, neighbours: str = "cosine") -> list[set[int]]:
-    """Each sample's k nearest neighbours by the dense similarity matrix, self excluded, ties to the lower
-    index (a stable sort of the negated similarities)."""
+def knn_lists(x: np.ndarray, k: int, neighbours: str = "cosine", include_self: bool = False) -> np.ndarray:
+    """(n, k): each sample's k nearest neighbours by the dense similarity matrix, nearest first, self excluded
+    unless ``include_self``, ties to the lower index (a stable sort of the negated similarities)."""
     z = np.asarray(x, np.float64).reshape(len(x), -1)
     if neighbours == "cosine":
         z = z / np.linalg.norm(z, axis=1, keepdims=True)
     sim = -cdist_sq(z) if neighbours == "euclidean" else z @ z.T
-    np.fill_diagonal(sim, -np.inf)
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return [set(row.tolist()) for row in order]
+    if not include_self:
+        np.fill_diagonal(sim, -np.inf)
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+
+def knn_sets(x: np.ndarray, k: int, neighbours: str = "cosine") -> list[set[int]]:
+    return [set(row.tolist()) for row in knn_lists(x, k, neighbours)]
+
+
+def hsic_song(k: np.ndarray, l: np.ndarray) -> float:
+    """Unbiased HSIC of Song et al. (2012) on dense (not necessarily symmetric) matrices, as platonic-rep
+    writes it: (Σ K̃ ∘ L̃ᵀ + 1ᵀK̃1 1ᵀL̃1 / ((n − 1)(n − 2)) − 2 1ᵀK̃L̃1 / (n − 2)) / (n(n − 3))."""
+    n = len(k)
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0.0)
+    np.fill_diagonal(lt, 0.0)
+    value = np.sum(kt * lt.T) + kt.sum() * lt.sum() / ((n - 1) * (n - 2)) - 2 * np.sum(kt @ lt) / (n - 2)
+    return float(value / (n * (n - 3)))
+
+
+def cknna(x: np.ndarray, y: np.ndarray, k: int, kernel: str = "cosine", unbiased: bool = True) -> float:
+    """Huh et al.'s CKNNA from dense kernels and dense 0/1 masks (platonic-rep's definition, without its
+    1e-6 in the denominator)."""
+
+    def kern(a: np.ndarray) -> np.ndarray:
+        z = np.asarray(a, np.float64).reshape(len(a), -1)
+        if kernel == "cosine":
+            z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        return z @ z.T
+
+    def mask(a: np.ndarray) -> np.ndarray:
+        m = np.zeros((len(a), len(a)))
+        np.put_along_axis(m, knn_lists(a, k, kernel, include_self=not unbiased), 1.0, axis=1)
+        return m
+
+    def hsic(p: np.ndarray, q: np.ndarray) -> float:
+        if unbiased:
+            return hsic_song(p, q)
+        h = np.eye(len(p)) - 1.0 / len(p)
+        return float(np.trace(p @ h @ q @ h))
+
+    kx, ky, mx, my = kern(x), kern(y), mask(x), mask(y)
+    both = mx * my
+    return hsic(both * kx, both * ky) / np.sqrt(hsic(mx * kx, mx * kx) * hsic(my * ky, my * ky))
+
+
+def second_order_cosine(x: np.ndarray, y: np.ndarray, k: int) -> float:
+    """ReSi's second-order cosine similarity: per sample, the cosine of its cosine-distance vectors to the
+    union of both neighbour sets; 0 where a vector is zero. 1 − cos(a, b) = ‖â − b̂‖²/2, taken from scipy's
+    differences so that duplicates are exactly 0 apart."""
+    dists = []
+    for a in (x, y):
+        z = np.asarray(a, np.float64).reshape(len(a), -1)
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
+        dists.append(cdist_sq(z) / 2.0)
+    a_sets, b_sets = knn_sets(x, k), knn_sets(y, k)
+    out = []
+    for i, (s, t) in enumerate(zip(a_sets, b_sets)):
+        u = sorted(s | t)
+        va, vb = dists[0][i, u], dists[1][i, u]
+        den = np.linalg.norm(va) * np.linalg.norm(vb)
+        out.append(float(va @ vb / den) if den > 0 else 0.0)
+    return float(np.mean(out))
+
+
+def rank_similarity(x: np.ndarray, y: np.ndarray, k: int, neighbours: str = "cosine") -> float:
+    """ReSi's k-NN rank similarity, sample by sample from the ordered neighbour lists."""
+    a, b = knn_lists(x, k, neighbours), knn_lists(y, k, neighbours)
+    out = []
+    for ra, rb in zip(a.tolist(), b.tolist()):
+        joint = set(ra) & set(rb)
+        if not joint:
+            out.append(0.0)
+            continue
+        score = 0.0
+        for j in joint:
+            p, q = ra.index(j) + 1, rb.index(j) + 1
+            score += 2.0 / ((1 + abs(p - q)) * (p + q))
+        out.append(score / sum(1.0 / m for m in range(1, len(joint) + 1)))
+    return float(np.mean(out))
 
 
 def cdist_sq(z: np.ndarray) -> np.ndarray:

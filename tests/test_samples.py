@@ -9,8 +9,25 @@ import pytest
 import torch
 
 from reprsim import compare
-from reprsim.errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError
-from reprsim.measures import DistanceCorrelation, MutualKNN, distance_correlation, jaccard_knn, mutual_knn, rsa
+from reprsim.errors import (
+    ConstantRepresentationError,
+    InsufficientSamplesError,
+    InvalidParameterError,
+    ReprsimWarning,
+)
+from reprsim.measures import (
+    CKNNA,
+    DistanceCorrelation,
+    MutualKNN,
+    RankSimilarity,
+    cknna,
+    distance_correlation,
+    jaccard_knn,
+    mutual_knn,
+    rank_similarity,
+    rsa,
+    second_order_cosine,
+)
 
 from . import reference_measures as rm
 from .test_compare import batches, hand_extract, mlp
@@ -105,13 +122,23 @@ def test_sample_measures_in_compare_equal_the_functional_forms() -> None:
         other,
         data_,
         layers_a=layers,
-        measures=["mutual_knn", DistanceCorrelation(unbiased=True), "cka"],
+        measures=[
+            "mutual_knn",
+            DistanceCorrelation(unbiased=True),
+            "cka",
+            "cknna",
+            "rank_similarity",
+            "second_order_cosine",
+        ],
         progress=False,
     )
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
     for key, fn in (
         ("mutual_knn", lambda u, v: mutual_knn(u, v)),
         ("distance_correlation-u_sqr", lambda u, v: distance_correlation(u, v, unbiased=True)),
+        ("cknna", lambda u, v: cknna(u, v)),
+        ("rank_similarity", lambda u, v: rank_similarity(u, v)),
+        ("second_order_cosine", lambda u, v: second_order_cosine(u, v)),
     ):
         expected = torch.tensor([[float(fn(a[i], b[j])) for j in layers] for i in layers], dtype=torch.float64)
         torch.testing.assert_close(out[key].matrix, expected, rtol=0, atol=1e-10)
@@ -131,6 +158,11 @@ def test_sample_measures_on_the_device(device: str) -> None:
     for unbiased in (False, True):
         value = distance_correlation(xt, yt, unbiased=unbiased, block=33)
         assert abs(float(value) - rm.distance_correlation(x, y, unbiased)) < 1e-10
+        assert (
+            abs(float(cknna(xt, yt, k=6, unbiased=unbiased, block=19)) - rm.cknna(x, y, 6, "cosine", unbiased)) < 1e-10
+        )
+    assert abs(float(second_order_cosine(xt, yt, k=4, block=23)) - rm.second_order_cosine(x, y, 4)) < 1e-10
+    assert abs(float(rank_similarity(xt, yt, k=4)) - rm.rank_similarity(x, y, 4)) < 1e-12
 
 
 RDMS = {"correlation": "correlation", "cosine": "cosine", "euclidean": "euclidean", "sqeuclidean": "sqeuclidean"}
@@ -173,3 +205,67 @@ def test_rsa_errors() -> None:
         rsa(x, y, rdm="manhattan")  # type: ignore[arg-type]
     with pytest.raises(ConstantRepresentationError, match="RDM of x is constant"):
         rsa(np.eye(4), y[:4], rdm="euclidean", compare="pearson")  # every pair at distance √2
+
+
+@pytest.mark.parametrize("kernel", ["cosine", "inner_product"])
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("k", [2, 10, 40])
+def test_cknna_matches_the_dense_platonic_definition(kernel: str, unbiased: bool, k: int) -> None:
+    x, y = data(120, 6, 4)
+    want = rm.cknna(x, y, k, kernel, unbiased)
+    for block in (None, 7, 120):
+        got = cknna(x, y, k=k, kernel=kernel, unbiased=unbiased, block=block)  # type: ignore[arg-type]
+        assert abs(got - want) < 1e-10, block
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    got32 = cknna(xt, yt, k=k, kernel=kernel, unbiased=unbiased)  # type: ignore[arg-type]
+    assert abs(float(got32) - rm.cknna(xt.double().numpy(), yt.double().numpy(), k, kernel, unbiased)) < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 5, 30])
+def test_second_order_cosine_and_rank_similarity_match_resi(k: int) -> None:
+    x, y = data(110, 5, 4, seed=2)
+    for block in (None, 9, 110):
+        assert abs(second_order_cosine(x, y, k=k, block=block) - rm.second_order_cosine(x, y, k)) < 1e-10
+        for neighbours in ("cosine", "euclidean"):
+            got = rank_similarity(x, y, k=k, neighbours=neighbours, block=block)  # type: ignore[arg-type]
+            assert abs(got - rm.rank_similarity(x, y, k, neighbours)) < 1e-12
+
+
+def test_neighbour_order_is_by_similarity_then_index() -> None:
+    from reprsim.measures._samples import _neighbour_indices
+
+    # integer data: every product is exact, so twins tie exactly (a blocked matmul may round the products of
+    # two equal columns differently, and the order of near-equal similarities then follows the rounding)
+    ints = np.random.default_rng(5).integers(-3, 4, size=(50, 3)).astype(float)
+    ints = np.vstack([ints, ints[:6]])
+    for own in (False, True):
+        got = _neighbour_indices(torch.tensor(ints), 8, "inner_product", 7, "x", include_self=own)
+        np.testing.assert_array_equal(got.numpy(), rm.knn_lists(ints, 8, "inner_product", include_self=own))
+
+
+def test_second_order_cosine_duplicates_count_as_zero_with_a_warning() -> None:
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(10, 3))
+    x = np.repeat(base, 3, axis=0)  # every sample has two exact twins
+    with pytest.warns(ReprsimWarning, match="30 samples have all their union neighbours at cosine distance 0"):
+        value = second_order_cosine(x, 2 * x, k=2)  # both neighbours of every sample are its twins
+    assert value == 0.0 == rm.second_order_cosine(x, 2 * x, 2)
+    y = x + 0.1 * rng.normal(size=x.shape)  # twins in x only: some unions reach non-twins through y
+    with pytest.warns(ReprsimWarning, match="samples have all their union neighbours"):
+        value = second_order_cosine(x, y, k=2)
+    assert abs(value - rm.second_order_cosine(x, y, 2)) < 1e-10
+
+
+def test_cknna_and_rank_errors() -> None:
+    x, y = data(12)
+    with pytest.raises(InsufficientSamplesError, match="k = 12 neighbours need at least k \\+ 1 = 13"):
+        cknna(x, y, k=12)
+    assert np.isfinite(cknna(x, y, k=12, unbiased=False))  # self included: n ≥ k suffices
+    with pytest.raises(InvalidParameterError, match="kernel must be 'cosine' or 'inner_product'"):
+        CKNNA(kernel="euclidean")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="k must be a positive integer"):
+        RankSimilarity(k=0)
+    zero = x.copy()
+    zero[3] = 0.0
+    with pytest.raises(ConstantRepresentationError, match="all-zero rows"):
+        second_order_cosine(zero, y, k=3)

@@ -6,7 +6,8 @@ moments) and a functional form on two arrays.
 ``procrustes``         orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
 ``cca``                canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``predictivity``       ridge / least-squares R², in-sample or cross-validated
-``samples``            mutual k-NN, k-NN Jaccard, distance correlation, RSA (every sample, blockwise)
+``samples``            mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
+                       distance correlation, RSA (every sample, blockwise)
 =====================  ===========================================================================
 
 Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "procrustes", "cca"]``);
@@ -22,19 +23,26 @@ from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
 from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
 from ._samples import (
+    CKNNA,
     RSA,
     DistanceCorrelation,
     JaccardKNN,
     MutualKNN,
+    RankSimilarity,
+    SecondOrderCosine,
+    cknna,
     distance_correlation,
     jaccard_knn,
     mutual_knn,
+    rank_similarity,
     rsa,
+    second_order_cosine,
 )
 
 __all__ = [
     "CCA",
     "CKA",
+    "CKNNA",
     "INVARIANCES",
     "PWCCA",
     "RSA",
@@ -46,6 +54,8 @@ __all__ = [
     "MutualKNN",
     "Predictivity",
     "Procrustes",
+    "RankSimilarity",
+    "SecondOrderCosine",
     "ShapeMetric",
     "available_measures",
     "canonical_correlations",
@@ -53,6 +63,7 @@ __all__ = [
     "cka",
     "cka_from_grams",
     "cka_matrix",
+    "cknna",
     "distance_correlation",
     "get_measure",
     "hsic",
@@ -61,8 +72,10 @@ __all__ = [
     "predictivity",
     "procrustes",
     "pwcca",
+    "rank_similarity",
     "register",
     "rsa",
+    "second_order_cosine",
     "shape_metric",
     "svcca",
 ]

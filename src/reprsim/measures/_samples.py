@@ -1,5 +1,6 @@
 """Measures that need every sample, computed blockwise: nearest-neighbour alignment (:func:`mutual_knn`,
-:func:`jaccard_knn`) and distance correlation (:func:`distance_correlation`).
+:func:`cknna`, :func:`jaccard_knn`, :func:`second_order_cosine`, :func:`rank_similarity`), distance correlation
+(:func:`distance_correlation`) and representational similarity analysis (:func:`rsa`).
 
 None of them reduces to covariance statistics: they compare which samples sit near which. Each is computed in
 row strips of the n × n similarity or distance matrix, so memory is O(block · n), never O(n²): ``block`` rows at a
@@ -9,24 +10,31 @@ inputs' device at the matrix-multiply rate.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 
 from .._precision import full_precision_matmul
-from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError
+from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError, ReprsimWarning
 from ._base import Cache, Measure, evaluate, register
 
 __all__ = [
+    "CKNNA",
     "RSA",
     "DistanceCorrelation",
     "JaccardKNN",
     "MutualKNN",
+    "RankSimilarity",
+    "SecondOrderCosine",
+    "cknna",
     "distance_correlation",
     "jaccard_knn",
     "mutual_knn",
+    "rank_similarity",
     "rsa",
+    "second_order_cosine",
 ]
 
 Neighbours = Literal["cosine", "inner_product", "euclidean"]
@@ -67,8 +75,11 @@ def _prepared(x: torch.Tensor, neighbours: str, name: str) -> torch.Tensor:
     return out
 
 
-def _neighbour_mask(z: torch.Tensor, rows: slice, k: int, sq: torch.Tensor | None = None) -> torch.Tensor:
-    """(len(rows), n) boolean: the k nearest neighbours of each row among the others, self excluded.
+def _neighbour_mask(
+    z: torch.Tensor, rows: slice, k: int, sq: torch.Tensor | None = None, include_self: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(rows), n) boolean: the k nearest neighbours of each row among the others (self excluded unless
+    ``include_self``), with the strip of similarities that ranked them.
 
     Ties are broken towards the lower sample index, so the sets are a function of the data alone (a duplicate
     sample, at similarity equal to some other, is ranked by its index).
@@ -76,26 +87,72 @@ def _neighbour_mask(z: torch.Tensor, rows: slice, k: int, sq: torch.Tensor | Non
     sim = z[rows] @ z.T
     if sq is not None:  # Euclidean: −‖a − b‖² up to the row's own ‖a‖², which does not change its ranking
         sim.mul_(2.0).sub_(sq[None, :])
-    local = torch.arange(rows.stop - rows.start, device=z.device)
-    sim[local, local + rows.start] = -torch.inf
+    if not include_self:
+        local = torch.arange(rows.stop - rows.start, device=z.device)
+        sim[local, local + rows.start] = -torch.inf
     kth = torch.topk(sim, k, dim=1).values[:, -1:]
     above = sim > kth
     tied = sim == kth
     need = k - above.sum(dim=1, keepdim=True)
-    return above | (tied & (torch.cumsum(tied, dim=1) <= need))
+    return above | (tied & (torch.cumsum(tied, dim=1) <= need)), sim
 
 
 @full_precision_matmul
-def _neighbour_indices(x: torch.Tensor, k: int, neighbours: str, block: int | None, name: str) -> torch.Tensor:
-    """(n, k): each sample's k nearest neighbours (self excluded, ties to the lower index), strip by strip."""
+def _neighbour_indices(
+    x: torch.Tensor, k: int, neighbours: str, block: int | None, name: str, include_self: bool = False
+) -> torch.Tensor:
+    """(n, k): each sample's k nearest neighbours, nearest first (ties to the lower index), strip by strip."""
     n = x.shape[0]
     z = _prepared(x, neighbours, name)
     sq = (z * z).sum(1) if neighbours == "euclidean" else None
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
     for rows in _strips(n, _strip_rows(n, block)):
-        # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k)
-        out[rows] = _neighbour_mask(z, rows, k, sq).nonzero()[:, 1].reshape(-1, k)
+        mask, sim = _neighbour_mask(z, rows, k, sq, include_self)
+        # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k), in
+        # index order; a stable sort by similarity then ranks them with ties kept in index order
+        idx = mask.nonzero()[:, 1].reshape(-1, k)
+        order = torch.argsort(-sim.gather(1, idx), dim=1, stable=True)
+        out[rows] = idx.gather(1, order)
     return out
+
+
+def _check_k(k: Any, n: int, include_self: bool = False) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
+    if include_self and k > n:
+        raise InsufficientSamplesError(f"k = {k} neighbours (self included) need at least {k} samples; got {n}")
+    if not include_self and k > n - 1:
+        raise InsufficientSamplesError(
+            f"k = {k} neighbours need at least k + 1 = {k + 1} samples (a sample is not its own neighbour); got {n}"
+        )
+
+
+def _neighbour_sets(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    neighbours: str,
+    block: int | None,
+    cache_x: Cache,
+    cache_y: Cache,
+    include_self: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sides' ranked (n, k) neighbour indices, each computed once per cache (in ``compare``, once per
+    layer however many layers it is compared with)."""
+    _check_k(k, x.shape[0], include_self)
+    if neighbours not in NEIGHBOURS:
+        raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
+    key = ("neighbours", k, neighbours, include_self)
+    sets = []
+    for v, cache, name in ((x, cache_x, "x"), (y, cache_y, "y")):
+        if cache is not None and key in cache:
+            sets.append(cache[key])
+            continue
+        idx = _neighbour_indices(v, k, neighbours, block, name, include_self)
+        if cache is not None:
+            cache[key] = idx
+        sets.append(idx)
+    return sets[0], sets[1]
 
 
 def _overlaps(
@@ -104,33 +161,11 @@ def _overlaps(
     k: int,
     neighbours: str,
     block: int | None,
-    cache_x: dict[Any, Any] | None = None,
-    cache_y: dict[Any, Any] | None = None,
+    cache_x: Cache = None,
+    cache_y: Cache = None,
 ) -> torch.Tensor:
-    """|N_k^X(i) ∩ N_k^Y(i)| for every sample i (float64, on the inputs' device).
-
-    Each side's neighbour sets are computed once per cache (in ``compare``, once per layer however many
-    layers it is compared with).
-    """
-    n = x.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
-    if k > n - 1:
-        raise InsufficientSamplesError(
-            f"k = {k} neighbours need at least k + 1 = {k + 1} samples (a sample is not its own neighbour); got {n}"
-        )
-    if neighbours not in NEIGHBOURS:
-        raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
-    key = ("neighbours", k, neighbours)
-    sets = []
-    for v, cache, name in ((x, cache_x, "x"), (y, cache_y, "y")):
-        if cache is not None and key in cache:
-            sets.append(cache[key])
-            continue
-        idx = _neighbour_indices(v, k, neighbours, block, name)
-        if cache is not None:
-            cache[key] = idx
-        sets.append(idx)
+    """|N_k^X(i) ∩ N_k^Y(i)| for every sample i (float64, on the inputs' device)."""
+    sets = _neighbour_sets(x, y, k, neighbours, block, cache_x, cache_y)
     # each set holds k distinct indices, so a shared neighbour is a pair of equal neighbours after sorting
     merged = torch.sort(torch.cat(sets, dim=1), dim=1).values
     return (merged[:, 1:] == merged[:, :-1]).sum(dim=1).to(torch.float64)
@@ -204,6 +239,291 @@ class JaccardKNN(MutualKNN):
 
     def _summary(self, shared: torch.Tensor) -> torch.Tensor:
         return (shared / (2 * self.k - shared)).mean()
+
+
+def _gathered_values(
+    z: torch.Tensor, idx: torch.Tensor, how: Literal["dot", "halfsq"], block: int | None
+) -> torch.Tensor:
+    """(n, m) float64: z_i·z_j (``"dot"``) or ‖z_i − z_j‖²/2 (``"halfsq"``, from differences: exactly 0 between
+    equal rows) for every sample i and each of its m listed samples j = idx[i], in strips of rows."""
+    n, m = idx.shape
+    z64 = z.to(torch.float64)
+    out = torch.empty((n, m), dtype=torch.float64, device=z.device)
+    budget = max(1, STRIP_BYTES // (8 * max(1, m * z.shape[1])))
+    rows_per = budget if block is None else min(block, budget)
+    for r in _strips(n, rows_per):
+        other = z64[idx[r]]  # (rows, m, p)
+        mine = z64[r].unsqueeze(1)
+        if how == "dot":
+            out[r] = (other * mine).sum(-1)
+        else:
+            out[r] = ((other - mine) ** 2).sum(-1) / 2.0
+    return out
+
+
+def _cached(cache: Cache, key: tuple[Any, ...], make: Any) -> Any:
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _member(idx: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
+    """(n, k) boolean: whether idx[i, a] is among of[i, :]."""
+    return (idx.unsqueeze(2) == of.unsqueeze(1)).any(dim=2)
+
+
+def _sparse_hsic(idx: torch.Tensor, p: torch.Tensor, q: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    """HSIC of two n × n matrices P and Q that are zero except at (i, idx[i, a]), where they hold p[i, a] and
+    q[i, a] (neither need be symmetric): the biased tr(PHQH) or the unbiased estimator of Song et al. (2012),
+    as the platonic-rep code computes them from dense matrices, in O(n·k)."""
+    n, k = idx.shape
+    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+    cols = idx.reshape(-1)
+    pv, qv = p.reshape(-1), q.reshape(-1)
+    # tr(PQ) = Σ P_ij Q_ji: look each entry's transpose up among the sorted keys i·n + j
+    keys = rows * n + cols
+    order = torch.argsort(keys)
+    sorted_keys = keys[order]
+    want = cols * n + rows
+    pos = torch.searchsorted(sorted_keys, want).clamp_(max=keys.numel() - 1)
+    found = sorted_keys[pos] == want
+    t1 = (pv * torch.where(found, qv[order][pos], torch.zeros_like(qv))).sum()
+    row_p, row_q = p.sum(dim=1), q.sum(dim=1)
+    col_p = torch.zeros(n, dtype=p.dtype, device=p.device).index_add_(0, cols, pv)
+    col_q = torch.zeros(n, dtype=q.dtype, device=q.device).index_add_(0, cols, qv)
+    sp, sq = row_p.sum(), row_q.sum()
+    if unbiased:
+        value = t1 + sp * sq / ((n - 1) * (n - 2)) - 2.0 * (col_p @ row_q) / (n - 2)
+        return value / (n * (n - 3))
+    return t1 - (row_p @ col_q + col_p @ row_q) / n + sp * sq / n**2
+
+
+Kernel = Literal["cosine", "inner_product"]
+
+
+class CKNNA(Measure):
+    """Centered kernel nearest-neighbour alignment (Huh et al. 2024): CKA of the two kernels restricted to
+    the pairs that are k-nearest neighbours in both representations.
+
+    With K and L the kernels and M_X, M_Y the k-NN masks (row i marks i's k nearest neighbours by the same
+    kernel), CKNNA = HSIC(M∘K, M∘L) / sqrt(HSIC(M_X∘K, M_X∘K) · HSIC(M_Y∘L, M_Y∘L)), M = M_X∘M_Y, as the
+    platonic-rep code defines it. The masked kernels have k entries per row, so the whole computation after the
+    neighbour search is O(n·k).
+
+    Parameters
+    ----------
+    k : int, default 10
+        Neighbours per sample.
+    kernel : {"cosine", "inner_product"}, default "cosine"
+        K = XXᵀ of the L2-normalised rows (the platonic-rep pipeline normalises features first) or of the raw
+        rows; the same kernel ranks the neighbours. No other pre-processing (platonic-rep's optional outlier
+        clipping) is applied.
+    unbiased : bool, default True
+        True (platonic-rep's default): self excluded from the neighbours, Song et al.'s unbiased HSIC (n ≥ 4).
+        False: a sample may be its own neighbour, biased HSIC tr(KHLH).
+    block : int, optional
+        Rows per strip of the n × n kernel (memory O(block · n)).
+
+    Notes
+    -----
+    platonic-rep adds 1e-6 to the denominator; reprsim does not, so its value is the ratio itself (they differ
+    noticeably when the HSIC terms are small, e.g. for normalised features and small k). A masked kernel's HSIC
+    with itself can be ≤ 0 (degenerate neighbourhoods); CKNNA is then undefined and an error says so. The
+    value is usually in [−1, 1] but, unlike CKA, is not bounded by Cauchy–Schwarz (the masks in the numerator
+    and denominator differ). The masked kernels are not symmetric (i may be j's neighbour but not the reverse),
+    and the unbiased estimator's 1ᵀK̃L̃1 term then depends on the order: unbiased CKNNA(X, Y) ≠ CKNNA(Y, X) in
+    general (the biased one is symmetric).
+    """
+
+    name = "cknna"
+    stream = "samples"
+    range = (-1.0, 1.0)
+    invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
+
+    def __init__(self, k: int = 10, kernel: Kernel = "cosine", unbiased: bool = True, block: int | None = None) -> None:
+        _check_k(k, k + 1)
+        if kernel not in ("cosine", "inner_product"):
+            raise InvalidParameterError(f"kernel must be 'cosine' or 'inner_product'; got {kernel!r}")
+        self.k, self.kernel, self.unbiased, self.block = k, kernel, bool(unbiased), block
+        self.min_samples = 4 if self.unbiased else 2
+        # the unbiased HSIC's 1ᵀK̃L̃1 term differs from 1ᵀL̃K̃1 for the masked kernels, which are not symmetric
+        self.symmetric = not self.unbiased
+
+    @property
+    def id(self) -> str:
+        return (
+            f"cknna-k{self.k}"
+            + ("-ip" if self.kernel == "inner_product" else "")
+            + ("" if self.unbiased else "-biased")
+        )
+
+    @property
+    def label(self) -> str:
+        return f"CKNNA (k = {self.k})"
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k, "kernel": self.kernel, "unbiased": self.unbiased}
+
+    @full_precision_matmul
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        own = not self.unbiased
+        ix, iy = _neighbour_sets(x, y, self.k, self.kernel, self.block, cache_x, cache_y, include_self=own)
+        zx = _cached(cache_x, ("prepared", self.kernel), lambda: _prepared(x, self.kernel, "x"))
+        zy = _cached(cache_y, ("prepared", self.kernel), lambda: _prepared(y, self.kernel, "y"))
+        key = ("kernel_at_neighbours", self.k, self.kernel, own)
+        kx = _cached(cache_x, key, lambda: _gathered_values(zx, ix, "dot", self.block))
+        ly = _cached(cache_y, key, lambda: _gathered_values(zy, iy, "dot", self.block))
+        both = _member(ix, iy).to(torch.float64)
+        kl = _sparse_hsic(ix, kx * both, _gathered_values(zy, ix, "dot", self.block) * both, self.unbiased)
+        kk = _cached(cache_x, ("self_hsic", *key), lambda: _sparse_hsic(ix, kx, kx, self.unbiased))
+        ll = _cached(cache_y, ("self_hsic", *key), lambda: _sparse_hsic(iy, ly, ly, self.unbiased))
+        for side, v in (("x", kk), ("y", ll)):
+            if not bool(v > 0):
+                raise ConstantRepresentationError(
+                    f"the HSIC of {side}'s k-NN-restricted kernel with itself is {float(v):.3g} ≤ 0, so CKNNA is "
+                    "undefined (a degenerate neighbourhood structure, e.g. a constant representation); try a "
+                    "larger k"
+                )
+        result: torch.Tensor = kl / (kk * ll).sqrt()
+        return result
+
+
+class SecondOrderCosine(Measure):
+    """Second-order cosine similarity (Hamilton et al. 2016), as the ReSi benchmark code defines it.
+
+    For each sample i, U_i = N_k^X(i) ∪ N_k^Y(i) (cosine neighbours, self excluded); the score is the mean over
+    samples of the cosine similarity between the vectors (d_X(i, j))_{j ∈ U_i} and (d_Y(i, j))_{j ∈ U_i} of
+    cosine *distances* d = 1 − cos (ReSi's code uses distances where Hamilton et al. use similarities).
+
+    Parameters
+    ----------
+    k : int, default 10
+        Neighbours per sample (needs n ≥ k + 1).
+    block : int, optional
+        Rows per strip of the n × n similarity matrix.
+
+    Notes
+    -----
+    A sample whose union neighbours all sit at cosine distance 0 from it in one representation (exact
+    duplicates in direction) has a zero distance vector, whose cosine is undefined: it contributes 0, as in
+    the ReSi code, and a warning gives the count. Cosine distances are computed as ‖ẑ_i − ẑ_j‖²/2 from the
+    differences of normalised rows, so duplicates are exactly 0 apart.
+    """
+
+    name = "second_order_cosine"
+    stream = "samples"
+    symmetric = True
+    invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
+
+    def __init__(self, k: int = 10, block: int | None = None) -> None:
+        _check_k(k, k + 1)
+        self.k, self.block = k, block
+
+    @property
+    def id(self) -> str:
+        return f"second_order_cosine-k{self.k}"
+
+    @property
+    def label(self) -> str:
+        return f"second-order cosine (k = {self.k})"
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    @full_precision_matmul
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        ix, iy = _neighbour_sets(x, y, self.k, "cosine", self.block, cache_x, cache_y)
+        zx = _cached(cache_x, ("prepared", "cosine"), lambda: _prepared(x, "cosine", "x"))
+        zy = _cached(cache_y, ("prepared", "cosine"), lambda: _prepared(y, "cosine", "y"))
+        union = torch.cat([ix, iy], dim=1)
+        weight = torch.cat([torch.ones_like(ix, dtype=torch.bool), ~_member(iy, ix)], dim=1).to(torch.float64)
+        a = _gathered_values(zx, union, "halfsq", self.block)
+        b = _gathered_values(zy, union, "halfsq", self.block)
+        aa, bb = (weight * a * a).sum(1), (weight * b * b).sum(1)
+        defined = (aa > 0) & (bb > 0)
+        undefined = int((~defined).sum())
+        if undefined:
+            warnings.warn(
+                f"{undefined} samples have all their union neighbours at cosine distance 0 in one representation "
+                "(duplicates); their second-order cosine is undefined and counts as 0, as in the ReSi code",
+                ReprsimWarning,
+                stacklevel=3,
+            )
+        cos = torch.where(defined, (weight * a * b).sum(1) / (aa * bb).sqrt().clamp(min=1e-300), 0.0)
+        return cos.mean()
+
+
+class RankSimilarity(Measure):
+    """k-NN rank similarity (Wang et al. 2020), as the ReSi benchmark code defines it.
+
+    For sample i with shared neighbours J = N_k^X(i) ∩ N_k^Y(i) and ranks r_X(j), r_Y(j) ∈ 1..k (1 = nearest),
+    the score is Σ_{j ∈ J} 2 / ((1 + |r_X(j) − r_Y(j)|)(r_X(j) + r_Y(j))), divided by Σ_{m=1}^{|J|} 1/m (ReSi
+    normalises by the size of J, so one shared neighbour at rank 1 in both scores 1); a sample with no shared
+    neighbour scores 0. The measure is the mean over samples, in [0, 1].
+
+    Parameters
+    ----------
+    k : int, default 10
+        Neighbours per sample (self excluded; needs n ≥ k + 1).
+    neighbours : {"cosine", "inner_product", "euclidean"}, default "cosine"
+        What ranks neighbours (ReSi's default is cosine).
+    block : int, optional
+        Rows per strip of the n × n similarity matrix.
+
+    Notes
+    -----
+    Ties in similarity are ranked by sample index (lower first), so duplicates have well-defined ranks.
+    """
+
+    name = "rank_similarity"
+    stream = "samples"
+    symmetric = True
+
+    def __init__(self, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> None:
+        _check_k(k, k + 1)
+        if neighbours not in NEIGHBOURS:
+            raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
+        self.k, self.neighbours, self.block = k, neighbours, block
+        inv = {"orthogonal", "permutation", "isotropic_scaling"}
+        if neighbours == "euclidean":
+            inv.add("translation")
+        self.invariances = frozenset(inv)
+
+    @property
+    def id(self) -> str:
+        return f"rank_similarity-k{self.k}" + _SUFFIX[self.neighbours]
+
+    @property
+    def label(self) -> str:
+        return f"{self.k}-NN rank similarity"
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k, "neighbours": self.neighbours}
+
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.block, cache_x, cache_y)
+        n, k = ix.shape
+        score = torch.zeros(n, dtype=torch.float64, device=x.device)
+        shared = torch.zeros(n, dtype=torch.long, device=x.device)
+        for r in _strips(n, max(1, STRIP_BYTES // (k * k))):
+            i, a, b = (ix[r].unsqueeze(2) == iy[r].unsqueeze(1)).nonzero(as_tuple=True)
+            a64, b64 = a.to(torch.float64), b.to(torch.float64)
+            terms = 2.0 / ((1.0 + (a64 - b64).abs()) * (a64 + b64 + 2.0))
+            score[r] = torch.zeros(r.stop - r.start, dtype=torch.float64, device=x.device).index_add_(0, i, terms)
+            shared[r] = torch.bincount(i, minlength=r.stop - r.start)
+        harmonic = torch.cat(
+            [torch.zeros(1, dtype=torch.float64), torch.cumsum(1.0 / torch.arange(1, k + 1, dtype=torch.float64), 0)]
+        ).to(x.device)
+        h = harmonic[shared]
+        return torch.where(shared > 0, score / h.clamp(min=1.0), 0.0).mean()
 
 
 # -- distance correlation --------------------------------------------------------------------------------
@@ -349,8 +669,61 @@ def distance_correlation(x: Any, y: Any, *, unbiased: bool = False, block: int |
     return evaluate(DistanceCorrelation(unbiased, block), x, y)
 
 
+def cknna(
+    x: Any,
+    y: Any,
+    *,
+    k: int = 10,
+    kernel: Kernel = "cosine",
+    unbiased: bool = True,
+    block: int | None = None,
+) -> Any:
+    """Centered kernel nearest-neighbour alignment of Huh et al. (2024); see :class:`CKNNA`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import cknna
+    >>> x = np.random.default_rng(0).normal(size=(200, 8))
+    >>> round(cknna(x, 3 * x, k=10), 10)
+    1.0
+    """
+    return evaluate(CKNNA(k, kernel, unbiased, block), x, y)
+
+
+def second_order_cosine(x: Any, y: Any, *, k: int = 10, block: int | None = None) -> Any:
+    """Second-order cosine similarity (ReSi's definition); see :class:`SecondOrderCosine`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import second_order_cosine
+    >>> x = np.random.default_rng(0).normal(size=(100, 6))
+    >>> round(second_order_cosine(x, 2 * x), 10)
+    1.0
+    """
+    return evaluate(SecondOrderCosine(k, block), x, y)
+
+
+def rank_similarity(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
+    """k-NN rank similarity (ReSi's definition); see :class:`RankSimilarity`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import rank_similarity
+    >>> x = np.random.default_rng(0).normal(size=(100, 6))
+    >>> rank_similarity(x, 2 * x)
+    1.0
+    """
+    return evaluate(RankSimilarity(k, neighbours, block), x, y)
+
+
 register("mutual_knn", lambda: MutualKNN())
 register("jaccard_knn", lambda: JaccardKNN())
+register("cknna", lambda: CKNNA())
+register("second_order_cosine", lambda: SecondOrderCosine())
+register("rank_similarity", lambda: RankSimilarity())
 register("distance_correlation", lambda: DistanceCorrelation())
 register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=True))
 
