@@ -269,3 +269,30 @@ def test_cknna_and_rank_errors() -> None:
     zero[3] = 0.0
     with pytest.raises(ConstantRepresentationError, match="all-zero rows"):
         second_order_cosine(zero, y, k=3)
+
+
+@pytest.mark.parametrize("rdm", ["correlation", "euclidean", "sqeuclidean"])
+def test_rsa_kendall_matches_scipy_tau_b(rdm: str) -> None:
+    from scipy.spatial.distance import pdist
+    from scipy.stats import kendalltau
+
+    x, y = data(60, 5, 3, seed=6)
+    want = kendalltau(pdist(x, rdm), pdist(y, rdm)).statistic
+    assert abs(rsa(x, y, rdm=rdm, compare="kendall") - want) < 1e-12  # type: ignore[arg-type]
+    rng = np.random.default_rng(8)
+    ints = rng.integers(0, 3, size=(35, 3)).astype(float)  # many ties, in each RDM and jointly
+    other = ints + rng.integers(0, 2, size=(35, 3))
+    want = kendalltau(pdist(ints, "sqeuclidean"), pdist(other, "sqeuclidean")).statistic
+    assert abs(rsa(ints, other, rdm="sqeuclidean", compare="kendall", block=4) - want) < 1e-12
+
+
+def test_discordant_pair_count_on_small_vectors() -> None:
+    from itertools import combinations
+
+    from reprsim.measures._samples import _discordant
+
+    rng = np.random.default_rng(9)
+    for n in (1, 2, 3, 5, 8, 13, 64):
+        v = rng.integers(0, 4, size=n).astype(float)
+        want = sum(1 for p, q in combinations(range(n), 2) if v[p] > v[q])
+        assert _discordant(torch.tensor(v)) == want

@@ -732,7 +732,7 @@ register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=T
 
 RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"]
 RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
-RSACompare = Literal["pearson", "spearman"]
+RSACompare = Literal["pearson", "spearman", "kendall"]
 RANK_TIE_RTOL = 1e-12
 
 
@@ -798,6 +798,55 @@ def _average_ranks(v: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def _tie_pairs(changes: torch.Tensor) -> int:
+    """Σ t(t − 1)/2 over the runs of a sorted sequence, given where consecutive entries differ (length N − 1)."""
+    ends = torch.cat([changes.nonzero().flatten() + 1, changes.new_full((1,), changes.numel() + 1, dtype=torch.long)])
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _discordant(v: torch.Tensor) -> int:
+    """The number of pairs p < q with v[p] > v[q] (strictly), by a bottom-up merge sort. At each level two
+    batched binary searches place every element of each pair of sorted runs: a right element's count of
+    larger left elements is its inversions, and its position in the merged run follows from the same count."""
+    n = v.numel()
+    size = 1 << max(0, (n - 1).bit_length())
+    run = torch.cat([v, v.new_full((size - n,), torch.inf)])  # trailing +inf pads add no inversions
+    total = 0
+    width = 1
+    while width < size:
+        pairs = run.view(-1, 2, width)
+        left, right = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
+        left_not_above = torch.searchsorted(left, right, right=True)  # left elements ≤ each right element
+        total += int((width - left_not_above).sum())
+        right_below = torch.searchsorted(right, left, right=False)  # right elements < each left element
+        own = torch.arange(width, device=v.device)
+        merged = torch.empty_like(pairs.reshape(-1, 2 * width))
+        merged.scatter_(1, own + right_below, left)  # equal values: left first, so the merge is stable
+        merged.scatter_(1, own + left_not_above, right)
+        run = merged.reshape(-1)
+        width *= 2
+    return total
+
+
+def _kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's τ-b of two equally long vectors (Knight's O(N log² N) algorithm, as scipy.stats.kendalltau):
+    sort by (a, b), count the tied pairs in a, in b and in both, and the discordant pairs as inversions of b."""
+    order = torch.argsort(b, stable=True)
+    order = order[torch.argsort(a[order], stable=True)]
+    a_s, b_s = a[order], b[order]
+    n = a.numel()
+    n0 = n * (n - 1) // 2
+    new_a = torch.diff(a_s) != 0
+    ties_a = _tie_pairs(new_a)
+    ties_ab = _tie_pairs(new_a | (torch.diff(b_s) != 0))
+    ties_b = _tie_pairs(torch.diff(torch.sort(b_s).values) != 0)
+    swaps = _discordant(b_s)
+    numerator = n0 - ties_a - ties_b + ties_ab - 2 * swaps
+    tau = numerator / ((n0 - ties_a) * (n0 - ties_b)) ** 0.5
+    return torch.tensor(tau, dtype=torch.float64, device=a.device)
+
+
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a - a.mean(), b - b.mean()
     return (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt()
@@ -812,10 +861,12 @@ class RSA(Measure):
     rdm : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"}, default "correlation"
         Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors, 1 − cosine, the
         Euclidean distance, its square, or its square divided by the width (what rsatoolbox calls "euclidean").
-    compare : {"pearson", "spearman"}, default "spearman"
+    compare : {"pearson", "spearman", "kendall"}, default "spearman"
         How the RDMs are compared. Pearson is computed exactly in row strips (memory O(block · n)); Spearman
-        ranks all n(n − 1)/2 entries of each triangle (ties get average ranks, as ``scipy.stats.spearmanr``), so
-        it holds the two triangles in memory (8 bytes per entry each).
+        ranks all N = n(n − 1)/2 entries of each triangle (ties get average ranks, as ``scipy.stats.spearmanr``),
+        so it holds the two triangles in memory (8 bytes per entry each); Kendall's τ-b (ties corrected, as
+        ``scipy.stats.kendalltau``) also holds them and counts discordant pairs by a merge sort of batched
+        binary searches, O(N log² N) time.
     block : int, optional
         Rows per strip of the RDMs.
     """
@@ -829,8 +880,8 @@ class RSA(Measure):
     ) -> None:
         if rdm not in RDM_KINDS:
             raise InvalidParameterError(f"rdm must be one of {RDM_KINDS}; got {rdm!r}")
-        if compare not in ("pearson", "spearman"):
-            raise InvalidParameterError(f"compare must be 'pearson' or 'spearman'; got {compare!r}")
+        if compare not in ("pearson", "spearman", "kendall"):
+            raise InvalidParameterError(f"compare must be 'pearson', 'spearman' or 'kendall'; got {compare!r}")
         self.rdm, self.compare, self.block = rdm, compare, block
         self.range = (-1.0, 1.0)
         self.min_samples = 3
@@ -860,11 +911,12 @@ class RSA(Measure):
         zx, sx = _rdm_prepared(x, self.rdm, "x")
         zy, sy = _rdm_prepared(y, self.rdm, "y")
         strips = list(_strips(n, _strip_rows(n, self.block)))
-        if self.compare == "spearman":
+        if self.compare != "pearson":
             a = torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in strips])
             b = torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in strips])
-            a, b = _average_ranks(a), _average_ranks(b)
-            return self._checked(_pearson(a, b), a, b)
+            a, b = _average_ranks(a), _average_ranks(b)  # ranks with the tie tolerance: exact ties for τ-b too
+            self._checked(a, b)
+            return _pearson(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         ma = mb = caa = cbb = cab = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -889,11 +941,10 @@ class RSA(Measure):
         return result
 
     @staticmethod
-    def _checked(value: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _checked(a: torch.Tensor, b: torch.Tensor) -> None:
         for side, v in (("x", a), ("y", b)):
             if not bool(v.max() > v.min()):
                 raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
-        return value
 
 
 def rsa(
