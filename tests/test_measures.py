@@ -28,6 +28,7 @@ from reprsim.measures import (
     CKA,
     INVARIANCES,
     PWCCA,
+    RSA,
     SVCCA,
     Measure,
     Predictivity,
@@ -247,6 +248,7 @@ STREAMED: list[Measure] = [
     PWCCA(),
     Predictivity(),
     Predictivity(ridge=1.0, folds=3, predict="mean"),
+    RSA("sqeuclidean", "pearson"),
 ]
 
 

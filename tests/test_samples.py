@@ -17,6 +17,7 @@ from reprsim.errors import (
 )
 from reprsim.measures import (
     CKNNA,
+    RSA,
     DistanceCorrelation,
     MutualKNN,
     RankSimilarity,
@@ -129,6 +130,8 @@ def test_sample_measures_in_compare_equal_the_functional_forms() -> None:
             "cknna",
             "rank_similarity",
             "second_order_cosine",
+            RSA("sqeuclidean", "pearson"),
+            "rsa",
         ],
         progress=False,
     )
@@ -139,6 +142,8 @@ def test_sample_measures_in_compare_equal_the_functional_forms() -> None:
         ("cknna", lambda u, v: cknna(u, v)),
         ("rank_similarity", lambda u, v: rank_similarity(u, v)),
         ("second_order_cosine", lambda u, v: second_order_cosine(u, v)),
+        ("rsa-sqeuclidean-pearson", lambda u, v: rsa(u, v, rdm="sqeuclidean", compare="pearson")),
+        ("rsa", lambda u, v: rsa(u, v)),
     ):
         expected = torch.tensor([[float(fn(a[i], b[j])) for j in layers] for i in layers], dtype=torch.float64)
         torch.testing.assert_close(out[key].matrix, expected, rtol=0, atol=1e-10)
@@ -203,8 +208,34 @@ def test_rsa_errors() -> None:
         rsa(flat, y)
     with pytest.raises(InvalidParameterError, match="rdm must be one of"):
         rsa(x, y, rdm="manhattan")  # type: ignore[arg-type]
-    with pytest.raises(ConstantRepresentationError, match="RDM of x is constant"):
-        rsa(np.eye(4), y[:4], rdm="euclidean", compare="pearson")  # every pair at distance √2
+    for rdm in ("euclidean", "sqeuclidean"):  # in strips, and from moments
+        with pytest.raises(ConstantRepresentationError, match="RDM of x is constant"):
+            rsa(np.eye(4), y[:4], rdm=rdm, compare="pearson")  # every pair at distance √2
+    with pytest.raises(ConstantRepresentationError, match="every sample of y is the same"):
+        rsa(x, np.ones_like(y), rdm="sqeuclidean", compare="pearson")
+
+
+def test_rsa_pearson_on_squared_euclidean_rdms_streams_exactly() -> None:
+    from scipy.spatial.distance import pdist
+    from scipy.stats import pearsonr
+
+    from reprsim.streaming import CrossMoments
+
+    x, y = data(300, 6, 4, seed=11)
+    x = x * 50.0 + 1e3  # large, offset activations: the streamed sums stay accurate
+    want = pearsonr(pdist(x, "sqeuclidean"), pdist(y, "sqeuclidean"))[0]
+    measure = RSA("sqeuclidean", "pearson")
+    assert measure.stream == "moments"
+    assert measure.fourth
+    acc = CrossMoments(fourth=True)
+    for s in (slice(0, 1), slice(1, 120), slice(120, 300)):
+        acc.update(torch.tensor(x[s]), torch.tensor(y[s]))
+    assert abs(acc.compute(measure) - want) < 1e-10
+    assert abs(acc.compute(RSA("sqeuclidean_per_feature", "pearson")) - want) < 1e-10
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    got = rsa(torch.tensor(x32), torch.tensor(y32), rdm="sqeuclidean", compare="pearson")
+    want32 = pearsonr(pdist(x32.astype(np.float64), "sqeuclidean"), pdist(y32.astype(np.float64), "sqeuclidean"))[0]
+    assert abs(float(got) - want32) < 1e-5
 
 
 @pytest.mark.parametrize("kernel", ["cosine", "inner_product"])

@@ -19,6 +19,8 @@ import torch
 from .._precision import full_precision_matmul
 from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError, ReprsimWarning
 from ._base import Cache, Measure, evaluate, register
+from ._cka import inner
+from ._moments import Moments
 
 __all__ = [
     "CKNNA",
@@ -869,6 +871,16 @@ class RSA(Measure):
         binary searches, O(N log² N) time.
     block : int, optional
         Rows per strip of the RDMs.
+
+    Notes
+    -----
+    Pearson on squared-Euclidean RDMs is an exact function of streamed moments, so it streams like CKA (any n,
+    merged, all-reduced; ``stream="moments"`` with the fourth-order terms): with u the centred rows, R_i = ‖u_i‖²,
+    T = Σ R_i and N = n(n − 1) ordered pairs, the RDM D_ij = (R_i − R̄) + (R_j − R̄) + 2R̄ − 2u_i·u_j splits into
+    parts orthogonal over all n² entries, whence
+    N·cov(D^X, D^Y) = 2nΣR^X_iR^Y_i + 4‖XcᵀYc‖²_F − 2T_XT_Y(n + 1)/(n − 1) over the off-diagonal entries (the
+    same correlation as over the upper triangle). Cosine and correlation RDMs reduce likewise to the moments of
+    the row-normalised features, which ``compare`` does not stream yet: they are computed in strips.
     """
 
     name = "rsa"
@@ -885,6 +897,10 @@ class RSA(Measure):
         self.rdm, self.compare, self.block = rdm, compare, block
         self.range = (-1.0, 1.0)
         self.min_samples = 3
+        if compare == "pearson" and rdm in ("sqeuclidean", "sqeuclidean_per_feature"):
+            # an exact function of the second moments and the row-norm (fourth-order) moments: streamed
+            self.stream = "moments"
+            self.fourth = True
         inv = {"isotropic_scaling", "permutation"}
         if rdm != "correlation":
             inv.add("orthogonal")
@@ -902,6 +918,28 @@ class RSA(Measure):
 
     def config(self) -> dict[str, Any]:
         return {"rdm": self.rdm, "compare": self.compare}
+
+    def from_moments(self, m: Moments) -> torch.Tensor:
+        f = m.fourth
+        if f is None:
+            raise InvalidParameterError("RSA from moments needs the fourth-order moments; stream with fourth=True")
+        n = m.n
+        tx, ty = m.cxx.diagonal().sum(), m.cyy.diagonal().sum()
+        for side, t in (("x", tx), ("y", ty)):
+            if not bool(t > 0):
+                raise ConstantRepresentationError(f"every sample of {side} is the same, so its RDM is all zero")
+        # in units of the traces, so that fourth powers of large activations cannot overflow
+        c = 2.0 * (n + 1) / (n - 1)
+        cov = 2 * n * f.ab / (tx * ty) + 4 * inner(m.cxy, m.cxy) / (tx * ty) - c
+        terms = []
+        for side, r2, cc, t in (("x", f.aa, m.cxx, tx), ("y", f.bb, m.cyy, ty)):
+            big = 2 * n * r2 / (t * t) + 4 * inner(cc, cc) / (t * t)
+            var = big - c
+            if not bool(var > 64 * torch.finfo(var.dtype).eps * big):
+                raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+            terms.append(var)
+        result: torch.Tensor = cov / (terms[0] * terms[1]).sqrt()
+        return result
 
     @full_precision_matmul
     def from_samples(
