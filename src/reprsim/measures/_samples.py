@@ -884,7 +884,7 @@ class RSA(Measure):
     """
 
     name = "rsa"
-    stream = "samples"
+    stream: Literal["moments", "minibatch", "samples"] = "samples"
     symmetric = True
 
     def __init__(
