@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reprsim import compare
+from reprsim import cka, compare
 from reprsim.errors import (
     ConstantRepresentationError,
     InsufficientSamplesError,
@@ -168,6 +168,12 @@ def test_sample_measures_on_the_device(device: str) -> None:
         )
     assert abs(float(second_order_cosine(xt, yt, k=4, block=23)) - rm.second_order_cosine(x, y, 4)) < 1e-10
     assert abs(float(rank_similarity(xt, yt, k=4)) - rm.rank_similarity(x, y, 4)) < 1e-12
+    from . import reference as ref
+
+    for unbiased in (False, True):
+        got = cka(xt, yt, kernel="rbf", unbiased=unbiased, block=31)
+        assert got.device.type == device
+        assert abs(float(got) - ref.cka(x, y, "rbf", unbiased)) < 1e-10
 
 
 RDMS = {"correlation": "correlation", "cosine": "cosine", "euclidean": "euclidean", "sqeuclidean": "sqeuclidean"}
@@ -327,3 +333,77 @@ def test_discordant_pair_count_on_small_vectors() -> None:
         v = rng.integers(0, 4, size=n).astype(float)
         want = sum(1 for p, q in combinations(range(n), 2) if v[p] > v[q])
         assert _discordant(torch.tensor(v)) == want
+
+
+# -- RBF CKA beyond memory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("sigma", [None, 2.5])
+def test_blockwise_rbf_cka_equals_the_dense_reference(unbiased: bool, sigma: float | None) -> None:
+    from . import reference as ref
+
+    x, y = data(101, 6, 3, seed=12)
+    want = ref.cka(x + 50.0, y, "rbf", unbiased, sigma, median_fraction=0.8)
+    for block in (1, 7, 64, 101, 500):  # 7 and 64 do not divide 101
+        got = cka(x + 50.0, y, kernel="rbf", unbiased=unbiased, sigma=sigma, median_fraction=0.8, block=block)
+        assert abs(got - want) < 1e-10, block
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    got32 = cka(torch.tensor(x32), torch.tensor(y32), kernel="rbf", unbiased=unbiased, sigma=sigma, block=13)
+    assert got32.dtype == torch.float32
+    assert abs(float(got32) - ref.cka(x32.astype(np.float64), y32.astype(np.float64), "rbf", unbiased, sigma)) < 1e-5
+
+
+def test_large_n_switches_to_strips_with_the_same_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprsim.measures import _cka
+
+    from . import reference as ref
+
+    x, y = data(90, 4, 3, seed=13)
+    monkeypatch.setattr(_cka, "DENSE_RBF_MAX", 50)  # as if 90 samples were too many for whole kernels
+    calls = []
+    original = _cka.rbf_cka_blockwise
+    monkeypatch.setattr(_cka, "rbf_cka_blockwise", lambda *a: calls.append(1) or original(*a))
+    assert abs(cka(x, y, kernel="rbf") - ref.cka(x, y, "rbf")) < 1e-10
+    assert calls == [1]
+    xt = torch.tensor(x, requires_grad=True)
+    with pytest.raises(InvalidParameterError, match=r"blockwise RBF CKA .* is not differentiable"):
+        cka(xt, torch.tensor(y), kernel="rbf")
+    with pytest.raises(InvalidParameterError, match="block= applies to the RBF kernel"):
+        cka(x, y, block=10)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 9, 40])
+def test_exact_median_of_the_squared_distances_by_histogram_passes(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order statistics behind the median bandwidth, found without holding the distances, equal NumPy's
+    median of the dense matrix, also when the bins must be refined (tiny histograms) and with ties."""
+    from scipy.spatial.distance import cdist
+
+    from reprsim.measures import _strips
+
+    rng = np.random.default_rng(n)
+    cases = [rng.normal(size=(n, 3)), rng.integers(0, 2, size=(n, 2)).astype(float)]  # the second: many ties
+    for bins, collect in ((1 << 16, 1 << 24), (4, 3), (2, 1)):
+        monkeypatch.setattr(_strips, "_BINS", bins)
+        monkeypatch.setattr(_strips, "_COLLECT", collect)
+        for x in cases:
+            xt = torch.tensor(x)
+            xc = xt - xt.mean(0)
+            got = _strips.triangle_median(xc, (xc * xc).sum(1), rows=3)
+            assert float(got) == pytest.approx(np.median(cdist(x, x, "sqeuclidean")), rel=1e-12, abs=1e-12)
+
+
+def test_rbf_cka_measure_in_compare_equals_the_functional_form() -> None:
+    from reprsim.measures import CKA
+
+    net, other = mlp(0), mlp(1)
+    data_ = batches(n=96)
+    layers = ["1", "4"]
+    out = compare(net, other, data_, layers_a=layers, measures=["cka_rbf", CKA(kernel="rbf", unbiased=True)],
+                  progress=False)  # fmt: skip
+    a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
+    for key, unbiased in (("cka_rbf", False), ("cka-hsic_song-rbf", True)):
+        expected = [[float(cka(a[i], b[j], kernel="rbf", unbiased=unbiased)) for j in layers] for i in layers]
+        torch.testing.assert_close(out[key].matrix, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
+    assert CKA(kernel="rbf").stream == "samples"
+    assert "isotropic_scaling" not in CKA(kernel="rbf", sigma=1.0).invariances

@@ -30,9 +30,10 @@ from .._validation import (
     rescaled,
 )
 from ..errors import ConstantRepresentationError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
-from ._base import Measure, as_result, evaluate, register
+from ._base import Cache, Measure, as_result, evaluate, register
 from ._linalg import check_variance
 from ._moments import Moments
+from ._strips import rbf_hsic_terms, strip_rows, triangle_median
 
 __all__ = ["CKA", "cka", "cka_from_grams", "cka_matrix", "hsic"]
 
@@ -218,6 +219,7 @@ def cka(
     sigma: float | None = ...,
     median_fraction: float = ...,
     dtype: torch.dtype | None = ...,
+    block: int | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -231,6 +233,7 @@ def cka(
     sigma: float | None = ...,
     median_fraction: float = ...,
     dtype: torch.dtype | None = ...,
+    block: int | None = ...,
 ) -> float: ...
 
 
@@ -244,6 +247,7 @@ def cka(
     sigma: float | None = ...,
     median_fraction: float = ...,
     dtype: torch.dtype | None = ...,
+    block: int | None = ...,
 ) -> float | torch.Tensor: ...
 
 
@@ -257,6 +261,7 @@ def cka(
     sigma: float | None = None,
     median_fraction: float = 1.0,
     dtype: torch.dtype | None = None,
+    block: int | None = None,
 ) -> Any:
     """Centered kernel alignment (Kornblith et al., 2019) between two representations of the same samples.
 
@@ -281,12 +286,17 @@ def cka(
     dtype : torch.dtype, optional
         Compute in this dtype (e.g. ``torch.float64``). By default float64 inputs stay float64 and
         everything else is computed in float32 (float16/bfloat16 and integers are upcast).
+    block : int, optional
+        RBF kernel only: compute blockwise, ``block`` rows of the n × n kernels at a time (memory O(block · n)
+        instead of several n × n matrices). By default the kernels are built whole up to n = 4096 samples and
+        blockwise (64 MiB strips) beyond. The blockwise path gives the same number (the median bandwidth is
+        found exactly, by histogram passes over the strips) but is not differentiable.
 
     Returns
     -------
     float or torch.Tensor
-        A Python float when neither input is a tensor; otherwise a differentiable 0-d tensor on the
-        inputs' device. Biased CKA lies in [0, 1].
+        A Python float when neither input is a tensor; otherwise a 0-d tensor on the inputs' device,
+        differentiable except on the blockwise RBF path. Biased CKA lies in [0, 1].
 
     Raises
     ------
@@ -326,14 +336,71 @@ def cka(
     True
     """
     check_kernel(kernel, sigma, median_fraction)
+    if block is not None and kernel != "rbf":
+        raise InvalidParameterError("block= applies to the RBF kernel; linear CKA never builds an n × n matrix whole")
+    rows = strip_rows(1, block)  # validates block
     # also: finite, not constant; rescaled to magnitude ~1 when scale invariance allows (not with a fixed sigma)
     xt, yt = check_pair(x, y, unbiased=unbiased, dtype=dtype, rescale=kernel == "linear" or sigma is None)
     if kernel == "linear":
         value = _linear_cka(xt, yt, unbiased)
+    elif block is not None or xt.shape[0] > DENSE_RBF_MAX:
+        if torch.is_grad_enabled() and (xt.requires_grad or yt.requires_grad):
+            raise InvalidParameterError(
+                f"blockwise RBF CKA (n = {xt.shape[0]} > {DENSE_RBF_MAX}, or block=) is not differentiable; "
+                "detach the inputs, or compute gradients on at most 4096 samples"
+            )
+        value = rbf_cka_blockwise(xt, yt, sigma, median_fraction, unbiased, rows if block is not None else None)
     else:
         kc, lc = (_centered_rbf_gram(t, sigma, median_fraction, unbiased, name) for t, name in ((xt, "x"), (yt, "y")))
         value = _cosine_of_centered(kc, lc, ("x", "y"))
     return as_result(value, value, x, y)
+
+
+#: Up to this many samples, RBF CKA builds its n × n kernels whole (differentiable); beyond, in strips.
+DENSE_RBF_MAX = 4096
+
+
+@torch.no_grad()
+@full_precision_matmul
+def rbf_cka_blockwise(
+    x: torch.Tensor, y: torch.Tensor, sigma: float | None, median_fraction: float, unbiased: bool, block: int | None
+) -> torch.Tensor:
+    """RBF CKA of (n, p) and (n, q) tensors in strips of the kernels: memory O(block · n), the same value as the
+    dense computation (the bandwidth is the exact median of the n² squared distances when ``sigma`` is None)."""
+    n = x.shape[0]
+    rows = strip_rows(n, block)
+    gammas, prepared = [], []
+    for t, name in ((x, "x"), (y, "y")):
+        tc = _centered(t)
+        sq = (tc * tc).sum(dim=1)
+        if sigma is None:
+            s2 = median_fraction**2 * triangle_median(tc, sq, rows)
+            if not bool(s2 > 0):
+                raise InvalidParameterError(
+                    f"the median squared distance between the samples of {name} is 0 (more than half of all "
+                    "sample pairs coincide), so the median bandwidth is 0; pass an explicit sigma"
+                )
+        else:
+            s2 = torch.tensor(float(sigma) ** 2, dtype=torch.float64, device=t.device)
+        gammas.append(1.0 / (2.0 * s2))
+        prepared.append((tc, sq))
+    (xc, sqx), (yc, sqy) = prepared
+    (kl, kk, ll), rk, rl = rbf_hsic_terms(xc, sqx, yc, sqy, gammas[0], gammas[1], unbiased, rows)
+    tk, tl = rk.sum(), rl.sum()
+    if unbiased:
+        hsics = [
+            unbiased_hsic_from_terms(kl, tk, tl, rk @ rl, n),
+            unbiased_hsic_from_terms(kk, tk, tk, rk @ rk, n),
+            unbiased_hsic_from_terms(ll, tl, tl, rl @ rl, n),
+        ]
+    else:
+        hsics = [
+            kl - 2.0 / n * (rk @ rl) + tk * tl / n**2,
+            kk - 2.0 / n * (rk @ rk) + tk * tk / n**2,
+            ll - 2.0 / n * (rl @ rl) + tl * tl / n**2,
+        ]
+    _check_denominator(hsics[1], hsics[2], ("x", "y"))
+    return (hsics[0] / (hsics[1] * hsics[2]).sqrt()).to(x.dtype)
 
 
 def _centered(x: torch.Tensor) -> torch.Tensor:
@@ -706,9 +773,13 @@ class CKA(Measure):
         thousand). ``minibatch``: minibatch CKA of Nguyen et al. (2021), unbiased HSIC summed over batches,
         any kernel and width.
     kernel : {"linear", "rbf"}, default "linear"
-        ``rbf`` needs ``estimator="minibatch"`` (an RBF Gram does not stream exactly).
+        With ``estimator="exact"``, RBF CKA of the whole dataset from every sample's features, blockwise (an
+        RBF Gram does not stream from moments; in ``compare`` the pooled features are kept, as for the other
+        sample-space measures).
     sigma, median_fraction
         RBF bandwidth, as in :func:`reprsim.rbf_gram`.
+    block : int, optional
+        Exact RBF CKA: rows per strip of the kernels (see :func:`reprsim.cka`).
 
     Examples
     --------
@@ -730,39 +801,43 @@ class CKA(Measure):
         kernel: Kernel = "linear",
         sigma: float | None = None,
         median_fraction: float = 1.0,
+        block: int | None = None,
     ) -> None:
         if estimator not in ("exact", "minibatch"):
             raise InvalidParameterError(f"estimator must be 'exact' or 'minibatch'; got {estimator!r}")
         check_kernel(kernel, sigma, median_fraction)
-        if estimator == "exact" and kernel != "linear":
-            raise InvalidParameterError(
-                f"exact streamed CKA is linear; use CKA(estimator='minibatch', kernel={kernel!r}) for the {kernel} "
-                "kernel"
-            )
         if estimator == "minibatch" and unbiased:
             raise InvalidParameterError("minibatch CKA always uses unbiased HSIC per batch; drop unbiased=True")
         self.unbiased, self.estimator, self.kernel = bool(unbiased), estimator, kernel
         self.sigma = None if sigma is None else float(sigma)
         self.median_fraction = float(median_fraction)
-        self.stream = "minibatch" if estimator == "minibatch" else "moments"
-        self.fourth = self.unbiased
+        self.block = block
+        if estimator == "minibatch":
+            self.stream = "minibatch"
+        else:  # linear CKA streams exactly from moments; an RBF kernel needs every sample (blockwise)
+            self.stream = "moments" if kernel == "linear" else "samples"
+        self.fourth = self.unbiased and self.stream == "moments"
         self.min_samples = 4 if self.unbiased else 2
         if self.unbiased or estimator == "minibatch":
             self.range = (-1.0, 1.0)  # unbiased HSIC can be negative; it is never clamped
         if kernel == "rbf":
-            self.invariances = frozenset({"orthogonal", "translation", "permutation"})
+            # a median bandwidth scales with the data; a fixed one does not
+            inv = {"orthogonal", "translation", "permutation"} | ({"isotropic_scaling"} if sigma is None else set())
+            self.invariances = frozenset(inv)
 
     @property
     def id(self) -> str:
         if self.estimator == "minibatch":
             return f"cka-minibatch-{self.kernel}"
-        return "cka-hsic_song" if self.unbiased else "cka"
+        base = "cka-hsic_song" if self.unbiased else "cka"
+        return base if self.kernel == "linear" else f"{base}-rbf"
 
     @property
     def label(self) -> str:
         if self.estimator == "minibatch":
             return f"minibatch CKA ({self.kernel})"
-        return "unbiased linear CKA" if self.unbiased else "linear CKA"
+        kind = "linear" if self.kernel == "linear" else "RBF"
+        return f"unbiased {kind} CKA" if self.unbiased else f"{kind} CKA"
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"unbiased": self.unbiased, "estimator": self.estimator, "kernel": self.kernel}
@@ -773,7 +848,23 @@ class CKA(Measure):
     def __call__(self, x: Any, y: Any) -> Any:
         if self.estimator == "minibatch":
             return evaluate(self, x, y)  # raises: minibatch CKA needs batches
+        if self.kernel == "rbf":
+            return evaluate(self, x, y)
         return cka(x, y, unbiased=self.unbiased)
+
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        value: torch.Tensor = cka(
+            x,
+            y,
+            kernel="rbf",
+            unbiased=self.unbiased,
+            sigma=self.sigma,
+            median_fraction=self.median_fraction,
+            block=self.block,
+        )
+        return value
 
     def from_moments(self, m: Moments) -> torch.Tensor:
         tx = check_variance(m.cxx, "x", "CKA")
@@ -814,3 +905,4 @@ def unbiased_moment_terms(
 register("cka", lambda: CKA())
 register("cka_unbiased", lambda: CKA(unbiased=True))
 register("cka_minibatch", lambda: CKA(estimator="minibatch"))
+register("cka_rbf", lambda: CKA(kernel="rbf"))

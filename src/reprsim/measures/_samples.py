@@ -11,7 +11,6 @@ inputs' device at the matrix-multiply rate.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -21,6 +20,7 @@ from ..errors import ConstantRepresentationError, InsufficientSamplesError, Inva
 from ._base import Cache, Measure, evaluate, register
 from ._cka import inner
 from ._moments import Moments
+from ._strips import STRIP_BYTES, strip_rows, strips
 
 __all__ = [
     "CKNNA",
@@ -41,21 +41,7 @@ __all__ = [
 
 Neighbours = Literal["cosine", "inner_product", "euclidean"]
 NEIGHBOURS = ("cosine", "inner_product", "euclidean")
-STRIP_BYTES = 64 * 2**20
 _SUFFIX = {"cosine": "", "inner_product": "-ip", "euclidean": "-euclidean"}
-
-
-def _strip_rows(n: int, block: int | None) -> int:
-    if block is not None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise InvalidParameterError(f"block must be a positive number of rows; got {block!r}")
-        return block
-    return max(1, min(n, STRIP_BYTES // (8 * max(n, 1))))
-
-
-def _strips(n: int, rows: int) -> Iterator[slice]:
-    for start in range(0, n, rows):
-        yield slice(start, min(n, start + rows))
 
 
 # -- nearest neighbours ----------------------------------------------------------------------------------
@@ -108,7 +94,7 @@ def _neighbour_indices(
     z = _prepared(x, neighbours, name)
     sq = (z * z).sum(1) if neighbours == "euclidean" else None
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
-    for rows in _strips(n, _strip_rows(n, block)):
+    for rows in strips(n, strip_rows(n, block)):
         mask, sim = _neighbour_mask(z, rows, k, sq, include_self)
         # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k), in
         # index order; a stable sort by similarity then ranks them with ties kept in index order
@@ -253,7 +239,7 @@ def _gathered_values(
     out = torch.empty((n, m), dtype=torch.float64, device=z.device)
     budget = max(1, STRIP_BYTES // (8 * max(1, m * z.shape[1])))
     rows_per = budget if block is None else min(block, budget)
-    for r in _strips(n, rows_per):
+    for r in strips(n, rows_per):
         other = z64[idx[r]]  # (rows, m, p)
         mine = z64[r].unsqueeze(1)
         if how == "dot":
@@ -515,7 +501,7 @@ class RankSimilarity(Measure):
         n, k = ix.shape
         score = torch.zeros(n, dtype=torch.float64, device=x.device)
         shared = torch.zeros(n, dtype=torch.long, device=x.device)
-        for r in _strips(n, max(1, STRIP_BYTES // (k * k))):
+        for r in strips(n, max(1, STRIP_BYTES // (k * k))):
             i, a, b = (ix[r].unsqueeze(2) == iy[r].unsqueeze(1)).nonzero(as_tuple=True)
             a64, b64 = a.to(torch.float64), b.to(torch.float64)
             terms = 2.0 / ((1.0 + (a64 - b64).abs()) * (a64 + b64 + 2.0))
@@ -553,10 +539,10 @@ def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | N
     x64, y64 = x.to(torch.float64), y.to(torch.float64)
     x64, y64 = x64 - x64.mean(0), y64 - y64.mean(0)
     sx, sy = (x64 * x64).sum(1), (y64 * y64).sum(1)
-    rows = _strip_rows(n, block)
+    rows = strip_rows(n, block)
     ra = torch.zeros(n, dtype=torch.float64, device=x.device)
     rb = torch.zeros_like(ra)
-    for r in _strips(n, rows):
+    for r in strips(n, rows):
         ra[r] = _distances(x64, sx, r).sum(1)
         rb[r] = _distances(y64, sy, r).sum(1)
     ta, tb = ra.sum(), rb.sum()
@@ -567,7 +553,7 @@ def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | N
         ca, cb = ra / n, rb / n
         ga, gb = ta / n**2, tb / n**2
     totals = torch.zeros(3, dtype=torch.float64, device=x.device)
-    for r in _strips(n, rows):
+    for r in strips(n, rows):
         a = _distances(x64, sx, r) - ca[r, None] - ca[None, :] + ga
         b = _distances(y64, sy, r) - cb[r, None] - cb[None, :] + gb
         if unbiased:
@@ -948,17 +934,17 @@ class RSA(Measure):
         n = x.shape[0]
         zx, sx = _rdm_prepared(x, self.rdm, "x")
         zy, sy = _rdm_prepared(y, self.rdm, "y")
-        strips = list(_strips(n, _strip_rows(n, self.block)))
+        pieces = list(strips(n, strip_rows(n, self.block)))
         if self.compare != "pearson":
-            a = torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in strips])
-            b = torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in strips])
+            a = torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in pieces])
+            b = torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in pieces])
             a, b = _average_ranks(a), _average_ranks(b)  # ranks with the tie tolerance: exact ties for τ-b too
             self._checked(a, b)
             return _pearson(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         ma = mb = caa = cbb = cab = torch.zeros((), dtype=torch.float64, device=x.device)
-        for r in strips:
+        for r in pieces:
             a = _upper(_rdm_rows(zx, sx, r, self.rdm), r)
             b = _upper(_rdm_rows(zy, sy, r, self.rdm), r)
             if a.numel() == 0:

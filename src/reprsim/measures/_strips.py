@@ -1,0 +1,172 @@
+"""Row strips of n × n matrices: the blockwise machinery of the measures that need every sample.
+
+A strip is ``rows`` consecutive rows of an n × n similarity, distance or kernel matrix, built from one matrix
+product on the inputs' device and reduced before the next is built, so memory is O(rows · n), never O(n²).
+This module holds the strip sizes, squared distances by strips, exact order statistics of the n(n − 1)/2
+pairwise distances without holding them (for the median bandwidth), and the HSIC terms of two RBF kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import InvalidParameterError
+
+__all__ = ["STRIP_BYTES", "rbf_hsic_terms", "strip_rows", "strips", "triangle_median"]
+
+#: The default memory of one float64 strip (rows × n × 8 bytes).
+STRIP_BYTES = 64 * 2**20
+_BINS = 1 << 16
+_COLLECT = 1 << 24  # values of one histogram bin gathered for an exact sort (128 MiB in float64)
+
+
+def strip_rows(n: int, block: int | None) -> int:
+    """Rows per strip: ``block`` when given, else as many as fit :data:`STRIP_BYTES` in float64."""
+    if block is not None:
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise InvalidParameterError(f"block must be a positive number of rows; got {block!r}")
+        return block
+    return max(1, min(n, STRIP_BYTES // (8 * max(n, 1))))
+
+
+def strips(n: int, rows: int) -> Iterator[slice]:
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+def upper_sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+    """(len(rows), n − rows.start): squared distances from the samples ``rows`` to the samples ``rows.start:``
+    (the caller keeps the strict upper triangle, j > i, with :func:`upper_mask`).
+
+    ``xc`` is column-centred and ``sq`` its squared row norms: d² = ‖a‖² + ‖b‖² − 2a·b from one product, clamped
+    at 0; where that is below its own rounding (duplicates, near-duplicates) the entry is recomputed from the
+    difference, so equal rows are exactly 0 apart (as :func:`reprsim.squared_distances`).
+    """
+    cols = slice(rows.start, xc.shape[0])
+    total = sq[rows, None] + sq[None, cols]
+    d2 = (total - 2.0 * (xc[rows] @ xc[cols].T)).clamp_(min=0.0)
+    i, j = torch.nonzero(d2 <= 64.0 * torch.finfo(xc.dtype).eps * total, as_tuple=True)
+    if i.numel():
+        d2[i, j] = ((xc[i + rows.start] - xc[j + rows.start]) ** 2).sum(dim=1)
+    return d2
+
+
+def upper_mask(rows: slice, n: int, device: torch.device) -> torch.Tensor:
+    """(len(rows), n − rows.start) boolean: column j (offset by rows.start) lies strictly right of row i."""
+    local = torch.arange(rows.stop - rows.start, device=device)
+    return torch.arange(n - rows.start, device=device)[None, :] > local[:, None]
+
+
+def _select(
+    values: Callable[[], Iterator[torch.Tensor]], ranks: Sequence[int], lo: torch.Tensor, hi: torch.Tensor
+) -> list[torch.Tensor]:
+    """The values of 1-based ``ranks`` among every value that ``values()`` yields (all within [lo, hi]).
+
+    One pass histograms the values into 65,536 bins (with each bin's minimum and maximum); a second gathers the
+    bins that hold the wanted ranks and sorts them. A bin too full to gather (more than 2^24 values) is
+    searched again within its own minimum and maximum, and a bin whose values are all equal answers at once.
+    The values are recomputed on each pass, identically, so the bins are consistent.
+    """
+    if not bool(hi > lo):
+        return [lo for _ in ranks]
+    scale = _BINS / (hi - lo)
+
+    def bins(v: torch.Tensor) -> torch.Tensor:
+        return ((v - lo) * scale).floor_().clamp_(0, _BINS - 1).long()
+
+    device = lo.device
+    counts = torch.zeros(_BINS, dtype=torch.long, device=device)
+    low = torch.full((_BINS,), torch.inf, dtype=lo.dtype, device=device)
+    high = torch.full((_BINS,), -torch.inf, dtype=lo.dtype, device=device)
+    for v in values():
+        idx = bins(v)
+        counts += torch.bincount(idx, minlength=_BINS)
+        low.scatter_reduce_(0, idx, v, reduce="amin")
+        high.scatter_reduce_(0, idx, v, reduce="amax")
+    cum = torch.cumsum(counts, 0)
+    chosen = [int(torch.searchsorted(cum, torch.tensor(r, device=device))) for r in ranks]
+    gather = sorted({b for b in chosen if int(counts[b]) <= _COLLECT and bool(low[b] < high[b])})
+    found: dict[int, list[torch.Tensor]] = {b: [] for b in gather}
+    if gather:
+        wanted = torch.tensor(gather, device=device)
+        for v in values():
+            idx = bins(v)
+            keep = torch.isin(idx, wanted)
+            for g in gather:
+                found[g].append(v[keep & (idx == g)])
+    out = []
+    for r, b in zip(ranks, chosen):
+        before = int(cum[b] - counts[b])
+        if not bool(low[b] < high[b]):
+            out.append(low[b])
+        elif b in found:
+            out.append(torch.sort(torch.cat(found[b])).values[r - before - 1])
+        else:
+
+            def within(chosen_bin: int = b) -> Iterator[torch.Tensor]:
+                for v in values():
+                    yield v[bins(v) == chosen_bin]
+
+            out.extend(_select(within, [r - before], low[b], high[b]))
+    return out
+
+
+def triangle_median(xc: torch.Tensor, sq: torch.Tensor, rows: int) -> torch.Tensor:
+    """The median of all n² squared distances (the zero diagonal included, NumPy's mean of the two middle values
+    for an even count), exactly, without holding them: the convention of :func:`reprsim.median_sigma`."""
+    n = xc.shape[0]
+    m = n * n
+    wanted = [(m + 1) // 2] if m % 2 == 1 else [m // 2, m // 2 + 1]
+    ranks = [(k - n + 1) // 2 for k in wanted if k > n]  # ranks in the triangle; the others are diagonal zeros
+
+    def values() -> Iterator[torch.Tensor]:
+        for r in strips(n, rows):
+            d2 = upper_sq_distances(xc, sq, r)
+            yield d2[upper_mask(r, n, xc.device)].to(torch.float64)
+
+    zero = torch.zeros((), dtype=torch.float64, device=xc.device)
+    top = 4.0 * sq.max().to(torch.float64) * (1.0 + 1e-6)  # ‖a − b‖² ≤ (‖a‖ + ‖b‖)² ≤ 4 max‖·‖²
+    found = _select(values, ranks, zero, top) if ranks else []
+    picked = [zero] * (len(wanted) - len(found)) + found
+    return picked[0] if len(picked) == 1 else 0.5 * (picked[0] + picked[1])
+
+
+def rbf_hsic_terms(
+    xc: torch.Tensor,
+    sqx: torch.Tensor,
+    yc: torch.Tensor,
+    sqy: torch.Tensor,
+    gx: torch.Tensor,
+    gy: torch.Tensor,
+    unbiased: bool,
+    rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sums HSIC needs of the RBF kernels K_ij = exp(−gx·d²_X(i, j)) and L (likewise), by strips of the
+    upper triangle (half the products and exponentials of the full matrices), in float64.
+
+    Returns (ΣK∘L, ΣK∘K, ΣL∘L) over all n² entries, and the row sums K1 and L1; with ``unbiased`` the kernels'
+    diagonals count as zero (K̃, L̃ of Song et al.), else as exp(0) = 1.
+    """
+    n = xc.shape[0]
+    dev = xc.device
+    f64 = torch.float64
+    sums = torch.zeros(3, dtype=f64, device=dev)  # over the strict upper triangle
+    rk = torch.zeros(n, dtype=f64, device=dev)
+    rl = torch.zeros(n, dtype=f64, device=dev)
+    for r in strips(n, rows):
+        mask = upper_mask(r, n, dev)
+        k = torch.exp(upper_sq_distances(xc, sqx, r).to(f64).mul_(-gx)).mul_(mask)
+        l = torch.exp(upper_sq_distances(yc, sqy, r).to(f64).mul_(-gy)).mul_(mask)
+        sums += torch.stack([(k * l).sum(), (k * k).sum(), (l * l).sum()])
+        rk[r] += k.sum(dim=1)
+        rk[r.start :] += k.sum(dim=0)
+        rl[r] += l.sum(dim=1)
+        rl[r.start :] += l.sum(dim=0)
+    sums = 2.0 * sums
+    if not unbiased:
+        sums += n
+        rk += 1.0
+        rl += 1.0
+    return sums, rk, rl
