@@ -156,8 +156,8 @@ def test_migration_and_measure_argument_errors() -> None:
             measures=[ShapeMetric(0.5, folds=3), Predictivity(folds=4)],
             progress=False,
         )
-    with pytest.raises(InvalidParameterError, match="exact streamed CKA is linear"):
-        CKA(kernel="rbf")
+    with pytest.raises(InvalidParameterError, match="minibatch CKA always uses unbiased HSIC"):
+        CKA(estimator="minibatch", unbiased=True)
 
 
 def test_degenerate_pair_names_both_layers() -> None:

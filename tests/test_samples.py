@@ -4,9 +4,12 @@ their use in compare."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from reprsim import cka, compare
 from reprsim.errors import (
@@ -14,6 +17,7 @@ from reprsim.errors import (
     InsufficientSamplesError,
     InvalidParameterError,
     ReprsimWarning,
+    ShapeMismatchError,
 )
 from reprsim.measures import (
     CKNNA,
@@ -407,3 +411,62 @@ def test_rbf_cka_measure_in_compare_equals_the_functional_form() -> None:
         torch.testing.assert_close(out[key].matrix, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
     assert CKA(kernel="rbf").stream == "samples"
     assert "isotropic_scaling" not in CKA(kernel="rbf", sigma=1.0).invariances
+
+
+@pytest.mark.parametrize("budget", [0, 5_000, None])
+def test_compare_spills_features_to_memory_mapped_files_beyond_the_budget(
+    budget: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    net, other = mlp(0), mlp(1)
+    data_ = batches(n=96)
+    layers = ["1", "4"]
+    folders: list[str] = []
+    real = tempfile.TemporaryDirectory
+
+    def recording(*args: object, **kwargs: object) -> tempfile.TemporaryDirectory[str]:
+        folder = real(*args, **kwargs)  # type: ignore[call-overload]
+        folders.append(folder.name)
+        return folder  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", recording)
+    out = compare(
+        {"a": net, "b": other, "a again": net},  # a model under two names: kept once per batch
+        data=data_,
+        layers=layers,
+        measures=["mutual_knn", "distance_correlation"],
+        feature_memory=budget,
+        progress=False,
+    )
+    a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
+    for key, fn in (("mutual_knn", mutual_knn), ("distance_correlation", distance_correlation)):
+        for pair, (u, v) in ((("a", "b"), (a, b)), (("a", "a again"), (a, a))):
+            expected = [[float(fn(u[i], v[j])) for j in layers] for i in layers]
+            torch.testing.assert_close(
+                out[pair][key].matrix, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10
+            )
+    where = out[("a", "b")]["mutual_knn"].metadata["features"]
+    if budget is None:
+        assert where.startswith("in memory")
+        assert folders == []
+    else:  # 0: from the first batch; 5,000 bytes: after the first batch was kept in memory
+        assert where.startswith("spilled to memory-mapped temporary files")
+        assert len(folders) == 1
+        assert not os.path.exists(folders[0])  # deleted when compare returned
+
+
+def test_feature_store_refuses_a_changing_width_and_a_bad_budget() -> None:
+    net = mlp(0)
+    varying = [torch.randn(8, 10), torch.randn(8, 10)]
+    with pytest.raises(InvalidParameterError, match="feature_memory must be a number of bytes"):
+        compare(net, None, varying, layers_a=["1"], measure="mutual_knn", feature_memory=-1, progress=False)
+
+    class Tokens(nn.Module):  # the token count follows the batch: 3 tokens, then 4
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, None, :].expand(-1, x.shape[1] // 3, -1)
+
+    model = nn.Sequential(Tokens(), nn.Identity())
+    data_ = [torch.randn(8, 9), torch.randn(8, 12)]
+    with pytest.raises(ShapeMismatchError, match="pooled width changed from 27 to 48 between batches"):
+        compare(model, None, data_, layers_a=["1"], measure="mutual_knn", progress=False)

@@ -13,10 +13,13 @@ never moved or cast: batches are moved to each model's device instead.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Union, overload
 
+import numpy as np
 import torch
 from torch import nn
 from typing_extensions import TypedDict, Unpack
@@ -76,6 +79,10 @@ _REMOVED = {
 }
 
 
+#: Default bytes of pooled features that compare keeps in memory for sample-space measures before spilling.
+FEATURE_MEMORY = 2 * 2**30
+
+
 class CompareOptions(TypedDict, total=False):
     """The keyword options of :func:`compare` other than the measures (for type checkers)."""
 
@@ -95,6 +102,7 @@ class CompareOptions(TypedDict, total=False):
     eval: bool
     stop_early: bool
     progress: bool
+    feature_memory: int | None
 
 
 @overload
@@ -168,6 +176,7 @@ def compare(
     eval: bool = True,
     stop_early: bool = False,
     progress: bool = True,
+    feature_memory: int | None = FEATURE_MEMORY,
     **removed: Any,
 ) -> Any:
     """Compare two models (or every pair of several) layer by layer over a dataset, streaming.
@@ -216,6 +225,12 @@ def compare(
         module's ``training`` flag is restored afterwards.
     progress : bool, default True
         Show a progress bar with samples/s when tqdm is installed.
+    feature_memory : int or None, default 2 GiB
+        Sample-space measures (neighbours, RSA, distance correlation, RBF CKA) need every sample's pooled
+        features (n × width per layer). They are kept in memory up to this many bytes in all; beyond, every
+        layer's features go to a memory-mapped temporary file (deleted when ``compare`` returns), read back one
+        layer at a time. ``None`` never spills; ``0`` always does. The result's metadata says which happened,
+        under ``features``.
 
     Returns
     -------
@@ -305,6 +320,7 @@ def compare(
         calls=calls,
         device=device,
         stop_early=stop_early,
+        feature_memory=feature_memory,
     ).run(data, eval_models=eval, progress=progress)
     single = measures is None
     shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
@@ -347,6 +363,88 @@ def _minibatch_key(m: Measure) -> tuple[Any, ...]:
     return (m.kernel, m.sigma, m.median_fraction)
 
 
+Slot = tuple[tuple[int, int], str]
+
+
+class _FeatureStore:
+    """Every sample's pooled features per layer, for the sample-space measures: tensors in memory until their
+    total passes ``budget`` bytes, then raw bytes appended to one temporary file per layer and read back
+    through a memory map (the layer's dtype and device restored), one layer at a time."""
+
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget
+        self.memory: dict[Slot, list[torch.Tensor]] = {}
+        self.meta: dict[Slot, tuple[str, int, torch.dtype, torch.device]] = {}  # name, width, dtype, device
+        self.rows: dict[Slot, int] = {}
+        self.last_batch: dict[Slot, int] = {}
+        self.bytes = 0
+        self.folder: tempfile.TemporaryDirectory[str] | None = None
+        self.files: dict[Slot, Any] = {}
+        self.read: dict[Slot, torch.Tensor] = {}
+
+    def add(self, slot: Slot, name: str, tensor: torch.Tensor, batch: int) -> None:
+        if self.last_batch.get(slot) == batch:
+            return  # a model under two names: its layers are kept once per batch
+        flat = tensor.reshape(tensor.shape[0], -1)
+        if slot in self.meta:
+            width = self.meta[slot][1]
+            if flat.shape[1] != width:
+                raise ShapeMismatchError(
+                    f"{name}: the pooled width changed from {width} to {flat.shape[1]} between batches (e.g. a "
+                    "token count that varies with padding); sample-space measures need one width per layer: use "
+                    "pool='mean' or pool='masked_mean', or pad every batch to one length"
+                )
+        else:
+            self.meta[slot] = (name, flat.shape[1], flat.dtype, flat.device)
+            self.rows[slot] = 0
+        self.last_batch[slot] = batch
+        self.rows[slot] += flat.shape[0]
+        self.bytes += flat.numel() * flat.element_size()
+        if self.folder is None and self.budget is not None and self.bytes > self.budget:
+            self.folder = tempfile.TemporaryDirectory(prefix="reprsim-features-")
+            for kept_slot, kept in self.memory.items():
+                for t in kept:
+                    self._write(kept_slot, t)
+            self.memory.clear()
+        if self.folder is None:
+            self.memory.setdefault(slot, []).append(flat)
+        else:
+            self._write(slot, flat)
+
+    def _write(self, slot: Slot, flat: torch.Tensor) -> None:
+        if slot not in self.files:
+            assert self.folder is not None
+            self.files[slot] = open(os.path.join(self.folder.name, f"layer{len(self.files)}.bin"), "wb")  # noqa: SIM115
+        self.files[slot].write(flat.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+
+    def get(self, slot: Slot) -> torch.Tensor:
+        if slot in self.read:
+            return self.read[slot]
+        _, width, dtype, device = self.meta[slot]
+        if slot in self.memory:
+            kept = self.memory[slot]
+            if len(kept) > 1:
+                kept[:] = [torch.cat(kept)]
+            return kept[0]
+        handle = self.files[slot]
+        handle.flush()
+        raw = np.memmap(handle.name, dtype=np.uint8, mode="c")  # copy-on-write: torch wants a writable buffer
+        out = torch.from_numpy(raw).view(dtype).reshape(self.rows[slot], width).to(device)
+        self.read = {slot: out}  # one layer read back at a time
+        return out
+
+    def describe(self) -> str:
+        where = "in memory" if self.folder is None else "spilled to memory-mapped temporary files"
+        return f"{where} (n × width per layer, {self.bytes / 2**20:.1f} MiB in all)"
+
+    def close(self) -> None:
+        self.read.clear()
+        for handle in self.files.values():
+            handle.close()
+        if self.folder is not None:
+            self.folder.cleanup()
+
+
 class _Comparison:
     """One streaming comparison: extractors grouped by model run, accumulators shared by measures."""
 
@@ -364,7 +462,14 @@ class _Comparison:
         calls: Literal["error", "each", "first", "last"],
         device: torch.device | str | None,
         stop_early: bool,
+        feature_memory: int | None = FEATURE_MEMORY,
     ) -> None:
+        if feature_memory is not None and (
+            isinstance(feature_memory, bool) or not isinstance(feature_memory, int) or feature_memory < 0
+        ):
+            raise InvalidParameterError(
+                f"feature_memory must be a number of bytes ≥ 0, or None never to spill; got {feature_memory!r}"
+            )
         used = [n for n in models if any(n in p for p in pairs)]
         self.measures = measures
         moment = [m for m in measures.values() if m.stream == "moments"]
@@ -375,8 +480,9 @@ class _Comparison:
         self.folds = max((m.folds for m in moment), default=1)
         self.use_moments = bool(moment)
         self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
-        # sample-space measures need every sample's pooled features: kept in memory, n × width per layer
-        self.features: dict[tuple[tuple[int, int], str], list[torch.Tensor]] = {}
+        # sample-space measures need every sample's pooled features, n × width per layer: in memory up to
+        # feature_memory bytes in all, then in memory-mapped temporary files
+        self.store = _FeatureStore(feature_memory)
         self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
@@ -457,9 +563,14 @@ class _Comparison:
         if self.batches == 0:
             raise InvalidParameterError("data yielded no batches; nothing to compare")
         caches: dict[int, dict[Any, Any]] = {}
-        return {
-            p: {k: self._result(p, i, k, m, caches) for k, m in self.measures.items()} for i, p in enumerate(self.pairs)
-        }
+        try:
+            return {
+                p: {k: self._result(p, i, k, m, caches) for k, m in self.measures.items()}
+                for i, p in enumerate(self.pairs)
+            }
+        finally:
+            self.sample_caches.clear()
+            self.store.close()
 
     def _step(self, batch: Any) -> None:
         acts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -498,9 +609,7 @@ class _Comparison:
             p.owner.commit(p, checked=True)
         if self.sample_measures:
             for model, layer, tensor in self._named_layers(acts):
-                kept = self.features.setdefault((self.run_of[model], layer), [])
-                if len(kept) < self.batches + 1:  # a model under two names is kept once
-                    kept.append(tensor.reshape(tensor.shape[0], -1))
+                self.store.add((self.run_of[model], layer), f"{model}:{layer}", tensor, self.batches)
         self.samples += sizes.pop()
         self.batches += 1
 
@@ -641,11 +750,8 @@ class _Comparison:
         return values
 
     def _features(self, slot: tuple[tuple[int, int], str]) -> torch.Tensor:
-        """A layer's pooled features of every batch, concatenated once."""
-        kept = self.features[slot]
-        if len(kept) > 1:
-            kept[:] = [torch.cat(kept)]
-        return kept[0]
+        """A layer's pooled features of every batch (from memory, or read back from its file)."""
+        return self.store.get(slot)
 
     def _result(
         self, pair: tuple[str, str], index: int, key: str, measure: Measure, caches: dict[int, dict[Any, Any]]
@@ -671,7 +777,7 @@ class _Comparison:
             "model_a": a,
             "model_b": b,
             "measure": measure.describe(),
-            **({"features": "in memory (n × width per layer)"} if measure.stream == "samples" else {}),
+            **({"features": self.store.describe()} if measure.stream == "samples" else {}),
             **self.config,
             "samples": self.samples,
             "batches": self.batches,
