@@ -1,9 +1,10 @@
 """reprsim: representation similarity for PyTorch.
 
 Many measures of how similar two representations of the same samples are (CKA, Procrustes and shape metrics,
-the CCA family, linear predictivity), on NumPy arrays or torch tensors, CPU or CUDA; every moment-based
-measure also streams exactly over datasets of any size, merges and all-reduces, and :func:`compare` runs them
-over two models layer by layer in one pass.
+the CCA family, linear predictivity, nearest-neighbour alignment, RSA, distance correlation), on NumPy arrays or
+torch tensors, CPU or CUDA; every moment-based measure also streams exactly over datasets of any size, merges
+and all-reduces, the measures that need every sample run blockwise in bounded memory, and :func:`compare` runs
+them over two models layer by layer in one pass.
 
 >>> import numpy as np
 >>> from reprsim import cka
@@ -28,10 +29,17 @@ from .measures import (
     cka,
     cka_from_grams,
     cka_matrix,
+    cknna,
+    distance_correlation,
     hsic,
+    jaccard_knn,
+    mutual_knn,
     predictivity,
     procrustes,
     pwcca,
+    rank_similarity,
+    rsa,
+    second_order_cosine,
     shape_metric,
     svcca,
 )
@@ -50,18 +58,25 @@ __all__ = [
     "cka",
     "cka_from_grams",
     "cka_matrix",
+    "cknna",
     "compare",
+    "distance_correlation",
     "errors",
     "hsic",
+    "jaccard_knn",
     "linear_gram",
     "list_layers",
     "measures",
+    "mutual_knn",
     "pool_tokens",
     "predictivity",
     "probes",
     "procrustes",
     "pwcca",
+    "rank_similarity",
     "rbf_gram",
+    "rsa",
+    "second_order_cosine",
     "shape_metric",
     "streaming",
     "svcca",

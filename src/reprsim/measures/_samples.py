@@ -770,14 +770,17 @@ def _average_ranks(v: torch.Tensor) -> torch.Tensor:
 
     Values within RANK_TIE_RTOL of the largest magnitude of each other count as tied: the RDMs come from the
     product formula, whose rounding (a few ulps) would otherwise split exactly equal dissimilarities (e.g. of
-    integer-valued data) into arbitrary orders.
+    integer-valued data) into arbitrary orders. Intermediates are freed as soon as they are used, since this
+    runs on whole triangles.
     """
     order = torch.argsort(v, stable=True)
     sorted_v = v[order]
     tol = RANK_TIE_RTOL * float(sorted_v.abs().max()) if sorted_v.numel() else 0.0
     starts = torch.ones_like(sorted_v, dtype=torch.bool)
     starts[1:] = torch.diff(sorted_v) > tol
+    del sorted_v
     inverse = torch.cumsum(starts, 0) - 1
+    del starts
     counts = torch.bincount(inverse)
     ends = torch.cumsum(counts, 0).to(torch.float64)
     average = ends - (counts.to(torch.float64) - 1.0) / 2.0
@@ -936,9 +939,10 @@ class RSA(Measure):
         zy, sy = _rdm_prepared(y, self.rdm, "y")
         pieces = list(strips(n, strip_rows(n, self.block)))
         if self.compare != "pearson":
-            a = torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in pieces])
-            b = torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in pieces])
-            a, b = _average_ranks(a), _average_ranks(b)  # ranks with the tie tolerance: exact ties for τ-b too
+            # one triangle at a time, ranked before the next is built; ranks with the tie tolerance give τ-b
+            # exact ties too
+            a = _average_ranks(torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in pieces]))
+            b = _average_ranks(torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in pieces]))
             self._checked(a, b)
             return _pearson(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
