@@ -470,3 +470,16 @@ def test_feature_store_refuses_a_changing_width_and_a_bad_budget() -> None:
     data_ = [torch.randn(8, 9), torch.randn(8, 12)]
     with pytest.raises(ShapeMismatchError, match="pooled width changed from 27 to 48 between batches"):
         compare(model, None, data_, layers_a=["1"], measure="mutual_knn", progress=False)
+
+
+@pytest.mark.parametrize("rdm", ["correlation", "cosine", "euclidean"])
+def test_rsa_pearson_in_strips_from_float32_data_within_1e5(rdm: str) -> None:
+    from scipy.spatial.distance import pdist
+    from scipy.stats import pearsonr
+
+    x, y = data(150, 6, 4, seed=14)
+    x32, y32 = (x * 10.0 + 3.0).astype(np.float32), y.astype(np.float32)
+    want = pearsonr(pdist(x32.astype(np.float64), rdm), pdist(y32.astype(np.float64), rdm))[0]
+    got = rsa(torch.tensor(x32), torch.tensor(y32), rdm=rdm, compare="pearson", block=37)  # type: ignore[arg-type]
+    assert got.dtype == torch.float32
+    assert abs(float(got) - want) < 1e-5

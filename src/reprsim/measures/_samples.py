@@ -235,13 +235,12 @@ def _gathered_values(
     """(n, m) float64: z_i·z_j (``"dot"``) or ‖z_i − z_j‖²/2 (``"halfsq"``, from differences: exactly 0 between
     equal rows) for every sample i and each of its m listed samples j = idx[i], in strips of rows."""
     n, m = idx.shape
-    z64 = z.to(torch.float64)
     out = torch.empty((n, m), dtype=torch.float64, device=z.device)
     budget = max(1, STRIP_BYTES // (8 * max(1, m * z.shape[1])))
     rows_per = budget if block is None else min(block, budget)
     for r in strips(n, rows_per):
-        other = z64[idx[r]]  # (rows, m, p)
-        mine = z64[r].unsqueeze(1)
+        other = z[idx[r]].to(torch.float64)  # (rows, m, p)
+        mine = z[r].to(torch.float64).unsqueeze(1)
         if how == "dot":
             out[r] = (other * mine).sum(-1)
         else:
@@ -518,16 +517,22 @@ class RankSimilarity(Measure):
 
 
 def _distances(x: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
-    """Euclidean distances from the samples ``rows`` to every sample, from squared norms and one product.
+    """Euclidean distances (float64) from the samples ``rows`` to every sample, from squared norms and one
+    product in the data's dtype.
 
     The square root magnifies the rounding of ‖a‖² + ‖b‖² − 2a·b near zero (about √ε·‖a‖ for twins), so the
     diagonal, where the distance is exactly 0, is set to 0 rather than computed.
     """
     d2 = sq[rows, None] + sq[None, :] - 2.0 * (x[rows] @ x.T)
-    d = d2.clamp_(min=0.0).sqrt_()
+    d = d2.clamp_(min=0.0).sqrt_().to(torch.float64)
     local = torch.arange(rows.stop - rows.start, device=x.device)
     d[local, local + rows.start] = 0.0
     return d
+
+
+def _centred_in_place_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x minus its column means (taken in float64), in x's dtype."""
+    return (x - x.mean(dim=0, dtype=torch.float64).to(x.dtype)) if x.dtype != torch.float64 else x - x.mean(dim=0)
 
 
 @full_precision_matmul
@@ -535,9 +540,10 @@ def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | N
     """(Σ A∘B, Σ A∘A, Σ B∘B) of the double-centred (or U-centred) distance matrices, in float64, in two
     passes over row strips: the first for row sums, the second for the products."""
     n = x.shape[0]
-    # centring first: distances are translation invariant, and centred rows keep the squared-norm formula exact
-    x64, y64 = x.to(torch.float64), y.to(torch.float64)
-    x64, y64 = x64 - x64.mean(0), y64 - y64.mean(0)
+    # centring first: distances are translation invariant, and centred rows keep the squared-norm formula
+    # accurate; the data stay in their dtype (float32 data would double in memory as float64: 600 MiB per
+    # 100,000 × 768 input), the strips' sums are float64
+    x64, y64 = _centred_in_place_dtype(x), _centred_in_place_dtype(y)
     sx, sy = (x64 * x64).sum(1), (y64 * y64).sum(1)
     rows = strip_rows(n, block)
     ra = torch.zeros(n, dtype=torch.float64, device=x.device)
@@ -739,8 +745,12 @@ def _rdm_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice, kind: str) -> torc
     return d2
 
 
-def _rdm_prepared(x: torch.Tensor, kind: str, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    z = x.to(torch.float64)
+def _rdm_prepared(
+    x: torch.Tensor, kind: str, name: str, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows from which the RDM's strips are products: row-centred (correlation) and normalised (cosine,
+    correlation), or column-centred (distances), in ``dtype``."""
+    z = x.to(torch.float64) if dtype == torch.float64 else x
     if kind in ("correlation", "cosine"):
         if kind == "correlation":
             z = z - z.mean(dim=1, keepdim=True)
@@ -754,7 +764,7 @@ def _rdm_prepared(x: torch.Tensor, kind: str, name: str) -> tuple[torch.Tensor, 
             )
         z = z / norms
     else:
-        z = z - z.mean(dim=0)  # distances are translation invariant; centring keeps the product formula accurate
+        z = _centred_in_place_dtype(z)  # distances are translation invariant; centring keeps the products accurate
     return z, (z * z).sum(dim=1)
 
 
@@ -935,8 +945,11 @@ class RSA(Measure):
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         n = x.shape[0]
-        zx, sx = _rdm_prepared(x, self.rdm, "x")
-        zy, sy = _rdm_prepared(y, self.rdm, "y")
+        # ranks hold the triangles in float64 anyway (and need float64 RDMs for their 1e-12 tie tolerance);
+        # Pearson's strips stay in the data's dtype, accumulated in float64
+        dtype = x.dtype if self.compare == "pearson" else torch.float64
+        zx, sx = _rdm_prepared(x, self.rdm, "x", dtype)
+        zy, sy = _rdm_prepared(y, self.rdm, "y", dtype)
         pieces = list(strips(n, strip_rows(n, self.block)))
         if self.compare != "pearson":
             # one triangle at a time, ranked before the next is built; ranks with the tie tolerance give τ-b
@@ -949,8 +962,8 @@ class RSA(Measure):
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         ma = mb = caa = cbb = cab = torch.zeros((), dtype=torch.float64, device=x.device)
         for r in pieces:
-            a = _upper(_rdm_rows(zx, sx, r, self.rdm), r)
-            b = _upper(_rdm_rows(zy, sy, r, self.rdm), r)
+            a = _upper(_rdm_rows(zx, sx, r, self.rdm), r).to(torch.float64)
+            b = _upper(_rdm_rows(zy, sy, r, self.rdm), r).to(torch.float64)
             if a.numel() == 0:
                 continue
             m = torch.tensor(float(a.numel()), dtype=torch.float64, device=x.device)
