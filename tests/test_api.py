@@ -56,11 +56,11 @@ def test_matrices_and_vectors_are_tensors() -> None:
 def test_namespaces_hold_what_the_top_level_does_not() -> None:
     top = set(reprsim.__all__)
     assert not {"InvalidParameterError", "LinearCKA", "RidgeProbe", "knn_accuracy", "separability"} & top
-    assert {"errors", "measures", "streaming", "probes"} <= top
+    assert {"errors", "measures", "streaming", "probes", "inference"} <= top
     assert reprsim.errors.InvalidParameterError.__module__ == "reprsim.errors"
     for name in reprsim.__all__:
         assert hasattr(reprsim, name), name
-    for ns in (reprsim.measures, reprsim.streaming, reprsim.probes, reprsim.errors):
+    for ns in (reprsim.measures, reprsim.streaming, reprsim.probes, reprsim.errors, reprsim.inference):
         for name in ns.__all__:
             assert hasattr(ns, name), (ns.__name__, name)
 

@@ -331,6 +331,25 @@ def _rsa_corr_spearman() -> Callable[..., float]:
     return rsatoolbox_rsa("correlation", "spearman")
 
 
+@pairing(
+    "rsa(rdm='correlation', compare='kendall')",
+    lambda x, y: reprsim.measures.rsa(x, y, compare="kendall"),
+    "rsatoolbox calc_rdm('correlation') + compare('kendall')",
+)
+def _rsa_corr_kendall() -> Callable[..., float]:
+    return rsatoolbox_rsa("correlation", "kendall")
+
+
+@pairing(
+    "rank_similarity(k=10, neighbours='euclidean')",
+    lambda x, y: reprsim.measures.rank_similarity(x, y, k=10, neighbours="euclidean"),
+    "deep-reps rank_similarity(k=10)",
+)
+def _dr_rank() -> Callable[..., float]:
+    f = deep_reps("neighbors_measures").rank_similarity
+    return lambda x, y: float(f(torch.tensor(x), torch.tensor(y), 10))
+
+
 def main() -> None:
     print("| reprsim | peer | max abs difference | agrees (< 1e-8) |")
     print("|---|---|---|---|")

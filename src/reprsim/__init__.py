@@ -13,13 +13,13 @@ them over two models layer by layer in one pass.
 1.0
 
 Namespaces: :mod:`reprsim.measures` (every measure, its metadata and the registry), :mod:`reprsim.streaming`
-(accumulators), :mod:`reprsim.probes` (kNN, ridge and logistic probes, prediction agreement, separability),
-:mod:`reprsim.errors` (the exception family).
+(accumulators), :mod:`reprsim.inference` (permutation tests, calibrated scores), :mod:`reprsim.probes` (kNN,
+ridge and logistic probes, prediction agreement, separability), :mod:`reprsim.errors` (the exception family).
 """
 
 from __future__ import annotations
 
-from . import errors, measures, probes, streaming
+from . import errors, inference, measures, probes, streaming
 from ._kernels import center_gram, linear_gram, rbf_gram
 from ._version import __version__
 from .errors import ReprsimError, ReprsimWarning
@@ -63,6 +63,7 @@ __all__ = [
     "distance_correlation",
     "errors",
     "hsic",
+    "inference",
     "jaccard_knn",
     "linear_gram",
     "list_layers",

@@ -1,0 +1,136 @@
+"""Permutation tests and calibrated scores: the null against a plain loop over the same permutations with the
+float64 references, the add-one p-value and Gröger et al.'s calibrated score from their definitions, uniform
+p-values under independence, small ones under dependence, and the layers × layers aggregate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from reprsim.errors import InvalidParameterError, ShapeMismatchError
+from reprsim.inference import permutation_test
+from reprsim.measures import RSA
+
+from . import reference as ref
+from . import reference_measures as rm
+
+
+def permutations(n: int, k: int, seed: int) -> list[np.ndarray]:
+    """The k permutations a seeded CPU generator draws, one randperm(n) after another."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g).numpy() for _ in range(k)]
+
+
+def summary(observed: float, null: np.ndarray, alpha: float, greater: bool, bound: float) -> tuple[float, ...]:
+    """p-value, τ and calibrated score written from Gröger, Wen & Brbić's definitions."""
+    k = len(null)
+    p = (1 + np.sum(null >= observed if greater else null <= observed)) / (k + 1)
+    combined = np.sort(np.append(null, observed))
+    if not greater:
+        combined = combined[::-1]
+    tau = combined[min(max(math.ceil((1 - alpha) * (k + 1)) - 1, 0), k)]
+    if greater:
+        cal = min(max((observed - tau) / (bound - tau), 0.0), 1.0)
+    else:
+        cal = min(max((tau - observed) / (tau - bound), 0.0), 1.0)
+    return float(p), float(tau), float(cal)
+
+
+def data(n: int = 60, p: int = 5, q: int = 4, strength: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, p))
+    y = strength * np.tanh(x[:, :q]) + rng.normal(size=(n, q))
+    return x, y
+
+
+CASES: dict[str, tuple[str | RSA, Callable[[np.ndarray, np.ndarray], float], bool, float]] = {
+    "cka": ("cka", lambda a, b: ref.cka(a, b), True, 1.0),
+    "cka_unbiased": ("cka_unbiased", lambda a, b: ref.cka(a, b, unbiased=True), True, 1.0),
+    "procrustes": ("procrustes", lambda a, b: rm.procrustes(a, b, "angular"), False, 0.0),
+    "cca": ("cca", lambda a, b: float(rm.canonical_correlations(a, b).mean()), True, 1.0),
+    "mutual_knn": ("mutual_knn", lambda a, b: rm.mutual_knn(a, b, 10), True, 1.0),
+    "rsa_sq_pearson": (
+        RSA("sqeuclidean", "pearson"),
+        lambda a, b: stats.pearsonr(
+            rm.cdist_sq(a)[np.triu_indices(len(a), 1)], rm.cdist_sq(b)[np.triu_indices(len(b), 1)]
+        )[0],
+        True,
+        1.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_null_p_value_and_calibrated_score_match_a_plain_loop(case: str) -> None:
+    measure, reference, greater, bound = CASES[case]
+    x, y = data()
+    k = 40
+    test = permutation_test(x, y, measure, permutations=k, alpha=0.1, seed=3)
+    want_null = np.array([reference(x, y[perm]) for perm in permutations(len(x), k, 3)])
+    np.testing.assert_allclose(test.null.numpy(), want_null, rtol=0, atol=1e-10)
+    observed = reference(x, y)
+    assert abs(test.observed - observed) < 1e-10
+    p, tau, cal = summary(test.observed, test.null.numpy(), 0.1, greater, bound)
+    assert test.p_value == p
+    assert test.threshold == tau
+    assert test.calibrated == pytest.approx(cal, abs=1e-15)
+    assert test.alternative == ("greater" if greater else "less")
+
+
+def test_p_values_are_uniform_under_independence_and_small_under_dependence() -> None:
+    p_values = []
+    for rep in range(200):
+        x, y = data(n=30, p=3, q=3, strength=0.0, seed=rep)  # y independent of x
+        p_values.append(permutation_test(x, y, "cka", permutations=49, seed=rep).p_value)
+    # the add-one p-value of 49 permutations takes values i/50: uniform on that grid under the null
+    assert stats.kstest(np.array(p_values) - 0.01, "uniform").pvalue > 0.01
+    assert np.mean(np.array(p_values) <= 0.05) < 0.1
+    strong = [permutation_test(*data(n=30, strength=3.0, seed=s), "cka", permutations=49, seed=s) for s in range(20)]
+    assert all(t.p_value == 0.02 for t in strong)  # 1/(K + 1): no permutation reaches the observed value
+    assert all(t.calibrated > 0 for t in strong)
+
+
+def test_layers_aggregate_uses_one_permutation_for_every_layer() -> None:
+    x, y = data(n=50)
+    xs, ys = [x, x**2, np.sin(x)], [y, y[:, :2]]
+    k = 30
+    best = permutation_test(xs, ys, "cka", permutations=k, seed=1)
+    perms = permutations(50, k, 1)
+    cells = np.array([[[ref.cka(a, b[perm]) for perm in perms] for b in ys] for a in xs])  # (3, 2, K)
+    observed = np.array([[ref.cka(a, b) for b in ys] for a in xs])
+    np.testing.assert_allclose(best.matrix.numpy(), observed, atol=1e-10)
+    np.testing.assert_allclose(best.null.numpy(), cells.max(axis=(0, 1)), atol=1e-10)
+    assert best.observed == pytest.approx(observed.max(), abs=1e-10)
+    assert best.p_value == summary(best.observed, best.null.numpy(), 0.05, True, 1.0)[0]
+    cell_p = (1 + (cells >= observed[..., None]).sum(axis=2)) / (k + 1)
+    np.testing.assert_array_equal(best.cell_p_values.numpy(), cell_p)
+    mean = permutation_test(xs, ys, "cka", permutations=k, seed=1, aggregate="mean")
+    np.testing.assert_allclose(mean.null.numpy(), cells.mean(axis=(0, 1)), atol=1e-10)
+    distance = permutation_test(xs, ys, "procrustes", permutations=k, seed=1)
+    assert distance.observed == pytest.approx(float(distance.matrix.min()), abs=1e-15)  # best = smallest distance
+    # the maximum over cells is inflated by the search: its null sits above any single cell's
+    assert best.threshold >= summary(observed[0, 0], cells[0, 0], 0.05, True, 1.0)[1]
+
+
+def test_tensors_on_the_device_and_errors(device: str) -> None:
+    x, y = data()
+    xt, yt = torch.tensor(x, device=device), torch.tensor(y, device=device)
+    test = permutation_test(xt, yt, "cka", permutations=20, seed=5)
+    cpu = permutation_test(x, y, "cka", permutations=20, seed=5)
+    torch.testing.assert_close(test.null, cpu.null, rtol=0, atol=1e-12)
+    assert "p=" in repr(test)
+    with pytest.raises(InvalidParameterError, match="permutations must be a positive integer"):
+        permutation_test(x, y, permutations=0)
+    with pytest.raises(InvalidParameterError, match=r"alpha must be in \(0, 1\)"):
+        permutation_test(x, y, alpha=1.0)
+    with pytest.raises(InvalidParameterError, match="defined over a stream of batches"):
+        permutation_test(x, y, "cka_minibatch")
+    with pytest.raises(InvalidParameterError, match="aggregate must be 'best'"):
+        permutation_test([x], [y], aggregate="max")  # type: ignore[arg-type]
+    with pytest.raises(ShapeMismatchError, match="every layer must hold the same samples"):
+        permutation_test([x, x[:30]], [y])
