@@ -134,3 +134,102 @@ def test_tensors_on_the_device_and_errors(device: str) -> None:
         permutation_test([x], [y], aggregate="max")  # type: ignore[arg-type]
     with pytest.raises(ShapeMismatchError, match="every layer must hold the same samples"):
         permutation_test([x, x[:30]], [y])
+
+
+# -- bootstrap ---------------------------------------------------------------------------------------------
+
+
+def resample_indices(n: int, b: int, seed: int, size: int | None = None) -> tuple[list[np.ndarray], torch.Generator]:
+    """The rows a seeded CPU generator draws: randint(0, n, (n,)) per resample, or sorted randperm(n)[:size]."""
+    g = torch.Generator().manual_seed(seed)
+    if size is None:
+        return [torch.randint(0, n, (n,), generator=g).numpy() for _ in range(b)], g
+    return [np.sort(torch.randperm(n, generator=g)[:size].numpy()) for _ in range(b)], g
+
+
+def bca_reference(estimate: float, dist: np.ndarray, jack: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Efron's BCa interval (Efron & Tibshirani 1993, §14.3) with NumPy's linear percentiles."""
+    alpha = (1 - confidence) / 2
+    z0 = stats.norm.ppf(np.mean(dist < estimate))
+    d = jack.mean() - jack
+    a = np.sum(d**3) / (6 * np.sum(d**2) ** 1.5)
+    levels = [stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))) for z in stats.norm.ppf([alpha, 1 - alpha])]
+    return float(np.percentile(dist, 100 * levels[0])), float(np.percentile(dist, 100 * levels[1]))
+
+
+def test_bootstrap_distribution_percentile_and_bca_match_the_formulas() -> None:
+    from reprsim.inference import bootstrap
+
+    x, y = data(n=80, strength=1.0)
+    b = 150
+    ci = bootstrap(x, y, "cka", resamples=b, method="bca", seed=4)
+    rows, _ = resample_indices(80, b, 4)
+    dist = np.array([ref.cka(x[r], y[r]) for r in rows])
+    np.testing.assert_allclose(ci.distribution.numpy(), dist, rtol=0, atol=1e-10)
+    jack = np.array([ref.cka(np.delete(x, i, 0), np.delete(y, i, 0)) for i in range(80)])  # n ≤ 100: leave-one-out
+    low, high = bca_reference(ref.cka(x, y), dist, jack, 0.95)
+    assert ci.low == pytest.approx(low, abs=1e-10)
+    assert ci.high == pytest.approx(high, abs=1e-10)
+    pct = bootstrap(x, y, "cka", resamples=b, method="percentile", seed=4, confidence=0.9)
+    assert pct.low == pytest.approx(float(np.percentile(dist, 5)), abs=1e-10)
+    assert pct.high == pytest.approx(float(np.percentile(dist, 95)), abs=1e-10)
+    assert pct.standard_error == pytest.approx(float(np.std(dist, ddof=1)), abs=1e-12)
+    assert "95% bca interval" in repr(ci)
+
+
+def test_subsampling_for_measures_that_duplicates_would_inflate() -> None:
+    from reprsim.inference import bootstrap
+
+    x, y = data(n=90, strength=1.0)
+    ci = bootstrap(x, y, "mutual_knn", resamples=40, seed=2)
+    assert ci.scheme == "subsample"
+    assert ci.method == "percentile"
+    rows, _ = resample_indices(90, 40, 2, size=45)
+    dist = np.array([rm.mutual_knn(x[r], y[r], 10) for r in rows])
+    np.testing.assert_allclose(ci.distribution.numpy(), dist, atol=1e-12)
+    dev = (dist - dist.mean()) * np.sqrt(45 / 90)
+    estimate = rm.mutual_knn(x, y, 10)
+    assert ci.low == pytest.approx(estimate - np.percentile(dev, 97.5), abs=1e-12)
+    assert ci.high == pytest.approx(estimate - np.percentile(dev, 2.5), abs=1e-12)
+    # why not resample with replacement: a duplicated row becomes its copy's nearest neighbour in both
+    rows, _ = resample_indices(90, 1, 2)
+    assert rm.mutual_knn(x[rows[0]], y[rows[0]], 10) > estimate + 0.05  # 0.25 against 0.19
+
+
+def population_cka(a: np.ndarray, noise: float) -> float:
+    """Linear CKA of x ~ N(0, I) and y = x Aᵀ + noise·ε in the population: ‖Σxy‖² / (‖Σxx‖ ‖Σyy‖)."""
+    sxy, sxx, syy = a.T, np.eye(a.shape[1]), a @ a.T + noise**2 * np.eye(a.shape[0])
+    return float(np.sum(sxy**2) / (np.linalg.norm(sxx) * np.linalg.norm(syy)))
+
+
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+def test_bootstrap_intervals_cover_the_population_cka(method: str) -> None:
+    """200 replications of n = 100 Gaussian samples: the 95% intervals cover the population CKA in 90-99%."""
+    from reprsim.inference import bootstrap
+
+    a = np.array([[1.0, 0.5], [0.0, 0.8]])
+    truth = population_cka(a, 1.0)
+    covered = 0
+    for rep in range(200):
+        rng = np.random.default_rng(1000 + rep)
+        x = rng.normal(size=(100, 2))
+        y = x @ a.T + rng.normal(size=(100, 2))
+        ci = bootstrap(x, y, "cka", resamples=200, method=method, seed=rep)  # type: ignore[arg-type]
+        covered += ci.low <= truth <= ci.high
+    assert 0.90 <= covered / 200 <= 0.99, covered
+
+
+def test_bootstrap_errors() -> None:
+    from reprsim.inference import bootstrap
+
+    x, y = data()
+    with pytest.raises(InvalidParameterError, match="resamples must be an integer ≥ 2"):
+        bootstrap(x, y, resamples=1)
+    with pytest.raises(InvalidParameterError, match="confidence must be in"):
+        bootstrap(x, y, confidence=95)
+    with pytest.raises(InvalidParameterError, match="BCa needs resamples of the full size"):
+        bootstrap(x, y, "cka", scheme="subsample", method="bca")
+    with pytest.raises(InvalidParameterError, match="BCa's bias correction is infinite"):
+        bootstrap(x, 2 * x, "mutual_knn", scheme="pairs", resamples=20)  # exactly 1 on every resample
+    with pytest.raises(InvalidParameterError, match="defined over a stream of batches"):
+        bootstrap(x, y, "cka_minibatch")
