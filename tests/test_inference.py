@@ -233,3 +233,110 @@ def test_bootstrap_errors() -> None:
         bootstrap(x, 2 * x, "mutual_knn", scheme="pairs", resamples=20)  # exactly 1 on every resample
     with pytest.raises(InvalidParameterError, match="defined over a stream of batches"):
         bootstrap(x, y, "cka_minibatch")
+
+
+# -- jackknife and intervals from streams --------------------------------------------------------------------
+
+
+def test_t_quantile_matches_scipy() -> None:
+    from reprsim.inference._stream import t_quantile
+
+    for df in (1, 2, 4, 9, 19, 99, 1000):
+        for q in (0.5, 0.9, 0.975, 0.995, 0.025):
+            assert t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("measure", ["cka", "cka_unbiased", "procrustes", "cca", "predictivity"])
+def test_streamed_jackknife_equals_the_in_memory_one_for_the_same_blocks(measure: str) -> None:
+    from reprsim.inference import jackknife, stream_interval
+    from reprsim.measures import get_measure
+    from reprsim.streaming import CrossMoments
+
+    x, y = data(n=130, strength=1.0)
+    g = 10
+    acc = CrossMoments(folds=g, fourth=True)
+    for s in (slice(0, 1), slice(1, 57), slice(57, 130)):  # uneven batches: blocks follow the sample index
+        acc.update(torch.tensor(x[s]), torch.tensor(y[s]))
+    streamed = stream_interval(acc, measure, confidence=0.9)
+    in_memory = jackknife(x, y, measure, blocks=g, confidence=0.9)
+    m = get_measure(measure)
+    block = np.arange(130) % g
+    values = np.array([float(m(x[block != b], y[block != b])) for b in range(g)])
+    se = np.sqrt((g - 1) / g * np.sum((values - values.mean()) ** 2))
+    t = stats.t.ppf(0.95, g - 1)
+    estimate = float(m(x, y))
+    for ci in (streamed, in_memory):
+        np.testing.assert_allclose(ci.distribution.numpy(), values, rtol=0, atol=1e-10)
+        assert ci.standard_error == pytest.approx(se, abs=1e-10)
+        assert ci.low == pytest.approx(estimate - t * se, abs=1e-9)
+        assert ci.high == pytest.approx(estimate + t * se, abs=1e-9)
+        assert ci.method == "jackknife"
+
+
+def test_jackknife_intervals_cover_the_population_cka() -> None:
+    from reprsim.inference import jackknife
+
+    a = np.array([[1.0, 0.5], [0.0, 0.8]])
+    truth = population_cka(a, 1.0)
+    covered = 0
+    for rep in range(200):
+        rng = np.random.default_rng(5000 + rep)
+        x = rng.normal(size=(100, 2))
+        y = x @ a.T + rng.normal(size=(100, 2))
+        ci = jackknife(x, y, "cka", blocks=20)
+        covered += ci.low <= truth <= ci.high
+    assert 0.90 <= covered / 200 <= 0.99, covered
+
+
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+def test_minibatch_cka_bootstrap_over_batches_recombines_the_records(method: str) -> None:
+    from reprsim.inference import stream_interval
+    from reprsim.streaming import MinibatchCKA
+
+    gen = torch.Generator().manual_seed(0)
+    acc = MinibatchCKA()
+    for _ in range(12):
+        x = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+        acc.update(x, torch.tanh(x[:, :4]) + torch.randn(40, 4, generator=gen, dtype=torch.float64))
+    ci = stream_interval(acc, method=method, resamples=300, seed=9)  # type: ignore[arg-type]
+    rec = acc.hsic_records.numpy()
+    idx = torch.randint(0, 12, (300, 12), generator=torch.Generator().manual_seed(9)).numpy()
+    sums = rec[idx].sum(axis=1)
+    dist = sums[:, 0] / np.sqrt(sums[:, 1] * sums[:, 2])
+    np.testing.assert_allclose(ci.distribution.numpy(), dist, atol=1e-12)
+    estimate = rec[:, 0].sum() / np.sqrt(rec[:, 1].sum() * rec[:, 2].sum())
+    assert ci.estimate == pytest.approx(acc.compute(), abs=1e-12)
+    if method == "percentile":
+        assert ci.low == pytest.approx(float(np.percentile(dist, 2.5)), abs=1e-12)
+        assert ci.high == pytest.approx(float(np.percentile(dist, 97.5)), abs=1e-12)
+    else:
+        kept = [rec[np.arange(12) != b].sum(axis=0) for b in range(12)]
+        jack = np.array([s[0] / np.sqrt(s[1] * s[2]) for s in kept])
+        low, high = bca_reference(estimate, dist, jack, 0.95)
+        assert ci.low == pytest.approx(low, abs=1e-12)
+        assert ci.high == pytest.approx(high, abs=1e-12)
+    assert ci.scheme == "batches"
+
+
+def test_stream_interval_errors() -> None:
+    from reprsim.errors import IncompatibleStateError
+    from reprsim.inference import jackknife, stream_interval
+    from reprsim.streaming import CrossMoments, MinibatchCKA
+
+    x, y = data()
+    acc = CrossMoments()
+    acc.update(torch.tensor(x), torch.tensor(y))
+    with pytest.raises(InvalidParameterError, match=r"create CrossMoments\(folds=K\) with K ≥ 2"):
+        stream_interval(acc)
+    one = MinibatchCKA()
+    one.update(torch.tensor(x), torch.tensor(y))
+    with pytest.raises(IncompatibleStateError, match="at least 2 batches"):
+        stream_interval(one)
+    with pytest.raises(InvalidParameterError, match="takes a CrossMoments or a MinibatchCKA"):
+        stream_interval(object())  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="blocks must be an integer from 2 to n = 60"):
+        jackknife(x, y, blocks=1)
+    layers = CrossMoments(folds=3)
+    layers.update([torch.tensor(x), torch.tensor(x**2)], torch.tensor(y))
+    with pytest.raises(InvalidParameterError, match="takes one pair of layers"):
+        stream_interval(layers)

@@ -21,16 +21,26 @@ from .._precision import full_precision_matmul
 from ..errors import InvalidParameterError
 from ..measures._base import Measure, evaluate, get_measure, sample_pair
 
-__all__ = ["BootstrapInterval", "bootstrap"]
+__all__ = ["Interval", "bootstrap"]
+
+_UNITS = {
+    "pairs": "resamples",
+    "subsample": "half-samples",
+    "blocks": "blocks left out",
+    "batches": "resamples of batches",
+}
 
 Method = Literal["bca", "percentile"]
+IntervalMethod = Literal["bca", "percentile", "jackknife"]
+IntervalScheme = Literal["pairs", "subsample", "blocks", "batches"]
 Scheme = Literal["auto", "pairs", "subsample"]
 JACKKNIFE_GROUPS = 100
 
 
 @dataclass(frozen=True)
-class BootstrapInterval:
-    """The result of :func:`bootstrap`.
+class Interval:
+    """A confidence interval for a measure: the result of :func:`bootstrap`, :func:`jackknife` and
+    :func:`stream_interval`.
 
     Attributes
     ----------
@@ -40,14 +50,18 @@ class BootstrapInterval:
         The interval's ends.
     confidence : float
         Its nominal coverage, e.g. 0.95.
-    method : {"bca", "percentile"}
-        How the ends were read from the resampled values.
-    scheme : {"pairs", "subsample"}
-        Rows resampled with replacement (``"pairs"``), or half-samples without replacement (``"subsample"``).
+    method : {"bca", "percentile", "jackknife"}
+        How the ends were found: quantiles of resampled values (percentile, BCa), or θ̂ ± t·se with the
+        jackknife's standard error.
+    scheme : {"pairs", "subsample", "blocks", "batches"}
+        What was resampled or left out: rows with replacement (``"pairs"``), half-samples without replacement
+        (``"subsample"``), blocks of samples left out one at a time (``"blocks"``), or the batches of a minibatch
+        estimator (``"batches"``).
     distribution : torch.Tensor
-        The measure on each resample (float64, CPU), in the order they were drawn.
+        The measure on each resample or with each block left out (float64, CPU).
     standard_error : float
-        The resampled values' standard deviation (rescaled by √(m/n) for subsamples).
+        The standard error the interval implies: the resampled values' standard deviation (rescaled by √(m/n)
+        for subsamples), or the jackknife's √((G − 1)/G · Σ(θ₍g₎ − θ̄)²).
     measure : dict
         The measure's ``describe()``.
     """
@@ -56,21 +70,47 @@ class BootstrapInterval:
     low: float
     high: float
     confidence: float
-    method: Method
-    scheme: Literal["pairs", "subsample"]
+    method: IntervalMethod
+    scheme: IntervalScheme
     distribution: torch.Tensor = field(repr=False)
     standard_error: float
     measure: dict[str, Any] = field(repr=False)
 
     def __repr__(self) -> str:
         return (
-            f"BootstrapInterval({self.measure.get('id', 'measure')}: {self.estimate:.6g}, {self.confidence:.0%} "
+            f"Interval({self.measure.get('id', 'measure')}: {self.estimate:.6g}, {self.confidence:.0%} "
             f"{self.method} interval [{self.low:.6g}, {self.high:.6g}], {self.distribution.numel()} "
-            f"{'resamples' if self.scheme == 'pairs' else 'half-samples'})"
+            f"{_UNITS[self.scheme]})"
         )
 
 
-def _quantile(sorted_values: torch.Tensor, q: float) -> float:
+def percentile_levels(confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    return alpha, 1.0 - alpha
+
+
+def bca_levels(confidence: float, z0: float, acceleration: float) -> tuple[float, float]:
+    """The quantile levels of Efron's BCa interval for bias correction z₀ and acceleration a."""
+    normal = NormalDist()
+    low, high = percentile_levels(confidence)
+    zl, zh = normal.inv_cdf(low), normal.inv_cdf(high)
+    a = acceleration
+    return normal.cdf(z0 + (z0 + zl) / (1.0 - a * (z0 + zl))), normal.cdf(z0 + (z0 + zh) / (1.0 - a * (z0 + zh)))
+
+
+def bias_correction(distribution: torch.Tensor, estimate: float) -> float:
+    """BCa's z₀ = Φ⁻¹(#{θ* < θ̂}/B); an error when every value lies on one side of the estimate."""
+    below = float((distribution < estimate).double().mean())
+    if not 0.0 < below < 1.0:
+        raise InvalidParameterError(
+            f"every resampled value lies on one side of the estimate ({below:.0%} below it), so BCa's bias "
+            "correction is infinite (a measure at its bound, e.g. CKA of identical data); use "
+            "method='percentile'"
+        )
+    return NormalDist().inv_cdf(below)
+
+
+def quantile(sorted_values: torch.Tensor, q: float) -> float:
     """Linear interpolation between order statistics (NumPy's default ``percentile``)."""
     k = sorted_values.numel()
     pos = min(max(q, 0.0), 1.0) * (k - 1)
@@ -79,7 +119,7 @@ def _quantile(sorted_values: torch.Tensor, q: float) -> float:
     return float(sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo]))
 
 
-def _acceleration(values: torch.Tensor) -> float:
+def acceleration(values: torch.Tensor) -> float:
     """BCa's acceleration from jackknife values: Σ(θ̄ − θᵢ)³ / (6 (Σ(θ̄ − θᵢ)²)^{3/2})."""
     d = values.mean() - values
     den = float((d * d).sum()) ** 1.5
@@ -114,7 +154,7 @@ def bootstrap(
     method: Method = "bca",
     scheme: Scheme = "auto",
     seed: int = 0,
-) -> BootstrapInterval:
+) -> Interval:
     """Confidence interval for a measure by a paired bootstrap over samples.
 
     Parameters
@@ -144,7 +184,7 @@ def bootstrap(
 
     Returns
     -------
-    BootstrapInterval
+    Interval
 
     Notes
     -----
@@ -200,32 +240,17 @@ def bootstrap(
         values.append(float(evaluate(m, xt[idx], yt[idx])))
     dist = torch.tensor(values, dtype=torch.float64)
     alpha = (1.0 - float(confidence)) / 2.0
-    normal = NormalDist()
     if chosen == "subsample":
         scale = math.sqrt(size / n)
         dev = torch.sort((dist - dist.mean()) * scale).values
-        low, high = estimate - _quantile(dev, 1 - alpha), estimate - _quantile(dev, alpha)
-        return BootstrapInterval(
+        low, high = estimate - quantile(dev, 1 - alpha), estimate - quantile(dev, alpha)
+        return Interval(
             estimate, low, high, float(confidence), "percentile", chosen, dist, float(dev.std()), m.describe()
         )
     ordered = torch.sort(dist).values
-    levels = (alpha, 1.0 - alpha)
+    levels = percentile_levels(float(confidence))
     if method == "bca":
-        below = float((dist < estimate).double().mean())
-        if not 0.0 < below < 1.0:
-            raise InvalidParameterError(
-                f"every resampled value lies on one side of the estimate ({below:.0%} below it), so BCa's bias "
-                "correction is infinite (a measure at its bound, e.g. CKA of identical data); use "
-                "method='percentile'"
-            )
-        z0 = normal.inv_cdf(below)
-        a = _acceleration(_jackknife(m, xt, yt, generator))
-        zl, zh = normal.inv_cdf(alpha), normal.inv_cdf(1 - alpha)
-        levels = (
-            normal.cdf(z0 + (z0 + zl) / (1.0 - a * (z0 + zl))),
-            normal.cdf(z0 + (z0 + zh) / (1.0 - a * (z0 + zh))),
-        )
-    low, high = _quantile(ordered, levels[0]), _quantile(ordered, levels[1])
-    return BootstrapInterval(
-        estimate, low, high, float(confidence), method, chosen, dist, float(dist.std()), m.describe()
-    )
+        z0 = bias_correction(dist, estimate)
+        levels = bca_levels(float(confidence), z0, acceleration(_jackknife(m, xt, yt, generator)))
+    low, high = quantile(ordered, levels[0]), quantile(ordered, levels[1])
+    return Interval(estimate, low, high, float(confidence), method, chosen, dist, float(dist.std()), m.describe())

@@ -230,10 +230,15 @@ class JaccardKNN(MutualKNN):
 
 
 def _gathered_values(
-    z: torch.Tensor, idx: torch.Tensor, how: Literal["dot", "halfsq"], block: int | None
+    z: torch.Tensor,
+    idx: torch.Tensor,
+    how: Literal["dot", "halfsq"],
+    block: int | None,
+    norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n, m) float64: z_i·z_j (``"dot"``) or ‖z_i − z_j‖²/2 (``"halfsq"``, from differences: exactly 0 between
-    equal rows) for every sample i and each of its m listed samples j = idx[i], in strips of rows."""
+    equal rows) for every sample i and each of its m listed samples j = idx[i], in strips of rows. With
+    ``norms``, each row is first divided by its norm (the cosine geometry without a normalised copy of z)."""
     n, m = idx.shape
     out = torch.empty((n, m), dtype=torch.float64, device=z.device)
     budget = max(1, STRIP_BYTES // (8 * max(1, m * z.shape[1])))
@@ -241,10 +246,22 @@ def _gathered_values(
     for r in strips(n, rows_per):
         other = z[idx[r]].to(torch.float64)  # (rows, m, p)
         mine = z[r].to(torch.float64).unsqueeze(1)
+        if norms is not None:
+            other = other / norms[idx[r]].unsqueeze(-1)
+            mine = mine / norms[r].view(-1, 1, 1)
         if how == "dot":
             out[r] = (other * mine).sum(-1)
         else:
             out[r] = ((other - mine) ** 2).sum(-1) / 2.0
+    return out
+
+
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Float64 row norms (n,), a strip of rows at a time (no float64 copy of x); all-zero rows were refused by
+    the neighbour search already."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for r in strips(x.shape[0], max(1, STRIP_BYTES // (8 * max(1, x.shape[1])))):
+        out[r] = torch.linalg.vector_norm(x[r].to(torch.float64), dim=1)
     return out
 
 
@@ -359,13 +376,14 @@ class CKNNA(Measure):
     ) -> torch.Tensor:
         own = not self.unbiased
         ix, iy = _neighbour_sets(x, y, self.k, self.kernel, self.block, cache_x, cache_y, include_self=own)
-        zx = _cached(cache_x, ("prepared", self.kernel), lambda: _prepared(x, self.kernel, "x"))
-        zy = _cached(cache_y, ("prepared", self.kernel), lambda: _prepared(y, self.kernel, "y"))
+        # kernel values at the neighbours, from the raw rows (and their norms, for the cosine): no n × p copy
+        nx = _cached(cache_x, ("norms",), lambda: _row_norms(x)) if self.kernel == "cosine" else None
+        ny = _cached(cache_y, ("norms",), lambda: _row_norms(y)) if self.kernel == "cosine" else None
         key = ("kernel_at_neighbours", self.k, self.kernel, own)
-        kx = _cached(cache_x, key, lambda: _gathered_values(zx, ix, "dot", self.block))
-        ly = _cached(cache_y, key, lambda: _gathered_values(zy, iy, "dot", self.block))
+        kx = _cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.block, nx))
+        ly = _cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.block, ny))
         both = _member(ix, iy).to(torch.float64)
-        kl = _sparse_hsic(ix, kx * both, _gathered_values(zy, ix, "dot", self.block) * both, self.unbiased)
+        kl = _sparse_hsic(ix, kx * both, _gathered_values(y, ix, "dot", self.block, ny) * both, self.unbiased)
         kk = _cached(cache_x, ("self_hsic", *key), lambda: _sparse_hsic(ix, kx, kx, self.unbiased))
         ll = _cached(cache_y, ("self_hsic", *key), lambda: _sparse_hsic(iy, ly, ly, self.unbiased))
         for side, v in (("x", kk), ("y", ll)):
@@ -426,12 +444,12 @@ class SecondOrderCosine(Measure):
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         ix, iy = _neighbour_sets(x, y, self.k, "cosine", self.block, cache_x, cache_y)
-        zx = _cached(cache_x, ("prepared", "cosine"), lambda: _prepared(x, "cosine", "x"))
-        zy = _cached(cache_y, ("prepared", "cosine"), lambda: _prepared(y, "cosine", "y"))
+        nx = _cached(cache_x, ("norms",), lambda: _row_norms(x))
+        ny = _cached(cache_y, ("norms",), lambda: _row_norms(y))
         union = torch.cat([ix, iy], dim=1)
         weight = torch.cat([torch.ones_like(ix, dtype=torch.bool), ~_member(iy, ix)], dim=1).to(torch.float64)
-        a = _gathered_values(zx, union, "halfsq", self.block)
-        b = _gathered_values(zy, union, "halfsq", self.block)
+        a = _gathered_values(x, union, "halfsq", self.block, nx)
+        b = _gathered_values(y, union, "halfsq", self.block, ny)
         aa, bb = (weight * a * a).sum(1), (weight * b * b).sum(1)
         defined = (aa > 0) & (bb > 0)
         undefined = int((~defined).sum())

@@ -313,6 +313,32 @@ class CrossMoments(_Accumulator):
                 raise type(exc)(f"{m.label} of {a} and {b}: {exc}") from exc
         return torch.stack(values).reshape(len(ga), len(gb)).to(torch.float64).cpu()
 
+    @full_precision_matmul
+    def jackknife_values(self, measure: str | Measure, *, block: int = 0) -> torch.Tensor:
+        """``measure`` of every pair of ``block`` with each fold left out in turn: a (K, L_x, L_y) float64 CPU
+        tensor, row g from the pooled moments of every fold but g (the delete-a-block jackknife's values; the
+        folds are the blocks of samples ``index % K``)."""
+        m = get_measure(measure)
+        self._check_measure(m)
+        layout = self.layout
+        if layout.folds < 2:
+            raise InvalidParameterError(
+                "a jackknife needs the samples in blocks: create CrossMoments(folds=K) with K ≥ 2 (each fold is "
+                "one block of samples, index % K)"
+            )
+        ga, gb = layout.blocks[block]
+        one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
+        out = torch.empty(layout.folds, len(ga), len(gb), dtype=torch.float64)
+        for g in range(layout.folds):
+            keep = torch.ones(layout.folds, dtype=torch.bool, device=self._state["n"].device)
+            keep[g] = False
+            pooled = pool_folds(self._state, layout, keep)
+            caches: dict[int, dict[Any, Any]] = {}
+            for i in range(len(ga)):
+                for j in range(len(gb)):
+                    out[g, i, j] = float(m.from_moments(pair_moments(pooled, one, block, i, j, caches=caches)))
+        return out
+
     def compute(self, measure: str | Measure = "cka") -> float | torch.Tensor:
         """``measure`` of everything seen: a float when each side has one layer, else a (L_x, L_y)
         tensor (one value per pair of an x-layer and a y-layer)."""
