@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from scipy import stats
 
 from reprsim.errors import InvalidParameterError, ShapeMismatchError
 from reprsim.inference import permutation_test
-from reprsim.measures import RSA
+from reprsim.measures import RSA, Predictivity
 
 from . import reference as ref
 from . import reference_measures as rm
@@ -340,3 +341,106 @@ def test_stream_interval_errors() -> None:
     layers.update([torch.tensor(x), torch.tensor(x**2)], torch.tensor(y))
     with pytest.raises(InvalidParameterError, match="takes one pair of layers"):
         stream_interval(layers)
+
+
+# -- compare(ci=..., permutations=...) and SimilarityResult ----------------------------------------------------
+
+
+def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path: Any) -> None:
+    from reprsim import SimilarityResult, compare
+    from reprsim.inference import jackknife
+
+    from .test_compare import batches, hand_extract, mlp
+
+    net, other = mlp(0), mlp(1)
+    data_ = batches(n=160)
+    layers = ["1", "3"]
+    out = compare(
+        net,
+        other,
+        data_,
+        layers_a=layers,
+        measures=["cka", "mutual_knn"],
+        ci=0.9,
+        blocks=8,
+        permutations=30,
+        seed=2,
+        progress=False,
+    )
+    a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
+    for key in ("cka", "mutual_knn"):
+        r = out[key]
+        for i, la in enumerate(layers):
+            for j, lb in enumerate(layers):
+                want = jackknife(a[la], b[lb], key, blocks=8, confidence=0.9)
+                assert float(r.low[i, j]) == pytest.approx(want.low, abs=1e-9)
+                assert float(r.high[i, j]) == pytest.approx(want.high, abs=1e-9)
+        test = permutation_test([a[k] for k in layers], [b[k] for k in layers], key, permutations=30, seed=2)
+        torch.testing.assert_close(r.p_values, test.cell_p_values)
+        torch.testing.assert_close(r.calibrated, test.cell_calibrated)
+        assert r.metadata["permutation"]["best"]["p_value"] == test.p_value
+        assert r.metadata["ci"] == {"confidence": 0.9, "method": "jackknife", "blocks": 8}
+    mb = compare(net, other, data_, layers_a=layers, measure="cka_minibatch", ci=0.9, progress=False)
+    assert mb.metadata["ci"]["method"].startswith("bootstrap over batches")
+    assert bool((mb.low <= mb.matrix).all())
+    assert bool((mb.matrix <= mb.high).all())
+    assert mb.p_values is None
+    text = repr(out["cka"])
+    assert "[low, high]: 90% jackknife interval" in text
+    assert "*: p ≤ 0.05 (30 permutations, per cell)" in text
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    r = out["mutual_knn"]
+    ax = r.plot()
+    hatched = [p for p in ax.patches if p.get_hatch() == "///"]
+    assert len(hatched) == int((r.p_values > 0.05).sum())
+    assert "hatched: p > 0.05" in ax.get_title()
+    assert "±" in ax.texts[0].get_text()
+    saved = SimilarityResult.load(out["cka"].save(tmp_path / "r"))
+    for name in ("low", "high", "p_values", "calibrated"):
+        torch.testing.assert_close(getattr(saved, name), getattr(out["cka"], name))
+    assert saved.metadata["permutation"] == out["cka"].metadata["permutation"]
+
+
+def test_compare_uncertainty_options_are_checked() -> None:
+    from reprsim import compare
+
+    from .test_compare import batches, mlp
+
+    net = mlp(0)
+    data_ = batches(n=64)
+    with pytest.raises(InvalidParameterError, match="has no permutation test"):
+        compare(net, None, data_, layers_a=["1"], permutations=10, progress=False)
+    with pytest.raises(InvalidParameterError, match="ci must be a confidence level"):
+        compare(net, None, data_, layers_a=["1"], measure="cka", ci=95, progress=False)
+    with pytest.raises(InvalidParameterError, match="blocks= sets the jackknife of ci="):
+        compare(net, None, data_, layers_a=["1"], measure="cka", blocks=5, progress=False)
+    with pytest.raises(InvalidParameterError, match="pass blocks=3"):
+        compare(
+            net, None, data_, layers_a=["1"], measures=["cka", Predictivity(folds=3)], ci=0.9, blocks=5, progress=False
+        )
+
+
+def test_batch_bootstrap_of_a_layers_matrix_matches_per_cell_resampling() -> None:
+    from reprsim.inference._stream import batch_bootstrap_matrix
+    from reprsim.streaming import MinibatchCKAMatrix
+
+    gen = torch.Generator().manual_seed(1)
+    acc = MinibatchCKAMatrix(records=True)
+    for _ in range(9):
+        a = torch.randn(32, 6, generator=gen, dtype=torch.float64)
+        acc.update([a, a.tanh()], [a[:, :3] + torch.randn(32, 3, generator=gen, dtype=torch.float64), a**2])
+    kl_t, kk_t, ll_t = acc.hsic_records
+    low, high = batch_bootstrap_matrix(kl_t, kk_t, ll_t, 0.8, 200, 6)
+    kl, kk, ll = kl_t.numpy(), kk_t.numpy(), ll_t.numpy()
+    idx = torch.randint(0, 9, (200, 9), generator=torch.Generator().manual_seed(6)).numpy()
+    for i in range(2):
+        for j in range(2):
+            dist = [kl[r, i, j].sum() / np.sqrt(kk[r, i].sum() * ll[r, j].sum()) for r in idx]
+            assert float(low[i, j]) == pytest.approx(float(np.percentile(dist, 10)), abs=1e-12)
+            assert float(high[i, j]) == pytest.approx(float(np.percentile(dist, 90)), abs=1e-12)
+    torch.testing.assert_close(kl_t.sum(0) / torch.sqrt(torch.outer(kk_t.sum(0), ll_t.sum(0))), acc.compute())
+    with pytest.raises(InvalidParameterError, match="create it with records=True"):
+        _ = MinibatchCKAMatrix().hsic_records

@@ -29,7 +29,7 @@ from ..errors import InvalidParameterError, ShapeMismatchError
 from ..measures._base import Measure, get_measure, sample_pair
 from ..measures._moments import Fourth, Moments
 
-__all__ = ["PermutationTest", "permutation_test"]
+__all__ = ["PermutationTest", "permutation_test", "summary"]
 
 Aggregate = Literal["best", "mean"]
 _PRODUCT_BYTES = 256 * 2**20  # permuted copies of Y multiplied at once
@@ -69,6 +69,10 @@ class PermutationTest:
     cell_p_values : torch.Tensor or None
         For layers × layers tests, each cell's own p-value from the same permutations (not corrected for the
         number of cells; the aggregate's p-value is the corrected statement).
+    cell_calibrated : torch.Tensor or None
+        For layers × layers tests, each cell's own calibrated score against its own null.
+    cell_null : torch.Tensor or None
+        For layers × layers tests, every cell's null values, (layers of x, layers of y, K).
     """
 
     observed: float
@@ -82,6 +86,8 @@ class PermutationTest:
     aggregate: Aggregate | None = None
     matrix: torch.Tensor | None = field(default=None, repr=False)
     cell_p_values: torch.Tensor | None = field(default=None, repr=False)
+    cell_calibrated: torch.Tensor | None = field(default=None, repr=False)
+    cell_null: torch.Tensor | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         what = self.measure.get("id", "measure")
@@ -100,7 +106,7 @@ def _check_options(permutations: Any, alpha: Any) -> None:
         raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}")
 
 
-def _summary(
+def summary(
     observed: float, null: torch.Tensor, alpha: float, measure: Measure
 ) -> tuple[float, float, float, Literal["greater", "less"]]:
     """(p-value, τ, calibrated score, tail) of an observed value against its permutation null."""
@@ -284,7 +290,7 @@ def permutation_test(
     description = m.describe()
     if not layered:
         obs, values = float(observed[0, 0]), null[0, 0]
-        p_value, tau, calibrated, tail = _summary(obs, values, float(alpha), m)
+        p_value, tau, calibrated, tail = summary(obs, values, float(alpha), m)
         return PermutationTest(obs, p_value, tau, calibrated, values, float(alpha), tail, description)
     similarity = m.direction == "similarity"
     if aggregate == "mean":
@@ -293,9 +299,17 @@ def permutation_test(
         obs, values = float(observed.max()), null.amax(dim=(0, 1))
     else:  # for a distance the best cell is the smallest
         obs, values = float(observed.min()), null.amin(dim=(0, 1))
-    p_value, tau, calibrated, tail = _summary(obs, values, float(alpha), m)
+    p_value, tau, calibrated, tail = summary(obs, values, float(alpha), m)
     extreme = null >= observed[..., None] if similarity else null <= observed[..., None]
     cells = (1.0 + extreme.sum(dim=2).double()) / (permutations + 1)
-    return PermutationTest(
-        obs, p_value, tau, calibrated, values, float(alpha), tail, description, aggregate, observed, cells
+    cell_calibrated = torch.tensor(
+        [
+            [summary(float(observed[i, j]), null[i, j], float(alpha), m)[2] for j in range(len(ys))]
+            for i in range(len(xs))
+        ],
+        dtype=torch.float64,
     )
+    return PermutationTest(
+        obs, p_value, tau, calibrated, values, float(alpha), tail, description, aggregate, observed, cells,
+        cell_calibrated, null,
+    )  # fmt: skip

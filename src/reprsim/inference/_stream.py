@@ -28,7 +28,7 @@ from ._bootstrap import (
     quantile,
 )
 
-__all__ = ["jackknife", "stream_interval", "t_quantile"]
+__all__ = ["batch_bootstrap_matrix", "jackknife", "jackknife_matrix", "stream_interval", "t_quantile"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -96,6 +96,42 @@ def t_quantile(q: float, df: float) -> float:
         if hi - lo < 1e-13 * max(1.0, abs(mid)):
             break
     return 0.5 * (lo + hi)
+
+
+def jackknife_matrix(
+    estimate: torch.Tensor, values: torch.Tensor, confidence: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell jackknife intervals (low, high) of an (A, B) estimate from its (G, A, B) leave-one-block-out
+    values."""
+    g = values.shape[0]
+    d = values - values.mean(dim=0)
+    se = ((g - 1) / g * (d * d).sum(dim=0)).sqrt()
+    t = t_quantile(1.0 - (1.0 - confidence) / 2.0, g - 1)
+    return estimate - t * se, estimate + t * se
+
+
+def batch_bootstrap_matrix(
+    kl: torch.Tensor, kk: torch.Tensor, ll: torch.Tensor, confidence: float, resamples: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cell percentile intervals of minibatch CKA from per-batch records kl (k, A, B), kk (k, A), ll (k, B):
+    the batches resampled with replacement (the same resamples for every cell)."""
+    k = kl.shape[0]
+    generator = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, k, (resamples, k), generator=generator)
+    counts = torch.zeros(resamples, k, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(resamples, k, dtype=torch.float64)
+    )
+    skl = (counts @ kl.reshape(k, -1).to(torch.float64).cpu()).reshape(resamples, *kl.shape[1:])
+    skk, sll = counts @ kk.to(torch.float64).cpu(), counts @ ll.to(torch.float64).cpu()
+    dist = torch.sort(skl / (skk.unsqueeze(2) * sll.unsqueeze(1)).sqrt(), dim=0).values
+    lo_level, hi_level = percentile_levels(confidence)
+    low = torch.empty(kl.shape[1:], dtype=torch.float64)
+    high = torch.empty_like(low)
+    for i in range(low.shape[0]):
+        for j in range(low.shape[1]):
+            low[i, j] = quantile(dist[:, i, j], lo_level)
+            high[i, j] = quantile(dist[:, i, j], hi_level)
+    return low, high
 
 
 def _jackknife_interval(estimate: float, values: torch.Tensor, confidence: float, measure: Measure) -> Interval:

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
 
 import numpy as np
@@ -34,6 +35,8 @@ from ..errors import (
     ReprsimError,
     ShapeMismatchError,
 )
+from ..inference._permutation import permutation_test, summary
+from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_matrix
 from ..measures._base import Measure, get_measure, sample_pair
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
@@ -103,6 +106,11 @@ class CompareOptions(TypedDict, total=False):
     stop_early: bool
     progress: bool
     feature_memory: int | None
+    ci: float | None
+    blocks: int | None
+    permutations: int | None
+    alpha: float
+    seed: int
 
 
 @overload
@@ -177,6 +185,11 @@ def compare(
     stop_early: bool = False,
     progress: bool = True,
     feature_memory: int | None = FEATURE_MEMORY,
+    ci: float | None = None,
+    blocks: int | None = None,
+    permutations: int | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
     **removed: Any,
 ) -> Any:
     """Compare two models (or every pair of several) layer by layer over a dataset, streaming.
@@ -231,6 +244,24 @@ def compare(
         layer's features go to a memory-mapped temporary file (deleted when ``compare`` returns), read back one
         layer at a time. ``None`` never spills; ``0`` always does. The result's metadata says which happened,
         under ``features``.
+    ci : float, optional
+        Attach a confidence interval at this level (e.g. 0.95) to every cell (``result.low``/``result.high``),
+        from the same single pass: exact moment measures by a delete-a-block jackknife over ``blocks`` blocks
+        of samples (index % blocks), minibatch CKA by a bootstrap over its batches (percentile, 1,000
+        resamples), sample-space measures by the same jackknife on their kept features. See
+        :mod:`reprsim.inference`.
+    blocks : int, optional
+        Blocks of the jackknife; by default 20, or the folds of a cross-validated measure in the run.
+    permutations : int, optional
+        Also run a permutation test with this many permutations of model B's samples (the same permutation for
+        all its layers): ``result.p_values`` and ``result.calibrated`` per cell, and in
+        ``metadata["permutation"]`` the test of the best cell (corrected for the search over all cells) and of
+        the mean. It needs every sample's pooled features, which are kept as for the sample-space measures
+        (see ``feature_memory``); minibatch CKA has no permutation test (use ``"cka"`` or ``"cka_unbiased"``).
+    alpha : float, default 0.05
+        Level of the permutation test's calibrated scores and of the significance marks.
+    seed : int, default 0
+        Seeds the permutations and the batch bootstrap.
 
     Returns
     -------
@@ -321,6 +352,7 @@ def compare(
         device=device,
         stop_early=stop_early,
         feature_memory=feature_memory,
+        uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
     ).run(data, eval_models=eval, progress=progress)
     single = measures is None
     shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
@@ -364,6 +396,39 @@ def _minibatch_key(m: Measure) -> tuple[Any, ...]:
 
 
 Slot = tuple[tuple[int, int], str]
+
+
+#: Resamples of the batches for minibatch CKA's intervals in compare.
+BATCH_RESAMPLES = 1000
+
+
+@dataclass
+class _Uncertainty:
+    """compare's interval and permutation-test options, checked."""
+
+    ci: float | None = None
+    blocks: int | None = None
+    permutations: int | None = None
+    alpha: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def checked(
+        cls, ci: float | None, blocks: int | None, permutations: int | None, alpha: float, seed: int
+    ) -> _Uncertainty:
+        if ci is not None and (not isinstance(ci, (int, float)) or isinstance(ci, bool) or not 0.0 < ci < 1.0):
+            raise InvalidParameterError(f"ci must be a confidence level in (0, 1), e.g. 0.95; got {ci!r}")
+        if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 2):
+            raise InvalidParameterError(f"blocks must be an integer ≥ 2; got {blocks!r}")
+        if blocks is not None and ci is None:
+            raise InvalidParameterError("blocks= sets the jackknife of ci=; pass ci=0.95 too (or drop blocks)")
+        if permutations is not None and (
+            isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1
+        ):
+            raise InvalidParameterError(f"permutations must be a positive integer; got {permutations!r}")
+        if not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
+            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}")
+        return cls(None if ci is None else float(ci), blocks, permutations, float(alpha), int(seed))
 
 
 class _FeatureStore:
@@ -413,7 +478,8 @@ class _FeatureStore:
 
     def _write(self, slot: Slot, flat: torch.Tensor) -> None:
         if slot not in self.files:
-            assert self.folder is not None
+            if self.folder is None:
+                raise IncompatibleStateError("features are written only after spilling")  # pragma: no cover
             self.files[slot] = open(os.path.join(self.folder.name, f"layer{len(self.files)}.bin"), "wb")  # noqa: SIM115
         self.files[slot].write(flat.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
 
@@ -463,6 +529,7 @@ class _Comparison:
         device: torch.device | str | None,
         stop_early: bool,
         feature_memory: int | None = FEATURE_MEMORY,
+        uncertainty: _Uncertainty | None = None,
     ) -> None:
         if feature_memory is not None and (
             isinstance(feature_memory, bool) or not isinstance(feature_memory, int) or feature_memory < 0
@@ -480,17 +547,33 @@ class _Comparison:
         self.folds = max((m.folds for m in moment), default=1)
         self.use_moments = bool(moment)
         self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
+        self.uncertainty = uncertainty if uncertainty is not None else _Uncertainty()
+        u = self.uncertainty
+        if u.ci is not None:
+            if u.blocks is not None and self.folds > 1 and u.blocks != self.folds:
+                raise InvalidParameterError(
+                    f"a cross-validated measure keeps {self.folds} folds, which are also the jackknife's blocks: "
+                    f"pass blocks={self.folds} (or leave blocks unset)"
+                )
+            u.blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
+            if moment:
+                self.folds = u.blocks
+        if u.permutations is not None:
+            bad = [k for k, m in measures.items() if m.stream == "minibatch"]
+            if bad:
+                raise InvalidParameterError(
+                    f"{bad} has no permutation test (minibatch CKA is defined over batches, not over samples); "
+                    "use measure='cka' or 'cka_unbiased' with permutations="
+                )
+        # sample-space measures and permutation tests need every sample's pooled features
+        self.keep_features = bool(self.sample_measures) or u.permutations is not None
         # sample-space measures need every sample's pooled features, n × width per layer: in memory up to
         # feature_memory bytes in all, then in memory-mapped temporary files
         self.store = _FeatureStore(feature_memory)
         self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
-        self.grams_in_hook = (
-            not moment
-            and len(self.minibatch_configs) == 1
-            and not any(m.stream == "samples" for m in measures.values())
-        )
+        self.grams_in_hook = not moment and len(self.minibatch_configs) == 1 and not self.keep_features
         self.widths: dict[tuple[int, int], dict[str, int]] = {}
         self.models = models
         self.pairs = pairs
@@ -527,7 +610,8 @@ class _Comparison:
                         f"move it with .to({str(target)!r}) first, or leave device=None"
                     )
                 self.run_device[key] = target
-        self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2])
+        records = u.ci is not None  # per-batch records for a bootstrap over batches
+        self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2], records=records)
                           for p in pairs for c in self.minibatch_configs}  # fmt: skip
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
         self.slots: dict[tuple[tuple[int, int], str], int] = {}
@@ -587,7 +671,7 @@ class _Comparison:
         # synchronisation, and nothing is added before all pass: a rejected batch changes no state.
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]] = []
         pending: list[Pending] = []
-        if self.use_moments or self.sample_measures:
+        if self.use_moments or self.keep_features:
             self._check_layers(acts, checks)
         if self.use_moments:
             pending.append(self._prepare_moments(acts))
@@ -607,7 +691,7 @@ class _Comparison:
             pos += len(p.contribution)
         for p in pending:
             p.owner.commit(p, checked=True)
-        if self.sample_measures:
+        if self.keep_features:
             for model, layer, tensor in self._named_layers(acts):
                 self.store.add((self.run_of[model], layer), f"{model}:{layer}", tensor, self.batches)
         self.samples += sizes.pop()
@@ -777,10 +861,65 @@ class _Comparison:
             "model_a": a,
             "model_b": b,
             "measure": measure.describe(),
-            **({"features": self.store.describe()} if measure.stream == "samples" else {}),
+            **({"features": self.store.describe()} if self.keep_features else {}),
             **self.config,
             "samples": self.samples,
             "batches": self.batches,
             "reprsim": __version__,
         }
-        return SimilarityResult(matrix, self.keys[a], self.keys[b], meta)
+        extras: dict[str, torch.Tensor] = {}
+        u = self.uncertainty
+        if u.ci is not None and u.blocks is not None:
+            extras["low"], extras["high"], meta["ci"] = self._interval(pair, index, measure, matrix, u.ci, u.blocks)
+        if u.permutations is not None:
+            extras["p_values"], extras["calibrated"], meta["permutation"] = self._permutation(
+                pair, measure, u.permutations
+            )
+        return SimilarityResult(matrix, self.keys[a], self.keys[b], meta, **extras)
+
+    def _interval(
+        self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        if measure.stream == "minibatch":
+            acc = self.minibatch[(pair, _minibatch_key(measure))]
+            kl, kk, ll = acc.hsic_records
+            low, high = batch_bootstrap_matrix(kl, kk, ll, ci, BATCH_RESAMPLES, self.uncertainty.seed)
+            return low, high, {"confidence": ci, "method": "bootstrap over batches (percentile)",
+                               "resamples": BATCH_RESAMPLES}  # fmt: skip
+        if measure.stream == "moments":
+            if self.moments is None:
+                raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
+            values = self.moments.jackknife_values(measure, block=index)
+        else:
+            a, b = pair
+            values = torch.empty(blocks, len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
+            for i, ka in enumerate(self.keys[a]):
+                for j, kb in enumerate(self.keys[b]):
+                    x, y = self._features((self.run_of[a], ka)), self._features((self.run_of[b], kb))
+                    values[:, i, j] = jackknife(x, y.to(x.device), measure, blocks=blocks).distribution
+        low, high = jackknife_matrix(matrix, values, ci)
+        return low, high, {"confidence": ci, "method": "jackknife", "blocks": blocks}
+
+    def _permutation(
+        self, pair: tuple[str, str], measure: Measure, permutations: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        u = self.uncertainty
+        a, b = pair
+        xs = [self._features((self.run_of[a], k)) for k in self.keys[a]]
+        ys = [self._features((self.run_of[b], k)).to(xs[0].device) for k in self.keys[b]]
+        test = permutation_test(xs, ys, measure, permutations=permutations, alpha=u.alpha, seed=u.seed)
+        if test.cell_p_values is None or test.cell_calibrated is None or test.cell_null is None or test.matrix is None:
+            raise IncompatibleStateError("a layers × layers test returns its cells")  # pragma: no cover
+        mean_p, mean_tau, mean_cal, _ = summary(
+            float(test.matrix.mean()), test.cell_null.mean(dim=(0, 1)), u.alpha, measure
+        )
+        info = {
+            "permutations": u.permutations,
+            "alpha": u.alpha,
+            "seed": u.seed,
+            "best": {"observed": test.observed, "p_value": test.p_value, "threshold": test.threshold,
+                     "calibrated": test.calibrated},
+            "mean": {"observed": float(test.matrix.mean()), "p_value": mean_p, "threshold": mean_tau,
+                     "calibrated": mean_cal},
+        }  # fmt: skip
+        return test.cell_p_values, test.cell_calibrated, info

@@ -21,6 +21,8 @@ from ..errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = ["SimilarityResult"]
 
+_EXTRAS = ("low", "high", "p_values", "calibrated")
+
 
 @dataclass
 class SimilarityResult:
@@ -36,7 +38,16 @@ class SimilarityResult:
     metadata : dict
         Plain values: the models' names, the measure (``metadata["measure"]``: name, id, label, direction,
         range, ...; see :meth:`reprsim.measures.Measure.describe`), pooling, samples and batches seen,
-        version.
+        version; with intervals, ``metadata["ci"]`` (confidence, method, blocks or resamples); with a
+        permutation test, ``metadata["permutation"]`` (permutations, alpha, seed, and the test of the best cell
+        and of the mean, each with observed, p_value, threshold, calibrated).
+    low, high : torch.Tensor, optional
+        Each cell's confidence interval (``compare(..., ci=0.95)``).
+    p_values : torch.Tensor, optional
+        Each cell's add-one permutation p-value (``compare(..., permutations=K)``; not corrected for the number
+        of cells: ``metadata["permutation"]["best"]`` is the corrected test of the best cell).
+    calibrated : torch.Tensor, optional
+        Each cell's calibrated score (0 where not significant at ``metadata["permutation"]["alpha"]``).
 
     Examples
     --------
@@ -57,6 +68,10 @@ class SimilarityResult:
     names_a: list[str]
     names_b: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+    p_values: torch.Tensor | None = None
+    calibrated: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metadata, Mapping):
@@ -71,6 +86,18 @@ class SimilarityResult:
                 f"matrix has shape {tuple(self.matrix.shape)} but there are {len(self.names_a)} names for its "
                 f"rows and {len(self.names_b)} for its columns"
             )
+        for name in _EXTRAS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+            if value.shape != self.matrix.shape:
+                raise ShapeMismatchError(
+                    f"{name} has shape {tuple(value.shape)}; the matrix {tuple(self.matrix.shape)}"
+                )
+            setattr(self, name, value)
+        if (self.low is None) != (self.high is None):
+            raise InvalidParameterError("an interval needs both low and high")
 
     @property
     def model_a(self) -> str:
@@ -109,15 +136,38 @@ class SimilarityResult:
             f"{self.model_b} [{len(self.names_b)} layers], {what})"
         )
         if len(self.names_a) > 16 or len(self.names_b) > 12 or not self.names_a or not self.names_b:
-            return head
+            return "\n".join([head, *self._footer()])
+        alpha = float(self.metadata.get("permutation", {}).get("alpha", 0.05))
+
+        def cell(i: int, j: int) -> str:
+            text = f"{float(self.matrix[i, j]):.3f}"
+            if self.low is not None and self.high is not None:
+                text += f" [{float(self.low[i, j]):.3f}, {float(self.high[i, j]):.3f}]"
+            if self.p_values is not None:
+                text += "*" if float(self.p_values[i, j]) <= alpha else " "
+            return text
+
+        cells = [[cell(i, j) for j in range(len(self.names_b))] for i in range(len(self.names_a))]
         width = max(len(n) for n in self.names_a)
-        cell = max(6, *(len(n) for n in self.names_b))
-        cols = "".join(f"  {n:>{cell}}" for n in self.names_b)
-        rows = [
-            f"{name:<{width}}" + "".join(f"  {v:{cell}.3f}" for v in row)
-            for name, row in zip(self.names_a, self.matrix.tolist())
-        ]
-        return "\n".join([head, " " * width + cols, *rows])
+        size = max(6, *(len(n) for n in self.names_b), *(len(c) for row in cells for c in row))
+        cols = "".join(f"  {n:>{size}}" for n in self.names_b)
+        rows = [f"{name:<{width}}" + "".join(f"  {c:>{size}}" for c in row) for name, row in zip(self.names_a, cells)]
+        return "\n".join([head, " " * width + cols, *rows, *self._footer()])
+
+    def _footer(self) -> list[str]:
+        lines = []
+        ci = self.metadata.get("ci")
+        if self.low is not None and isinstance(ci, Mapping):
+            lines.append(f"[low, high]: {float(ci.get('confidence', 0.95)):.0%} {ci.get('method', '')} interval")
+        perm = self.metadata.get("permutation")
+        if self.p_values is not None and isinstance(perm, Mapping):
+            best = perm.get("best", {})
+            lines.append(
+                f"*: p ≤ {perm.get('alpha')} ({perm.get('permutations')} permutations, per cell); best cell "
+                f"{float(best.get('observed', math.nan)):.3f}: p = {float(best.get('p_value', math.nan)):.4g} "
+                f"over the search of all cells, calibrated {float(best.get('calibrated', math.nan)):.3f}"
+            )
+        return lines
 
     def color_range(self) -> tuple[float, float]:
         """The colour range :meth:`plot` uses by default: the measure's range where it is finite, else the
@@ -145,7 +195,8 @@ class SimilarityResult:
         """Heatmap with model A's layers on the y axis and model B's on the x axis (needs matplotlib).
 
         The colour bar is labelled with the measure and its direction; distances use the reversed colour
-        map, so that bright cells are similar layers for every measure.
+        map, so that bright cells are similar layers for every measure. With permutation p-values, cells not
+        significant at the test's α are hatched; with intervals, each annotation adds the interval's half-width.
 
         Parameters
         ----------
@@ -185,12 +236,27 @@ class SimilarityResult:
         ax.set_xlabel(self.model_b)
         if annotate is None:
             annotate = data.size <= 144
+        notes = []
+        if self.p_values is not None:
+            from matplotlib.patches import Rectangle
+
+            alpha = float(self.metadata.get("permutation", {}).get("alpha", 0.05))
+            for i, j in zip(*np.nonzero(self.p_values.numpy() > alpha)):
+                ax.add_patch(
+                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", linewidth=0)
+                )
+            notes.append(f"hatched: p > {alpha:g}")
+        half = None if self.low is None or self.high is None else ((self.high - self.low) / 2).numpy()
+        if half is not None and annotate:
+            notes.append(f"± half of the {float(self.metadata.get('ci', {}).get('confidence', 0.95)):.0%} interval")
         if annotate:
             span = (vmax - vmin) or 1.0
             for i in range(data.shape[0]):
                 for j in range(data.shape[1]):
                     v = data[i, j]
                     text = "nan" if math.isnan(v) else f"{v:.2f}"
+                    if half is not None and not math.isnan(v):
+                        text += f"\n±{half[i, j]:.2f}"
                     bright = (v - vmin) / span if not distance else (vmax - v) / span
                     ax.text(
                         j,
@@ -201,7 +267,10 @@ class SimilarityResult:
                         fontsize=6,
                         color="white" if (not math.isnan(v) and bright < 0.6) else "black",
                     )
-        ax.set_title(title if title is not None else f"{self.model_a} vs {self.model_b}")
+        default = f"{self.model_a} vs {self.model_b}"
+        if notes:
+            default += f" ({'; '.join(notes)})"
+        ax.set_title(title if title is not None else default)
         hint = " (lower = more similar)" if distance else ""
         ax.figure.colorbar(im, ax=ax, label=f"{m['label']}{hint}")
         return ax
@@ -209,12 +278,14 @@ class SimilarityResult:
     def save(self, path: str | Path) -> Path:
         """Write the result to ``path`` (a ``.npz`` file: matrix, names, JSON metadata; no pickle)."""
         path = _npz_path(path)
+        extras = {k: getattr(self, k).numpy() for k in _EXTRAS if getattr(self, k) is not None}
         np.savez(
             path,
             matrix=self.to_numpy(),
             names_a=np.array(self.names_a, dtype=str),
             names_b=np.array(self.names_b, dtype=str),
             metadata=np.array(json.dumps(self.metadata, sort_keys=True)),
+            **extras,
         )
         return path
 
@@ -240,9 +311,12 @@ class SimilarityResult:
                 matrix = torch.from_numpy(np.asarray(f["matrix"], dtype=np.float64).copy())
                 names_a, names_b = [str(n) for n in f["names_a"]], [str(n) for n in f["names_b"]]
                 metadata = json.loads(str(f["metadata"]))
+                extras = {
+                    k: torch.from_numpy(np.asarray(f[k], dtype=np.float64).copy()) for k in _EXTRAS if k in f.files
+                }
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError) as exc:
                 raise InvalidParameterError(f"{what}: it is truncated or damaged ({exc})") from exc
-        return cls(matrix, names_a, names_b, metadata)
+        return cls(matrix, names_a, names_b, metadata, **extras)
 
 
 def _npz_path(path: str | Path) -> Path:

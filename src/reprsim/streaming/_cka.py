@@ -18,6 +18,7 @@ from .._validation import Kernel, check_finite, check_kernel
 from ..errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
+    IncompatibleStateError,
     InsufficientSamplesError,
     InvalidParameterError,
     ReprsimWarning,
@@ -227,6 +228,9 @@ class MinibatchCKAMatrix(_MinibatchBase):
     dtype : torch.dtype, default torch.float64
         Dtype of the accumulated sums (per-batch Grams are computed in the batch's own precision, at least
         float32).
+    records : bool, default False
+        Also keep every batch's HSIC terms (:attr:`hsic_records`, (n_a·n_b + n_a + n_b) numbers per batch), for
+        a bootstrap over batches (:func:`reprsim.inference.stream_interval`).
 
     Examples
     --------
@@ -243,12 +247,40 @@ class MinibatchCKAMatrix(_MinibatchBase):
     1.0
     """
 
+    def __init__(
+        self,
+        kernel: Kernel = "linear",
+        sigma: float | None = None,
+        median_fraction: float = 1.0,
+        dtype: torch.dtype = torch.float64,
+        records: bool = False,
+    ) -> None:
+        self.records = bool(records)
+        super().__init__(kernel, sigma, median_fraction, dtype)
+
+    def _config(self) -> dict[str, Any]:
+        return {**super()._config(), "records": self.records}
+
     def _declare_states(self) -> None:
         self._add_state("n", lambda d: (), "sum")
         self._add_state("batches", lambda d: (), "sum")
         self._add_state("kl", lambda d: (d[0], d[1]), "sum")
         self._add_state("kk", lambda d: (d[0],), "sum")
         self._add_state("ll", lambda d: (d[1],), "sum")
+        if self.records:
+            self._add_state("records", lambda d: (0, d[0] * d[1] + d[0] + d[1]), "cat")
+
+    @property
+    def hsic_records(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-batch unbiased HSIC terms (with ``records=True``): (batches, n_a, n_b) HSIC(K_a, L_b),
+        (batches, n_a) HSIC(K_a, K_a) and (batches, n_b) HSIC(L_b, L_b)."""
+        if not self.records:
+            raise InvalidParameterError("this accumulator keeps no per-batch records: create it with records=True")
+        if self._dims is None:
+            raise IncompatibleStateError("MinibatchCKAMatrix has seen no batch yet")
+        la, lb = self._dims[0], self._dims[1]
+        r = self._state["records"]
+        return r[:, : la * lb].reshape(-1, la, lb), r[:, la * lb : la * lb + la], r[:, la * lb + la :]
 
     @full_precision_matmul
     def update(self, xs: Sequence[Any], ys: Sequence[Any] | None = None) -> None:
@@ -289,6 +321,8 @@ class MinibatchCKAMatrix(_MinibatchBase):
         one = torch.ones((), dtype=self._dtype, device=grams_a.device)
         b = grams_a.shape[-1]
         contribution = {"n": one * b, "batches": one, "kl": cross, "kk": self_a, "ll": self_b}
+        if self.records:
+            contribution["records"] = torch.cat([cross.reshape(-1), self_a, self_b])[None]
         return Pending(self, dims, grams_a.device, contribution)
 
     @full_precision_matmul
