@@ -1,8 +1,10 @@
-"""The README quickstart: several measures of how similar two representations are, and a matrix of every pair."""
+"""The README quickstart: several measures of how similar two representations are, a matrix of every pair, and
+a permutation test."""
 
 import numpy as np
 
 from reprsim import cca, cka, cka_matrix, procrustes
+from reprsim.inference import permutation_test
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=(500, 64))  # 500 samples, 64 features (e.g. one layer)
@@ -13,3 +15,5 @@ print(f"RBF CKA        {cka(x, y, kernel='rbf'):.3f}")
 print(f"Procrustes     {procrustes(x, y):.3f} rad")  # angular distance: 0 means equal up to rotation and scale
 print(f"mean CCA rho   {cca(x, y):.3f}")
 print(cka_matrix([x, y, rng.normal(size=(500, 8))]))  # every pair, one matrix product
+test = permutation_test(x, y, "cka", permutations=199)  # more than the two shapes alone would give?
+print(f"permutation p = {test.p_value:.3f}, calibrated score {test.calibrated:.3f}")
