@@ -444,3 +444,22 @@ def test_batch_bootstrap_of_a_layers_matrix_matches_per_cell_resampling() -> Non
     torch.testing.assert_close(kl_t.sum(0) / torch.sqrt(torch.outer(kk_t.sum(0), ll_t.sum(0))), acc.compute())
     with pytest.raises(InvalidParameterError, match="create it with records=True"):
         _ = MinibatchCKAMatrix().hsic_records
+
+
+def test_explicit_permutations_are_used_as_given() -> None:
+    x, y = data(n=40)
+    rows = np.stack(permutations(40, 25, 8))
+    given = permutation_test(x, y, "cka", permutations=rows)
+    drawn = permutation_test(x, y, "cka", permutations=25, seed=8)
+    torch.testing.assert_close(given.null, drawn.null, rtol=0, atol=0)
+    assert given.p_value == drawn.p_value
+    # restricted permutations: only within two halves (e.g. exchangeable groups)
+    halves = np.stack(
+        [np.concatenate([np.random.default_rng(s).permutation(20), 20 + np.arange(20)]) for s in range(9)]
+    )
+    test = permutation_test(x, y, "cka", permutations=halves)
+    np.testing.assert_allclose(test.null.numpy(), [ref.cka(x, y[r]) for r in halves], atol=1e-10)
+    with pytest.raises(InvalidParameterError, match=r"\(K, n = 40\) integer row orders"):
+        permutation_test(x, y, permutations=np.zeros((3, 39), dtype=int))
+    with pytest.raises(InvalidParameterError, match="must be a permutation of 0"):
+        permutation_test(x, y, permutations=np.zeros((3, 40), dtype=int))

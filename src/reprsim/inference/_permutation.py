@@ -99,11 +99,33 @@ class PermutationTest:
         )
 
 
-def _check_options(permutations: Any, alpha: Any) -> None:
-    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
-        raise InvalidParameterError(f"permutations must be a positive integer; got {permutations!r}")
+def _check_alpha(alpha: Any) -> None:
     if not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
         raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}")
+
+
+def _permutation_list(permutations: Any, n: int, seed: int, device: torch.device) -> list[torch.Tensor]:
+    """K permutations: drawn from a seeded generator for an integer K, or the rows of a given (K, n) array."""
+    if isinstance(permutations, int) and not isinstance(permutations, bool):
+        if permutations < 1:
+            raise InvalidParameterError(f"permutations must be a positive integer; got {permutations!r}")
+        generator = torch.Generator().manual_seed(int(seed))
+        return [torch.randperm(n, generator=generator).to(device) for _ in range(permutations)]
+    try:
+        given = torch.as_tensor(permutations)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidParameterError(
+            f"permutations must be a number K or a (K, n) array of row orders; got {type(permutations).__name__}"
+        ) from exc
+    if given.ndim != 2 or given.shape[1] != n or given.shape[0] < 1 or given.is_floating_point():
+        raise InvalidParameterError(
+            f"permutations given as an array must be (K, n = {n}) integer row orders; got shape "
+            f"{tuple(given.shape)} and dtype {given.dtype}"
+        )
+    given = given.long()
+    if not bool((torch.sort(given, dim=1).values == torch.arange(n)).all()):
+        raise InvalidParameterError("every row of permutations must be a permutation of 0 … n − 1")
+    return [row.to(device) for row in given]
 
 
 def summary(
@@ -216,7 +238,7 @@ def permutation_test(
     y: Any,
     measure: str | Measure = "cka",
     *,
-    permutations: int = 1000,
+    permutations: int | Any = 1000,
     alpha: float = 0.05,
     aggregate: Aggregate = "best",
     seed: int = 0,
@@ -230,8 +252,10 @@ def permutation_test(
         every layer of y), for a test of the aggregate over the layers × layers matrix.
     measure : str or Measure, default "cka"
         Any measure defined on two arrays (a registry name or a configured object).
-    permutations : int, default 1000
-        K, the number of random permutations of y's rows (the same permutation for all of y's layers).
+    permutations : int or array of shape (K, n), default 1000
+        K, the number of random permutations of y's rows (the same permutation for all of y's layers); or the
+        K permutations themselves, one row order per row (e.g. restricted to exchangeable groups of samples,
+        or another package's draws to reproduce its null).
     alpha : float, default 0.05
         Level of the critical value τ and of the calibrated score.
     aggregate : {"best", "mean"}, default "best"
@@ -269,7 +293,7 @@ def permutation_test(
     >>> unrelated.p_value > 0.05, unrelated.calibrated
     (True, 0.0)
     """
-    _check_options(permutations, alpha)
+    _check_alpha(alpha)
     if aggregate not in ("best", "mean"):
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
     m = get_measure(measure)
@@ -283,8 +307,7 @@ def permutation_test(
             )
     caches: list[dict[Any, Any]] = [{} for _ in xs]
     pairs = [[_Pair(m, *sample_pair(a, b, m.min_samples), caches[i]) for b in ys] for i, a in enumerate(xs)]
-    generator = torch.Generator().manual_seed(int(seed))
-    perms = [torch.randperm(n, generator=generator).to(xs[0].device) for _ in range(permutations)]
+    perms = _permutation_list(permutations, n, seed, xs[0].device)
     observed = torch.tensor([[p.value(None) for p in row] for row in pairs], dtype=torch.float64)
     null = torch.tensor([[p.values(perms) for p in row] for row in pairs], dtype=torch.float64)  # (a, b, K)
     description = m.describe()
@@ -301,7 +324,7 @@ def permutation_test(
         obs, values = float(observed.min()), null.amin(dim=(0, 1))
     p_value, tau, calibrated, tail = summary(obs, values, float(alpha), m)
     extreme = null >= observed[..., None] if similarity else null <= observed[..., None]
-    cells = (1.0 + extreme.sum(dim=2).double()) / (permutations + 1)
+    cells = (1.0 + extreme.sum(dim=2).double()) / (len(perms) + 1)
     cell_calibrated = torch.tensor(
         [
             [summary(float(observed[i, j]), null[i, j], float(alpha), m)[2] for j in range(len(ys))]
