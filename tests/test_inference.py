@@ -463,3 +463,21 @@ def test_explicit_permutations_are_used_as_given() -> None:
         permutation_test(x, y, permutations=np.zeros((3, 39), dtype=int))
     with pytest.raises(InvalidParameterError, match="must be a permutation of 0"):
         permutation_test(x, y, permutations=np.zeros((3, 40), dtype=int))
+
+
+def test_bootstrap_takes_the_resamples_themselves() -> None:
+    from reprsim.inference import bootstrap
+
+    x, y = data(n=50)
+    rows = np.random.default_rng(3).integers(0, 50, size=(30, 50))
+    ci = bootstrap(x, y, "cka", resamples=rows, method="percentile")
+    np.testing.assert_allclose(ci.distribution.numpy(), [ref.cka(x[r], y[r]) for r in rows], atol=1e-10)
+    halves = np.stack([np.random.default_rng(s).permutation(50)[:25] for s in range(20)])
+    sub = bootstrap(x, y, "mutual_knn", resamples=halves)
+    np.testing.assert_allclose(sub.distribution.numpy(), [rm.mutual_knn(x[r], y[r], 10) for r in halves], atol=1e-12)
+    with pytest.raises(InvalidParameterError, match="must not repeat a row"):
+        bootstrap(x, y, "mutual_knn", resamples=rows[:, :25])
+    with pytest.raises(InvalidParameterError, match="holds n = 50 indices"):
+        bootstrap(x, y, "cka", resamples=rows[:, :40])
+    with pytest.raises(InvalidParameterError, match=r"lie in 0 … n − 1 = 49"):
+        bootstrap(x, y, "cka", resamples=rows + 1)

@@ -149,7 +149,7 @@ def bootstrap(
     y: Any,
     measure: str | Measure = "cka",
     *,
-    resamples: int = 1000,
+    resamples: int | Any = 1000,
     confidence: float = 0.95,
     method: Method = "bca",
     scheme: Scheme = "auto",
@@ -163,8 +163,10 @@ def bootstrap(
         Two representations of the same n samples.
     measure : str or Measure, default "cka"
         Any measure defined on two arrays.
-    resamples : int, default 1000
-        Number of resamples B.
+    resamples : int or array of shape (B, size), default 1000
+        Number of resamples B; or the resamples themselves, one row of sample indices each (e.g. another
+        package's draws, to reproduce its bootstrap distribution), of n indices for ``"pairs"`` and of
+        distinct indices for ``"subsample"``.
     confidence : float, default 0.95
         Nominal coverage of the interval.
     method : {"bca", "percentile"}, default "bca"
@@ -203,7 +205,21 @@ def bootstrap(
     >>> ci.low < ci.estimate < ci.high
     True
     """
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
+    given: torch.Tensor | None = None
+    if not isinstance(resamples, int) or isinstance(resamples, bool):
+        try:
+            given = torch.as_tensor(resamples)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidParameterError(
+                f"resamples must be a number or a (B, size) array of row indices; got {type(resamples).__name__}"
+            ) from exc
+        if given.ndim != 2 or given.shape[0] < 2 or given.is_floating_point():
+            raise InvalidParameterError(
+                f"resamples given as an array must be (B ≥ 2, size) integer row indices; got shape "
+                f"{tuple(given.shape)} and dtype {given.dtype}"
+            )
+        given = given.long()
+    elif resamples < 2:
         raise InvalidParameterError(f"resamples must be an integer ≥ 2; got {resamples!r}")
     if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
         raise InvalidParameterError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
@@ -229,10 +245,21 @@ def bootstrap(
     if size < m.min_samples:
         raise InvalidParameterError(f"{n} samples are too few to resample {m.label} (resamples of {size} rows)")
     generator = torch.Generator().manual_seed(int(seed))
+    if given is not None:
+        if bool((given < 0).any()) or bool((given >= n).any()):
+            raise InvalidParameterError(f"resample indices must lie in 0 … n − 1 = {n - 1}")
+        if chosen == "subsample":
+            size = given.shape[1]
+            if bool((torch.sort(given, dim=1).values.diff(dim=1) == 0).any()):
+                raise InvalidParameterError("subsamples must not repeat a row; use scheme='pairs' for resamples")
+        elif given.shape[1] != n:
+            raise InvalidParameterError(f"each resample of scheme 'pairs' holds n = {n} indices; got {given.shape[1]}")
     estimate = float(evaluate(m, xt, yt))
     values = []
-    for _ in range(resamples):
-        if chosen == "pairs":
+    for b in range(resamples if given is None else given.shape[0]):
+        if given is not None:
+            idx = given[b]
+        elif chosen == "pairs":
             idx = torch.randint(0, n, (n,), generator=generator)
         else:
             idx = torch.sort(torch.randperm(n, generator=generator)[:size]).values  # folds follow the row order
