@@ -123,15 +123,20 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
     assert ax.images[0].get_clim() == pytest.approx((0.0, np.pi / 2))
     loaded = SimilarityResult.load(r.save(tmp_path / "r"))
     assert loaded.measure == r.measure
-    # a measure whose range is unbounded is scaled to the data
+    # colours span the data by default (a 0.12-0.21 matrix is not uniformly dark); full=True gives the
+    # measure's range widened to the data, for heatmaps on one scale
     p = compare(net, other, batches(), layers_a=LAYERS, measure=Predictivity(folds=4), progress=False)
-    lo, hi = p.color_range()
+    assert p.color_range() == (float(p.matrix.min()), float(p.matrix.max()))
+    lo, hi = p.color_range(full=True)
     assert lo == pytest.approx(float(p.matrix.min()))
     assert hi == 1.0
+    narrow = SimilarityResult(torch.tensor([[0.12, 0.21]]), ["a"], ["c", "d"], {})
+    assert narrow.color_range() == pytest.approx((0.12, 0.21))
+    assert narrow.color_range(full=True) == (0.0, 1.0)
     # results saved before measures existed read as CKA
     old = SimilarityResult(torch.eye(2), ["a", "b"], ["c", "d"], {"estimator": "minibatch"})
     assert old.measure["label"] == "CKA"
-    assert old.color_range() == (0.0, 1.0)
+    assert old.color_range(full=True) == (0.0, 1.0)
 
 
 def test_migration_and_measure_argument_errors() -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reprsim", description="Representation similarity for PyTorch.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="reprsim",
+        description="Representation similarity for PyTorch.",
+        epilog="example: reprsim demo --quick --out demo-out   (a CI-sized run of the ViT study, under a minute)",
+    )
+    parser.add_argument("--version", action="version", version=f"reprsim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo",
@@ -31,9 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import DemoSettings, run_demo
 
-        run_demo(
-            DemoSettings(out=args.out, quick=args.quick, seed=args.seed, models=args.models, img_size=args.img_size)
-        )
+        try:
+            run_demo(
+                DemoSettings(out=args.out, quick=args.quick, seed=args.seed, models=args.models, img_size=args.img_size)
+            )
+        except ImportError as exc:
+            print(f"reprsim demo: {exc}", file=sys.stderr)
+            return 3
     return 0
 
 

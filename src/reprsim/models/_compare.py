@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,14 +50,36 @@ EXACT_MAX_WIDTH = 8192
 Adapter = Callable[[Any], Any]
 
 
+class _PlainProgress:
+    """A progress line on stderr every 10 seconds, where tqdm is not installed."""
+
+    def __init__(self, total: int | None, desc: str) -> None:
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+        self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= 10.0:
+            self.last = now
+            of = f"/{self.total}" if self.total is not None else ""
+            print(f"{self.desc}: {self.done}{of} batches {self.postfix}", file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        return None
+
+
 def _progress(data: Iterable[Any], enabled: bool, desc: str) -> Any:
     if not enabled:
         return None
+    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return None
-    total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+        return _PlainProgress(total, desc)
     return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
 
 
@@ -296,6 +319,12 @@ def compare(
             )
         raise TypeError(f"compare() got unexpected keyword arguments {sorted(removed)}")
     chosen = _measures(measure, measures)
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        raise InvalidParameterError(
+            f"data is one array of shape {tuple(data.shape)}; compare iterates over data expecting batches, and "
+            "iterating over an array yields one sample at a time. Pass batches: torch.split(x, 128), or "
+            "DataLoader(TensorDataset(x), batch_size=128)"
+        )
     if isinstance(model_a, Mapping):
         if model_b is not None:
             raise InvalidParameterError(
@@ -615,6 +644,7 @@ class _Comparison:
                           for p in pairs for c in self.minibatch_configs}  # fmt: skip
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
         self.slots: dict[tuple[tuple[int, int], str], int] = {}
+        self.pooled_widths: dict[tuple[str, str], int] = {}
         self.keys: dict[str, list[str]] = {}
         self.samples = 0
         self.batches = 0
@@ -708,9 +738,13 @@ class _Comparison:
         acts: dict[tuple[int, int], dict[str, torch.Tensor]],
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
     ) -> None:
-        """Queue one finiteness flag per layer, whose failure names the model and the layer."""
+        """Check every layer's pooled width against the first batch's, and queue one finiteness flag per layer,
+        whose failure names the model and the layer."""
         named = self._named_layers(acts)
         first = named[0][2].device
+        for model, layer, t in named:
+            width = t[0].numel() if t.shape[0] else t.reshape(0, -1).shape[1]
+            self._check_width(model, layer, width, f"activations of shape {tuple(t.shape)}")
 
         def fail(ok: list[bool]) -> None:
             for (model, layer, t), fine in zip(named, ok):
@@ -721,6 +755,23 @@ class _Comparison:
                     )
 
         checks.append((torch.stack([torch.isfinite(t.sum()).to(first) for _, _, t in named]), fail))
+
+    def _check_width(self, model: str, layer: str, width: int, what: str) -> None:
+        """A layer's pooled width must be the first batch's: say which layer changed, and why it usually does."""
+        seen = self.pooled_widths.setdefault((model, layer), width)
+        if width == seen:
+            return
+        how = self.config["pool"]
+        hint = (
+            "with pool='flatten' this happens when the token count varies between batches (padding to each "
+            "batch's longest sequence): use pool='masked_mean' (or 'mean', 'cls'), or pad every batch to one length"
+            if how == "flatten"
+            else "every batch must give each layer the same number of features after pooling"
+        )
+        raise ShapeMismatchError(
+            f"{model}: layer {layer!r} has {width} features after pooling in this batch but {seen} in the first "
+            f"(this batch: {what}); {hint}"
+        )
 
     def _prepare_moments(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> Pending:
         named = self._named_layers(acts)
@@ -798,6 +849,8 @@ class _Comparison:
                 checks.append((torch.isfinite(g.sum(dim=(1, 2))), fail))
             g, run_keys, widths = stacked[key]
             keys = self.keys[name]
+            for k in keys:
+                self._check_width(name, k, widths[k.split("#")[0]], f"{tuple(g.shape[1:])} Grams")
             idx = [run_keys.index(k) for k in keys]
             grams[name] = (
                 g if idx == list(range(len(run_keys))) else g[idx],

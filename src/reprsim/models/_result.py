@@ -169,11 +169,14 @@ class SimilarityResult:
             )
         return lines
 
-    def color_range(self) -> tuple[float, float]:
-        """The colour range :meth:`plot` uses by default: the measure's range where it is finite, else the
-        data's (e.g. a distance without an upper bound, or an R² that can be negative)."""
-        lo, hi = (float(v) for v in self.measure["range"])
+    def color_range(self, *, full: bool = False) -> tuple[float, float]:
+        """The colour range :meth:`plot` uses by default: the data's own (so that a 0.12–0.21 matrix uses the
+        whole colour map, as other CKA packages' heatmaps do). ``full=True``: the measure's range where it is
+        finite (0–1 for CKA), widened to the data, for heatmaps that must share one scale."""
         finite = self.matrix[torch.isfinite(self.matrix)]
+        lo, hi = (float(v) for v in self.measure["range"])
+        if not full and finite.numel() and float(finite.max()) > float(finite.min()):
+            return float(finite.min()), float(finite.max())
         if not math.isfinite(lo):
             lo = float(finite.min()) if finite.numel() else 0.0
         if not math.isfinite(hi):
@@ -205,7 +208,9 @@ class SimilarityResult:
         cmap : str, optional
             Colour map; "magma" for similarities and "magma_r" for distances by default.
         vmin, vmax : float, optional
-            Colour range; by default :meth:`color_range` (the measure's range, widened to the data).
+            Colour range; by default :meth:`color_range`, the data's own range (the colour bar says which values
+            the colours mean). For several heatmaps on one scale pass ``vmin``/``vmax``, e.g.
+            ``*result.color_range(full=True)`` (0–1 for CKA).
         annotate : bool, optional
             Write each value in its cell; by default when the matrix has at most 12×12 entries.
         title : str, optional

@@ -286,6 +286,13 @@ class MinibatchCKAMatrix(_MinibatchBase):
     def update(self, xs: Sequence[Any], ys: Sequence[Any] | None = None) -> None:
         """Add one batch: ``xs`` holds every layer of model A, ``ys`` every layer of model B (default:
         ``xs``), each of shape (b, ...), the same b ≥ 4 samples in the same order."""
+        for side, v in (("xs", xs), ("ys", ys)):
+            if v is not None and hasattr(v, "shape") and not isinstance(v, (list, tuple)):
+                raise InvalidParameterError(
+                    f"MinibatchCKAMatrix.update takes a list of layers per side; {side} is one array of shape "
+                    f"{tuple(v.shape)}, whose rows would be read as layers. Pass update([x], [y]) (or use "
+                    "MinibatchCKA for one pair)"
+                )
         with torch.no_grad():
             ga, wa = self.layer_grams(xs, [f"xs[{i}]" for i in range(len(xs))])
             gb, wb = (None, None) if ys is None else self.layer_grams(ys, [f"ys[{j}]" for j in range(len(ys))])
