@@ -280,8 +280,8 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
     """Run the study and write ``report.md``, ``results.json`` and PNG figures to ``settings.out``."""
     missing = [name for name in ("matplotlib", "sklearn") if importlib.util.find_spec(name) is None]
     if missing:  # before any training, not minutes into the run
-        names = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
-        raise ImportError(f"the demo needs {' and '.join(names[m] for m in missing)}: pip install 'reprsim[demo]'")
+        packages = {"matplotlib": "matplotlib", "sklearn": "scikit-learn"}
+        raise ImportError(f"the demo needs {' and '.join(packages[m] for m in missing)}: pip install 'reprsim[demo]'")
     import matplotlib
 
     matplotlib.use("Agg")
