@@ -93,3 +93,35 @@ def test_heatmap_colours_span_the_data_and_names_print_whole() -> None:
     for name in ("blocks.11.attn.qkv", "blocks.11.mlp.fc1"):
         assert name in text
     assert np.isclose(float(r["blocks.11.attn.qkv", "blocks.11.mlp.fc1"]), 0.18)
+
+
+class DLPackOnly:
+    """What JAX, CuPy or TensorFlow arrays offer: the DLPack protocol, and no NumPy or torch type."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    def __dlpack__(self, **kwargs: object) -> object:
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._a.__dlpack_device__()  # type: ignore[no-any-return]
+
+
+class ArrayOnly:
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return self._a
+
+
+def test_arrays_from_other_frameworks_are_read_without_a_copy() -> None:
+    from reprsim._validation import as_matrix
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 6)), rng.normal(size=(50, 4))
+    t = as_matrix(DLPackOnly(x), "x")
+    assert t.data_ptr() == x.__array_interface__["data"][0]  # shared memory
+    for fn in (reprsim.cka, reprsim.procrustes, reprsim.mutual_knn):
+        assert fn(DLPackOnly(x), ArrayOnly(y)) == pytest.approx(fn(x, y), abs=1e-12)

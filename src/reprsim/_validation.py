@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.utils.dlpack
 
 from .errors import (
     ConstantRepresentationError,
@@ -31,12 +32,23 @@ Kernel = Literal["linear", "rbf"]
 def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Return ``x`` as a floating tensor of shape ``(n, features)``.
 
+    Accepts torch tensors, NumPy arrays, any object exposing ``__dlpack__`` (JAX, CuPy, TensorFlow tensors: read
+    through DLPack, on their device, without a copy) and anything ``np.asarray`` understands (``__array__``).
     Trailing dimensions are flattened; a 1-d input is one feature per sample. float16/bfloat16, integer and
     boolean inputs are upcast to float32 (float64 stays float64); ``dtype`` forces a floating dtype.
     The tensor keeps its device and, where no cast is needed, shares memory with the input.
     """
     if isinstance(x, torch.Tensor):
         t = x
+    elif not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+        # JAX, CuPy, TensorFlow (and NumPy ≥ 1.22 arrays, handled below): DLPack shares the memory, on its device
+        try:
+            t = torch.utils.dlpack.from_dlpack(x)
+        except (RuntimeError, TypeError, BufferError) as exc:
+            raise InvalidParameterError(
+                f"{name} (a {type(x).__name__}) exposes __dlpack__ but torch cannot read it ({exc}); convert it to "
+                "a NumPy array or a torch tensor first"
+            ) from exc
     else:
         try:
             arr = np.asarray(x)
