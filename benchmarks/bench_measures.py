@@ -149,6 +149,28 @@ PEER_CODE = {
     ),
     ("distance_correlation", "reprsim"): "import reprsim; f = lambda x, y: reprsim.measures.distance_correlation(x, y)",
     ("distance_correlation", "dcor"): "import dcor; f = lambda x, y: dcor.distance_correlation(x, y)",
+    ("rsa_spearman", "reprsim"): "import reprsim; f = lambda x, y: reprsim.rsa(x, y)",
+    ("rsa_spearman", "rsatoolbox"): (
+        "from rsatoolbox.data import Dataset\nfrom rsatoolbox.rdm import calc_rdm, compare\n"
+        "f = lambda x, y: compare(calc_rdm(Dataset(x), method='correlation'), "
+        "calc_rdm(Dataset(y), method='correlation'), method='spearman')"
+    ),
+    ("rsa_kendall", "reprsim"): "import reprsim; f = lambda x, y: reprsim.rsa(x, y, compare='kendall')",
+    ("rsa_kendall", "rsatoolbox"): (
+        "from rsatoolbox.data import Dataset\nfrom rsatoolbox.rdm import calc_rdm, compare\n"
+        "f = lambda x, y: compare(calc_rdm(Dataset(x), method='correlation'), "
+        "calc_rdm(Dataset(y), method='correlation'), method='kendall')"
+    ),
+    ("rank_similarity", "reprsim"): (
+        "import reprsim; f = lambda x, y: reprsim.rank_similarity(x, y, k=10, neighbours='euclidean')"
+    ),
+    ("rank_similarity", "deep-reps"): (
+        DEEP_REPS + "vars(pkg).update(vars(importlib.import_module('deep_reps.utils')))\n"
+        "g = importlib.import_module('deep_reps.neighbors_measures').rank_similarity\n"
+        "f = lambda x, y: g(torch.from_numpy(x), torch.from_numpy(y), 10)"
+    ),
+    ("cknna", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cknna(x, y, k=10)",
+    ("cka_rbf", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cka(x, y, kernel='rbf', block=256)",
 }
 
 RUNNER = """
@@ -179,7 +201,10 @@ def peers(repeats: int, only: list[str] | None = None, n: int = N) -> None:
     )
     print("| measure | library | time (s) | peak RSS (MiB) | reprsim's speed-up |")
     print("|---|---|---|---|---|")
-    sample_space = {"mutual_knn", "jaccard_knn", "distance_correlation"}
+    sample_space = {
+        "mutual_knn", "jaccard_knn", "distance_correlation", "rsa_spearman", "rsa_kendall", "rank_similarity",
+        "cknna", "cka_rbf",
+    }  # fmt: skip
     for measure in dict.fromkeys(m for m, _ in PEER_CODE):
         if (only and measure not in only) or (not only and measure in sample_space):
             continue

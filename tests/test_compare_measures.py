@@ -120,7 +120,9 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
     ax = r.plot()
     assert ax.figure.axes[-1].get_ylabel() == "angular Procrustes distance (lower = more similar)"
     assert ax.images[0].get_cmap().name == "magma_r"
-    assert ax.images[0].get_clim() == pytest.approx((0.0, np.pi / 2))
+    assert ax.images[0].get_clim() == pytest.approx(r.color_range())  # the data's range by default
+    full = r.plot(vmin=r.color_range(full=True)[0], vmax=r.color_range(full=True)[1])
+    assert full.images[0].get_clim() == pytest.approx((0.0, np.pi / 2))
     loaded = SimilarityResult.load(r.save(tmp_path / "r"))
     assert loaded.measure == r.measure
     # colours span the data by default (a 0.12-0.21 matrix is not uniformly dark); full=True gives the

@@ -372,7 +372,7 @@ def rbf_cka_blockwise(
     gammas, prepared = [], []
     for t, name in ((x, "x"), (y, "y")):
         tc = _centered(t)
-        sq = (tc * tc).sum(dim=1)
+        sq = torch.linalg.vector_norm(tc, dim=1).square()
         if sigma is None:
             s2 = median_fraction**2 * triangle_median(tc, sq, rows)
             if not bool(s2 > 0):

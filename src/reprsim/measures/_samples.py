@@ -92,7 +92,7 @@ def _neighbour_indices(
     """(n, k): each sample's k nearest neighbours, nearest first (ties to the lower index), strip by strip."""
     n = x.shape[0]
     z = _prepared(x, neighbours, name)
-    sq = (z * z).sum(1) if neighbours == "euclidean" else None
+    sq = torch.linalg.vector_norm(z, dim=1).square() if neighbours == "euclidean" else None
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
     for rows in strips(n, strip_rows(n, block)):
         mask, sim = _neighbour_mask(z, rows, k, sq, include_self)
@@ -562,7 +562,7 @@ def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | N
     # accurate; the data stay in their dtype (float32 data would double in memory as float64: 600 MiB per
     # 100,000 × 768 input), the strips' sums are float64
     x64, y64 = _centred_in_place_dtype(x), _centred_in_place_dtype(y)
-    sx, sy = (x64 * x64).sum(1), (y64 * y64).sum(1)
+    sx, sy = torch.linalg.vector_norm(x64, dim=1).square(), torch.linalg.vector_norm(y64, dim=1).square()
     rows = strip_rows(n, block)
     ra = torch.zeros(n, dtype=torch.float64, device=x.device)
     rb = torch.zeros_like(ra)
@@ -780,10 +780,11 @@ def _rdm_prepared(
                 f"{name} has {int(zero.sum())} rows that are {what} (e.g. row {int(zero.nonzero()[0])}); their "
                 f"{kind} distance is undefined. Drop them, or use rdm='euclidean'"
             )
-        z = z / norms
-    else:
-        z = _centred_in_place_dtype(z)  # distances are translation invariant; centring keeps the products accurate
-    return z, (z * z).sum(dim=1)
+        # one n × p copy per side: the row-centred copy is normalised in place
+        z = z.div_(norms) if kind == "correlation" else z / norms
+        return z, torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
+    z = _centred_in_place_dtype(z)  # distances are translation invariant; centring keeps the products accurate
+    return z, torch.linalg.vector_norm(z, dim=1).square()  # no n × p temporary
 
 
 def _upper(rdm_rows: torch.Tensor, rows: slice) -> torch.Tensor:

@@ -157,9 +157,11 @@ def rbf_hsic_terms(
     rl = torch.zeros(n, dtype=f64, device=dev)
     for r in strips(n, rows):
         mask = upper_mask(r, n, dev)
-        k = torch.exp(upper_sq_distances(xc, sqx, r).to(f64).mul_(-gx)).mul_(mask)
-        l = torch.exp(upper_sq_distances(yc, sqy, r).to(f64).mul_(-gy)).mul_(mask)
-        sums += torch.stack([(k * l).sum(), (k * k).sum(), (l * l).sum()])
+        # in place, and dot products rather than elementwise temporaries: two float64 strips at a time
+        k = upper_sq_distances(xc, sqx, r).to(f64).mul_(-gx).exp_().mul_(mask)
+        l = upper_sq_distances(yc, sqy, r).to(f64).mul_(-gy).exp_().mul_(mask)
+        fk, fl = k.view(-1), l.view(-1)
+        sums += torch.stack([fk @ fl, fk @ fk, fl @ fl])
         rk[r] += k.sum(dim=1)
         rk[r.start :] += k.sum(dim=0)
         rl[r] += l.sum(dim=1)
