@@ -84,6 +84,12 @@ class Interval:
         )
 
 
+def check_confidence(confidence: Any) -> float:
+    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
+        raise InvalidParameterError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    return float(confidence)
+
+
 def percentile_levels(confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     return alpha, 1.0 - alpha
@@ -221,8 +227,7 @@ def bootstrap(
         given = given.long()
     elif resamples < 2:
         raise InvalidParameterError(f"resamples must be an integer ≥ 2; got {resamples!r}")
-    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
-        raise InvalidParameterError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    check_confidence(confidence)
     if method not in ("bca", "percentile"):
         raise InvalidParameterError(f"method must be 'bca' or 'percentile'; got {method!r}")
     if scheme not in ("auto", "pairs", "subsample"):

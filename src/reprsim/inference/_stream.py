@@ -24,6 +24,7 @@ from ._bootstrap import (
     acceleration,
     bca_levels,
     bias_correction,
+    check_confidence,
     percentile_levels,
     quantile,
 )
@@ -152,12 +153,6 @@ def _jackknife_interval(estimate: float, values: torch.Tensor, confidence: float
     )
 
 
-def _check_confidence(confidence: Any) -> float:
-    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
-        raise InvalidParameterError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
-    return float(confidence)
-
-
 def jackknife(
     x: Any, y: Any, measure: str | Measure = "cka", *, blocks: int | None = 20, confidence: float = 0.95
 ) -> Interval:
@@ -190,7 +185,7 @@ def jackknife(
     >>> ci.low < ci.estimate < ci.high
     True
     """
-    c = _check_confidence(confidence)
+    c = check_confidence(confidence)
     m = get_measure(measure)
     if m.stream == "minibatch":
         raise InvalidParameterError(
@@ -258,7 +253,7 @@ def stream_interval(
     >>> ci.low < ci.estimate < ci.high, ci.distribution.numel()
     (True, 10)
     """
-    c = _check_confidence(confidence)
+    c = check_confidence(confidence)
     if isinstance(accumulator, MinibatchCKA):
         return _batch_bootstrap(accumulator, c, method, resamples, seed)
     if not isinstance(accumulator, CrossMoments):

@@ -183,8 +183,7 @@ class MutualKNN(Measure):
     symmetric = True
 
     def __init__(self, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
+        _check_k(k, k + 1)
         if neighbours not in NEIGHBOURS:
             raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
         self.k, self.neighbours, self.block = k, neighbours, block
@@ -464,7 +463,7 @@ class SecondOrderCosine(Measure):
         return cos.mean()
 
 
-class RankSimilarity(Measure):
+class RankSimilarity(MutualKNN):
     """k-NN rank similarity (Wang et al. 2020), as the ReSi benchmark code defines it.
 
     For sample i with shared neighbours J = N_k^X(i) ∩ N_k^Y(i) and ranks r_X(j), r_Y(j) ∈ 1..k (1 = nearest),
@@ -487,29 +486,10 @@ class RankSimilarity(Measure):
     """
 
     name = "rank_similarity"
-    stream = "samples"
-    symmetric = True
-
-    def __init__(self, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> None:
-        _check_k(k, k + 1)
-        if neighbours not in NEIGHBOURS:
-            raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
-        self.k, self.neighbours, self.block = k, neighbours, block
-        inv = {"orthogonal", "permutation", "isotropic_scaling"}
-        if neighbours == "euclidean":
-            inv.add("translation")
-        self.invariances = frozenset(inv)
-
-    @property
-    def id(self) -> str:
-        return f"rank_similarity-k{self.k}" + _SUFFIX[self.neighbours]
 
     @property
     def label(self) -> str:
         return f"{self.k}-NN rank similarity"
-
-    def config(self) -> dict[str, Any]:
-        return {"k": self.k, "neighbours": self.neighbours}
 
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
