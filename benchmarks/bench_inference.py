@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--layer-width", type=int, default=64)
+    parser.add_argument("--peers", action="store_true", help="also time calibrated-similarity and shesha-geometry")
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     n, p = args.n, args.p
@@ -62,6 +63,37 @@ def main() -> None:
     print(
         f"| {layers} × {layers} layers (width {w}), {kk} permutations, best-cell calibration | {matrix:.1f} | "
         f"{matrix / single:.0f}× one pair's test ({single:.2f} s) |"
+    )
+    if args.peers:
+        peers(x, y, one)
+
+
+def peers(x: torch.Tensor, y: torch.Tensor, one: float) -> None:
+    """The same work in the peers that offer it (few repetitions, extrapolated where stated)."""
+    from calibrated_similarity import calibrate
+    from shesha.sim import cka_linear
+
+    def gram_cka(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # calibrated-similarity's documented example
+        a, b = a - a.mean(0), b - b.mean(0)
+        k, l = a @ a.T, b @ b.T
+        return (k * l).sum() / k.norm() / l.norm()
+
+    def linear_cka(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # the feature-space form, for fairness
+        a, b = a - a.mean(0), b - b.mean(0)
+        return (a.T @ b).square().sum() / (a.T @ a).norm() / (b.T @ b).norm()
+
+    for name, fn in (("its documented Gram CKA", gram_cka), ("a feature-space CKA", linear_cka)):
+        t = timed(lambda fn=fn: calibrate(x, y, fn, K=10, generator=torch.Generator().manual_seed(0)))
+        print(
+            f"| calibrated-similarity, {name}: 10 permutations, × 100 for 1000 | {t * 100:.0f} (extrapolated) | "
+            f"{t * 100 / one:.0f} |"
+        )
+    xa, ya = x.numpy(), y.numpy()
+    t = timed(lambda: cka_linear(xa, ya, n_bootstrap_ci=20, seed=0))
+    extrapolated = t * 5
+    print(
+        f"| shesha-geometry `cka_linear(n_bootstrap_ci=20)`, × 5 for 100 | {extrapolated:.1f} (extrapolated) | "
+        f"{extrapolated / one:.0f} |"
     )
 
 
