@@ -729,17 +729,18 @@ RANK_TIE_RTOL = 1e-12
 
 
 def _rdm_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
-    """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z``."""
+    """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z`` (built in place in
+    the one product's memory)."""
     prod = z[rows] @ z.T
     if kind in ("correlation", "cosine"):
-        return 1.0 - prod
-    d2 = (sq[rows, None] + sq[None, :] - 2.0 * prod).clamp_(min=0.0)
+        return prod.neg_().add_(1.0)
+    d2 = prod.mul_(-2.0).add_(sq[None, :]).add_(sq[rows, None]).clamp_(min=0.0)
     local = torch.arange(rows.stop - rows.start, device=z.device)
     d2[local, local + rows.start] = 0.0
     if kind == "euclidean":
         return d2.sqrt_()
     if kind == "sqeuclidean_per_feature":
-        return d2 / z.shape[1]
+        return d2.div_(z.shape[1])
     return d2
 
 
@@ -768,10 +769,12 @@ def _rdm_prepared(
 
 
 def _upper(rdm_rows: torch.Tensor, rows: slice) -> torch.Tensor:
-    """The entries (i, j) with j > i of a strip of rows."""
-    cols = torch.arange(rdm_rows.shape[1], device=rdm_rows.device)
-    keep = cols[None, :] > torch.arange(rows.start, rows.stop, device=rdm_rows.device)[:, None]
-    return rdm_rows[keep]
+    """The entries (i, j) with j > i of a strip of rows: the strict upper triangle of the strip's diagonal block,
+    then every column right of it (the same order for both RDMs, without an n-wide mask)."""
+    s, e = rows.start, rows.stop
+    local = torch.arange(e - s, device=rdm_rows.device)
+    block = rdm_rows[:, s:e][local[None, :] > local[:, None]]
+    return torch.cat([block, rdm_rows[:, e:].reshape(-1)])
 
 
 def _average_ranks(v: torch.Tensor) -> torch.Tensor:
@@ -967,12 +970,12 @@ class RSA(Measure):
                 continue
             m = torch.tensor(float(a.numel()), dtype=torch.float64, device=x.device)
             sa, sb = a.mean(), b.mean()
-            da, db = a - sa, b - sb
+            da, db = a.sub_(sa), b.sub_(sb)  # centred in place; dot products need no further temporaries
             total = count + m
             delta_a, delta_b = sa - ma, sb - mb
-            caa = caa + (da * da).sum() + delta_a * delta_a * count * m / total
-            cbb = cbb + (db * db).sum() + delta_b * delta_b * count * m / total
-            cab = cab + (da * db).sum() + delta_a * delta_b * count * m / total
+            caa = caa + torch.dot(da, da) + delta_a * delta_a * count * m / total
+            cbb = cbb + torch.dot(db, db) + delta_b * delta_b * count * m / total
+            cab = cab + torch.dot(da, db) + delta_a * delta_b * count * m / total
             ma, mb, count = ma + delta_a * m / total, mb + delta_b * m / total, total
         for side, v in (("x", caa), ("y", cbb)):
             if not bool(v > 0):
