@@ -270,8 +270,9 @@ def compare(
     ci : float, optional
         Attach a confidence interval at this level (e.g. 0.95) to every cell (``result.low``/``result.high``),
         from the same single pass: exact moment measures by a delete-a-block jackknife over ``blocks`` blocks
-        of samples (index % blocks), minibatch CKA by a bootstrap over its batches (percentile, 1,000
-        resamples), sample-space measures by the same jackknife on their kept features. See
+        of samples (index % blocks; the moments are then kept per block, ``blocks`` times their memory),
+        minibatch CKA by a bootstrap over its batches (percentile, 1,000 resamples), sample-space measures by
+        the same jackknife on their kept features (``blocks`` evaluations per cell). See
         :mod:`reprsim.inference`.
     blocks : int, optional
         Blocks of the jackknife; by default 20, or the folds of a cross-validated measure in the run.
