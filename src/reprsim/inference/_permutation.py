@@ -16,6 +16,7 @@ computed once; for sample-space measures X's neighbour sets are found once.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,9 @@ from typing import Any, Literal
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import as_matrix
-from ..errors import InvalidParameterError, ShapeMismatchError
-from ..measures._base import Measure, get_measure, sample_pair
+from .._validation import as_matrix, check_finite, check_same_device
+from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
+from ..measures._base import Measure, get_measure
 from ..measures._moments import Fourth, Moments
 
 __all__ = ["PermutationTest", "permutation_test", "summary"]
@@ -151,76 +152,65 @@ def summary(
     return p_value, tau, float(calibrated), "greater" if greater else "less"
 
 
-class _Pair:
-    """One (x, y) pair prepared for many permutations of y's rows: everything that does not depend on the
-    correspondence is computed once."""
+class _Side:
+    """One layer, prepared once for every pair it takes part in: for moment measures its float64 centred rows,
+    mean, co-moment and (fourth order) row norms; ``cache`` holds the measure's factorisations of it, which
+    no permutation changes."""
 
-    def __init__(self, measure: Measure, x: torch.Tensor, y: torch.Tensor, cache_x: dict[Any, Any]) -> None:
-        self.measure = measure
-        self.x, self.y = x, y
-        self.cache_x = cache_x
-        self.cache_y: dict[Any, Any] = {}
-        self.moments = measure.stream == "moments" and measure.folds == 1
-        if measure.stream == "minibatch":
-            raise InvalidParameterError(
-                f"{measure!r} is defined over a stream of batches, not on two arrays; permutation tests take a "
-                "measure of whole arrays (e.g. 'cka' or 'cka_unbiased')"
-            )
-        if self.moments:
-            f64 = torch.float64
-            xd, yd = x.to(f64), y.to(f64)
-            self.mx, self.my = xd.mean(dim=0), yd.mean(dim=0)
-            self.xc, self.yc = xd - self.mx, yd - self.my
-            self.cxx, self.cyy = self.xc.T @ self.xc, self.yc.T @ self.yc
+    def __init__(self, t: torch.Tensor, measure: Measure, moments: bool) -> None:
+        self.t = t
+        self.cache: dict[Any, Any] = {}
+        if moments:
+            td = t.to(torch.float64)
+            self.mean = td.mean(dim=0)
+            self.c = td - self.mean
+            self.cov = self.c.T @ self.c
             if measure.fourth:
-                self.ra, self.rb = (self.xc * self.xc).sum(1), (self.yc * self.yc).sum(1)
-                self.xa, self.yb = self.xc.T @ self.ra, self.yc.T @ self.rb
-                self.aa, self.bb = self.ra @ self.ra, self.rb @ self.rb
+                self.r = (self.c * self.c).sum(1)
+                self.cr = self.c.T @ self.r  # Σ(x − μ)‖x − μ‖²
+                self.rr = self.r @ self.r
+
+
+class _Pair:
+    """One (x, y) pair of prepared layers, evaluated with y's rows in any order."""
+
+    def __init__(self, measure: Measure, x: _Side, y: _Side, moments: bool) -> None:
+        self.measure, self.x, self.y, self.moments = measure, x, y, moments
 
     def value(self, perm: torch.Tensor | None) -> float:
         """The measure with y's rows in the order ``perm`` (None: as given)."""
+        x, y = self.x, self.y
         if not self.moments:
-            y = self.y if perm is None else self.y[perm]
+            yt = y.t if perm is None else y.t[perm]
+            if self.measure.stream != "samples":  # cross-validated moment measures: folds follow the row order
+                return float(self.measure(x.t, yt))
             # y's per-layer work depends on its order: only the unpermuted y may use (and fill) its cache
-            cache_y = self.cache_y if perm is None else None
-            return (
-                float(self.measure.from_samples(self.x, y, self.cache_x, cache_y))
-                if self.measure.stream == ("samples")
-                else float(self.measure(self.x, y))
-            )
-        yc = self.yc if perm is None else self.yc[perm]
-        return self._from_cross(self.xc.T @ yc, perm)
+            return float(self.measure.from_samples(x.t, yt, x.cache, y.cache if perm is None else None))
+        return self._from_cross(x.c.T @ (y.c if perm is None else y.c[perm]), perm)
 
     def values(self, perms: Sequence[torch.Tensor]) -> list[float]:
         """The measure under each permutation; for moment measures the cross products of several
         permutations share one matrix product."""
         if not self.moments:
             return [self.value(p) for p in perms]
-        n, q = self.yc.shape
+        n, q = self.y.c.shape
         per = max(1, _PRODUCT_BYTES // (8 * n * q))
         out: list[float] = []
         for start in range(0, len(perms), per):
             chunk = perms[start : start + per]
-            stacked = torch.cat([self.yc[p] for p in chunk], dim=1)  # (n, q · B)
-            crosses = torch.split(self.xc.T @ stacked, q, dim=1)
+            stacked = torch.cat([self.y.c[p] for p in chunk], dim=1)  # (n, q · B)
+            crosses = torch.split(self.x.c.T @ stacked, q, dim=1)
             out.extend(self._from_cross(c, p) for c, p in zip(crosses, chunk))
         return out
 
     def _from_cross(self, cxy: torch.Tensor, perm: torch.Tensor | None) -> float:
+        x, y = self.x, self.y
         fourth = None
         if self.measure.fourth:
-            rb = self.rb if perm is None else self.rb[perm]
-            yc = self.yc if perm is None else self.yc[perm]
-            fourth = Fourth(
-                aa=self.aa,
-                bb=self.bb,
-                ab=self.ra @ rb,
-                xa=self.xa,
-                yb=self.yb,
-                xb=self.xc.T @ rb,
-                ya=yc.T @ self.ra,
-            )
-        m = Moments(self.x.shape[0], self.mx, self.my, self.cxx, self.cyy, cxy, fourth, (), self.cache_x, self.cache_y)
+            rb = y.r if perm is None else y.r[perm]
+            yc = y.c if perm is None else y.c[perm]
+            fourth = Fourth(aa=x.rr, bb=y.rr, ab=x.r @ rb, xa=x.cr, yb=y.cr, xb=x.c.T @ rb, ya=yc.T @ x.r)
+        m = Moments(x.t.shape[0], x.mean, y.mean, x.cov, y.cov, cxy, fourth, (), x.cache, y.cache)
         return float(self.measure.from_moments(m))
 
 
@@ -230,6 +220,23 @@ def _layers(v: Any, name: str) -> list[torch.Tensor]:
             raise InvalidParameterError(f"{name} is an empty list of layers")
         return [as_matrix(t, f"{name}[{i}]") for i, t in enumerate(v)]
     return [as_matrix(v, name)]
+
+
+def _checked_layers(xs: list[torch.Tensor], ys: list[torch.Tensor], need: int) -> list[torch.Tensor]:
+    """Every layer validated once (same samples, one device, finite, enough rows), in one common dtype."""
+    named = {f"x[{i}]": t for i, t in enumerate(xs)} | {f"y[{j}]": t for j, t in enumerate(ys)}
+    n = xs[0].shape[0]
+    for name, t in named.items():
+        if t.shape[0] != n:
+            raise ShapeMismatchError(
+                f"every layer must hold the same samples; {name} has {t.shape[0]} rows where x[0] has {n}"
+            )
+        check_finite(t, name)
+    check_same_device(named)
+    if n < need:
+        raise InsufficientSamplesError(f"this measure needs at least {need} samples; got {n}")
+    common = functools.reduce(torch.promote_types, (t.dtype for t in named.values()))
+    return [t.to(common) for t in named.values()]
 
 
 @full_precision_matmul
@@ -297,17 +304,20 @@ def permutation_test(
     if aggregate not in ("best", "mean"):
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
     m = get_measure(measure)
+    if m.stream == "minibatch":
+        raise InvalidParameterError(
+            f"{m!r} is defined over a stream of batches, not on two arrays; permutation tests take a measure of "
+            "whole arrays (e.g. 'cka' or 'cka_unbiased')"
+        )
     layered = isinstance(x, (list, tuple)) or isinstance(y, (list, tuple))
     xs, ys = _layers(x, "x"), _layers(y, "y")
+    checked = _checked_layers(xs, ys, m.min_samples)
+    moments = m.stream == "moments" and m.folds == 1
+    sides = [_Side(t, m, moments) for t in checked]
+    sx, sy = sides[: len(xs)], sides[len(xs) :]
+    pairs = [[_Pair(m, a, b, moments) for b in sy] for a in sx]
     n = xs[0].shape[0]
-    for i, t in enumerate([*xs, *ys]):
-        if t.shape[0] != n:
-            raise ShapeMismatchError(
-                f"every layer must hold the same samples; layer {i} has {t.shape[0]} rows where the first has {n}"
-            )
-    caches: list[dict[Any, Any]] = [{} for _ in xs]
-    pairs = [[_Pair(m, *sample_pair(a, b, m.min_samples), caches[i]) for b in ys] for i, a in enumerate(xs)]
-    perms = _permutation_list(permutations, n, seed, xs[0].device)
+    perms = _permutation_list(permutations, n, seed, checked[0].device)
     observed = torch.tensor([[p.value(None) for p in row] for row in pairs], dtype=torch.float64)
     null = torch.tensor([[p.values(perms) for p in row] for row in pairs], dtype=torch.float64)  # (a, b, K)
     description = m.describe()
@@ -323,16 +333,12 @@ def permutation_test(
     else:  # for a distance the best cell is the smallest
         obs, values = float(observed.min()), null.amin(dim=(0, 1))
     p_value, tau, calibrated, tail = summary(obs, values, float(alpha), m)
-    extreme = null >= observed[..., None] if similarity else null <= observed[..., None]
-    cells = (1.0 + extreme.sum(dim=2).double()) / (len(perms) + 1)
-    cell_calibrated = torch.tensor(
-        [
-            [summary(float(observed[i, j]), null[i, j], float(alpha), m)[2] for j in range(len(ys))]
-            for i in range(len(xs))
-        ],
+    per_cell = torch.tensor(
+        [[summary(float(observed[i, j]), null[i, j], float(alpha), m)[:3] for j in range(len(ys))]
+         for i in range(len(xs))],
         dtype=torch.float64,
-    )
+    )  # fmt: skip  # (a, b, 3): p-value, τ, calibrated score of each cell against its own null
     return PermutationTest(
-        obs, p_value, tau, calibrated, values, float(alpha), tail, description, aggregate, observed, cells,
-        cell_calibrated, null,
+        obs, p_value, tau, calibrated, values, float(alpha), tail, description, aggregate, observed,
+        per_cell[..., 0], per_cell[..., 2], null,
     )  # fmt: skip
