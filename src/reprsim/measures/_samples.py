@@ -20,7 +20,7 @@ from ..errors import ConstantRepresentationError, InsufficientSamplesError, Inva
 from ._base import Cache, Measure, evaluate, register
 from ._cka import inner
 from ._moments import Moments
-from ._strips import STRIP_BYTES, strip_rows, strips
+from ._strips import STRIP_BYTES, sq_distance_rows, strip_rows, strips, upper_entries
 
 __all__ = [
     "CKNNA",
@@ -521,11 +521,7 @@ def _distances(x: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     The square root magnifies the rounding of ‖a‖² + ‖b‖² − 2a·b near zero (about √ε·‖a‖ for twins), so the
     diagonal, where the distance is exactly 0, is set to 0 rather than computed.
     """
-    d2 = sq[rows, None] + sq[None, :] - 2.0 * (x[rows] @ x.T)
-    d = d2.clamp_(min=0.0).sqrt_().to(torch.float64)
-    local = torch.arange(rows.stop - rows.start, device=x.device)
-    d[local, local + rows.start] = 0.0
-    return d
+    return sq_distance_rows(x, sq, rows).sqrt_().to(torch.float64)
 
 
 def _centred_in_place_dtype(x: torch.Tensor) -> torch.Tensor:
@@ -731,12 +727,9 @@ RANK_TIE_RTOL = 1e-12
 def _rdm_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
     """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z`` (built in place in
     the one product's memory)."""
-    prod = z[rows] @ z.T
     if kind in ("correlation", "cosine"):
-        return prod.neg_().add_(1.0)
-    d2 = prod.mul_(-2.0).add_(sq[None, :]).add_(sq[rows, None]).clamp_(min=0.0)
-    local = torch.arange(rows.stop - rows.start, device=z.device)
-    d2[local, local + rows.start] = 0.0
+        return (z[rows] @ z.T).neg_().add_(1.0)
+    d2 = sq_distance_rows(z, sq, rows)
     if kind == "euclidean":
         return d2.sqrt_()
     if kind == "sqeuclidean_per_feature":
@@ -766,15 +759,6 @@ def _rdm_prepared(
         return z, torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
     z = _centred_in_place_dtype(z)  # distances are translation invariant; centring keeps the products accurate
     return z, torch.linalg.vector_norm(z, dim=1).square()  # no n × p temporary
-
-
-def _upper(rdm_rows: torch.Tensor, rows: slice) -> torch.Tensor:
-    """The entries (i, j) with j > i of a strip of rows: the strict upper triangle of the strip's diagonal block,
-    then every column right of it (the same order for both RDMs, without an n-wide mask)."""
-    s, e = rows.start, rows.stop
-    local = torch.arange(e - s, device=rdm_rows.device)
-    block = rdm_rows[:, s:e][local[None, :] > local[:, None]]
-    return torch.cat([block, rdm_rows[:, e:].reshape(-1)])
 
 
 def _average_ranks(v: torch.Tensor) -> torch.Tensor:
@@ -956,16 +940,16 @@ class RSA(Measure):
         if self.compare != "pearson":
             # one triangle at a time, ranked before the next is built; ranks with the tie tolerance give τ-b
             # exact ties too
-            a = _average_ranks(torch.cat([_upper(_rdm_rows(zx, sx, r, self.rdm), r) for r in pieces]))
-            b = _average_ranks(torch.cat([_upper(_rdm_rows(zy, sy, r, self.rdm), r) for r in pieces]))
+            a = _average_ranks(torch.cat([upper_entries(_rdm_rows(zx, sx, r, self.rdm), r) for r in pieces]))
+            b = _average_ranks(torch.cat([upper_entries(_rdm_rows(zy, sy, r, self.rdm), r) for r in pieces]))
             self._checked(a, b)
             return _pearson(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         ma = mb = caa = cbb = cab = torch.zeros((), dtype=torch.float64, device=x.device)
         for r in pieces:
-            a = _upper(_rdm_rows(zx, sx, r, self.rdm), r).to(torch.float64)
-            b = _upper(_rdm_rows(zy, sy, r, self.rdm), r).to(torch.float64)
+            a = upper_entries(_rdm_rows(zx, sx, r, self.rdm), r).to(torch.float64)
+            b = upper_entries(_rdm_rows(zy, sy, r, self.rdm), r).to(torch.float64)
             if a.numel() == 0:
                 continue
             m = torch.tensor(float(a.numel()), dtype=torch.float64, device=x.device)

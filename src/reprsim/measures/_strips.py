@@ -14,7 +14,15 @@ import torch
 
 from ..errors import InvalidParameterError
 
-__all__ = ["STRIP_BYTES", "rbf_hsic_terms", "strip_rows", "strips", "triangle_median"]
+__all__ = [
+    "STRIP_BYTES",
+    "rbf_hsic_terms",
+    "sq_distance_rows",
+    "strip_rows",
+    "strips",
+    "triangle_median",
+    "upper_entries",
+]
 
 #: The default memory of one float64 strip (rows × n × 8 bytes).
 STRIP_BYTES = 64 * 2**20
@@ -38,7 +46,7 @@ def strips(n: int, rows: int) -> Iterator[slice]:
 
 def upper_sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     """(len(rows), n − rows.start): squared distances from the samples ``rows`` to the samples ``rows.start:``
-    (the caller keeps the strict upper triangle, j > i, with :func:`upper_mask`).
+    (the caller keeps the strict upper triangle, j > i, with :func:`upper_entries`).
 
     ``xc`` is column-centred and ``sq`` its squared row norms: d² = ‖a‖² + ‖b‖² − 2a·b from one product, clamped
     at 0; where that is below its own rounding (duplicates, near-duplicates) the entry is recomputed from the
@@ -53,10 +61,23 @@ def upper_sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch
     return d2
 
 
-def upper_mask(rows: slice, n: int, device: torch.device) -> torch.Tensor:
-    """(len(rows), n − rows.start) boolean: column j (offset by rows.start) lies strictly right of row i."""
-    local = torch.arange(rows.stop - rows.start, device=device)
-    return torch.arange(n - rows.start, device=device)[None, :] > local[:, None]
+def sq_distance_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+    """(len(rows), n): squared distances ‖a‖² + ‖b‖² − 2a·b from the samples ``rows`` of the (centred) ``z`` to
+    every sample, built in the one product's memory, clamped at 0, with the diagonal exactly 0."""
+    d2 = (z[rows] @ z.T).mul_(-2.0).add_(sq[None, :]).add_(sq[rows, None]).clamp_(min=0.0)
+    local = torch.arange(rows.stop - rows.start, device=z.device)
+    d2[local, local + rows.start] = 0.0
+    return d2
+
+
+def upper_entries(strip: torch.Tensor, rows: slice, first_col: int = 0) -> torch.Tensor:
+    """The entries (i, j) with j > i of a strip of rows whose columns start at sample ``first_col``: the strict
+    upper triangle of the strip's diagonal block, then every column right of it (one fixed order, so two
+    strips of the same rows give their entries in the same order), without an n-wide mask."""
+    s, e = rows.start - first_col, rows.stop - first_col
+    local = torch.arange(e - s, device=strip.device)
+    block = strip[:, s:e][local[None, :] > local[:, None]]
+    return torch.cat([block, strip[:, e:].reshape(-1)])
 
 
 def _select(
@@ -123,8 +144,7 @@ def triangle_median(xc: torch.Tensor, sq: torch.Tensor, rows: int) -> torch.Tens
 
     def values() -> Iterator[torch.Tensor]:
         for r in strips(n, rows):
-            d2 = upper_sq_distances(xc, sq, r)
-            yield d2[upper_mask(r, n, xc.device)].to(torch.float64)
+            yield upper_entries(upper_sq_distances(xc, sq, r), r, first_col=r.start).to(torch.float64)
 
     zero = torch.zeros((), dtype=torch.float64, device=xc.device)
     top = 4.0 * sq.max().to(torch.float64) * (1.0 + 1e-6)  # ‖a − b‖² ≤ (‖a‖ + ‖b‖)² ≤ 4 max‖·‖²
@@ -156,10 +176,13 @@ def rbf_hsic_terms(
     rk = torch.zeros(n, dtype=f64, device=dev)
     rl = torch.zeros(n, dtype=f64, device=dev)
     for r in strips(n, rows):
-        mask = upper_mask(r, n, dev)
-        # in place, and dot products rather than elementwise temporaries: two float64 strips at a time
-        k = upper_sq_distances(xc, sqx, r).to(f64).mul_(-gx).exp_().mul_(mask)
-        l = upper_sq_distances(yc, sqy, r).to(f64).mul_(-gy).exp_().mul_(mask)
+        # in place, and dot products rather than elementwise temporaries: two float64 strips at a time; the
+        # diagonal block's lower triangle and diagonal are zeroed (columns start at the strip's first row)
+        w = r.stop - r.start
+        k = upper_sq_distances(xc, sqx, r).to(f64).mul_(-gx).exp_()
+        l = upper_sq_distances(yc, sqy, r).to(f64).mul_(-gy).exp_()
+        k[:, :w].triu_(1)
+        l[:, :w].triu_(1)
         fk, fl = k.view(-1), l.view(-1)
         sums += torch.stack([fk @ fl, fk @ fk, fl @ fl])
         rk[r] += k.sum(dim=1)
