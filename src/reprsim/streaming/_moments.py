@@ -268,18 +268,46 @@ class CrossMoments(_Accumulator):
         return self._all_moments(block, [(i, j)], caches if caches is not None else {})[0]
 
     def _all_moments(
-        self, block: int, pairs: Sequence[tuple[int, int]], caches: dict[int, dict[Any, Any]]
+        self,
+        block: int,
+        pairs: Sequence[tuple[int, int]],
+        caches: dict[int, dict[Any, Any]],
+        keep: torch.Tensor | None = None,
     ) -> list[Moments]:
+        """Each pair's pooled moments, with every fold's own (all folds pooled), or pooled over the folds ``keep``
+        selects (a (K,) mask: a jackknife's leave-one-block-out moments, without per-fold moments)."""
         layout = self.layout
         one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
-        pooled = pool_folds(self._state, layout) if layout.folds > 1 else self._state
+        pooled = pool_folds(self._state, layout, keep) if layout.folds > 1 else self._state
         out = []
         for i, j in pairs:
             m = pair_moments(pooled, one, block, i, j, caches=caches)
-            if layout.folds > 1:
+            if layout.folds > 1 and keep is None:
                 m.folds = tuple(pair_moments(self._state, layout, block, i, j, fold=k) for k in range(layout.folds))
             out.append(m)
         return out
+
+    def _values(
+        self,
+        m: Measure,
+        block: int,
+        caches: dict[int, dict[Any, Any]],
+        names_a: Sequence[str] | None = None,
+        names_b: Sequence[str] | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(L_x, L_y) float64 CPU: ``m`` of every pair of ``block``; an error names the pair it failed on."""
+        ga, gb = self.layout.blocks[block]
+        pairs = [(i, j) for i in range(len(ga)) for j in range(len(gb))]
+        values = []
+        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches, keep)):
+            try:
+                values.append(m.from_moments(mm))
+            except ReprsimError as exc:
+                a = names_a[i] if names_a is not None else f"x[{i}]"
+                b = names_b[j] if names_b is not None else f"y[{j}]"
+                raise type(exc)(f"{m.label} of {a} and {b}: {exc}") from exc
+        return torch.stack(values).reshape(len(ga), len(gb)).to(torch.float64).cpu()
 
     @full_precision_matmul
     def compute_matrix(
@@ -299,19 +327,8 @@ class CrossMoments(_Accumulator):
         """
         m = get_measure(measure)
         self._check_measure(m)
-        ga, gb = self.layout.blocks[block]
         self._require_samples(m.min_samples, m.label)
-        pairs = [(i, j) for i in range(len(ga)) for j in range(len(gb))]
-        caches = caches if caches is not None else {}
-        values = []
-        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches)):
-            try:
-                values.append(m.from_moments(mm))
-            except ReprsimError as exc:
-                a = names_a[i] if names_a is not None else f"x[{i}]"
-                b = names_b[j] if names_b is not None else f"y[{j}]"
-                raise type(exc)(f"{m.label} of {a} and {b}: {exc}") from exc
-        return torch.stack(values).reshape(len(ga), len(gb)).to(torch.float64).cpu()
+        return self._values(m, block, caches if caches is not None else {}, names_a, names_b)
 
     @full_precision_matmul
     def jackknife_values(self, measure: str | Measure, *, block: int = 0) -> torch.Tensor:
@@ -326,18 +343,12 @@ class CrossMoments(_Accumulator):
                 "a jackknife needs the samples in blocks: create CrossMoments(folds=K) with K ≥ 2 (each fold is "
                 "one block of samples, index % K)"
             )
-        ga, gb = layout.blocks[block]
-        one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
-        out = torch.empty(layout.folds, len(ga), len(gb), dtype=torch.float64)
-        for g in range(layout.folds):
-            keep = torch.ones(layout.folds, dtype=torch.bool, device=self._state["n"].device)
-            keep[g] = False
-            pooled = pool_folds(self._state, layout, keep)
-            caches: dict[int, dict[Any, Any]] = {}
-            for i in range(len(ga)):
-                for j in range(len(gb)):
-                    out[g, i, j] = float(m.from_moments(pair_moments(pooled, one, block, i, j, caches=caches)))
-        return out
+        every = torch.ones(layout.folds, dtype=torch.bool, device=self._state["n"].device)
+        # each left-out block changes every layer's moments: no factorisation cache is shared between them
+        return torch.stack(
+            [self._values(m, block, {}, keep=every.index_fill(0, torch.tensor(g, device=every.device), False))
+             for g in range(layout.folds)]
+        )  # fmt: skip
 
     def compute(self, measure: str | Measure = "cka") -> float | torch.Tensor:
         """``measure`` of everything seen: a float when each side has one layer, else a (L_x, L_y)
