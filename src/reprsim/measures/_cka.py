@@ -386,21 +386,17 @@ def rbf_cka_blockwise(
         prepared.append((tc, sq))
     (xc, sqx), (yc, sqy) = prepared
     (kl, kk, ll), rk, rl = rbf_hsic_terms(xc, sqx, yc, sqy, gammas[0], gammas[1], unbiased, rows)
-    tk, tl = rk.sum(), rl.sum()
-    if unbiased:
-        hsics = [
-            unbiased_hsic_from_terms(kl, tk, tl, rk @ rl, n),
-            unbiased_hsic_from_terms(kk, tk, tk, rk @ rk, n),
-            unbiased_hsic_from_terms(ll, tl, tl, rl @ rl, n),
-        ]
-    else:
-        hsics = [
-            kl - 2.0 / n * (rk @ rl) + tk * tl / n**2,
-            kk - 2.0 / n * (rk @ rk) + tk * tk / n**2,
-            ll - 2.0 / n * (rl @ rl) + tl * tl / n**2,
-        ]
-    _check_denominator(hsics[1], hsics[2], ("x", "y"))
-    return (hsics[0] / (hsics[1] * hsics[2]).sqrt()).to(x.dtype)
+
+    def hsic_of(s: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+        """HSIC from Σ K∘L and the row sums: unbiased (Song et al.) or biased tr(KHLH)."""
+        ta, tb = ra.sum(), rb.sum()
+        if unbiased:
+            return unbiased_hsic_from_terms(s, ta, tb, ra @ rb, n)
+        return s - 2.0 / n * (ra @ rb) + ta * tb / n**2
+
+    cross, self_x, self_y = hsic_of(kl, rk, rl), hsic_of(kk, rk, rk), hsic_of(ll, rl, rl)
+    _check_denominator(self_x, self_y, ("x", "y"))
+    return (cross / (self_x * self_y).sqrt()).to(x.dtype)
 
 
 def _centered(x: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,14 @@ def _check_k(k: Any, n: int, include_self: bool = False) -> None:
         )
 
 
+def _cached(cache: Cache, key: tuple[Any, ...], make: Any) -> Any:
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
 def _neighbour_sets(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -131,16 +139,9 @@ def _neighbour_sets(
     if neighbours not in NEIGHBOURS:
         raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
     key = ("neighbours", k, neighbours, include_self)
-    sets = []
-    for v, cache, name in ((x, cache_x, "x"), (y, cache_y, "y")):
-        if cache is not None and key in cache:
-            sets.append(cache[key])
-            continue
-        idx = _neighbour_indices(v, k, neighbours, block, name, include_self)
-        if cache is not None:
-            cache[key] = idx
-        sets.append(idx)
-    return sets[0], sets[1]
+    ix = _cached(cache_x, key, lambda: _neighbour_indices(x, k, neighbours, block, "x", include_self))
+    iy = _cached(cache_y, key, lambda: _neighbour_indices(y, k, neighbours, block, "y", include_self))
+    return ix, iy
 
 
 def _overlaps(
@@ -262,14 +263,6 @@ def _row_norms(x: torch.Tensor) -> torch.Tensor:
     for r in strips(x.shape[0], max(1, STRIP_BYTES // (8 * max(1, x.shape[1])))):
         out[r] = torch.linalg.vector_norm(x[r].to(torch.float64), dim=1)
     return out
-
-
-def _cached(cache: Cache, key: tuple[Any, ...], make: Any) -> Any:
-    if cache is None:
-        return make()
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
 
 
 def _member(idx: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
@@ -834,6 +827,10 @@ def _kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(tau, dtype=torch.float64, device=a.device)
 
 
+def _constant_rdm(side: str) -> ConstantRepresentationError:
+    return ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+
+
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a - a.mean(), b - b.mean()
     return (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt()
@@ -921,7 +918,7 @@ class RSA(Measure):
             big = 2 * n * r2 / (t * t) + 4 * inner(cc, cc) / (t * t)
             var = big - c
             if not bool(var > 64 * torch.finfo(var.dtype).eps * big):
-                raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+                raise _constant_rdm(side)
             terms.append(var)
         result: torch.Tensor = cov / (terms[0] * terms[1]).sqrt()
         return result
@@ -963,7 +960,7 @@ class RSA(Measure):
             ma, mb, count = ma + delta_a * m / total, mb + delta_b * m / total, total
         for side, v in (("x", caa), ("y", cbb)):
             if not bool(v > 0):
-                raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+                raise _constant_rdm(side)
         result: torch.Tensor = cab / (caa * cbb).sqrt()
         return result
 
@@ -971,7 +968,7 @@ class RSA(Measure):
     def _checked(a: torch.Tensor, b: torch.Tensor) -> None:
         for side, v in (("x", a), ("y", b)):
             if not bool(v.max() > v.min()):
-                raise ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
+                raise _constant_rdm(side)
 
 
 def rsa(
