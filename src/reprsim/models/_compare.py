@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..inference._permutation import permutation_test, summary
 from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_matrix
-from ..measures._base import Measure, get_measure, sample_pair
+from ..measures._base import Measure, get_measure
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch, resolve_layers
@@ -876,10 +876,17 @@ class _Comparison:
         slots_b = [(self.run_of[b], k) for k in self.keys[b]]
         values = torch.empty(len(slots_a), len(slots_b), dtype=torch.float64)
         for i, sa in enumerate(slots_a):
+            x = self._features(sa)  # read once per row of the matrix
             for j, sb in enumerate(slots_b):
                 try:
-                    x, y = self._features(sa), self._features(sb)
-                    xv, yv = sample_pair(x, y.to(x.device), measure.min_samples)
+                    # every batch was checked for NaN/inf and shapes as it streamed: no second pass over the data
+                    if x.shape[0] < measure.min_samples:
+                        raise InsufficientSamplesError(
+                            f"this measure needs at least {measure.min_samples} samples; got {x.shape[0]}"
+                        )
+                    y = self._features(sb)
+                    dtype = torch.promote_types(x.dtype, y.dtype)
+                    xv, yv = x.to(dtype), y.to(x.device, dtype)
                     cx, cy = caches.setdefault(sa, {}), caches.setdefault(sb, {})
                     values[i, j] = float(measure.from_samples(xv, yv, cx, cy))
                 except ReprsimError as exc:
@@ -948,8 +955,9 @@ class _Comparison:
             a, b = pair
             values = torch.empty(blocks, len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
             for i, ka in enumerate(self.keys[a]):
+                x = self._features((self.run_of[a], ka))
                 for j, kb in enumerate(self.keys[b]):
-                    x, y = self._features((self.run_of[a], ka)), self._features((self.run_of[b], kb))
+                    y = self._features((self.run_of[b], kb))
                     values[:, i, j] = jackknife(x, y.to(x.device), measure, blocks=blocks).distribution
         low, high = jackknife_matrix(matrix, values, ci)
         return low, high, {"confidence": ci, "method": "jackknife", "blocks": blocks}
