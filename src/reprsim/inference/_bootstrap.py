@@ -19,7 +19,7 @@ import torch
 
 from .._precision import full_precision_matmul
 from ..errors import InvalidParameterError
-from ..measures._base import Measure, evaluate, get_measure, sample_pair
+from ..measures._base import Measure, evaluate_validated, get_measure, on_arrays, sample_pair
 
 __all__ = ["Interval", "bootstrap"]
 
@@ -145,7 +145,7 @@ def _jackknife(measure: Measure, x: torch.Tensor, y: torch.Tensor, generator: to
         keep = torch.ones(n, dtype=torch.bool)
         keep[g] = False
         keep = keep.to(x.device)
-        out.append(float(evaluate(measure, x[keep], y[keep])))
+        out.append(float(evaluate_validated(measure, x[keep], y[keep])))
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -232,11 +232,7 @@ def bootstrap(
         raise InvalidParameterError(f"method must be 'bca' or 'percentile'; got {method!r}")
     if scheme not in ("auto", "pairs", "subsample"):
         raise InvalidParameterError(f"scheme must be 'auto', 'pairs' or 'subsample'; got {scheme!r}")
-    m = get_measure(measure)
-    if m.stream == "minibatch":
-        raise InvalidParameterError(
-            f"{m!r} is defined over a stream of batches, not on two arrays; bootstrap a measure of whole arrays"
-        )
+    m = on_arrays(get_measure(measure), "bootstrap a measure of whole arrays")
     chosen: Literal["pairs", "subsample"] = (
         ("subsample" if m.stream == "samples" else "pairs") if scheme == "auto" else scheme
     )
@@ -259,7 +255,7 @@ def bootstrap(
                 raise InvalidParameterError("subsamples must not repeat a row; use scheme='pairs' for resamples")
         elif given.shape[1] != n:
             raise InvalidParameterError(f"each resample of scheme 'pairs' holds n = {n} indices; got {given.shape[1]}")
-    estimate = float(evaluate(m, xt, yt))
+    estimate = float(evaluate_validated(m, xt, yt))
     values = []
     for b in range(resamples if given is None else given.shape[0]):
         if given is not None:
@@ -269,7 +265,7 @@ def bootstrap(
         else:
             idx = torch.sort(torch.randperm(n, generator=generator)[:size]).values  # folds follow the row order
         idx = idx.to(xt.device)
-        values.append(float(evaluate(m, xt[idx], yt[idx])))
+        values.append(float(evaluate_validated(m, xt[idx], yt[idx])))  # validated once, above
     dist = torch.tensor(values, dtype=torch.float64)
     alpha = (1.0 - float(confidence)) / 2.0
     if chosen == "subsample":

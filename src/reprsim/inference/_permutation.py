@@ -27,7 +27,7 @@ import torch
 from .._precision import full_precision_matmul
 from .._validation import as_matrix, check_finite, check_same_device
 from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
-from ..measures._base import Measure, get_measure
+from ..measures._base import Measure, get_measure, on_arrays
 from ..measures._moments import Fourth, Moments
 
 __all__ = ["PermutationTest", "permutation_test", "summary"]
@@ -303,12 +303,7 @@ def permutation_test(
     _check_alpha(alpha)
     if aggregate not in ("best", "mean"):
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
-    m = get_measure(measure)
-    if m.stream == "minibatch":
-        raise InvalidParameterError(
-            f"{m!r} is defined over a stream of batches, not on two arrays; permutation tests take a measure of "
-            "whole arrays (e.g. 'cka' or 'cka_unbiased')"
-        )
+    m = on_arrays(get_measure(measure), "permutation tests take a measure of whole arrays (e.g. 'cka')")
     layered = isinstance(x, (list, tuple)) or isinstance(y, (list, tuple))
     xs, ys = _layers(x, "x"), _layers(y, "y")
     checked = _checked_layers(xs, ys, m.min_samples)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import IncompatibleStateError, InvalidParameterError
-from ..measures._base import Measure, evaluate, get_measure, sample_pair
+from ..measures._base import Measure, evaluate_validated, get_measure, sample_pair
 from ..streaming import CrossMoments, MinibatchCKA
 from ._bootstrap import (
     Interval,
@@ -198,9 +198,9 @@ def jackknife(
         raise InvalidParameterError(f"blocks must be an integer from 2 to n = {n}, or None; got {blocks!r}")
     block_of = torch.arange(n, device=xt.device) % g
     values = torch.tensor(
-        [float(evaluate(m, xt[block_of != b], yt[block_of != b])) for b in range(g)], dtype=torch.float64
+        [float(evaluate_validated(m, xt[block_of != b], yt[block_of != b])) for b in range(g)], dtype=torch.float64
     )
-    return _jackknife_interval(float(evaluate(m, xt, yt)), values, c, m)
+    return _jackknife_interval(float(evaluate_validated(m, xt, yt)), values, c, m)
 
 
 def stream_interval(

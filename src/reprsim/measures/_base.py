@@ -184,26 +184,19 @@ def sample_pair(x: Any, y: Any, need: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @full_precision_matmul
-def pair_of(
-    x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2, cross_only: bool = False
-) -> tuple[Moments, torch.Tensor]:
-    """Validated moments of two whole representations, and an empty tensor of the result's dtype.
-
-    ``cross_only``: compute Cxy in full but only the diagonals of Cxx and Cyy (returned as diagonal
-    matrices), for measures that read nothing else of them (one product instead of three).
-    """
-    xt, yt = sample_pair(x, y, max(need, folds if folds > 1 else 0))
+def moments_of(
+    xt: torch.Tensor, yt: torch.Tensor, *, fourth: bool = False, folds: int = 1, cross_only: bool = False
+) -> Moments:
+    """The moments of two validated (n, p) and (n, q) tensors of one dtype and device (see :func:`pair_of`)."""
     n = xt.shape[0]
-    like = xt.new_empty(0)
     if cross_only and folds == 1 and not fourth:
         mx, my = xt.mean(dim=0), yt.mean(dim=0)
         xc, yc = xt - mx, yt - my
         f64 = torch.float64
-        m = Moments(
+        return Moments(
             n, mx.to(f64), my.to(f64), torch.diag((xc * xc).sum(0).to(f64)), torch.diag((yc * yc).sum(0).to(f64)),
             (xc.T @ yc).to(f64),
         )  # fmt: skip
-        return m, like
     layout = Layout((xt.shape[1], yt.shape[1]), (((0,), (1,)),), fourth=fourth, folds=folds)
     fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
     state = chunk_state([xt, yt], layout, fold_of_rows)
@@ -214,28 +207,47 @@ def pair_of(
         m.folds = tuple(pair_moments(state, layout, 0, 0, 0, fold=k) for k in range(folds))
     else:
         m = pair_moments(state, layout, 0, 0, 0)
-    return m, like
+    return m
+
+
+def pair_of(
+    x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2, cross_only: bool = False
+) -> tuple[Moments, torch.Tensor]:
+    """Validated moments of two whole representations, and an empty tensor of the result's dtype.
+
+    ``cross_only``: compute Cxy in full but only the diagonals of Cxx and Cyy (returned as diagonal
+    matrices), for measures that read nothing else of them (one product instead of three).
+    """
+    xt, yt = sample_pair(x, y, max(need, folds if folds > 1 else 0))
+    return moments_of(xt, yt, fourth=fourth, folds=folds, cross_only=cross_only), xt.new_empty(0)
+
+
+def on_arrays(
+    measure: Measure, hint: str = "use it in reprsim.compare or with reprsim.streaming.MinibatchCKA"
+) -> Measure:
+    """``measure`` itself, if it is defined on two arrays; an error naming ``hint`` if it is defined over a stream
+    of batches (minibatch CKA)."""
+    if measure.stream == "minibatch":
+        raise InvalidParameterError(f"{measure!r} is defined over a stream of batches, not on two arrays; {hint}")
+    return measure
+
+
+def evaluate_validated(measure: Measure, xt: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+    """``measure`` of tensors already validated by :func:`sample_pair` (one dtype and device, finite, enough
+    rows), as a 0-d tensor: for callers that evaluate many row subsets of one validated pair (resampling),
+    which need not check every subset again."""
+    if on_arrays(measure).stream == "samples":
+        return measure.from_samples(xt, yt)
+    m = moments_of(xt, yt, fourth=measure.fourth, folds=measure.folds, cross_only=not measure.full_second_order)
+    return measure.from_moments(m)
 
 
 def evaluate(measure: Measure, x: Any, y: Any) -> Any:
     """``measure`` of two whole representations (the functional forms' common body)."""
-    if measure.stream == "samples":
-        xs, ys = sample_pair(x, y, measure.min_samples)
-        return as_result(measure.from_samples(xs, ys), xs, x, y)
-    if measure.stream != "moments":
-        raise InvalidParameterError(
-            f"{measure!r} is defined over a stream of batches, not on two arrays; use it in reprsim.compare "
-            "or with reprsim.streaming.MinibatchCKA"
-        )
-    m, like = pair_of(
-        x,
-        y,
-        fourth=measure.fourth,
-        folds=measure.folds,
-        need=measure.min_samples,
-        cross_only=not measure.full_second_order,
-    )
-    return as_result(measure.from_moments(m), like, x, y)
+    on_arrays(measure)
+    need = measure.min_samples if measure.stream == "samples" else max(measure.min_samples, measure.folds)
+    xt, yt = sample_pair(x, y, need)
+    return as_result(evaluate_validated(measure, xt, yt), xt.new_empty(0), x, y)
 
 
 def as_result(value: torch.Tensor, like: torch.Tensor, *inputs: Any) -> Any:
