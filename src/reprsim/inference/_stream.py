@@ -111,28 +111,33 @@ def jackknife_matrix(
     return estimate - t * se, estimate + t * se
 
 
+def _resampled_minibatch_cka(
+    kl: torch.Tensor, kk: torch.Tensor, ll: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """(R, A, B) minibatch CKA of every cell when batch i counts counts[r, i] times, from the per-batch records
+    kl (k, A, B), kk (k, A), ll (k, B): one product per term for all resamples and cells."""
+    k = kl.shape[0]
+    f64 = torch.float64
+    skl = (counts @ kl.reshape(k, -1).to(f64).cpu()).reshape(counts.shape[0], *kl.shape[1:])
+    skk, sll = counts @ kk.to(f64).cpu(), counts @ ll.to(f64).cpu()
+    return skl / (skk.unsqueeze(2) * sll.unsqueeze(1)).sqrt()
+
+
+def _batch_counts(k: int, resamples: int, seed: int) -> torch.Tensor:
+    """(resamples, k) how often each of k batches is drawn, B resamples with replacement from a seeded generator."""
+    idx = torch.randint(0, k, (resamples, k), generator=torch.Generator().manual_seed(int(seed)))
+    ones = torch.ones(resamples, k, dtype=torch.float64)
+    return torch.zeros(resamples, k, dtype=torch.float64).scatter_add_(1, idx, ones)
+
+
 def batch_bootstrap_matrix(
     kl: torch.Tensor, kk: torch.Tensor, ll: torch.Tensor, confidence: float, resamples: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cell percentile intervals of minibatch CKA from per-batch records kl (k, A, B), kk (k, A), ll (k, B):
     the batches resampled with replacement (the same resamples for every cell)."""
-    k = kl.shape[0]
-    generator = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, k, (resamples, k), generator=generator)
-    counts = torch.zeros(resamples, k, dtype=torch.float64).scatter_add_(
-        1, idx, torch.ones(resamples, k, dtype=torch.float64)
-    )
-    skl = (counts @ kl.reshape(k, -1).to(torch.float64).cpu()).reshape(resamples, *kl.shape[1:])
-    skk, sll = counts @ kk.to(torch.float64).cpu(), counts @ ll.to(torch.float64).cpu()
-    dist = torch.sort(skl / (skk.unsqueeze(2) * sll.unsqueeze(1)).sqrt(), dim=0).values
-    lo_level, hi_level = percentile_levels(confidence)
-    low = torch.empty(kl.shape[1:], dtype=torch.float64)
-    high = torch.empty_like(low)
-    for i in range(low.shape[0]):
-        for j in range(low.shape[1]):
-            low[i, j] = quantile(dist[:, i, j], lo_level)
-            high[i, j] = quantile(dist[:, i, j], hi_level)
-    return low, high
+    dist = _resampled_minibatch_cka(kl, kk, ll, _batch_counts(kl.shape[0], resamples, seed))
+    ends = torch.quantile(dist, torch.tensor(percentile_levels(confidence), dtype=torch.float64), dim=0)
+    return ends[0], ends[1]
 
 
 def _jackknife_interval(estimate: float, values: torch.Tensor, confidence: float, measure: Measure) -> Interval:
@@ -281,19 +286,17 @@ def _batch_bootstrap(acc: MinibatchCKA, confidence: float, method: Method, resam
         raise IncompatibleStateError(
             f"a bootstrap over batches needs at least 2 batches; this accumulator has seen {k}"
         )
+    kl, kk, ll = records[:, 0].reshape(k, 1, 1), records[:, 1:2], records[:, 2:3]
 
-    def combine(rows: torch.Tensor) -> torch.Tensor:
-        kl, kk, ll = rows.sum(dim=-2).unbind(-1)
-        return kl / (kk * ll).sqrt()
+    def cka_for(counts: torch.Tensor) -> torch.Tensor:
+        return _resampled_minibatch_cka(kl, kk, ll, counts)[:, 0, 0]
 
-    generator = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, k, (resamples, k), generator=generator)
-    dist = combine(records[idx])
-    estimate = float(combine(records))
+    dist = cka_for(_batch_counts(k, resamples, seed))
+    estimate = float(cka_for(torch.ones(1, k, dtype=torch.float64))[0])
     levels = percentile_levels(confidence)
     if method == "bca":
         z0 = bias_correction(dist, estimate)
-        leave_out = torch.stack([combine(records[torch.arange(k) != b]) for b in range(k)])
+        leave_out = cka_for(1.0 - torch.eye(k, dtype=torch.float64))  # row b: every batch but b
         levels = bca_levels(confidence, z0, acceleration(leave_out))
     ordered = torch.sort(dist).values
     measure = get_measure("cka_minibatch")

@@ -137,7 +137,7 @@ class SimilarityResult:
         )
         if len(self.names_a) > 16 or len(self.names_b) > 12 or not self.names_a or not self.names_b:
             return "\n".join([head, *self._footer()])
-        alpha = float(self.metadata.get("permutation", {}).get("alpha", 0.05))
+        alpha = self._alpha
 
         def cell(i: int, j: int) -> str:
             text = f"{float(self.matrix[i, j]):.3f}"
@@ -153,6 +153,12 @@ class SimilarityResult:
         cols = "".join(f"  {n:>{size}}" for n in self.names_b)
         rows = [f"{name:<{width}}" + "".join(f"  {c:>{size}}" for c in row) for name, row in zip(self.names_a, cells)]
         return "\n".join([head, " " * width + cols, *rows, *self._footer()])
+
+    @property
+    def _alpha(self) -> float:
+        """The permutation test's level, for the significance marks."""
+        perm = self.metadata.get("permutation")
+        return float(perm.get("alpha", 0.05)) if isinstance(perm, Mapping) else 0.05
 
     def _footer(self) -> list[str]:
         lines = []
@@ -245,7 +251,7 @@ class SimilarityResult:
         if self.p_values is not None:
             from matplotlib.patches import Rectangle
 
-            alpha = float(self.metadata.get("permutation", {}).get("alpha", 0.05))
+            alpha = self._alpha
             for i, j in zip(*np.nonzero(self.p_values.numpy() > alpha)):
                 ax.add_patch(
                     Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", linewidth=0)
