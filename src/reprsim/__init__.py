@@ -43,14 +43,27 @@ from .measures import (
     shape_metric,
     svcca,
 )
-from .models import Extractor, LayerInfo, SimilarityResult, compare, list_layers, pool_tokens
+from .models import (
+    ActivationStore,
+    Extractor,
+    LayerInfo,
+    SimilarityResult,
+    StoreWriter,
+    compare,
+    compare_stores,
+    list_layers,
+    open_store,
+    pool_tokens,
+)
 
 __all__ = [
+    "ActivationStore",
     "Extractor",
     "LayerInfo",
     "ReprsimError",
     "ReprsimWarning",
     "SimilarityResult",
+    "StoreWriter",
     "__version__",
     "canonical_correlations",
     "cca",
@@ -60,6 +73,7 @@ __all__ = [
     "cka_matrix",
     "cknna",
     "compare",
+    "compare_stores",
     "distance_correlation",
     "errors",
     "hsic",
@@ -69,6 +83,7 @@ __all__ = [
     "list_layers",
     "measures",
     "mutual_knn",
+    "open_store",
     "pool_tokens",
     "predictivity",
     "probes",

@@ -21,6 +21,7 @@ __all__ = [
     "ReprsimError",
     "ReprsimWarning",
     "ShapeMismatchError",
+    "StoreError",
 ]
 
 
@@ -68,6 +69,11 @@ class LayerNotFoundError(ReprsimError):
 
 class MultipleCallsError(ReprsimError):
     """A selected module ran more than once in one forward pass and ``calls="error"``."""
+
+
+class StoreError(ReprsimError):
+    """An activation store or array file that cannot be read as asked: incomplete (its writer did not finish),
+    truncated, inconsistent with its own manifest, or not matching the store it is compared with."""
 
 
 class ReprsimWarning(UserWarning):

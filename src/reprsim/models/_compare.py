@@ -41,8 +41,21 @@ from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_mat
 from ..measures._base import Measure, get_measure
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
+from ._distributed import (
+    Distributed,
+    Shard,
+    agree_description,
+    agree_finished,
+    all_sum,
+    check_supported,
+    gather_rows,
+    rows_of,
+    setup,
+    stream_order,
+)
 from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch, resolve_layers
 from ._result import SimilarityResult
+from ._store import ActivationStore, StoreWriter
 
 __all__ = ["compare"]
 
@@ -134,6 +147,10 @@ class CompareOptions(TypedDict, total=False):
     permutations: int | None
     alpha: float
     seed: int
+    stores: Mapping[str, Any] | Sequence[Any] | None
+    sample_ids: Callable[[Any], Any] | None
+    distributed: bool | None
+    shard: Shard
 
 
 @overload
@@ -213,6 +230,10 @@ def compare(
     permutations: int | None = None,
     alpha: float = 0.05,
     seed: int = 0,
+    stores: Mapping[str, Any] | Sequence[Any] | None = None,
+    sample_ids: Callable[[Any], Any] | None = None,
+    distributed: bool | None = None,
+    shard: Shard = "auto",
     **removed: Any,
 ) -> Any:
     """Compare two models (or every pair of several) layer by layer over a dataset, streaming.
@@ -286,6 +307,27 @@ def compare(
         Level of the permutation test's calibrated scores and of the significance marks.
     seed : int, default 0
         Seeds the permutations and the batch bootstrap.
+    stores : mapping of model name to path, or (path_a, path_b), optional
+        Also write each named model's pooled layers to an activation store as the batches stream (memory flat
+        in n; see :class:`StoreWriter`), for later comparisons without the model (:func:`compare_stores`, the
+        ``reprsim compare`` command). A store is finished when compare returns; after an error it stays
+        incomplete and is refused when opened.
+    sample_ids : callable, optional
+        ``sample_ids(batch)`` returns the batch's sample IDs (integers or strings) for the stores; by default
+        rows are numbered from 0 in data order.
+    distributed : bool, optional
+        Under torchrun (or any initialised ``torch.distributed`` group of several processes, detected when
+        None), each rank runs its share of the batches and the ranks' statistics are all-reduced before the
+        measures are computed, so every rank returns the result of one process on all the data. Sample-space
+        measures and permutation tests gather every rank's pooled features to every rank (n × width per layer
+        on each). ``False`` keeps each rank on its own. When torchrun launched the script and no group exists,
+        compare initialises one (gloo; NCCL for CUDA tensors). See the scaling guide in the docs.
+    shard : {"auto", "batches", "data"}, default "auto"
+        How the ranks split ``data``: ``"batches"``, every rank iterates the same ``data`` and runs the forward
+        pass of every world_size-th batch (exact equality with one process, including folds and resampling
+        order); ``"data"``, ``data`` is already this rank's shard (a DataLoader with a ``DistributedSampler``,
+        which ``"auto"`` detects; note that the sampler repeats samples to even out the shards unless the
+        dataset divides evenly).
 
     Returns
     -------
@@ -369,6 +411,14 @@ def compare(
             if n not in models:
                 raise InvalidParameterError(f"pair ({a!r}, {b!r}) names {n!r}, which is not among {list(models)}")
 
+    dist = setup(distributed, shard, data)
+    if stores is not None and not isinstance(stores, Mapping):
+        paths = list(stores)
+        if multi or len(paths) != 2:
+            raise InvalidParameterError(
+                "stores= is a mapping of model name to path (or, for two models, a pair (path_a, path_b))"
+            )
+        stores = dict(zip(models, paths))
     results = _Comparison(
         models,
         specs,
@@ -383,6 +433,9 @@ def compare(
         stop_early=stop_early,
         feature_memory=feature_memory,
         uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
+        dist=dist,
+        stores=stores,
+        sample_ids=sample_ids,
     ).run(data, eval_models=eval, progress=progress)
     single = measures is None
     shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
@@ -546,7 +599,7 @@ class _Comparison:
 
     def __init__(
         self,
-        models: dict[str, nn.Module],
+        models: Mapping[str, nn.Module | ActivationStore],
         specs: dict[str, Any],
         adapters: dict[str, Adapter],
         pairs: list[tuple[str, str]],
@@ -560,6 +613,9 @@ class _Comparison:
         stop_early: bool,
         feature_memory: int | None = FEATURE_MEMORY,
         uncertainty: _Uncertainty | None = None,
+        dist: Distributed | None = None,
+        stores: Mapping[str, Any] | None = None,
+        sample_ids: Callable[[Any], Any] | None = None,
     ) -> None:
         if feature_memory is not None and (
             isinstance(feature_memory, bool) or not isinstance(feature_memory, int) or feature_memory < 0
@@ -603,26 +659,44 @@ class _Comparison:
         self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
-        self.grams_in_hook = not moment and len(self.minibatch_configs) == 1 and not self.keep_features
+        self.grams_in_hook = (
+            not moment
+            and len(self.minibatch_configs) == 1
+            and not self.keep_features
+            and not any(isinstance(m, ActivationStore) for m in models.values())
+            and not stores
+        )
+        self.dist = dist
+        self.sample_ids = sample_ids
+        self.last_rows = 0
         self.widths: dict[tuple[int, int], dict[str, int]] = {}
-        self.models = models
+        self.models = {n: m for n, m in models.items() if isinstance(m, nn.Module)}
         self.pairs = pairs
         self.config = {"pool": _pool_name(pool), "capture": capture}
-        self.layer_names = {n: resolve_layers(models[n], specs[n]) for n in used}
-        # One run per (model object, input adapter): a model under two names, or compared with itself, is run
-        # once per batch, capturing the union of the layers its names select.
-        self.run_of: dict[str, tuple[int, int]] = {n: (id(models[n]), id(adapters.get(n))) for n in used}
         self.runs: dict[tuple[int, int], Extractor] = {}
         self.run_adapter: dict[tuple[int, int], Adapter | None] = {}
         self.run_device: dict[tuple[int, int], torch.device] = {}
-        for n in used:
+        self.sources: dict[tuple[int, int], ActivationStore] = {}
+        stored = {n: m for n, m in models.items() if isinstance(m, ActivationStore)}
+        if stored:
+            # stored activations: each store is one "run", its chunks stand in for the forward passes
+            self.layer_names = {n: stored[n].select(specs[n]) for n in used}
+            self.run_of = {n: (id(stored[n]), 0) for n in used}
+            self.sources = {self.run_of[n]: stored[n] for n in used}
+            self.config = {"pool": {n: stored[n].pools for n in used}, "capture": "stored"}
+        else:
+            self.layer_names = {n: resolve_layers(self.models[n], specs[n]) for n in used}
+            # One run per (model object, input adapter): a model under two names, or compared with itself, is run
+            # once per batch, capturing the union of the layers its names select.
+            self.run_of = {n: (id(models[n]), id(adapters.get(n))) for n in used}
+        for n in used if not stored else ():
             key = self.run_of[n]
             union = [l for m in used if self.run_of[m] == key for l in self.layer_names[m]]
             union = list(dict.fromkeys(union))
             if key not in self.runs:
                 transform = self._gram_transform(key) if self.grams_in_hook else None
                 self.runs[key] = Extractor(
-                    models[n],
+                    self.models[n],
                     union,
                     capture=capture,
                     select=select,
@@ -632,9 +706,9 @@ class _Comparison:
                     transform=transform,
                 )
                 self.run_adapter[key] = adapters.get(n)
-                own = model_device(models[n])
+                own = model_device(self.models[n])
                 target = torch.device(device) if device is not None else own
-                if device is not None and any(t.device != target for t in models[n].parameters()):
+                if device is not None and any(t.device != target for t in self.models[n].parameters()):
                     raise DeviceMismatchError(
                         f"{n!r} has parameters on {own} but device={str(target)!r}; compare never moves a model: "
                         f"move it with .to({str(target)!r}) first, or leave device=None"
@@ -649,6 +723,21 @@ class _Comparison:
         self.keys: dict[str, list[str]] = {}
         self.samples = 0
         self.batches = 0
+        self.writers: dict[str, StoreWriter] = {}
+        if stores:
+            if dist is not None:
+                check_supported(dist, writing=True)
+            unknown = [n for n in stores if n not in used]
+            if unknown:
+                raise InvalidParameterError(f"stores= names {unknown}, which are not among the models {used}")
+            if sample_ids is not None and not callable(sample_ids):
+                raise InvalidParameterError("sample_ids must be a function of a batch that returns its sample IDs")
+            pools = self.config["pool"]
+            self.writers = {n: StoreWriter(path, model=n, pool=pools) for n, path in stores.items() if path is not None}
+        elif sample_ids is not None:
+            raise InvalidParameterError(
+                "sample_ids= names the rows of the stores that stores= writes; pass stores= too"
+            )
 
     def _keys_for(self, name: str, acts: Mapping[str, torch.Tensor]) -> list[str]:
         """Activation keys of ``name``'s layers (``layer#k`` keys when each call is recorded)."""
@@ -660,23 +749,50 @@ class _Comparison:
     def run(
         self, data: Iterable[Any], *, eval_models: bool, progress: bool
     ) -> dict[tuple[str, str], dict[str, SimilarityResult]]:
-        bar = _progress(data, progress, "compare")
+        d = self.dist
+        bar = _progress(data, progress and (d is None or d.rank == 0), "compare")
         start = time.perf_counter()
         manager = eval_mode(self.models.values()) if eval_models else contextlib.nullcontext()
+        error: Exception | None = None
         try:
             # claimed before eval mode: a call that finds a model busy in another thread changes no flag
             with exclusive(self.models.values()), manager, torch.no_grad():
-                for batch in data:
-                    self._step(batch)
+                index: int | None = 0  # the global index of the batch's first sample, while it is known
+                for i, batch in enumerate(data):
+                    if d is not None and d.shard == "batches":
+                        rows = rows_of(batch)
+                        if i % d.world != d.rank:  # another rank's batch
+                            index = None if index is None or rows is None else index + rows
+                            if bar is not None:
+                                bar.update(1)
+                            continue
+                        d.batch_index.append(i)
+                        d.starts.append((-1 if index is None else index, rows or 0))
+                    elif d is not None:
+                        d.batch_index.append((d.rank << 40) + i)  # rank-major: the order is the shards'
+                    self._step(batch, start=index if d is not None else None)
+                    rows = self.last_rows
+                    index = None if index is None else index + rows
                     if bar is not None:
                         bar.update(1)
                         rate = self.samples / max(time.perf_counter() - start, 1e-9)
                         bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
+        except Exception as exc:
+            for writer in self.writers.values():
+                writer.abort()  # the stores stay incomplete, and are refused if opened
+            if d is None:
+                raise
+            error = exc
         finally:
             if bar is not None:
                 bar.close()
+        if d is not None:
+            agree_finished(d, error)
+            self._reduce(d)
         if self.batches == 0:
             raise InvalidParameterError("data yielded no batches; nothing to compare")
+        for writer in self.writers.values():
+            writer.close()
         caches: dict[int, dict[Any, Any]] = {}
         try:
             return {
@@ -687,12 +803,19 @@ class _Comparison:
             self.sample_caches.clear()
             self.store.close()
 
-    def _step(self, batch: Any) -> None:
+    def _activations(self, batch: Any) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+        """Every run's pooled layers for one batch: a forward pass per model (a chunk of each store as is)."""
+        if self.sources:
+            return dict(batch)
         acts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         for key, extractor in self.runs.items():
             moved = move_batch(batch, self.run_device[key])
             adapter = self.run_adapter[key]
             acts[key] = extractor(moved, model_inputs=None if adapter is None else adapter(moved))
+        return acts
+
+    def _step(self, batch: Any, start: int | None = None) -> None:
+        acts = self._activations(batch)
         sizes = {_batch_size(a) for a in acts.values()}
         if len(sizes) != 1:
             raise ShapeMismatchError(f"the models produced different batch sizes {sorted(sizes)} for one batch")
@@ -705,7 +828,7 @@ class _Comparison:
         if self.use_moments or self.keep_features:
             self._check_layers(acts, checks)
         if self.use_moments:
-            pending.append(self._prepare_moments(acts))
+            pending.append(self._prepare_moments(acts, start))
         for config in self.minibatch_configs:
             pending.extend(self._prepare_minibatch(config, acts, checks))
         first = next(iter(next(iter(acts.values())).values())).device
@@ -725,7 +848,13 @@ class _Comparison:
         if self.keep_features:
             for model, layer, tensor in self._named_layers(acts):
                 self.store.add((self.run_of[model], layer), f"{model}:{layer}", tensor, self.batches)
-        self.samples += sizes.pop()
+        if self.writers:
+            ids = self.sample_ids(batch) if self.sample_ids is not None else None
+            for model, writer in self.writers.items():
+                run = acts[self.run_of[model]]
+                writer.write({k: run[k] for k in self.keys[model]}, ids=ids)
+        self.last_rows = sizes.pop()
+        self.samples += self.last_rows
         self.batches += 1
 
     def _named_layers(
@@ -774,7 +903,7 @@ class _Comparison:
             f"(this batch: {what}); {hint}"
         )
 
-    def _prepare_moments(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]) -> Pending:
+    def _prepare_moments(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]], start: int | None) -> Pending:
         named = self._named_layers(acts)
         first = named[0][2].device
         if self.moments is None:
@@ -786,20 +915,84 @@ class _Comparison:
                         f"{width} features after pooling (limit {EXACT_MAX_WIDTH}); pool tokens (pool='mean' or "
                         "'cls') or use measure='cka_minibatch'"
                     )
-            for model, layer, _ in named:
-                self.slots.setdefault((self.run_of[model], layer), len(self.slots))
-            blocks = [
-                (
-                    [self.slots[(self.run_of[a], k)] for k in self.keys[a]],
-                    [self.slots[(self.run_of[b], k)] for k in self.keys[b]],
-                )
-                for a, b in self.pairs
-            ]
-            self.moments = CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
+            self.moments = self._new_moments()
         layers: list[torch.Tensor] = [torch.empty(0)] * len(self.slots)
         for (run, layer), slot in self.slots.items():
             layers[slot] = acts[run][layer].to(first)
-        return self.moments.prepare(layers, checked=True)
+        return self.moments.prepare(layers, checked=True, start=start)
+
+    def _new_moments(self) -> CrossMoments:
+        """The accumulator of every layer's moments and every pair's cross moments (once the layers are known)."""
+        for name in dict.fromkeys(n for p in self.pairs for n in p):
+            for layer in self.keys[name]:
+                self.slots.setdefault((self.run_of[name], layer), len(self.slots))
+        blocks = [
+            (
+                [self.slots[(self.run_of[a], k)] for k in self.keys[a]],
+                [self.slots[(self.run_of[b], k)] for k in self.keys[b]],
+            )
+            for a, b in self.pairs
+        ]
+        return CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
+
+    def _canonical_slots(self) -> dict[Slot, str]:
+        """Each kept layer's name across processes, "model:layer" under the first name of its run (the run keys
+        themselves are object ids, which differ between processes)."""
+        canonical: dict[Slot, str] = {}
+        for n in dict.fromkeys(n for p in self.pairs for n in p):
+            for k in self.keys.get(n, []):
+                canonical.setdefault((self.run_of[n], k), f"{n}:{k}")
+        return canonical
+
+    def _reduce(self, d: Distributed) -> None:
+        """Make every rank's state the state of all ranks' data (see :mod:`._distributed`)."""
+        canonical = self._canonical_slots()
+        features = {
+            canonical[slot]: [self.store.meta[slot][1], str(self.store.meta[slot][2]).removeprefix("torch.")]
+            for slot in canonical
+            if slot in self.store.meta
+        }
+        u = self.uncertainty
+        options = repr((sorted((k, m.id, repr(m.describe())) for k, m in self.measures.items()), self.pairs,
+                        self.layer_names, (u.ci, u.blocks, u.permutations, u.alpha, u.seed), d.shard,
+                        self.keep_features, self.config))  # fmt: skip
+        mine = {"options": options, "keys": self.keys, "batches": self.batches, "features": features,
+                "widths": {f"{m}:{l}": w for (m, l), w in self.pooled_widths.items()}}  # fmt: skip
+        first = agree_description(d, mine)
+        cpu = torch.device("cpu")
+        local_rows = self.samples
+        self.samples, self.batches = all_sum(d, [self.samples, self.batches], cpu)
+        if self.batches == 0:
+            return  # nobody saw data: run() raises the same error on every rank
+        if local_rows == 0 and not self.keys:
+            self.keys = {n: list(v) for n, v in first["keys"].items()}
+            canonical = self._canonical_slots()
+        if self.use_moments:
+            if self.moments is None:
+                self.moments = self._new_moments()
+            self.moments.all_reduce(d.group)
+        for acc in self.minibatch.values():
+            acc.all_reduce(d.group)
+            if acc.records:
+                acc._reorder_rows(stream_order(d, d.batch_index, cpu))
+        if self.keep_features:
+            if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
+                own = [s + r for s, rows in d.starts for r in range(rows)]
+            else:
+                own = [(d.rank << 40) + r for r in range(local_rows)]
+            order = stream_order(d, own, cpu)
+            gathered = _FeatureStore(self.store.budget)
+            by_name = {v: k for k, v in canonical.items()}
+            for name, (width, dtype) in first["features"].items():
+                slot = by_name[name]
+                if slot in self.store.meta:
+                    local = self.store.get(slot)
+                else:
+                    local = torch.empty(0, width, dtype=getattr(torch, dtype))
+                gathered.add(slot, name, gather_rows(d, local)[order.to(local.device)], 0)
+                self.store.read.clear()
+            self.store.close()
+            self.store = gathered
 
     def _gram_transform(self, key: tuple[int, int]) -> Callable[[str, torch.Tensor], torch.Tensor]:
         widths = self.widths.setdefault(key, {})
@@ -924,6 +1117,7 @@ class _Comparison:
             "measure": measure.describe(),
             **({"features": self.store.describe()} if self.keep_features else {}),
             **self.config,
+            **({"distributed": self.dist.describe()} if self.dist is not None else {}),
             "samples": self.samples,
             "batches": self.batches,
             "reprsim": __version__,

@@ -146,12 +146,15 @@ class CrossMoments(_Accumulator):
 
     # -- updates -----------------------------------------------------------------------------------------
     @full_precision_matmul
-    def prepare(self, x: Any, y: Any = None, *, checked: bool = False) -> Pending:
+    def prepare(self, x: Any, y: Any = None, *, checked: bool = False, start: int | None = None) -> Pending:
         """Check a batch and compute its contribution without touching the state (see :meth:`commit`).
 
         ``x`` and ``y``: each a tensor (b, ...) or a list of them (layers). With explicit ``blocks``, ``x`` is
         the list of every layer and ``y`` is omitted. ``checked=True`` skips the NaN/inf scan of the inputs
-        (for callers that have already made it).
+        (for callers that have already made it). ``start``: the index of the batch's first sample in the whole
+        stream, which places its samples in folds (by default the samples this accumulator has seen; a process
+        that handles every other batch of a stream passes the global index, so that its folds are the ones a
+        single process would make).
         """
         with torch.no_grad():
             xs, x_list = _as_layers(x, "x")
@@ -188,7 +191,7 @@ class CrossMoments(_Accumulator):
             cast = [t.to(self._dtype) for t in tensors]
             if not layout.fourth and layout.folds == 1 and b > 0:
                 return Pending(self, dims, device, _deferred(cast, self._dtype))
-            seen = self.num_samples
+            seen = self.num_samples if start is None else int(start)
             folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
             return Pending(self, dims, device, chunk_state(cast, layout, folds))
 

@@ -323,6 +323,13 @@ class _Accumulator:
             elif spec.reduce == "cat":
                 self._state[name] = _all_gather_rows(self._state[name], world, group, dist)
 
+    def _reorder_rows(self, order: torch.Tensor) -> None:
+        """Put the rows of every concatenated state (per-batch records) in ``order`` (e.g. the stream's batch
+        order, after an all-reduce gathered them rank by rank)."""
+        for name, spec in self._specs_for(self._dims or ()).items():
+            if spec.reduce == "cat" and self._dims is not None:
+                self._state[name] = self._state[name][order.to(self._state[name].device)]
+
     # -- helpers ----------------------------------------------------------------------------------------
     def _config_fingerprint(self) -> int:
         """A signed 62-bit digest of kind, format version and configuration, equal on identical accumulators."""

@@ -1,0 +1,199 @@
+"""Comparing stored activations: :func:`compare_stores`, the same streaming comparison as :func:`compare` with
+chunks of activation stores (or array files) in place of forward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidParameterError
+from ._compare import MeasureSpec, _Comparison, _measures, _Uncertainty
+from ._store import ActivationStore, alignment, as_store, chunks
+
+__all__ = ["compare_stores"]
+
+#: Bytes of one layer's rows per chunk when chunk_rows is not given.
+CHUNK_BYTES = 64 * 2**20
+
+Slot = tuple[tuple[int, int], str]
+
+
+class _StoredFeatures:
+    """Every sample's features for the sample-space measures, read straight from the stores (copy-on-write
+    memory maps where the file allows): nothing is collected while streaming, and one layer is held at a time."""
+
+    def __init__(self, sources: dict[tuple[int, int], tuple[ActivationStore, np.ndarray[Any, Any] | None]],
+                 device: torch.device) -> None:  # fmt: skip
+        self.sources, self.device = sources, device
+        self.held: dict[Slot, torch.Tensor] = {}
+
+    def add(self, slot: Slot, name: str, tensor: torch.Tensor, batch: int) -> None:
+        return None  # already on disk
+
+    def get(self, slot: Slot) -> torch.Tensor:
+        if slot in self.held:
+            return self.held[slot]
+        store, order = self.sources[slot[0]]
+        layer = slot[1]
+        if order is not None:
+            values = store.rows(layer, order)
+        elif store.kind == "npz" or layer in store._stored:
+            values = store.read(layer)
+        else:
+            file, offset, width, dtype = store._arrays[layer]
+            values = np.memmap(file, dtype=dtype, mode="c", offset=offset, shape=(store.samples, width))
+        out = torch.from_numpy(values).to(self.device)
+        self.held = {slot: out}
+        return out
+
+    def describe(self) -> str:
+        return "read from the stores (memory-mapped; nothing collected while streaming)"
+
+    def close(self) -> None:
+        self.held.clear()
+
+
+class _Chunks:
+    """The stores' chunks as a sized iterable (the progress bar's total), each chunk keyed by run."""
+
+    def __init__(
+        self,
+        sides: Sequence[tuple[tuple[int, int], ActivationStore, list[str], np.ndarray[Any, Any] | None]],
+        rows: int,
+        device: torch.device,
+    ) -> None:
+        self.sides, self.rows, self.device = sides, rows, device
+
+    def __len__(self) -> int:
+        n = self.sides[0][1].samples
+        return -(-n // self.rows)
+
+    def __iter__(self) -> Iterator[dict[tuple[int, int], dict[str, torch.Tensor]]]:
+        keys = [key for key, *_ in self.sides]
+        for chunk in chunks([(s, layers, order) for _, s, layers, order in self.sides], self.rows):
+            yield {key: {k: t.to(self.device) for k, t in side.items()} for key, side in zip(keys, chunk)}
+
+
+def compare_stores(
+    a: Any,
+    b: Any = None,
+    *,
+    measure: MeasureSpec | None = None,
+    measures: Sequence[MeasureSpec] | None = None,
+    layers_a: Any = None,
+    layers_b: Any = None,
+    align: bool = False,
+    chunk_rows: int | None = None,
+    model_names: tuple[str, str] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    ci: float | None = None,
+    blocks: int | None = None,
+    permutations: int | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> Any:
+    """Compare stored activations layer by layer, reading each file once in chunks (memory flat in n).
+
+    The stored counterpart of :func:`compare`: the same measures, intervals, permutation tests and result,
+    with chunks of two activation stores (or ``.npy``/``.npz``/``.safetensors`` files, see
+    :func:`open_store`) in place of forward passes.
+
+    Parameters
+    ----------
+    a, b : path or ActivationStore
+        The two sides. ``b`` None compares ``a``'s layers with each other.
+    measure, measures
+        As in :func:`compare` (default ``"cka_minibatch"``, whose batches are then the chunks: pass
+        ``chunk_rows`` to choose them).
+    layers_a, layers_b : name, glob, regex or list of those, optional
+        Which stored layers to compare (default all; ``layers_b`` defaults to ``layers_a`` when ``b`` is None).
+    align : bool, default False
+        Both stores must hold the same sample IDs in the same order, or the comparison is refused. With
+        ``align=True``, ``b``'s rows are reordered to ``a``'s order by ID (the sets must still be equal).
+        Files without IDs are matched by position.
+    chunk_rows : int, optional
+        Rows per chunk; by default about 64 MiB of the widest selected layer.
+    model_names : (str, str), optional
+        The sides' names in the result; by default each store's recorded model, or its file name.
+    device : torch.device or str, optional
+        Where the statistics are computed (default CPU).
+    progress, ci, blocks, permutations, alpha, seed
+        As in :func:`compare`.
+
+    Returns
+    -------
+    SimilarityResult or dict of str to SimilarityResult
+        As :func:`compare` for two models; the metadata names the stores under ``stores``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from reprsim import StoreWriter, compare_stores
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 8)).astype(np.float32)
+    >>> folder = tempfile.mkdtemp()
+    >>> with StoreWriter(folder + "/a", model="a") as w:
+    ...     w.write({"fc": x, "relu": np.maximum(x, 0)})
+    >>> with StoreWriter(folder + "/b", model="b") as w:
+    ...     w.write({"fc": 2 * x})
+    >>> result = compare_stores(folder + "/a", folder + "/b", measure="cka", progress=False)
+    >>> result.names_a, result.names_b, round(result["fc", "fc"], 6)
+    (['fc', 'relu'], ['fc'], 1.0)
+    """
+    chosen = _measures(measure, measures)
+    if isinstance(align, (int, float)) and not isinstance(align, bool):
+        raise InvalidParameterError(f"align must be True or False; got {align!r}")
+    sa = as_store(a, "a")
+    sb = sa if b is None else as_store(b, "b")
+    order = alignment(sa, sb, align) if sb is not sa else None
+    if model_names is None:
+        na, nb = sa.name, sb.name
+        if na == nb:
+            na, nb = f"{na} (a)", f"{nb} (b)"
+    else:
+        na, nb = model_names
+        if na == nb:
+            raise InvalidParameterError(f"the two sides need different model_names; got {model_names}")
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    specs = {na: layers_a, nb: layers_b if layers_b is not None else layers_a}
+    comparison = _Comparison(
+        {na: sa, nb: sb},
+        specs,
+        {},
+        [(na, nb)],
+        measures=chosen,
+        pool=None,
+        capture="output",
+        select=None,
+        calls="error",
+        device=None,
+        stop_early=False,
+        feature_memory=None,
+        uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
+    )
+    # one entry per distinct store, reading the union of the layers its sides select
+    sides: dict[tuple[int, int], tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
+    for name, store, rows_order in ((na, sa, None), (nb, sb, order)):
+        key = comparison.run_of[name]
+        layers = comparison.layer_names[name]
+        if key in sides:
+            sides[key] = (store, list(dict.fromkeys(sides[key][1] + layers)), rows_order)
+        else:
+            sides[key] = (store, layers, rows_order)
+    widest = max(s.widths[k] * s.dtypes[k].itemsize for s, layers, _ in sides.values() for k in layers)
+    if chunk_rows is None:
+        chunk_rows = max(1024, CHUNK_BYTES // widest)
+    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise InvalidParameterError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
+    comparison.store = _StoredFeatures({k: (s, o) for k, (s, _, o) in sides.items()}, target)  # type: ignore[assignment]
+    comparison.config["stores"] = {na: str(sa.path), nb: str(sb.path)}
+    if order is not None:
+        comparison.config["aligned"] = "the second store's rows were reordered by sample ID"
+    data = _Chunks([(k, s, layers, o) for k, (s, layers, o) in sides.items()], chunk_rows, target)
+    results = comparison.run(data, eval_models=False, progress=progress)
+    shaped = results[(na, nb)]
+    return next(iter(shaped.values())) if measures is None else shaped
