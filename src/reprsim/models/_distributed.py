@@ -1,0 +1,212 @@
+"""compare() under torchrun: which batches a rank handles, and the collectives that make every rank's result
+equal a single process's on all the data.
+
+Ranks only talk after their loops: first whether each one finished (so an error on one rank is raised on all of
+them instead of leaving the others waiting), then what each one saw (layers, widths, options), then the
+accumulators' all-reduces and the gathering of pooled features. Every step has the same shape on every rank,
+so ranks that disagree raise the same error instead of waiting in mismatched collectives.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..errors import IncompatibleStateError, InvalidParameterError, ReprsimError, ReprsimWarning, ShapeMismatchError
+
+Shard = Literal["auto", "batches", "data"]
+
+
+@dataclass
+class Distributed:
+    """The process group a compare() call reduces over, and how the data are sharded."""
+
+    group: Any
+    rank: int
+    world: int
+    shard: Literal["batches", "data"]
+    #: global index of each own batch's first sample, and its row count (shard="batches")
+    starts: list[tuple[int, int]] = field(default_factory=list)
+    #: global index of each own batch in the stream
+    batch_index: list[int] = field(default_factory=list)
+
+    def comm_device(self, t: torch.Tensor) -> torch.device:
+        import torch.distributed as dist
+
+        return torch.device("cpu") if dist.get_backend(self.group) == "gloo" else t.device
+
+    def describe(self) -> dict[str, Any]:
+        how = (
+            "each rank ran every world_size-th batch"
+            if self.shard == "batches"
+            else "each rank ran its own shard of the data"
+        )
+        return {"world_size": self.world, "shard": self.shard, "how": how}
+
+
+def _torchrun_env() -> bool:
+    return (
+        all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
+
+
+def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distributed | None:
+    """The run's process group (initialising it from torchrun's environment if nobody has), or None."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise InvalidParameterError(f"distributed must be True, False or None (automatic); got {distributed!r}")
+    if shard not in ("auto", "batches", "data"):
+        raise InvalidParameterError(f"shard must be 'auto', 'batches' or 'data'; got {shard!r}")
+    if distributed is False:
+        return None
+    import torch.distributed as dist
+
+    available = dist.is_available()
+    if available and not dist.is_initialized() and _torchrun_env():
+        # launched by torchrun and nobody initialised the group: do it, so the script needs no change
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        atexit.register(_destroy)
+    if not (available and dist.is_initialized()):
+        if distributed:
+            raise InvalidParameterError(
+                "distributed=True needs torch.distributed: launch the script with torchrun --nproc_per_node=N, "
+                "or call torch.distributed.init_process_group(...) on every rank first"
+            )
+        return None
+    world = dist.get_world_size()
+    if world == 1 and distributed is None:
+        return None
+    mode = shard
+    if mode == "auto":
+        mode = "data" if _distributed_sampler(data) is not None else "batches"
+    if mode == "data":
+        sampler = _distributed_sampler(data)
+        if sampler is not None:
+            total, size = int(getattr(sampler, "total_size", 0)), len(getattr(sampler, "dataset", []))
+            if total > size:
+                warnings.warn(
+                    f"the DistributedSampler repeats {total - size} samples so that every rank gets the same number "
+                    "(drop_last=False): they are counted twice, and the result differs from one process on the "
+                    "dataset. For an exact result, pass a plain DataLoader with shard='batches' (each rank then "
+                    "runs every world_size-th batch)",
+                    ReprsimWarning,
+                    stacklevel=4,
+                )
+    return Distributed(None, dist.get_rank(), world, mode)
+
+
+def _destroy() -> None:  # pragma: no cover - runs at interpreter exit
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _distributed_sampler(data: Any) -> Any:
+    from torch.utils.data.distributed import DistributedSampler
+
+    for candidate in (getattr(data, "sampler", None), getattr(getattr(data, "batch_sampler", None), "sampler", None)):
+        if isinstance(candidate, DistributedSampler):
+            return candidate
+    return None
+
+
+def rows_of(batch: Any) -> int | None:
+    """The number of samples in a batch (a tensor, a sequence whose first element is one, or a dict)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim else None
+    if isinstance(batch, (list, tuple)) and batch:
+        return rows_of(batch[0])
+    if isinstance(batch, dict):
+        for v in batch.values():
+            got = rows_of(v)
+            if got is not None:
+                return got
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape else None
+
+
+def agree_finished(d: Distributed, error: BaseException | None) -> None:
+    """Every rank learns whether every other finished its loop; a failure on any rank is raised on all."""
+    import torch.distributed as dist
+
+    mine = None if error is None else f"{type(error).__name__}: {error}"
+    every: list[Any] = [None] * d.world
+    dist.all_gather_object(every, mine, group=d.group)
+    failed = [(r, m) for r, m in enumerate(every) if m is not None]
+    if error is not None:
+        raise error
+    if failed:
+        rank, message = failed[0]
+        raise IncompatibleStateError(
+            f"compare failed on rank {rank} of {d.world} ({message}); every rank stops. Fix the error that rank reports"
+        )
+
+
+def agree_description(d: Distributed, mine: dict[str, Any]) -> dict[str, Any]:
+    """Exchange what each rank saw; ranks with data must agree on the layers and widths, every rank on the
+    options. Returns the description of the first rank with data (for ranks that saw none)."""
+    import torch.distributed as dist
+
+    every: list[Any] = [None] * d.world
+    dist.all_gather_object(every, mine, group=d.group)
+    options = {r: e["options"] for r, e in enumerate(every)}
+    if any(o != options[0] for o in options.values()):
+        bad = [r for r, o in options.items() if o != options[0]]
+        raise InvalidParameterError(
+            f"ranks {bad} called compare with other measures, layers, pairs or options than rank 0; every rank must "
+            "make the same call"
+        )
+    seen = [(r, e) for r, e in enumerate(every) if e["batches"] > 0]
+    if not seen:
+        return mine
+    first_rank = seen[0][0]
+    first: dict[str, Any] = seen[0][1]
+    for r, e in seen[1:]:
+        for what in ("keys", "widths"):
+            if e[what] != first[what]:
+                raise ShapeMismatchError(
+                    f"rank {r} captured {what} {e[what]} but rank {first_rank} {first[what]}; every rank must run the "
+                    "same models on batches of the same kind"
+                )
+    return first
+
+
+def all_sum(d: Distributed, values: list[int], device: torch.device) -> list[int]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=d.group)
+    return [int(v) for v in t.tolist()]
+
+
+def gather_rows(d: Distributed, t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, concatenated in rank order (ranks may hold different numbers, or none)."""
+    import torch.distributed as dist
+
+    from ..streaming._protocol import _all_gather_rows
+
+    device = d.comm_device(t)
+    return _all_gather_rows(t.to(device), d.world, d.group, dist).to(t.device)
+
+
+def stream_order(d: Distributed, own: list[int], device: torch.device) -> torch.Tensor:
+    """The permutation that puts rows gathered rank by rank back in stream order, given each own row's global
+    index."""
+    gathered = gather_rows(d, torch.tensor(own, dtype=torch.int64, device=device))
+    return torch.argsort(gathered)
+
+
+def check_supported(d: Distributed, writing: bool) -> None:
+    if writing:
+        raise ReprsimError(
+            "compare(stores=...) writes one store per model, which under torchrun every rank would write at once; "
+            "write the stores from a single process, or one store per rank with reprsim.StoreWriter"
+        )

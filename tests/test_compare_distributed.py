@@ -1,0 +1,94 @@
+"""compare() under a real torchrun (gloo on localhost, 2 and 3 ranks): every rank's result equals one process on
+all the data; ranks that disagree or fail stop together instead of waiting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reprsim
+from tests import torchrun_compare as script
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+
+
+def torchrun(case: str, ranks: int, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+               str(ROOT / "tests" / "torchrun_compare.py"), case, str(out)]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+
+
+def check_equal(case: str, ranks: int, tmp_path: Path) -> dict[str, reprsim.SimilarityResult]:
+    done = torchrun(case, ranks, tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    single = script.run(case, distributed=False)
+    for rank in range(ranks):
+        for key, expected in single.items():
+            got = reprsim.SimilarityResult.load(tmp_path / f"rank{rank}-{key}.npz")
+            np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12, err_msg=key)
+            for extra in ("low", "high", "p_values", "calibrated"):
+                mine, theirs = getattr(got, extra), getattr(expected, extra)
+                assert (mine is None) == (theirs is None), (key, extra)
+                if mine is not None:
+                    np.testing.assert_allclose(
+                        mine.numpy(), theirs.numpy(), rtol=0, atol=1e-12, err_msg=f"{key} {extra}"
+                    )
+            assert got.metadata["samples"] == expected.metadata["samples"]
+            assert got.metadata["batches"] == expected.metadata["batches"]
+            assert got.metadata["distributed"]["world_size"] == ranks
+            if "permutation" in expected.metadata:
+                assert got.metadata["permutation"] == expected.metadata["permutation"]
+    return single
+
+
+def test_moment_measures_under_torchrun_equal_one_process(tmp_path: Path) -> None:
+    # 7 uneven batches over 2 ranks: 4 and 3 batches, 206 and 147 samples; folds and records in stream order
+    single = check_equal("moments", 2, tmp_path)
+    assert len(single) == len(script.MOMENTS)
+    got = reprsim.SimilarityResult.load(tmp_path / "rank1-cka.npz")
+    assert got.metadata["distributed"]["shard"] == "batches"
+    assert got.low is not None
+    assert got.metadata["samples"] == sum(script.SIZES["moments"])
+
+
+def test_a_rank_with_an_empty_shard_takes_part(tmp_path: Path) -> None:
+    # 2 batches over 3 ranks: rank 2 runs no forward pass, learns the layers from the others, same result
+    check_equal("two", 3, tmp_path)
+
+
+def test_sample_space_measures_gather_every_rank_s_rows(tmp_path: Path) -> None:
+    # neighbours, RSA, distance correlation, RBF CKA and a permutation test on the rows of all 3 ranks, in stream
+    # order (so the seeded permutations and the jackknife's blocks are one process's)
+    check_equal("samples", 3, tmp_path)
+
+
+def test_a_distributed_sampler_shard(tmp_path: Path) -> None:
+    check_equal("sampler", 2, tmp_path)
+    got = reprsim.SimilarityResult.load(tmp_path / "rank0-procrustes.npz")
+    assert got.metadata["distributed"]["shard"] == "data"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("mismatch", "rank"),  # rank 1 selected other layers
+        ("options", "same call"),  # rank 1 asked for another measure
+        ("failure", "NaN"),  # rank 1 met a bad batch: its error, and on the other rank an error naming it
+    ],
+)
+def test_ranks_that_disagree_or_fail_all_stop_with_a_clear_error(tmp_path: Path, case: str, message: str) -> None:
+    done = torchrun(case, 2, tmp_path)  # a hang would hit the subprocess timeout
+    assert done.returncode != 0
+    errors = {r: (tmp_path / f"rank{r}.err").read_text() for r in range(2)}
+    for rank, text in errors.items():
+        assert message in text or "rank 1" in text, (rank, text)
+    if case == "failure":
+        assert "NaN" in errors[1]
+        assert "failed on rank 1" in errors[0]

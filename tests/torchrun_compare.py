@@ -1,0 +1,88 @@
+"""A user's comparison script, launched by torchrun in tests/test_compare_distributed.py.
+
+    torchrun --standalone --nproc_per_node=N tests/torchrun_compare.py CASE OUT
+
+Except for the DistributedSampler case, nothing here initialises torch.distributed or shards the data: compare()
+does both under torchrun (the one-line change a user makes is the launch command). Each rank saves its results
+under OUT; the test runs ``run(CASE, distributed=False)`` in one process and compares.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+import reprsim
+from reprsim.measures import ShapeMetric
+
+#: Batch sizes of the stream: uneven, so the ranks' shards differ in size.
+SIZES = {"moments": [40, 33, 47, 25, 38, 41, 29], "samples": [30, 41, 26, 37, 33], "two": [50, 44]}
+MOMENTS: list[Any] = ["cka", "cka_unbiased", "procrustes", ShapeMetric(alpha=0.5), "cca", "svcca", "pwcca",
+                      "predictivity", "cka_minibatch"]  # fmt: skip
+SAMPLES = ["mutual_knn", "rsa", "distance_correlation", "cka_rbf", "cka"]
+
+
+def net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 6)).double()
+
+
+def batches(sizes: list[int], seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 8, generator=g, dtype=torch.float64) for b in sizes]
+
+
+def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.SimilarityResult]:
+    a, b = net(0), net(1)
+    options: dict[str, Any] = {"layers": ["1", "3", "4"], "progress": False, "distributed": distributed}
+    rank = int(os.environ.get("RANK", "0"))
+    if case in ("moments", "two"):
+        return compare(a, b, batches(SIZES[case]), measures=MOMENTS, ci=0.9, blocks=5, **options)
+    if case == "samples":
+        return compare(a, b, batches(SIZES[case]), measures=SAMPLES, ci=0.9, blocks=4, permutations=30, **options)
+    if case == "sampler":
+        x = torch.cat(batches([48, 48, 48, 48]))  # 192 samples: the sampler's shards are even, nothing repeated
+        dataset = TensorDataset(x)
+        sampler = None
+        if distributed is not False:  # a script that shards with a sampler initialises the group itself
+            torch.distributed.init_process_group("gloo")
+            sampler = DistributedSampler(dataset, shuffle=False)
+        loader = DataLoader(dataset, batch_size=32, sampler=sampler)
+        return compare(a, b, loader, measures=["cka", "procrustes", "mutual_knn"], **options)
+    if case == "mismatch":  # rank 1 selects other layers
+        options["layers"] = ["1", "3"] if rank == 1 else ["1", "3", "4"]
+        return compare(a, b, batches(SIZES["moments"]), measures=["cka"], **options)
+    if case == "options":  # rank 1 asks for another measure
+        return compare(a, b, batches(SIZES["moments"]), measures=["cka" if rank != 1 else "procrustes"], **options)
+    if case == "failure":  # rank 1 meets a batch with NaN
+        data = batches(SIZES["moments"])
+        data[1][3, 2] = float("nan")
+        return compare(a, b, data, measures=["cka"], **options)
+    raise SystemExit(f"unknown case {case!r}")
+
+
+def compare(a: nn.Module, b: nn.Module, data: Any, *, measures: list[Any], **options: Any) -> Any:
+    return reprsim.compare(a, b, data, measures=measures, **options)
+
+
+def main() -> None:
+    case, out = sys.argv[1], Path(sys.argv[2])
+    rank = int(os.environ["RANK"])
+    try:
+        results = run(case)
+    except reprsim.ReprsimError as exc:
+        (out / f"rank{rank}.err").write_text(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(3) from None
+    for key, result in results.items():
+        result.save(out / f"rank{rank}-{key if isinstance(key, str) else key.id}.npz")
+
+
+if __name__ == "__main__":
+    main()
