@@ -1,4 +1,4 @@
-"""``python -m reprsim demo`` runs the same command line as ``reprsim demo``."""
+"""``python -m reprsim ...`` runs the same command line as ``reprsim ...``."""
 
 import sys
 

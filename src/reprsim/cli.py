@@ -1,10 +1,30 @@
-"""Command line: ``reprsim demo [--quick] [--out DIR] [--models A B]``."""
+"""Command line: ``reprsim compare``, ``reprsim info``, ``reprsim demo``.
+
+Exit codes, for scripts: 0 success; 2 a usage error (an unknown option or measure name); 3 an optional
+dependency missing (the message names the extra to install); 4 an input that cannot be compared (a missing,
+incomplete, truncated or mismatched store or file; the message names the file and the fix); 1 anything else.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+EXIT_USAGE, EXIT_MISSING, EXIT_INPUT = 2, 3, 4
+
+COMPARE_EXAMPLES = """examples:
+  reprsim compare run1/vit.store run2/vit.store --measure cka --measure procrustes --out result.npz
+  reprsim compare a.npz b.safetensors --measure cka --layers-a 'blocks.*' --ci 0.95 --plot cka.png
+  reprsim compare acts.store --measure cka_unbiased          (every layer of one store against every other)
+
+inputs: activation store folders (written by reprsim.StoreWriter or compare(..., stores=...)), or .npy,
+.npz and .safetensors files with one (n, width) array per layer. Stores with sample IDs must hold the same
+IDs in the same order, unless --align reorders the second by ID; files without IDs are matched by position.
+
+exit codes: 0 success, 2 usage error, 3 missing optional dependency, 4 input error (the message names the
+file and the fix), 1 anything else."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,15 +33,71 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="reprsim",
         description="Representation similarity for PyTorch.",
-        epilog="example: reprsim demo --quick --out demo-out   (a CI-sized run of the ViT study, under a minute)",
+        epilog="examples:\n  reprsim compare a.store b.store --measure cka --out result.npz\n"
+        "  reprsim info a.store\n"
+        "  reprsim demo --quick --out demo-out   (a CI-sized run of the ViT study, under a minute)\n\n"
+        "exit codes: 0 success, 2 usage error, 3 missing optional dependency, 4 input error, 1 anything else",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"reprsim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_compare(commands)
+    info = commands.add_parser(
+        "info",
+        help="list what stored activations hold (layers, widths, dtypes, samples, IDs)",
+        description="List the layers, widths, dtypes, sample count and sample IDs of activation stores or "
+        ".npy/.npz/.safetensors files, after checking them (an incomplete or truncated store is an error).",
+        epilog="example: reprsim info run1/vit.store",
+    )
+    info.add_argument("paths", nargs="+", type=Path, metavar="STORE")
+    _add_demo(commands)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "info":
+        return _info(args.paths)
+    return _compare(args, parser)
+
+
+def _add_compare(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="compare stored activations layer by layer (stores, .npy, .npz, .safetensors)",
+        description="Compare two sets of stored activations layer by layer, reading each file once in chunks "
+        "(memory flat in the number of samples). Prints one table per measure; --out saves the results and "
+        "a heatmap.",
+        epilog=COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("a", type=Path, metavar="A", help="first store or file (the heatmap's rows)")
+    compare.add_argument("b", type=Path, nargs="?", metavar="B", help="second store or file (default: A itself)")
+    compare.add_argument(
+        "--measure",
+        action="append",
+        metavar="NAME",
+        help='a measure, repeatable (default: cka); `python -c "import reprsim; '
+        'print(reprsim.measures.available_measures())"` lists them',
+    )
+    compare.add_argument("--layers-a", nargs="+", metavar="LAYER", help="A's layers: names or globs (default: all)")
+    compare.add_argument("--layers-b", nargs="+", metavar="LAYER", help="B's layers (default: as --layers-a)")
+    compare.add_argument("--align", action="store_true", help="reorder B's rows to A's sample IDs")
+    compare.add_argument("--ci", type=float, metavar="LEVEL", help="attach confidence intervals, e.g. 0.95")
+    compare.add_argument("--permutations", type=int, metavar="N", help="permutation test with N permutations")
+    compare.add_argument("--chunk-rows", type=int, metavar="N", help="rows read per chunk (default: ~64 MiB)")
+    compare.add_argument(
+        "--out", type=Path, metavar="FILE.npz", help="save the result (one file per measure when several)"
+    )
+    compare.add_argument("--plot", type=Path, metavar="FILE.png", help="write the heatmap (default: beside --out)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the contrastive-vs-reconstructive ViT study in miniature, offline",
         description="Pretrain two tiny ViTs on scikit-learn's digits (contrastive and masked-autoencoder), "
         "fine-tune them, compare them with reprsim and write figures and a Markdown report.",
+        epilog="example: reprsim demo --quick --out demo-out",
     )
     demo.add_argument("--out", type=Path, default=Path("reprsim-demo"), help="output folder (default: reprsim-demo)")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (under a minute; numbers mean little)")
@@ -34,17 +110,129 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. vit_base_patch16_224=mae.pth vit_base_patch16_224=dino.pth)",
     )
     demo.add_argument("--img-size", type=int, help="input size for --models (default: the model's own)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import DemoSettings, run_demo
 
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoSettings, run_demo
+
+    try:
+        run_demo(
+            DemoSettings(out=args.out, quick=args.quick, seed=args.seed, models=args.models, img_size=args.img_size)
+        )
+    except ImportError as exc:
+        print(f"reprsim demo: {exc}", file=sys.stderr)
+        return EXIT_MISSING
+    return 0
+
+
+def _info(paths: list[Path]) -> int:
+    from .errors import ReprsimError
+    from .models import open_store
+
+    status = 0
+    for i, path in enumerate(paths):
         try:
-            run_demo(
-                DemoSettings(out=args.out, quick=args.quick, seed=args.seed, models=args.models, img_size=args.img_size)
+            store = open_store(path)
+        except ReprsimError as exc:
+            print(f"reprsim info: {exc}", file=sys.stderr)
+            status = EXIT_INPUT
+            continue
+        print(("\n" if i else "") + repr(store))
+    return status
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .errors import InvalidParameterError, ReprsimError
+    from .measures import available_measures, get_measure
+    from .models import compare_stores
+
+    names = args.measure or ["cka"]
+    for name in names:
+        try:
+            get_measure(name)
+        except InvalidParameterError:
+            print(
+                f"reprsim compare: unknown measure {name!r}; known measures: {', '.join(available_measures())}",
+                file=sys.stderr,
             )
-        except ImportError as exc:
-            print(f"reprsim demo: {exc}", file=sys.stderr)
-            return 3
+            return EXIT_USAGE
+    if len(set(names)) != len(names):
+        print(f"reprsim compare: a measure is named twice in {names}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        results = compare_stores(
+            args.a,
+            args.b,
+            measures=names,
+            layers_a=args.layers_a,
+            layers_b=args.layers_b,
+            align=args.align,
+            chunk_rows=args.chunk_rows,
+            progress=not args.quiet,
+            ci=args.ci,
+            permutations=args.permutations,
+        )
+    except ReprsimError as exc:
+        print(f"reprsim compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, InvalidParameterError) and _is_option_error(exc) else EXIT_INPUT
+    except OSError as exc:
+        print(f"reprsim compare: cannot read {exc.filename or args.a}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
+    for name, result in results.items():
+        if len(results) > 1:
+            print(f"\n{name}:")
+        print(result)
+    if args.out is None and args.plot is None:
+        return 0
+    return _write(results, args.out, args.plot)
+
+
+def _is_option_error(exc: Exception) -> bool:
+    text = str(exc)
+    return any(k in text for k in ("ci must", "permutations must", "chunk_rows must", "blocks"))
+
+
+def _write(results: dict[str, Any], out: Path | None, plot: Path | None) -> int:
+    several = len(results) > 1
+
+    def named(path: Path, name: str, suffix: str) -> Path:
+        stem = path.name.removesuffix(path.suffix) if path.suffix else path.name
+        return path.with_name(f"{stem}-{name}{suffix}" if several else f"{stem}{suffix}")
+
+    try:
+        for name, result in results.items():
+            if out is not None:
+                saved = result.save(named(out, name, ".npz"))
+                print(f"saved {saved}", file=sys.stderr)
+    except OSError as exc:
+        print(f"reprsim compare: cannot write {exc.filename}: {exc.strerror}; choose another --out", file=sys.stderr)
+        return EXIT_INPUT
+    target = plot if plot is not None else out
+    if target is None:
+        return 0
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        message = 'the heatmap needs matplotlib: pip install "reprsim[plot]"'
+        if plot is not None:
+            print(f"reprsim compare: {message}", file=sys.stderr)
+            return EXIT_MISSING
+        print(f"reprsim compare: no heatmap written ({message})", file=sys.stderr)
+        return 0
+    try:
+        for name, result in results.items():
+            fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(result.names_b), 1.0 + 0.4 * len(result.names_a)))
+            result.plot(ax=ax)
+            path = named(target, name, ".png")
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+            print(f"heatmap {path}", file=sys.stderr)
+    except OSError as exc:
+        print(f"reprsim compare: cannot write {exc.filename}: {exc.strerror}; choose another --plot", file=sys.stderr)
+        return EXIT_INPUT
     return 0
 
 

@@ -1,0 +1,147 @@
+"""`reprsim compare` and `reprsim info` end to end, in subprocesses: tables, files, exit codes, messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reprsim
+from reprsim import StoreWriter
+from tests import reference as ref
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"import sys\n{prelude}\nfrom reprsim.cli import main\nsys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 16))
+    y = np.tanh(x @ rng.normal(size=(16, 8))) + 0.2 * rng.normal(size=(400, 8))
+    ids = np.arange(400)
+    with StoreWriter(base / "a.store", model="vit-a") as w:
+        w.write({"blocks.0": x, "blocks.1": np.tanh(x)}, ids=ids)
+    with StoreWriter(base / "b.store", model="vit-b") as w:
+        w.write({"blocks.0": y}, ids=ids)
+    perm = rng.permutation(400)
+    with StoreWriter(base / "shuffled.store") as w:
+        w.write({"blocks.0": y[perm]}, ids=ids[perm])
+    np.save(base / "x.npy", x)
+    np.save(base / "y.npy", y)
+    return base
+
+
+def test_compare_prints_tables_and_writes_results_and_heatmaps(folder: Path, tmp_path: Path) -> None:
+    done = cli("compare", str(folder / "a.store"), str(folder / "b.store"), "--measure", "cka", "--measure",
+               "procrustes", "--out", str(tmp_path / "result.npz"), cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "cka:" in done.stdout
+    assert "procrustes:" in done.stdout
+    assert "blocks.1" in done.stdout
+    rx = np.load(folder / "x.npy")
+    ry = np.load(folder / "y.npy")
+    saved = reprsim.SimilarityResult.load(tmp_path / "result-cka.npz")
+    assert saved.names_a == ["blocks.0", "blocks.1"]
+    assert saved.model_a == "vit-a"
+    assert saved["blocks.0", "blocks.0"] == pytest.approx(ref.cka(rx, ry, "linear"), abs=1e-10)
+    assert f"{saved['blocks.0', 'blocks.0']:.3f}" in done.stdout
+    assert (tmp_path / "result-procrustes.npz").exists()
+    assert (tmp_path / "result-cka.png").stat().st_size > 1000
+    assert (tmp_path / "result-procrustes.png").exists()
+
+
+def test_compare_files_one_side_with_intervals_and_a_chosen_plot(folder: Path, tmp_path: Path) -> None:
+    done = cli("compare", "x.npy", "y.npy", "--ci", "0.9", "--plot", str(tmp_path / "h.png"), "--quiet",
+               cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "x vs y" in done.stdout or "SimilarityResult(x" in done.stdout
+    assert "%" in done.stdout or "interval" in done.stdout  # the table shows the intervals
+    assert (tmp_path / "h.png").exists()
+    assert done.stderr.count("compare:") == 0
+    within = cli("compare", "a.store", "--measure", "cka_unbiased", "--quiet", cwd=folder)
+    assert within.returncode == 0
+    assert within.stdout.count("blocks.") >= 4
+
+
+def test_info_lists_layers_and_refuses_broken_stores(folder: Path, tmp_path: Path) -> None:
+    done = cli("info", "a.store", "x.npy", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert "400 samples" in done.stdout
+    assert "vit-a" in done.stdout
+    assert "blocks.1" in done.stdout
+    assert "npy" in done.stdout
+    assert "none (rows are matched by position)" in done.stdout
+    with StoreWriter(tmp_path / "t.store") as w:
+        w.write({"h": np.ones((50, 4))})
+    os.truncate(tmp_path / "t.store" / "layers" / "0000.npy", 300)
+    bad = cli("info", str(tmp_path / "t.store"), cwd=folder)
+    assert bad.returncode == 4
+    assert "0000.npy" in bad.stderr
+    assert "truncated" in bad.stderr
+    assert "write it again" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["compare", "a.store", "missing.store"], 4, "missing.store"),
+        (["compare", "a.store", "b.store", "--measure", "ckaa"], 2, "unknown measure 'ckaa'"),
+        (["compare", "a.store", "shuffled.store", "--quiet"], 4, "--align"),
+        (["compare", "a.store", "b.store", "--layers-a", "blocks.9", "--quiet"], 4, "blocks.9"),
+        (["compare", "a.store", "b.store", "--ci", "2", "--quiet"], 2, "ci must"),
+        (["compare", "a.store"], None, None),
+        (["compare", "a.store", "--bogus"], 2, "unrecognized arguments"),
+        (["info", "nowhere"], 4, "nowhere"),
+    ],
+)
+def test_exit_codes_and_messages(folder: Path, args: list[str], code: int | None, message: str | None) -> None:
+    done = cli(*args, cwd=folder)
+    if code is None:
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert message is not None
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_align_reorders_by_sample_id(folder: Path) -> None:
+    plain = cli("compare", "a.store", "b.store", "--quiet", cwd=folder)
+    aligned = cli("compare", "a.store", "shuffled.store", "--align", "--quiet", cwd=folder)
+    assert aligned.returncode == 0, aligned.stderr
+    table = lambda out: out.split(")", 1)[1]  # noqa: E731 - the numbers, after the header naming the models
+    assert table(aligned.stdout) == table(plain.stdout)
+
+
+def test_missing_matplotlib_is_a_clear_exit_code(folder: Path, tmp_path: Path) -> None:
+    prelude = "sys.modules['matplotlib'] = None"
+    asked = cli("compare", "x.npy", "y.npy", "--plot", str(tmp_path / "h.png"), "--quiet", cwd=folder, prelude=prelude)
+    assert asked.returncode == 3
+    assert 'pip install "reprsim[plot]"' in asked.stderr
+    implied = cli("compare", "x.npy", "y.npy", "--out", str(tmp_path / "r"), "--quiet", cwd=folder, prelude=prelude)
+    assert implied.returncode == 0
+    assert "no heatmap written" in implied.stderr
+    assert (tmp_path / "r.npz").exists()
+
+
+def test_help_shows_examples_and_version() -> None:
+    top = subprocess.run([sys.executable, "-m", "reprsim", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert "reprsim compare a.store b.store" in top.stdout
+    assert "exit codes" in top.stdout
+    sub = subprocess.run([sys.executable, "-m", "reprsim", "compare", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert "--measure cka --measure procrustes" in sub.stdout
+    assert "--align" in sub.stdout
