@@ -29,6 +29,13 @@ def check_equal(case: str, ranks: int, tmp_path: Path) -> dict[str, reprsim.Simi
     done = torchrun(case, ranks, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     single = script.run(case, distributed=False)
+    key = next(iter(single))
+    runs = [
+        reprsim.SimilarityResult.load(tmp_path / f"rank{r}-{key}.npz").metadata["distributed"] for r in range(ranks)
+    ]
+    # each rank ran its own share of the forward passes, and together they ran every batch once
+    assert sum(r["batches_run"] for r in runs) == single[key].metadata["batches"]
+    assert max(r["batches_run"] for r in runs) <= -(-single[key].metadata["batches"] // ranks)
     for rank in range(ranks):
         for key, expected in single.items():
             got = reprsim.SimilarityResult.load(tmp_path / f"rank{rank}-{key}.npz")
@@ -92,3 +99,26 @@ def test_ranks_that_disagree_or_fail_all_stop_with_a_clear_error(tmp_path: Path,
     if case == "failure":
         assert "NaN" in errors[1]
         assert "failed on rank 1" in errors[0]
+
+
+def test_options_outside_torchrun() -> None:
+    import collections
+
+    import torch
+
+    from reprsim.models._distributed import rows_of
+
+    net = script.net(0)
+    data = script.batches([10, 12])
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="torchrun --nproc_per_node"):
+        reprsim.compare(net, net, data, layers=["1"], measure="cka", distributed=True, progress=False)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="shard must be"):
+        reprsim.compare(net, net, data, layers=["1"], measure="cka", shard="rows", progress=False)
+    alone = reprsim.compare(net, net, data, layers=["1"], measure="cka", progress=False)
+    assert "distributed" not in alone.metadata
+    x = torch.zeros(7, 3)
+    assert rows_of(x) == 7
+    assert rows_of((x, torch.zeros(7))) == 7
+    assert rows_of({"input_ids": x}) == 7
+    assert rows_of(collections.UserDict({"mask": None, "input_ids": x})) == 7
+    assert rows_of("text") is None

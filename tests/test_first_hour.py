@@ -53,7 +53,7 @@ def test_cli_version_and_help_example(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out.strip() == f"reprsim {reprsim.__version__}"
     with pytest.raises(SystemExit):
         main(["--help"])
-    assert "example: reprsim demo --quick" in capsys.readouterr().out
+    assert "reprsim demo --quick --out demo-out" in capsys.readouterr().out
 
 
 def test_demo_without_its_extra_says_what_to_install(

@@ -350,3 +350,21 @@ def test_compare_stores_reads_in_bounded_memory(tmp_path: Path) -> None:
         _compare_stores.chunks = original
     assert seen == [512] * 7 + [416]
     assert r.matrix.item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_compare_stores_on_each_device(tmp_path: Path, device: str) -> None:
+    x, y, _ = data()
+    write(tmp_path / "a", {"x": x.astype(np.float32)})
+    write(tmp_path / "b", {"y": y.astype(np.float32)})
+    out = compare_stores(tmp_path / "a", tmp_path / "b", measures=["cka", "cka_minibatch", "rsa"], device=device,
+                         chunk_rows=100, progress=False)  # fmt: skip
+    x32, y32 = x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)
+    assert out["cka"].matrix.item() == pytest.approx(ref.cka(x32, y32, "linear"), abs=1e-10)
+    expected = ref.minibatch_cka([x32[s : s + 100] for s in range(0, 300, 100)],
+                                 [y32[s : s + 100] for s in range(0, 300, 100)], "linear")  # fmt: skip
+    assert out["cka_minibatch"].matrix.item() == pytest.approx(expected, abs=1e-5)
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(pdist(x32, "correlation"), pdist(y32, "correlation"))[0]
+    assert out["rsa"].matrix.item() == pytest.approx(rho, abs=1e-5)  # float32 RDMs: near-ties may swap ranks

@@ -85,7 +85,7 @@ class _PlainProgress:
         return None
 
 
-def _progress(data: Iterable[Any], enabled: bool, desc: str) -> Any:
+def _progress(data: Iterable[Any], enabled: bool, desc: str, unit: str = "batch") -> Any:
     if not enabled:
         return None
     total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
@@ -93,7 +93,7 @@ def _progress(data: Iterable[Any], enabled: bool, desc: str) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         return _PlainProgress(total, desc)
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def _batch_size(acts: Mapping[str, torch.Tensor]) -> int:
@@ -750,7 +750,8 @@ class _Comparison:
         self, data: Iterable[Any], *, eval_models: bool, progress: bool
     ) -> dict[tuple[str, str], dict[str, SimilarityResult]]:
         d = self.dist
-        bar = _progress(data, progress and (d is None or d.rank == 0), "compare")
+        unit = "chunk" if self.sources else "batch"
+        bar = _progress(data, progress and (d is None or d.rank == 0), "compare", unit)
         start = time.perf_counter()
         manager = eval_mode(self.models.values()) if eval_models else contextlib.nullcontext()
         error: Exception | None = None
@@ -787,8 +788,10 @@ class _Comparison:
             if bar is not None:
                 bar.close()
         if d is not None:
+            began = time.perf_counter()
             agree_finished(d, error)
             self._reduce(d)
+            d.reduce_seconds = time.perf_counter() - began
         if self.batches == 0:
             raise InvalidParameterError("data yielded no batches; nothing to compare")
         for writer in self.writers.values():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,8 @@ class Distributed:
     starts: list[tuple[int, int]] = field(default_factory=list)
     #: global index of each own batch in the stream
     batch_index: list[int] = field(default_factory=list)
+    #: seconds from the end of this rank's loop to the end of the reduction (waiting for slower ranks included)
+    reduce_seconds: float = 0.0
 
     def comm_device(self, t: torch.Tensor) -> torch.device:
         import torch.distributed as dist
@@ -47,7 +49,8 @@ class Distributed:
             if self.shard == "batches"
             else "each rank ran its own shard of the data"
         )
-        return {"world_size": self.world, "shard": self.shard, "how": how}
+        return {"world_size": self.world, "rank": self.rank, "shard": self.shard, "how": how,
+                "batches_run": len(self.batch_index), "reduce_seconds": round(self.reduce_seconds, 4)}  # fmt: skip
 
 
 def _torchrun_env() -> bool:
@@ -124,7 +127,7 @@ def rows_of(batch: Any) -> int | None:
         return int(batch.shape[0]) if batch.ndim else None
     if isinstance(batch, (list, tuple)) and batch:
         return rows_of(batch[0])
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict, or a Hugging Face BatchEncoding (a UserDict)
         for v in batch.values():
             got = rows_of(v)
             if got is not None:
