@@ -5,7 +5,9 @@ own process with the files evicted from the page cache first (``posix_fadvise(DO
 
 1. ``disk``: the disk's sequential read rate on those same files (64 MiB reads, nothing else);
 2. ``reader``: reprsim's chunk reader alone (both stores, background read-ahead, no measures);
-3. ``compare``: ``compare_stores(a, b, measures=["cka", "procrustes"])``, the whole comparison.
+3. ``compare``: ``compare_stores(a, b, measures=["cka", "procrustes"])``, the whole comparison;
+4. ``cached``: the same with the files left in the page cache (no disk at all: the compute's own time);
+5. ``disk`` again, to see the spread of the disk's rate.
 
 For each: wall time, MB/s over the bytes of both files, the bytes the process read from storage
 (``/proc/self/io``: each file read once means about the files' size) and the peak resident memory.
@@ -68,7 +70,8 @@ def write(folder: Path, n: int, width: int) -> float:
 
 def phase(name: str, folder: Path) -> dict[str, float]:
     paths = files(folder)
-    evict(paths)
+    if name != "cached":
+        evict(paths)
     before = io_read_bytes()
     start = time.perf_counter()
     if name == "disk":
@@ -106,15 +109,22 @@ def main() -> None:
     print(f"{args.samples:,} × {args.width} float32, two stores of {size / 2e9:.2f} GB each; written in {wrote:.0f} s "
           f"({size / wrote / 1e6:.0f} MB/s)")  # fmt: skip
     results = {}
-    for name in ("disk", "reader", "compare", "disk"):
+    for label, name in (("disk", "disk"), ("reader", "reader"), ("compare", "compare"), ("cached", "cached"),
+                        ("disk again", "disk")):  # fmt: skip
+        if name == "cached":  # warm the page cache
+            subprocess.run(
+                [sys.executable, __file__, "--phase", "reader", "--folder", str(args.folder)],
+                check=True,
+                capture_output=True,
+            )
         out = subprocess.run([sys.executable, __file__, "--phase", name, "--folder", str(args.folder)],
                              check=True, capture_output=True, text=True)  # fmt: skip
-        results[name] = json.loads(out.stdout)
+        results[label] = json.loads(out.stdout)
         if name == "compare":
             print(f"compare result: {out.stderr.strip()}")
-    disk = results["disk"]["mb_s"]
+    disk = (results["disk"]["mb_s"] + results["disk again"]["mb_s"]) / 2
     for name, r in results.items():
-        print(f"{name:8s} {r['wall']:7.1f} s  {r['mb_s']:7.0f} MB/s ({100 * r['mb_s'] / disk:5.1f}% of disk)  "
+        print(f"{name:10s} {r['wall']:7.1f} s  {r['mb_s']:7.0f} MB/s ({100 * r['mb_s'] / disk:5.1f}% of disk)  "
               f"read {r['read_gb']:.2f} GB of {r['files_gb']:.2f} GB  peak {r['peak_mib']:.0f} MiB")  # fmt: skip
     if not args.keep:
         shutil.rmtree(args.folder)

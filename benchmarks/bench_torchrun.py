@@ -91,7 +91,7 @@ def main() -> None:
         for rank in multi[-1]:
             diff = max(diff, float((torch.tensor(rank["matrices"][m]) - s).abs().max()))  # type: ignore[index]
     print(f"samples {args.samples}, batches of {args.batch}, {args.repeats} repeats (medians)")
-    print(f"1 process × 2 threads: {one:.1f} s ({single[-1][0]['forwards']} forwards of model A per compare pair)")
+    print(f"1 process × 2 threads: {one:.1f} s ({single[-1][0]['forwards']} forwards of model A, both calls)")
     print(f"2 ranks × 1 thread:    {two:.1f} s (forwards per rank: {[r['forwards'] for r in multi[-1]]})")
     print(f"ratio 1 process / 2 ranks: {one / two:.2f}")
     print(f"all-reduce and gather, end of loop to result: {100 * share:.2f}% of the 2-rank run")
