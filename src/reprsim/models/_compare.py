@@ -793,6 +793,8 @@ class _Comparison:
             self._reduce(d)
             d.reduce_seconds = time.perf_counter() - began
         if self.batches == 0:
+            for writer in self.writers.values():
+                writer.abort()
             raise InvalidParameterError("data yielded no batches; nothing to compare")
         for writer in self.writers.values():
             writer.close()
@@ -962,9 +964,8 @@ class _Comparison:
         mine = {"options": options, "keys": self.keys, "batches": self.batches, "features": features,
                 "widths": {f"{m}:{l}": w for (m, l), w in self.pooled_widths.items()}}  # fmt: skip
         first = agree_description(d, mine)
-        cpu = torch.device("cpu")
         local_rows = self.samples
-        self.samples, self.batches = all_sum(d, [self.samples, self.batches], cpu)
+        self.samples, self.batches = all_sum(d, [self.samples, self.batches])
         if self.batches == 0:
             return  # nobody saw data: run() raises the same error on every rank
         if local_rows == 0 and not self.keys:
@@ -977,13 +978,13 @@ class _Comparison:
         for acc in self.minibatch.values():
             acc.all_reduce(d.group)
             if acc.records:
-                acc._reorder_rows(stream_order(d, d.batch_index, cpu))
+                acc._reorder_rows(stream_order(d, d.batch_index))
         if self.keep_features:
             if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
                 own = [s + r for s, rows in d.starts for r in range(rows)]
             else:
                 own = [(d.rank << 40) + r for r in range(local_rows)]
-            order = stream_order(d, own, cpu)
+            order = stream_order(d, own)
             gathered = _FeatureStore(self.store.budget)
             by_name = {v: k for k, v in canonical.items()}
             for name, (width, dtype) in first["features"].items():

@@ -38,10 +38,19 @@ class Distributed:
     #: seconds from the end of this rank's loop to the end of the reduction (waiting for slower ranks included)
     reduce_seconds: float = 0.0
 
-    def comm_device(self, t: torch.Tensor) -> torch.device:
+    def comm_device(self, t: torch.Tensor | None = None) -> torch.device:
+        """Where a collective on ``t`` runs: the CPU under gloo, ``t``'s device where the backend serves several
+        (``"cpu:gloo,cuda:nccl"``), the current CUDA device under NCCL alone."""
         import torch.distributed as dist
 
-        return torch.device("cpu") if dist.get_backend(self.group) == "gloo" else t.device
+        backend = str(dist.get_backend(self.group))
+        if backend == "gloo":
+            return torch.device("cpu")
+        if "gloo" in backend and t is not None:
+            return t.device
+        if "gloo" in backend:
+            return torch.device("cpu")
+        return torch.device("cuda", torch.cuda.current_device())
 
     def describe(self) -> dict[str, Any]:
         how = (
@@ -182,10 +191,10 @@ def agree_description(d: Distributed, mine: dict[str, Any]) -> dict[str, Any]:
     return first
 
 
-def all_sum(d: Distributed, values: list[int], device: torch.device) -> list[int]:
+def all_sum(d: Distributed, values: list[int]) -> list[int]:
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.int64, device=device)
+    t = torch.tensor(values, dtype=torch.int64, device=d.comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=d.group)
     return [int(v) for v in t.tolist()]
 
@@ -200,11 +209,11 @@ def gather_rows(d: Distributed, t: torch.Tensor) -> torch.Tensor:
     return _all_gather_rows(t.to(device), d.world, d.group, dist).to(t.device)
 
 
-def stream_order(d: Distributed, own: list[int], device: torch.device) -> torch.Tensor:
-    """The permutation that puts rows gathered rank by rank back in stream order, given each own row's global
-    index."""
-    gathered = gather_rows(d, torch.tensor(own, dtype=torch.int64, device=device))
-    return torch.argsort(gathered)
+def stream_order(d: Distributed, own: list[int]) -> torch.Tensor:
+    """The permutation (on the CPU) that puts rows gathered rank by rank back in stream order, given each own
+    row's global index."""
+    gathered = gather_rows(d, torch.tensor(own, dtype=torch.int64, device=d.comm_device()))
+    return torch.argsort(gathered.cpu())
 
 
 def check_supported(d: Distributed, writing: bool) -> None:

@@ -308,13 +308,9 @@ class SimilarityResult:
         if not path.exists():
             raise FileNotFoundError(f"no result file at {str(given)!r} (nor {str(path)!r})")
         what = f"{str(path)!r} is not a SimilarityResult file written by SimilarityResult.save"
-        try:
-            f = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise InvalidParameterError(f"{what}: it is not a readable .npz archive ({exc})") from exc
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise InvalidParameterError(f"{what}: it holds a single array (a .npy file), not a result archive")
-        with f:
+        from ._store import load_npz
+
+        with load_npz(path, InvalidParameterError, what) as f:
             missing = sorted({"matrix", "names_a", "names_b", "metadata"} - set(f.files))
             if missing:
                 raise InvalidParameterError(f"{what}: the archive lacks {missing}")

@@ -618,16 +618,24 @@ def _open_npy(p: Path) -> ActivationStore:
 def _checked_dtype(dtype: np.dtype[Any], name: str, where: str) -> np.dtype[Any]:
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
         raise StoreError(f"{where}: layer {name!r} has dtype {dtype}; activations must be float16, float32 or float64")
-    return dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") and not dtype.isnative else dtype
+    if not dtype.isnative:
+        raise StoreError(f"{where}: layer {name!r} is big-endian ({dtype}); save it little-endian: a.astype('<f4')")
+    return dtype
+
+
+def load_npz(path: Path, error: type[Exception], what: str) -> Any:
+    """An .npz archive opened without unpickling; ``error(what: reason)`` when it is not one."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise error(f"{what}: it is not a readable .npz archive ({exc})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise error(f"{what}: it holds a single array (a .npy file), not an archive")
+    return archive
 
 
 def _open_npz(p: Path) -> ActivationStore:
-    try:
-        archive = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise StoreError(f"{p} is not a readable .npz archive ({exc})") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise StoreError(f"{p} holds a single array; name it .npy")
+    archive = load_npz(p, StoreError, str(p))
     loaded: dict[str, np.ndarray[Any, Any]] = {}
     ids = None
     with archive:
