@@ -19,7 +19,7 @@ TIMEOUT = 240
 
 
 def torchrun(case: str, ranks: int, out: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "REPRSIM_TEST_STORES": str(out)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                str(ROOT / "tests" / "torchrun_compare.py"), case, str(out)]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
@@ -80,6 +80,12 @@ def test_a_distributed_sampler_shard(tmp_path: Path) -> None:
     check_equal("sampler", 2, tmp_path)
     got = reprsim.SimilarityResult.load(tmp_path / "rank0-procrustes.npz")
     assert got.metadata["distributed"]["shard"] == "data"
+
+
+def test_compare_stores_under_torchrun_reads_a_share_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script.write_stores(tmp_path)
+    monkeypatch.setenv("REPRSIM_TEST_STORES", str(tmp_path))
+    check_equal("stores", 3, tmp_path)
 
 
 @pytest.mark.parametrize(

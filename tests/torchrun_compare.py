@@ -56,6 +56,11 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
             sampler = DistributedSampler(dataset, shuffle=False)
         loader = DataLoader(dataset, batch_size=32, sampler=sampler)
         return compare(a, b, loader, measures=["cka", "procrustes", "mutual_knn"], **options)
+    if case == "stores":  # two stores written by write_stores(); each rank reads every other chunk
+        folder = Path(os.environ["REPRSIM_TEST_STORES"])
+        return reprsim.compare_stores(folder / "a", folder / "b", measures=["cka", "procrustes", "cka_minibatch",
+                                      "mutual_knn"], chunk_rows=45, ci=0.9, blocks=4, progress=False,
+                                      distributed=distributed)  # fmt: skip
     if case == "mismatch":  # rank 1 selects other layers
         options["layers"] = ["1", "3"] if rank == 1 else ["1", "3", "4"]
         return compare(a, b, batches(SIZES["moments"]), measures=["cka"], **options)
@@ -66,6 +71,14 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         data[1][3, 2] = float("nan")
         return compare(a, b, data, measures=["cka"], **options)
     raise SystemExit(f"unknown case {case!r}")
+
+
+def write_stores(folder: Path) -> None:
+    """The stores of case "stores": a model's pooled layers and another's, 310 samples, string IDs."""
+    a, b = net(0), net(1)
+    data = [(x, [f"s{i}-{j}" for j in range(x.shape[0])]) for i, x in enumerate(batches(SIZES["samples"] * 2))]
+    reprsim.compare(a, b, data, layers=["1", "3", "4"], measure="cka", progress=False, distributed=False,
+                    stores=(folder / "a", folder / "b"), sample_ids=lambda batch: batch[1])  # fmt: skip
 
 
 def compare(a: nn.Module, b: nn.Module, data: Any, *, measures: list[Any], **options: Any) -> Any:

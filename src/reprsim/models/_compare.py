@@ -955,7 +955,7 @@ class _Comparison:
         features = {
             canonical[slot]: [self.store.meta[slot][1], str(self.store.meta[slot][2]).removeprefix("torch.")]
             for slot in canonical
-            if slot in self.store.meta
+            if slot in getattr(self.store, "meta", {})  # stores' features are read from disk, not gathered
         }
         u = self.uncertainty
         options = repr((sorted((k, m.id, repr(m.describe())) for k, m in self.measures.items()), self.pairs,
@@ -979,7 +979,7 @@ class _Comparison:
             acc.all_reduce(d.group)
             if acc.records:
                 acc._reorder_rows(stream_order(d, d.batch_index))
-        if self.keep_features:
+        if self.keep_features and not self.sources:  # a store's rows are on disk for every rank to read
             if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
                 own = [s + r for s, rows in d.starts for r in range(rows)]
             else:

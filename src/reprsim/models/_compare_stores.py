@@ -11,6 +11,7 @@ import torch
 
 from ..errors import InvalidParameterError
 from ._compare import MeasureSpec, _Comparison, _measures, _Uncertainty
+from ._distributed import setup
 from ._store import ActivationStore, alignment, as_store, chunks
 
 __all__ = ["compare_stores"]
@@ -56,24 +57,42 @@ class _StoredFeatures:
         self.held.clear()
 
 
+class _Skipped:
+    """Another rank's chunk under torchrun: only its row count (``shape[0]``), nothing read."""
+
+    def __init__(self, rows: int) -> None:
+        self.shape = (rows,)
+
+
 class _Chunks:
-    """The stores' chunks as a sized iterable (the progress bar's total), each chunk keyed by run."""
+    """The stores' chunks as a sized iterable (the progress bar's total), each chunk keyed by run; under
+    torchrun, only this rank's chunks are read (every world_size-th), the others stand in as :class:`_Skipped`."""
 
     def __init__(
         self,
         sides: Sequence[tuple[tuple[int, int], ActivationStore, list[str], np.ndarray[Any, Any] | None]],
         rows: int,
         device: torch.device,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        self.sides, self.rows, self.device = sides, rows, device
+        self.sides, self.rows, self.device, self.rank, self.world = sides, rows, device, rank, world
 
     def __len__(self) -> int:
         n = self.sides[0][1].samples
         return -(-n // self.rows)
 
-    def __iter__(self) -> Iterator[dict[tuple[int, int], dict[str, torch.Tensor]]]:
+    def __iter__(self) -> Iterator[dict[tuple[int, int], dict[str, torch.Tensor]] | _Skipped]:
         keys = [key for key, *_ in self.sides]
-        for chunk in chunks([(s, layers, order) for _, s, layers, order in self.sides], self.rows):
+        n = self.sides[0][1].samples
+        every = list(range(0, n, self.rows))
+        mine = [s for i, s in enumerate(every) if i % self.world == self.rank]
+        read = chunks([(s, layers, order) for _, s, layers, order in self.sides], self.rows, mine)
+        for i, start in enumerate(every):
+            if i % self.world != self.rank:
+                yield _Skipped(min(self.rows, n - start))
+                continue
+            chunk = next(read)
             yield {key: {k: t.to(self.device) for k, t in side.items()} for key, side in zip(keys, chunk)}
 
 
@@ -95,6 +114,7 @@ def compare_stores(
     permutations: int | None = None,
     alpha: float = 0.05,
     seed: int = 0,
+    distributed: bool | None = None,
 ) -> Any:
     """Compare stored activations layer by layer, reading each file once in chunks (memory flat in n).
 
@@ -123,6 +143,11 @@ def compare_stores(
         Where the statistics are computed (default CPU).
     progress, ci, blocks, permutations, alpha, seed
         As in :func:`compare`.
+    distributed : bool, optional
+        Under torchrun (detected when None), each rank reads every world_size-th chunk and the ranks'
+        statistics are all-reduced, so every rank returns the one-process result having read 1/N of the files
+        (sample-space measures read the layers they need from the files on every rank). ``False``: each rank
+        compares everything alone.
 
     Returns
     -------
@@ -160,6 +185,7 @@ def compare_stores(
             raise InvalidParameterError(f"the two sides need different model_names; got {model_names}")
     target = torch.device(device) if device is not None else torch.device("cpu")
     specs = {na: layers_a, nb: layers_b if layers_b is not None else layers_a}
+    dist = setup(distributed, "batches", ())
     comparison = _Comparison(
         {na: sa, nb: sb},
         specs,
@@ -174,6 +200,7 @@ def compare_stores(
         stop_early=False,
         feature_memory=None,
         uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
+        dist=dist,
     )
     # one entry per distinct store, reading the union of the layers its sides select
     sides: dict[tuple[int, int], tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
@@ -193,7 +220,8 @@ def compare_stores(
     comparison.config["stores"] = {na: str(sa.path), nb: str(sb.path)}
     if order is not None:
         comparison.config["aligned"] = "the second store's rows were reordered by sample ID"
-    data = _Chunks([(k, s, layers, o) for k, (s, layers, o) in sides.items()], chunk_rows, target)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    data = _Chunks([(k, s, layers, o) for k, (s, layers, o) in sides.items()], chunk_rows, target, rank, world)
     results = comparison.run(data, eval_models=False, progress=progress)
     shaped = results[(na, nb)]
     return next(iter(shaped.values())) if measures is None else shaped

@@ -25,7 +25,7 @@ import re
 import shutil
 import struct
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
@@ -755,11 +755,14 @@ def alignment(a: ActivationStore, b: ActivationStore, align: bool) -> np.ndarray
 
 
 def chunks(
-    sides: Sequence[tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]], rows: int
+    sides: Sequence[tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]],
+    rows: int,
+    starts: Sequence[int] | None = None,
 ) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Chunks of ``rows`` samples: per side, its selected layers as CPU tensors (reordered where ``order`` is
-    given). The next chunk is read in a background thread while the caller works on this one."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Chunks of ``rows`` samples starting at ``starts`` (default: every chunk, in order): per side, its selected
+    layers as CPU tensors (reordered where ``order`` is given). The next chunk is read in a background thread
+    while the caller works on this one."""
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     n = sides[0][0].samples
 
@@ -777,12 +780,12 @@ def chunks(
                 out.append({k: torch.from_numpy(store.rows(k, index[sort])[back]) for k in layers})
         return out
 
-    starts: Iterable[int] = range(0, n, rows)
+    todo = list(range(0, n, rows) if starts is None else starts)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprsim-read") as pool:
-        pending = None
-        for start in starts:
-            if pending is None:
-                pending = pool.submit(load, start)
+        pending: Future[list[dict[str, torch.Tensor]]] | None = pool.submit(load, todo[0]) if todo else None
+        for i in range(len(todo)):
+            if pending is None:  # pragma: no cover - submitted for every index below len(todo)
+                break
             current = pending.result()
-            pending = pool.submit(load, start + rows) if start + rows < n else None
+            pending = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             yield current
