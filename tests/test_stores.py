@@ -338,8 +338,8 @@ def test_compare_stores_reads_in_bounded_memory(tmp_path: Path) -> None:
 
     original = _compare_stores.chunks
 
-    def spy(sides, rows):  # type: ignore[no-untyped-def]
-        for c in original(sides, rows):
+    def spy(sides, rows, starts=None):  # type: ignore[no-untyped-def]
+        for c in original(sides, rows, starts):
             seen.append(c[0]["x"].shape[0])
             yield c
 
