@@ -20,12 +20,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import reprsim
-from reprsim.measures import ShapeMetric
+from reprsim.measures import RSA, ShapeMetric, available_measures, get_measure
 
 #: Batch sizes of the stream: uneven, so the ranks' shards differ in size.
 SIZES = {"moments": [40, 33, 47, 25, 38, 41, 29], "samples": [30, 41, 26, 37, 33], "two": [50, 44]}
-MOMENTS: list[Any] = ["cka", "cka_unbiased", "procrustes", ShapeMetric(alpha=0.5), "cca", "svcca", "pwcca",
-                      "predictivity", "cka_minibatch"]  # fmt: skip
+#: every moment measure of the registry, a configured shape metric, RSA on squared-Euclidean RDMs (which streams
+#: from moments) and minibatch CKA
+MOMENTS: list[Any] = [
+    *(n for n in available_measures() if get_measure(n).stream == "moments"),
+    ShapeMetric(alpha=0.5),
+    RSA(rdm="sqeuclidean", compare="pearson"),
+    "cka_minibatch",
+]
 SAMPLES = ["mutual_knn", "rsa", "distance_correlation", "cka_rbf", "cka"]
 
 
