@@ -236,6 +236,7 @@ class StoreWriter:
         ids = np.concatenate(self._ids)
         if np.unique(ids).shape[0] != ids.shape[0]:
             values, counts = np.unique(ids, return_counts=True)
+            self.abort()
             raise StoreError(
                 f"sample IDs must be unique; {int((counts > 1).sum())} occur more than once (e.g. "
                 f"{values[counts > 1][:3].tolist()}); the store is left incomplete"
