@@ -105,13 +105,18 @@ def _check_alpha(alpha: Any) -> None:
         raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}")
 
 
-def _permutation_list(permutations: Any, n: int, seed: int, device: torch.device) -> list[torch.Tensor]:
-    """K permutations: drawn from a seeded generator for an integer K, or the rows of a given (K, n) array."""
+def _permutation_list(
+    permutations: Any, n: int, seed: int, device: torch.device, keep: range | None = None
+) -> list[torch.Tensor]:
+    """K permutations: drawn from a seeded generator for an integer K, or the rows of a given (K, n) array;
+    ``keep`` selects some of them by index (the same draws, so that processes can share the work)."""
     if isinstance(permutations, int) and not isinstance(permutations, bool):
         if permutations < 1:
             raise InvalidParameterError(f"permutations must be a positive integer; got {permutations!r}")
         generator = torch.Generator().manual_seed(int(seed))
-        return [torch.randperm(n, generator=generator).to(device) for _ in range(permutations)]
+        wanted = set(range(permutations) if keep is None else keep)
+        drawn = (torch.randperm(n, generator=generator) for _ in range(permutations))  # every draw, in order
+        return [d.to(device) for k, d in enumerate(drawn) if k in wanted]
     try:
         given = torch.as_tensor(permutations)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -126,7 +131,8 @@ def _permutation_list(permutations: Any, n: int, seed: int, device: torch.device
     given = given.long()
     if not bool((torch.sort(given, dim=1).values == torch.arange(n)).all()):
         raise InvalidParameterError("every row of permutations must be a permutation of 0 … n − 1")
-    return [row.to(device) for row in given]
+    rows = range(given.shape[0]) if keep is None else keep
+    return [given[k].to(device) for k in rows if k < given.shape[0]]
 
 
 def summary(
@@ -305,6 +311,16 @@ def permutation_test(
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
     m = on_arrays(get_measure(measure), "permutation tests take a measure of whole arrays (e.g. 'cka')")
     layered = isinstance(x, (list, tuple)) or isinstance(y, (list, tuple))
+    observed, null = null_values(x, y, m, permutations, seed)
+    return assemble(observed, null, m, float(alpha), aggregate, layered)
+
+
+@full_precision_matmul
+def null_values(
+    x: Any, y: Any, m: Measure, permutations: Any, seed: int, keep: range | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observed (layers of x, layers of y) matrix and the null values (layers of x, layers of y, K) under the
+    permutations that ``keep`` selects (all by default) among those :func:`permutation_test` would draw."""
     xs, ys = _layers(x, "x"), _layers(y, "y")
     checked = _checked_layers(xs, ys, m.min_samples)
     moments = m.stream == "moments" and m.folds == 1
@@ -312,14 +328,22 @@ def permutation_test(
     sx, sy = sides[: len(xs)], sides[len(xs) :]
     pairs = [[_Pair(m, a, b, moments) for b in sy] for a in sx]
     n = xs[0].shape[0]
-    perms = _permutation_list(permutations, n, seed, checked[0].device)
+    perms = _permutation_list(permutations, n, seed, checked[0].device, keep)
     observed = torch.tensor([[p.value(None) for p in row] for row in pairs], dtype=torch.float64)
     null = torch.tensor([[p.values(perms) for p in row] for row in pairs], dtype=torch.float64)  # (a, b, K)
+    return observed, null.reshape(len(xs), len(ys), len(perms))
+
+
+def assemble(
+    observed: torch.Tensor, null: torch.Tensor, m: Measure, alpha: float, aggregate: Aggregate, layered: bool
+) -> PermutationTest:
+    """The test from the observed matrix and every cell's null values (see :func:`null_values`)."""
     description = m.describe()
+    xs, ys = range(observed.shape[0]), range(observed.shape[1])
     if not layered:
         obs, values = float(observed[0, 0]), null[0, 0]
-        p_value, tau, calibrated, tail = summary(obs, values, float(alpha), m)
-        return PermutationTest(obs, p_value, tau, calibrated, values, float(alpha), tail, description)
+        p_value, tau, calibrated, tail = summary(obs, values, alpha, m)
+        return PermutationTest(obs, p_value, tau, calibrated, values, alpha, tail, description)
     similarity = m.direction == "similarity"
     if aggregate == "mean":
         obs, values = float(observed.mean()), null.mean(dim=(0, 1))
@@ -327,13 +351,12 @@ def permutation_test(
         obs, values = float(observed.max()), null.amax(dim=(0, 1))
     else:  # for a distance the best cell is the smallest
         obs, values = float(observed.min()), null.amin(dim=(0, 1))
-    p_value, tau, calibrated, tail = summary(obs, values, float(alpha), m)
+    p_value, tau, calibrated, tail = summary(obs, values, alpha, m)
     per_cell = torch.tensor(
-        [[summary(float(observed[i, j]), null[i, j], float(alpha), m)[:3] for j in range(len(ys))]
-         for i in range(len(xs))],
+        [[summary(float(observed[i, j]), null[i, j], alpha, m)[:3] for j in ys] for i in xs],
         dtype=torch.float64,
     )  # fmt: skip  # (a, b, 3): p-value, τ, calibrated score of each cell against its own null
     return PermutationTest(
-        obs, p_value, tau, calibrated, values, float(alpha), tail, description, aggregate, observed,
+        obs, p_value, tau, calibrated, values, alpha, tail, description, aggregate, observed,
         per_cell[..., 0], per_cell[..., 2], null,
     )  # fmt: skip

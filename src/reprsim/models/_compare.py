@@ -36,7 +36,7 @@ from ..errors import (
     ReprsimError,
     ShapeMismatchError,
 )
-from ..inference._permutation import permutation_test, summary
+from ..inference._permutation import assemble, null_values, summary
 from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_matrix
 from ..measures._base import Measure, get_measure
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
@@ -320,8 +320,9 @@ def compare(
         None), each rank runs its share of the batches and the ranks' statistics are all-reduced before the
         measures are computed, so every rank returns the result of one process on all the data. Sample-space
         measures and permutation tests gather every rank's pooled features to every rank (n × width per layer
-        on each). ``False`` keeps each rank on its own. When torchrun launched the script and no group exists,
-        compare initialises one (gloo; NCCL for CUDA tensors). See the scaling guide in the docs.
+        on each); the permutations of a test are shared out among the ranks. ``False`` keeps each rank on its
+        own. When torchrun launched the script and no group exists, compare initialises one (gloo; NCCL for
+        CUDA tensors). See the scaling guide in the docs.
     shard : {"auto", "batches", "data"}, default "auto"
         How the ranks split ``data``: ``"batches"``, every rank iterates the same ``data`` and runs the forward
         pass of every world_size-th batch (exact equality with one process, including folds and resampling
@@ -1167,7 +1168,15 @@ class _Comparison:
         a, b = pair
         xs = [self._features((self.run_of[a], k)) for k in self.keys[a]]
         ys = [self._features((self.run_of[b], k)).to(xs[0].device) for k in self.keys[b]]
-        test = permutation_test(xs, ys, measure, permutations=permutations, alpha=u.alpha, seed=u.seed)
+        d = self.dist
+        if d is None or d.world == 1:
+            observed, null = null_values(xs, ys, measure, permutations, u.seed)
+        else:  # each rank evaluates every world_size-th permutation of the same draws; the nulls are gathered
+            own = range(d.rank, permutations, d.world)
+            observed, mine = null_values(xs, ys, measure, permutations, u.seed, keep=own)
+            gathered = gather_rows(d, mine.permute(2, 0, 1).contiguous())  # (K, a, b), rank by rank
+            null = gathered[stream_order(d, list(own))].permute(1, 2, 0).contiguous()  # one process's layout
+        test = assemble(observed, null, measure, u.alpha, "best", layered=True)
         if test.cell_p_values is None or test.cell_calibrated is None or test.cell_null is None or test.matrix is None:
             raise IncompatibleStateError("a layers × layers test returns its cells")  # pragma: no cover
         mean_p, mean_tau, mean_cal, _ = summary(
