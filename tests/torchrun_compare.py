@@ -72,6 +72,8 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         return compare(a, b, batches(SIZES["moments"]), measures=["cka"], **options)
     if case == "options":  # rank 1 asks for another measure
         return compare(a, b, batches(SIZES["moments"]), measures=["cka" if rank != 1 else "procrustes"], **options)
+    if case == "shuffled":  # each rank draws its own batches: a shuffled loader without a shared seed
+        return compare(a, b, batches(SIZES["moments"], seed=rank), measures=["cka"], **options)
     if case == "failure":  # rank 1 meets a batch with NaN
         data = batches(SIZES["moments"])
         data[1][3, 2] = float("nan")

@@ -48,6 +48,7 @@ from ._distributed import (
     agree_finished,
     all_sum,
     check_supported,
+    fingerprint,
     gather_rows,
     rows_of,
     setup,
@@ -763,6 +764,8 @@ class _Comparison:
                 for i, batch in enumerate(data):
                     if d is not None and d.shard == "batches":
                         rows = rows_of(batch)
+                        if not self.sources:  # a store's chunks are the files' own
+                            d.fingerprints.append(fingerprint(batch))
                         if i % d.world != d.rank:  # another rank's batch
                             index = None if index is None or rows is None else index + rows
                             if bar is not None:
@@ -963,6 +966,7 @@ class _Comparison:
                         self.layer_names, (u.ci, u.blocks, u.permutations, u.alpha, u.seed), d.shard,
                         self.keep_features, self.config))  # fmt: skip
         mine = {"options": options, "keys": self.keys, "batches": self.batches, "features": features,
+                "fingerprints": d.checked_prints(),
                 "widths": {f"{m}:{l}": w for (m, l), w in self.pooled_widths.items()}}  # fmt: skip
         first = agree_description(d, mine)
         local_rows = self.samples

@@ -37,6 +37,15 @@ class Distributed:
     batch_index: list[int] = field(default_factory=list)
     #: seconds from the end of this rank's loop to the end of the reduction (waiting for slower ranks included)
     reduce_seconds: float = 0.0
+    #: (rows, checksum) of every batch of the stream (shard="batches"), to check that every rank saw the same;
+    #: the checksums stay on their device until the end (no synchronisation per batch)
+    fingerprints: list[tuple[int, Any]] = field(default_factory=list)
+
+    def checked_prints(self) -> list[tuple[int, float]]:
+        if not self.fingerprints:
+            return []
+        sums = torch.stack([torch.as_tensor(f, dtype=torch.float64).cpu() for _, f in self.fingerprints]).tolist()
+        return [(rows, total) for (rows, _), total in zip(self.fingerprints, sums)]
 
     def comm_device(self, t: torch.Tensor | None = None) -> torch.device:
         """Where a collective on ``t`` runs: the CPU under gloo, ``t``'s device where the backend serves several
@@ -145,6 +154,28 @@ def rows_of(batch: Any) -> int | None:
     return int(shape[0]) if shape else None
 
 
+def fingerprint(batch: Any) -> tuple[int, Any]:
+    """(rows, float64 sum of the first tensor, as a tensor) of a batch: equal on every rank that iterates the
+    same data."""
+    t = _first_tensor(batch)
+    if t is None or t.is_complex():
+        return (-1, 0.0)
+    return (int(t.shape[0]) if t.ndim else 1, t.detach().sum(dtype=torch.float64))
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return _first_tensor(batch[0])
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            got = _first_tensor(v)
+            if got is not None:
+                return got
+    return None
+
+
 def agree_finished(d: Distributed, error: BaseException | None) -> None:
     """Every rank learns whether every other finished its loop; a failure on any rank is raised on all."""
     import torch.distributed as dist
@@ -169,6 +200,17 @@ def agree_description(d: Distributed, mine: dict[str, Any]) -> dict[str, Any]:
 
     every: list[Any] = [None] * d.world
     dist.all_gather_object(every, mine, group=d.group)
+    prints = {r: e["fingerprints"] for r, e in enumerate(every)}
+    if any(p != prints[0] for p in prints.values()):
+        r = next(r for r, p in prints.items() if p != prints[0])
+        a, b = prints[0], prints[r]
+        where = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
+        raise InvalidParameterError(
+            f"ranks 0 and {r} iterated different data (batch {where} differs, or their numbers of batches: "
+            f"{len(a)} and {len(b)}); with shard='batches' every rank must iterate the same batches in the same "
+            "order. A shuffled DataLoader needs a shared seed (DataLoader(..., generator=torch.Generator()"
+            ".manual_seed(0))); or give each rank its own shard (a DistributedSampler, or shard='data')"
+        )
     options = {r: e["options"] for r, e in enumerate(every)}
     if any(o != options[0] for o in options.values()):
         bad = [r for r, o in options.items() if o != options[0]]
