@@ -88,6 +88,15 @@ def test_compare_stores_under_torchrun_reads_a_share_each(tmp_path: Path, monkey
     check_equal("stores", 3, tmp_path)
 
 
+def test_a_plain_dataloader_is_split_by_batches_and_each_rank_loads_its_share(tmp_path: Path) -> None:
+    # shuffled without a seed: every rank would draw its own order; rank 0's is used, so the result is one
+    # process's on the same samples (moment and neighbour measures do not depend on the order)
+    check_equal("loader", 2, tmp_path)
+    loaded = [int((tmp_path / f"rank{r}.loaded").read_text()) for r in range(2)]
+    assert sum(loaded) == 222  # every sample loaded once, by one rank
+    assert min(loaded) > 0
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -67,6 +67,13 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         return reprsim.compare_stores(folder / "a", folder / "b", measures=["cka", "procrustes", "cka_minibatch",
                                       "mutual_knn"], chunk_rows=45, ci=0.9, blocks=4, progress=False,
                                       distributed=distributed)  # fmt: skip
+    if case == "loader":  # a shuffled DataLoader without a seed: rank 0's order is used, each rank loads its share
+        dataset = _Counting(torch.cat(batches([48, 48, 48, 48, 30])))
+        loader = DataLoader(dataset, batch_size=32, shuffle=distributed is not False)
+        out = compare(a, b, loader, measures=["cka", "procrustes", "mutual_knn"], **options)
+        if distributed is not False:
+            (Path(os.environ["REPRSIM_TEST_STORES"]) / f"rank{rank}.loaded").write_text(str(dataset.loaded))
+        return out
     if case == "mismatch":  # rank 1 selects other layers
         options["layers"] = ["1", "3"] if rank == 1 else ["1", "3", "4"]
         return compare(a, b, batches(SIZES["moments"]), measures=["cka"], **options)
@@ -79,6 +86,18 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         data[1][3, 2] = float("nan")
         return compare(a, b, data, measures=["cka"], **options)
     raise SystemExit(f"unknown case {case!r}")
+
+
+class _Counting(TensorDataset):
+    """A dataset that counts the samples it loads."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__(x)
+        self.loaded = 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.loaded += 1
+        return super().__getitem__(index)
 
 
 def write_stores(folder: Path) -> None:

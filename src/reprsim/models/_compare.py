@@ -52,6 +52,7 @@ from ._distributed import (
     gather_rows,
     rows_of,
     setup,
+    shard_loader,
     stream_order,
 )
 from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch, resolve_layers
@@ -325,9 +326,10 @@ def compare(
         own. When torchrun launched the script and no group exists, compare initialises one (gloo; NCCL for
         CUDA tensors). See the scaling guide in the docs.
     shard : {"auto", "batches", "data"}, default "auto"
-        How the ranks split ``data``: ``"batches"``, every rank iterates the same ``data`` and runs the forward
-        pass of every world_size-th batch (exact equality with one process, including folds and resampling
-        order); ``"data"``, ``data`` is already this rank's shard (a DataLoader with a ``DistributedSampler``,
+        How the ranks split ``data``: ``"batches"``, each rank runs the forward pass of every world_size-th
+        batch (a ``DataLoader`` is split by index, so each rank loads only its own batches, in rank 0's order;
+        any other iterable must yield the same batches on every rank, which is checked; exact equality with
+        one process, including folds and resampling order); ``"data"``, ``data`` is already this rank's shard (a DataLoader with a ``DistributedSampler``,
         which ``"auto"`` detects; note that the sampler repeats samples to even out the shards unless the
         dataset divides evenly).
 
@@ -761,10 +763,11 @@ class _Comparison:
             # claimed before eval mode: a call that finds a model busy in another thread changes no flag
             with exclusive(self.models.values()), manager, torch.no_grad():
                 index: int | None = 0  # the global index of the batch's first sample, while it is known
-                for i, batch in enumerate(data):
+                stream = shard_loader(d, data) if d is not None else data
+                for i, batch in enumerate(stream):
                     if d is not None and d.shard == "batches":
                         rows = rows_of(batch)
-                        if not self.sources:  # a store's chunks are the files' own
+                        if not self.sources and not d.loader_sharded:  # stores and split loaders: same by design
                             d.fingerprints.append(fingerprint(batch))
                         if i % d.world != d.rank:  # another rank's batch
                             index = None if index is None or rows is None else index + rows

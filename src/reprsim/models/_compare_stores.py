@@ -11,7 +11,7 @@ import torch
 
 from ..errors import InvalidParameterError
 from ._compare import MeasureSpec, _Comparison, _measures, _Uncertainty
-from ._distributed import setup
+from ._distributed import SkippedBatch, setup
 from ._store import ActivationStore, alignment, as_store, chunks
 
 __all__ = ["compare_stores"]
@@ -57,16 +57,9 @@ class _StoredFeatures:
         self.held.clear()
 
 
-class _Skipped:
-    """Another rank's chunk under torchrun: only its row count (``shape[0]``), nothing read."""
-
-    def __init__(self, rows: int) -> None:
-        self.shape = (rows,)
-
-
 class _Chunks:
     """The stores' chunks as a sized iterable (the progress bar's total), each chunk keyed by run; under
-    torchrun, only this rank's chunks are read (every world_size-th), the others stand in as :class:`_Skipped`."""
+    torchrun, only this rank's chunks are read (every world_size-th), the others stand in as :class:`SkippedBatch`."""
 
     def __init__(
         self,
@@ -82,7 +75,7 @@ class _Chunks:
         n = self.sides[0][1].samples
         return -(-n // self.rows)
 
-    def __iter__(self) -> Iterator[dict[tuple[int, int], dict[str, torch.Tensor]] | _Skipped]:
+    def __iter__(self) -> Iterator[dict[tuple[int, int], dict[str, torch.Tensor]] | SkippedBatch]:
         keys = [key for key, *_ in self.sides]
         n = self.sides[0][1].samples
         every = list(range(0, n, self.rows))
@@ -90,7 +83,7 @@ class _Chunks:
         read = chunks([(s, layers, order) for _, s, layers, order in self.sides], self.rows, mine)
         for i, start in enumerate(every):
             if i % self.world != self.rank:
-                yield _Skipped(min(self.rows, n - start))
+                yield SkippedBatch(min(self.rows, n - start))
                 continue
             chunk = next(read)
             yield {key: {k: t.to(self.device) for k, t in side.items()} for key, side in zip(keys, chunk)}

@@ -40,6 +40,8 @@ class Distributed:
     #: (rows, checksum) of every batch of the stream (shard="batches"), to check that every rank saw the same;
     #: the checksums stay on their device until the end (no synchronisation per batch)
     fingerprints: list[tuple[int, Any]] = field(default_factory=list)
+    #: a DataLoader's batches were split by index (only this rank's were loaded): no checksums needed
+    loader_sharded: bool = False
 
     def checked_prints(self) -> list[tuple[int, float]]:
         if not self.fingerprints:
@@ -105,6 +107,11 @@ def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distribu
     if world == 1 and distributed is None:
         return None
     mode = shard
+    if mode == "batches" and _distributed_sampler(data) is not None:
+        raise InvalidParameterError(
+            "shard='batches' splits one stream of batches between the ranks, but this DataLoader's "
+            "DistributedSampler already gives each rank its own shard: pass shard='data' (or leave shard='auto')"
+        )
     if mode == "auto":
         mode = "data" if _distributed_sampler(data) is not None else "batches"
     if mode == "data":
@@ -121,6 +128,50 @@ def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distribu
                     stacklevel=4,
                 )
     return Distributed(None, dist.get_rank(), world, mode)
+
+
+class SkippedBatch:
+    """Another rank's batch (or chunk), never loaded: only its row count, as ``shape[0]``."""
+
+    def __init__(self, rows: int) -> None:
+        self.shape = (rows,)
+
+
+def shard_loader(d: Distributed, data: Any) -> Any:
+    """With shard="batches", a DataLoader that batches by index lists loads only this rank's batches: rank 0's
+    batch order (its sampler's draw, shuffled or not) is sent to every rank, and each rank loads every
+    world_size-th batch with the loader's own dataset, collate function and workers; the others' batches stand
+    in as :class:`SkippedBatch`. Any other iterable is returned as is (every rank iterates it)."""
+    from torch.utils.data import DataLoader
+
+    if d.shard != "batches" or not isinstance(data, DataLoader) or data.batch_sampler is None:
+        return data
+    import torch.distributed as dist
+
+    order: list[Any] = [[list(b) for b in data.batch_sampler] if d.rank == 0 else None]
+    dist.broadcast_object_list(order, src=0 if d.group is None else dist.get_global_rank(d.group, 0), group=d.group)
+    every: list[list[int]] = order[0]
+    mine = [b for i, b in enumerate(every) if i % d.world == d.rank]
+    options: dict[str, Any] = {
+        "num_workers": data.num_workers,
+        "collate_fn": data.collate_fn,
+        "pin_memory": data.pin_memory,
+        "timeout": data.timeout,
+        "worker_init_fn": data.worker_init_fn,
+        "multiprocessing_context": data.multiprocessing_context,
+        "persistent_workers": data.persistent_workers,
+    }
+    if data.num_workers > 0:
+        options["prefetch_factor"] = data.prefetch_factor
+    loader = DataLoader(data.dataset, batch_sampler=mine, **options)
+    d.loader_sharded = True
+
+    def batches() -> Any:
+        own = iter(loader)
+        for i, b in enumerate(every):
+            yield next(own) if i % d.world == d.rank else SkippedBatch(len(b))
+
+    return batches()
 
 
 def _destroy() -> None:  # pragma: no cover - runs at interpreter exit
