@@ -329,9 +329,9 @@ def compare(
         How the ranks split ``data``: ``"batches"``, each rank runs the forward pass of every world_size-th
         batch (a ``DataLoader`` is split by index, so each rank loads only its own batches, in rank 0's order;
         any other iterable must yield the same batches on every rank, which is checked; exact equality with
-        one process, including folds and resampling order); ``"data"``, ``data`` is already this rank's shard (a DataLoader with a ``DistributedSampler``,
-        which ``"auto"`` detects; note that the sampler repeats samples to even out the shards unless the
-        dataset divides evenly).
+        one process, including folds and resampling order); ``"data"``, ``data`` is already this rank's shard
+        (a DataLoader with a ``DistributedSampler``, which ``"auto"`` detects; note that the sampler repeats
+        samples to even out the shards unless the dataset divides evenly).
 
     Returns
     -------
