@@ -3,9 +3,9 @@
 Workload: bench_compare.py's two 6-block ViTs (random timm weights, 32×32 inputs, 64 tokens + CLS), 4096
 samples in batches of 128, the 6 × 6 block outputs compared with minibatch CKA (tokens flattened) and, in
 the same pass, exact linear CKA and Procrustes on mean-pooled tokens. Reports each configuration's wall time
-(median over repeats, the two alternating), each rank's forward passes, the seconds from the end of a rank's
-loop to the end of the all-reduce (``metadata["distributed"]["reduce_seconds"]``, which includes waiting for
-the slower rank) as a share of the run, and the largest difference between the two configurations' matrices.
+(median over repeats, the two alternating), each rank's forward passes, the reduction's time once every rank
+has finished (``metadata["distributed"]["reduce_seconds"]``) and the time a rank waited for the other
+(``wait_seconds``) as shares of the run, and the largest difference between the two configurations' matrices.
 
     python benchmarks/bench_torchrun.py [--repeats 3] [--samples 4096]
 """
@@ -47,10 +47,11 @@ def worker(out: Path, samples: int, batch: int) -> None:
     exact = reprsim.compare(a, b, data, layers_a=[f"blocks.{i}" for i in range(6)], measures=["cka", "procrustes"],
                             pool="mean", progress=False)  # fmt: skip
     wall = time.perf_counter() - start
-    dist = flat.metadata.get("distributed", {})
-    reduce_s = dist.get("reduce_seconds", 0.0) + exact["cka"].metadata.get("distributed", {}).get("reduce_seconds", 0)
+    runs = [flat.metadata.get("distributed", {}), exact["cka"].metadata.get("distributed", {})]
+    reduce_s = sum(r.get("reduce_seconds", 0.0) for r in runs)
+    wait_s = sum(r.get("wait_seconds", 0.0) for r in runs)
     rank = int(os.environ.get("RANK", "0"))
-    record = {"wall": wall, "reduce": reduce_s, "forwards": calls[0], "threads": torch.get_num_threads(),
+    record = {"wall": wall, "reduce": reduce_s, "wait": wait_s, "forwards": calls[0],
               "matrices": {"cka_minibatch": flat.to_numpy().tolist(), "cka": exact["cka"].to_numpy().tolist(),
                            "procrustes": exact["procrustes"].to_numpy().tolist()}}  # fmt: skip
     (out / f"rank{rank}.json").write_text(json.dumps(record))
@@ -85,6 +86,7 @@ def main() -> None:
     one = statistics.median(r[0]["wall"] for r in single)  # type: ignore[misc]
     two = statistics.median(max(x["wall"] for x in r) for r in multi)  # type: ignore[type-var]
     share = statistics.median(max(x["reduce"] for x in r) / max(x["wall"] for x in r) for r in multi)  # type: ignore[operator]
+    waited = statistics.median(max(x["wait"] for x in r) / max(x["wall"] for x in r) for r in multi)  # type: ignore[operator]
     diff = 0.0
     for m in ("cka_minibatch", "cka", "procrustes"):
         s = torch.tensor(single[-1][0]["matrices"][m])  # type: ignore[index]
@@ -94,7 +96,8 @@ def main() -> None:
     print(f"1 process × 2 threads: {one:.1f} s ({single[-1][0]['forwards']} forwards of model A, both calls)")
     print(f"2 ranks × 1 thread:    {two:.1f} s (forwards per rank: {[r['forwards'] for r in multi[-1]]})")
     print(f"ratio 1 process / 2 ranks: {one / two:.2f}")
-    print(f"all-reduce and gather, end of loop to result: {100 * share:.2f}% of the 2-rank run")
+    print(f"the reduction (agreeing, all-reduces, gathers), once both ranks finished: {100 * share:.2f}% of the run")
+    print(f"waiting at the end of a loop for the other rank (load imbalance): {100 * waited:.2f}% of the run")
     print(f"largest difference between the two configurations' matrices: {diff:.1e}")
     print(f"per-run walls, 1 process: {[round(r[0]['wall'], 1) for r in single]}")  # type: ignore[arg-type]
     print(f"per-run walls, 2 ranks:   {[round(max(x['wall'] for x in r), 1) for r in multi]}")  # type: ignore[type-var]

@@ -796,9 +796,10 @@ class _Comparison:
                 bar.close()
         if d is not None:
             began = time.perf_counter()
-            agree_finished(d, error)
+            agree_finished(d, error)  # the first collective: it also waits for the slowest rank
+            arrived = time.perf_counter()
             self._reduce(d)
-            d.reduce_seconds = time.perf_counter() - began
+            d.wait_seconds, d.reduce_seconds = arrived - began, time.perf_counter() - arrived
         if self.batches == 0:
             for writer in self.writers.values():
                 writer.abort()

@@ -35,7 +35,9 @@ class Distributed:
     starts: list[tuple[int, int]] = field(default_factory=list)
     #: global index of each own batch in the stream
     batch_index: list[int] = field(default_factory=list)
-    #: seconds from the end of this rank's loop to the end of the reduction (waiting for slower ranks included)
+    #: seconds this rank waited at the end of its loop for the slowest rank to finish its own
+    wait_seconds: float = 0.0
+    #: seconds of the reduction itself, once every rank had finished (agreeing, all-reduces, gathers)
     reduce_seconds: float = 0.0
     #: (rows, checksum) of every batch of the stream (shard="batches"), to check that every rank saw the same;
     #: the checksums stay on their device until the end (no synchronisation per batch)
@@ -70,7 +72,8 @@ class Distributed:
             else "each rank ran its own shard of the data"
         )
         return {"world_size": self.world, "rank": self.rank, "shard": self.shard, "how": how,
-                "batches_run": len(self.batch_index), "reduce_seconds": round(self.reduce_seconds, 4)}  # fmt: skip
+                "batches_run": len(self.batch_index), "wait_seconds": round(self.wait_seconds, 4),
+                "reduce_seconds": round(self.reduce_seconds, 4)}  # fmt: skip
 
 
 def _torchrun_env() -> bool:
