@@ -391,9 +391,8 @@ def test_exact_median_of_the_squared_distances_by_histogram_passes(n: int, monke
         monkeypatch.setattr(_strips, "_BINS", bins)
         monkeypatch.setattr(_strips, "_COLLECT", collect)
         for x in cases:
-            xt = torch.tensor(x)
-            xc = xt - xt.mean(0)
-            got = _strips.triangle_median(xc, (xc * xc).sum(1), rows=3)
+            xc = _strips.column_centred(torch.tensor(x))
+            got = _strips.triangle_median(xc, xc.sq_norms(), rows=3)
             assert float(got) == pytest.approx(np.median(cdist(x, x, "sqeuclidean")), rel=1e-12, abs=1e-12)
 
 
@@ -483,3 +482,75 @@ def test_rsa_pearson_in_strips_from_float32_data_within_1e5(rdm: str) -> None:
     got = rsa(torch.tensor(x32), torch.tensor(y32), rdm=rdm, compare="pearson", block=37)  # type: ignore[arg-type]
     assert got.dtype == torch.float32
     assert abs(float(got) - want) < 1e-5
+
+
+# -- prepared rows rebuilt block by block (large inputs are not copied) ---------------------------------------
+
+
+@pytest.mark.parametrize("rdm", [*RDMS, "sqeuclidean_per_feature"])
+@pytest.mark.parametrize("how", ["pearson", "spearman", "kendall"])
+def test_rsa_without_a_prepared_copy_matches_scipy(rdm: str, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above COPY_BYTES the centred / normalised rows are rebuilt from the input for every product (in column
+    blocks that need not divide n): same values as scipy, and the caller's arrays are not touched."""
+    from scipy.spatial.distance import pdist
+    from scipy.stats import kendalltau, pearsonr, spearmanr
+
+    from reprsim.measures import _strips
+
+    monkeypatch.setattr(_strips, "COPY_BYTES", 0)
+    monkeypatch.setattr(_strips, "COL_BLOCK", 7)
+    x, y = data(61, 6, 4)
+    x = x + 30.0  # a large common offset: centring matters for accuracy
+    metric = RDMS.get(rdm, "sqeuclidean")
+    a, b = pdist(x, metric), pdist(y, metric)
+    if rdm == "sqeuclidean_per_feature":
+        a, b = a / x.shape[1], b / y.shape[1]
+    test = {"pearson": pearsonr, "spearman": spearmanr, "kendall": kendalltau}[how]
+    want = test(a, b)[0]
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    before = (xt.clone(), yt.clone())
+    for block in (None, 5, 61):
+        assert abs(float(rsa(xt, yt, rdm=rdm, compare=how, block=block)) - want) < 1e-10, block
+    assert torch.equal(xt, before[0])
+    assert torch.equal(yt, before[1])
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_rbf_cka_without_a_centred_copy_equals_the_dense_reference(
+    unbiased: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reprsim.measures import _strips
+
+    from . import reference as ref
+
+    monkeypatch.setattr(_strips, "COPY_BYTES", 0)
+    monkeypatch.setattr(_strips, "COL_BLOCK", 9)
+    x, y = data(83, 6, 3, seed=5)
+    x = x + 50.0
+    want = ref.cka(x, y, "rbf", unbiased, None, median_fraction=0.8)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    before = xt.clone()
+    for block in (1, 10, 83):
+        got = cka(xt, yt, kernel="rbf", unbiased=unbiased, median_fraction=0.8, block=block)
+        assert abs(float(got) - want) < 1e-10, block
+    assert torch.equal(xt, before)
+    x32 = torch.tensor(x.astype(np.float32))
+    got32 = cka(x32, torch.tensor(y.astype(np.float32)), kernel="rbf", unbiased=unbiased, block=13)
+    ref32 = ref.cka(x32.double().numpy(), y.astype(np.float32).astype(np.float64), "rbf", unbiased)
+    assert abs(float(got32) - ref32) < 1e-5
+
+
+def test_prepared_rows_never_modify_the_input() -> None:
+    from reprsim.measures._strips import Prepared
+
+    x = torch.randn(20, 5)
+    before = x.clone()
+    for hold in (True, False):
+        z = Prepared(x, torch.float32, col_shift=x.mean(0), row_shift=torch.ones(20), row_norm=torch.full((20,), 2.0),
+                     hold=hold)  # fmt: skip
+        want = ((x - x.mean(0)) - 1.0) / 2.0
+        assert torch.allclose(z.rows(slice(3, 9)), want[3:9])
+        assert torch.allclose(z.rows(torch.tensor([4, 0])), want[[4, 0]])
+        assert torch.allclose(z.products(slice(0, 20), slice(5, 20)), want @ want[5:].T, atol=1e-5)
+        assert torch.allclose(z.sq_norms(), (want * want).sum(1), atol=1e-5)
+    assert torch.equal(x, before)

@@ -33,7 +33,7 @@ from ..errors import ConstantRepresentationError, InvalidParameterError, Reprsim
 from ._base import Cache, Measure, as_result, evaluate, register
 from ._linalg import check_variance
 from ._moments import Moments
-from ._strips import rbf_hsic_terms, strip_rows, triangle_median
+from ._strips import column_centred, rbf_hsic_terms, strip_rows, triangle_median
 
 __all__ = ["CKA", "cka", "cka_from_grams", "cka_matrix", "hsic"]
 
@@ -371,8 +371,8 @@ def rbf_cka_blockwise(
     rows = strip_rows(n, block)
     gammas, prepared = [], []
     for t, name in ((x, "x"), (y, "y")):
-        tc = _centered(t)
-        sq = torch.linalg.vector_norm(tc, dim=1).square()
+        tc = column_centred(t)  # held whole up to COPY_BYTES, else rebuilt block by block from t
+        sq = tc.sq_norms()
         if sigma is None:
             s2 = median_fraction**2 * triangle_median(tc, sq, rows)
             if not bool(s2 > 0):

@@ -20,7 +20,7 @@ from ..errors import ConstantRepresentationError, InsufficientSamplesError, Inva
 from ._base import Cache, Measure, evaluate, register
 from ._cka import inner
 from ._moments import Moments
-from ._strips import STRIP_BYTES, sq_distance_rows, strip_rows, strips, upper_entries
+from ._strips import STRIP_BYTES, Prepared, column_centred, sq_distance_rows, strip_rows, strips, upper_entries
 
 __all__ = [
     "CKNNA",
@@ -717,11 +717,11 @@ RSACompare = Literal["pearson", "spearman", "kendall"]
 RANK_TIE_RTOL = 1e-12
 
 
-def _rdm_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
+def _rdm_rows(z: Prepared, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
     """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z`` (built in place in
     the one product's memory)."""
     if kind in ("correlation", "cosine"):
-        return (z[rows] @ z.T).neg_().add_(1.0)
+        return z.products(rows, slice(0, z.shape[0])).neg_().add_(1.0)
     d2 = sq_distance_rows(z, sq, rows)
     if kind == "euclidean":
         return d2.sqrt_()
@@ -732,26 +732,23 @@ def _rdm_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice, kind: str) -> torc
 
 def _rdm_prepared(
     x: torch.Tensor, kind: str, name: str, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Prepared, torch.Tensor]:
     """The rows from which the RDM's strips are products: row-centred (correlation) and normalised (cosine,
-    correlation), or column-centred (distances), in ``dtype``."""
-    z = x.to(torch.float64) if dtype == torch.float64 else x
+    correlation), or column-centred (distances), in ``dtype``; held whole when small, else rebuilt block by block
+    (see :class:`Prepared`), so a large input is not copied."""
     if kind in ("correlation", "cosine"):
-        if kind == "correlation":
-            z = z - z.mean(dim=1, keepdim=True)
-        norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-        zero = (norms == 0).flatten()
+        shift = x.mean(dim=1, dtype=torch.float64).to(dtype) if kind == "correlation" else None
+        norms = Prepared(x, dtype, row_shift=shift, hold=False).sq_norms().sqrt_()
+        zero = norms == 0
         if bool(zero.any()):
             what = "constant across features" if kind == "correlation" else "all zero"
             raise ConstantRepresentationError(
                 f"{name} has {int(zero.sum())} rows that are {what} (e.g. row {int(zero.nonzero()[0])}); their "
                 f"{kind} distance is undefined. Drop them, or use rdm='euclidean'"
             )
-        # one n × p copy per side: the row-centred copy is normalised in place
-        z = z.div_(norms) if kind == "correlation" else z / norms
-        return z, torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
-    z = _centred_in_place_dtype(z)  # distances are translation invariant; centring keeps the products accurate
-    return z, torch.linalg.vector_norm(z, dim=1).square()  # no n × p temporary
+        return Prepared(x, dtype, row_shift=shift, row_norm=norms), torch.ones(x.shape[0], dtype=dtype, device=x.device)
+    z = column_centred(x, dtype)  # distances are translation invariant; centring keeps the products accurate
+    return z, z.sq_norms()
 
 
 def _average_ranks(v: torch.Tensor) -> torch.Tensor:

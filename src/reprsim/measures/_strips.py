@@ -16,6 +16,7 @@ from ..errors import InvalidParameterError
 
 __all__ = [
     "STRIP_BYTES",
+    "Prepared",
     "rbf_hsic_terms",
     "sq_distance_rows",
     "strip_rows",
@@ -28,6 +29,99 @@ __all__ = [
 STRIP_BYTES = 64 * 2**20
 _BINS = 1 << 16
 _COLLECT = 1 << 24  # values of one histogram bin gathered for an exact sort (128 MiB in float64)
+
+
+#: The largest prepared copy of an input (n × p, centred or normalised) that is held whole; beyond it, prepared
+#: rows are rebuilt from the input block by block, so the measures' memory beyond the inputs stays O(strips).
+COPY_BYTES = 256 * 2**20
+#: Rows of the input rebuilt at a time when the prepared copy is not held (small enough to stay in cache).
+COL_BLOCK = 2048
+
+
+class Prepared:
+    """The rows of z = ((x − col_shift) − row_shift) / row_norm in ``dtype``, without necessarily holding z.
+
+    The strip measures multiply prepared rows: column-centred for distances (translation invariant, and
+    centred rows keep ‖a‖² + ‖b‖² − 2a·b accurate when the features share a large offset), row-centred and
+    normalised for correlation distances. A copy of z costs as much memory as the input; up to
+    :data:`COPY_BYTES` it is held, beyond it every product rebuilds the rows it needs from ``x``, block by
+    block, at the cost of a subtraction (and a division) per element and strip, small beside the product's
+    multiply-adds.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        dtype: torch.dtype,
+        *,
+        col_shift: torch.Tensor | None = None,
+        row_shift: torch.Tensor | None = None,
+        row_norm: torch.Tensor | None = None,
+        hold: bool | None = None,
+    ) -> None:
+        self.x, self.dtype = x, dtype
+        self.col_shift, self.row_shift, self.row_norm = col_shift, row_shift, row_norm
+        n, p = x.shape
+        if hold is None:
+            hold = n * p * torch.empty((), dtype=dtype).element_size() <= COPY_BYTES
+        self.whole = self._build(slice(0, n)) if hold else None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.x.shape[0]), int(self.x.shape[1]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def _build(self, index: slice | torch.Tensor) -> torch.Tensor:
+        picked = self.x[index]
+        z = picked.to(self.dtype)
+        # a slice of x in its own dtype is a view of the caller's data: never modified in place
+        fresh = z is not picked or isinstance(index, torch.Tensor)
+        if self.col_shift is not None:
+            z = z.sub_(self.col_shift) if fresh else z - self.col_shift
+            fresh = True
+        if self.row_shift is not None:
+            shift = self.row_shift[index].unsqueeze(1)
+            z = z.sub_(shift) if fresh else z - shift
+            fresh = True
+        if self.row_norm is not None:
+            norm = self.row_norm[index].unsqueeze(1)
+            z = z.div_(norm) if fresh else z / norm
+        return z
+
+    def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
+        """Prepared rows ``index`` (a slice or an index tensor)."""
+        return self.whole[index] if self.whole is not None else self._build(index)
+
+    def products(self, rows: slice, cols: slice) -> torch.Tensor:
+        """(len(rows), len(cols)): the inner products of prepared rows ``rows`` with prepared rows ``cols``."""
+        a = self.rows(rows)
+        if self.whole is not None:
+            return a @ self.whole[cols].T
+        out = torch.empty(a.shape[0], cols.stop - cols.start, dtype=self.dtype, device=a.device)
+        for start in range(cols.start, cols.stop, COL_BLOCK):
+            stop = min(cols.stop, start + COL_BLOCK)
+            out[:, start - cols.start : stop - cols.start] = a @ self.rows(slice(start, stop)).T
+        return out
+
+    def sq_norms(self) -> torch.Tensor:
+        """‖z_i‖² of every prepared row, block by block."""
+        n = self.shape[0]
+        if self.whole is not None:
+            whole: torch.Tensor = torch.linalg.vector_norm(self.whole, dim=1).square()
+            return whole
+        return torch.cat(
+            [torch.linalg.vector_norm(self._build(slice(s, min(n, s + COL_BLOCK))), dim=1).square()
+             for s in range(0, n, COL_BLOCK)]
+        )  # fmt: skip
+
+
+def column_centred(x: torch.Tensor, dtype: torch.dtype | None = None) -> Prepared:
+    """``x`` column-centred (means accumulated in float64), for distances."""
+    dtype = x.dtype if dtype is None else dtype
+    return Prepared(x, dtype, col_shift=x.mean(dim=0, dtype=torch.float64).to(dtype))
 
 
 def strip_rows(n: int, block: int | None) -> int:
@@ -44,7 +138,7 @@ def strips(n: int, rows: int) -> Iterator[slice]:
         yield slice(start, min(n, start + rows))
 
 
-def upper_sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+def upper_sq_distances(xc: Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     """(len(rows), n − rows.start): squared distances from the samples ``rows`` to the samples ``rows.start:``
     (the caller keeps the strict upper triangle, j > i, with :func:`upper_entries`).
 
@@ -54,17 +148,19 @@ def upper_sq_distances(xc: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch
     """
     cols = slice(rows.start, xc.shape[0])
     total = sq[rows, None] + sq[None, cols]
-    d2 = (total - 2.0 * (xc[rows] @ xc[cols].T)).clamp_(min=0.0)
+    d2 = (total - 2.0 * xc.products(rows, cols)).clamp_(min=0.0)
     i, j = torch.nonzero(d2 <= 64.0 * torch.finfo(xc.dtype).eps * total, as_tuple=True)
     if i.numel():
-        d2[i, j] = ((xc[i + rows.start] - xc[j + rows.start]) ** 2).sum(dim=1)
+        d2[i, j] = ((xc.rows(i + rows.start) - xc.rows(j + rows.start)) ** 2).sum(dim=1)
     return d2
 
 
-def sq_distance_rows(z: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+def sq_distance_rows(z: torch.Tensor | Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     """(len(rows), n): squared distances ‖a‖² + ‖b‖² − 2a·b from the samples ``rows`` of the (centred) ``z`` to
     every sample, built in the one product's memory, clamped at 0, with the diagonal exactly 0."""
-    d2 = (z[rows] @ z.T).mul_(-2.0).add_(sq[None, :]).add_(sq[rows, None]).clamp_(min=0.0)
+    n = z.shape[0]
+    product = z.products(rows, slice(0, n)) if isinstance(z, Prepared) else z[rows] @ z.T
+    d2 = product.mul_(-2.0).add_(sq[None, :]).add_(sq[rows, None]).clamp_(min=0.0)
     local = torch.arange(rows.stop - rows.start, device=z.device)
     d2[local, local + rows.start] = 0.0
     return d2
@@ -134,7 +230,7 @@ def _select(
     return out
 
 
-def triangle_median(xc: torch.Tensor, sq: torch.Tensor, rows: int) -> torch.Tensor:
+def triangle_median(xc: Prepared, sq: torch.Tensor, rows: int) -> torch.Tensor:
     """The median of all n² squared distances (the zero diagonal included, NumPy's mean of the two middle values
     for an even count), exactly, without holding them: the convention of :func:`reprsim.median_sigma`."""
     n = xc.shape[0]
@@ -154,9 +250,9 @@ def triangle_median(xc: torch.Tensor, sq: torch.Tensor, rows: int) -> torch.Tens
 
 
 def rbf_hsic_terms(
-    xc: torch.Tensor,
+    xc: Prepared,
     sqx: torch.Tensor,
-    yc: torch.Tensor,
+    yc: Prepared,
     sqy: torch.Tensor,
     gx: torch.Tensor,
     gy: torch.Tensor,
