@@ -74,22 +74,21 @@ class Prepared:
     def device(self) -> torch.device:
         return self.x.device
 
-    def _build(self, index: slice | torch.Tensor) -> torch.Tensor:
+    def _build(self, index: slice | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Prepared rows ``index``, written into ``out`` when given (a reused buffer: rebuilding a block then
+        costs no allocation), else into a fresh tensor; ``x`` itself is never written."""
         picked = self.x[index]
-        z = picked.to(self.dtype)
-        # a slice of x in its own dtype is a view of the caller's data: never modified in place
-        fresh = z is not picked or isinstance(index, torch.Tensor)
+        if out is None:
+            out = torch.empty(picked.shape, dtype=self.dtype, device=picked.device)
         if self.col_shift is not None:
-            z = z.sub_(self.col_shift) if fresh else z - self.col_shift
-            fresh = True
+            torch.sub(picked, self.col_shift, out=out)
+        else:
+            out.copy_(picked)
         if self.row_shift is not None:
-            shift = self.row_shift[index].unsqueeze(1)
-            z = z.sub_(shift) if fresh else z - shift
-            fresh = True
+            out.sub_(self.row_shift[index].unsqueeze(1))
         if self.row_norm is not None:
-            norm = self.row_norm[index].unsqueeze(1)
-            z = z.div_(norm) if fresh else z / norm
-        return z
+            out.div_(self.row_norm[index].unsqueeze(1))
+        return out
 
     def rows(self, index: slice | torch.Tensor) -> torch.Tensor:
         """Prepared rows ``index`` (a slice or an index tensor)."""
@@ -101,9 +100,11 @@ class Prepared:
         if self.whole is not None:
             return a @ self.whole[cols].T
         out = torch.empty(a.shape[0], cols.stop - cols.start, dtype=self.dtype, device=a.device)
+        buffer = torch.empty(COL_BLOCK, self.shape[1], dtype=self.dtype, device=a.device)
         for start in range(cols.start, cols.stop, COL_BLOCK):
             stop = min(cols.stop, start + COL_BLOCK)
-            out[:, start - cols.start : stop - cols.start] = a @ self.rows(slice(start, stop)).T
+            block = self._build(slice(start, stop), buffer[: stop - start])
+            out[:, start - cols.start : stop - cols.start] = a @ block.T
         return out
 
     def sq_norms(self) -> torch.Tensor:
