@@ -554,3 +554,17 @@ def test_prepared_rows_never_modify_the_input() -> None:
         assert torch.allclose(z.products(slice(0, 20), slice(5, 20)), want @ want[5:].T, atol=1e-5)
         assert torch.allclose(z.sq_norms(), (want * want).sum(1), atol=1e-5)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_distance_correlation_without_a_centred_copy(unbiased: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprsim.measures import _strips
+
+    monkeypatch.setattr(_strips, "COPY_BYTES", 0)
+    monkeypatch.setattr(_strips, "COL_BLOCK", 11)
+    x, y = data(57, 5, 3, seed=3)
+    xt = torch.tensor(x + 40.0)
+    before = xt.clone()
+    got = float(distance_correlation(xt, torch.tensor(y), unbiased=unbiased))
+    assert abs(got - rm.distance_correlation(x + 40.0, y, unbiased)) < 1e-10
+    assert torch.equal(xt, before)

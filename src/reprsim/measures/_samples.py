@@ -507,7 +507,7 @@ class RankSimilarity(MutualKNN):
 # -- distance correlation --------------------------------------------------------------------------------
 
 
-def _distances(x: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+def _distances(x: Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     """Euclidean distances (float64) from the samples ``rows`` to every sample, from squared norms and one
     product in the data's dtype.
 
@@ -517,11 +517,6 @@ def _distances(x: torch.Tensor, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     return sq_distance_rows(x, sq, rows).sqrt_().to(torch.float64)
 
 
-def _centred_in_place_dtype(x: torch.Tensor) -> torch.Tensor:
-    """x minus its column means (taken in float64), in x's dtype."""
-    return (x - x.mean(dim=0, dtype=torch.float64).to(x.dtype)) if x.dtype != torch.float64 else x - x.mean(dim=0)
-
-
 @full_precision_matmul
 def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | None) -> torch.Tensor:
     """(Σ A∘B, Σ A∘A, Σ B∘B) of the double-centred (or U-centred) distance matrices, in float64, in two
@@ -529,9 +524,9 @@ def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | N
     n = x.shape[0]
     # centring first: distances are translation invariant, and centred rows keep the squared-norm formula
     # accurate; the data stay in their dtype (float32 data would double in memory as float64: 600 MiB per
-    # 100,000 × 768 input), the strips' sums are float64
-    x64, y64 = _centred_in_place_dtype(x), _centred_in_place_dtype(y)
-    sx, sy = torch.linalg.vector_norm(x64, dim=1).square(), torch.linalg.vector_norm(y64, dim=1).square()
+    # 100,000 × 768 input), a large input is not copied (see Prepared), the strips' sums are float64
+    x64, y64 = column_centred(x), column_centred(y)
+    sx, sy = x64.sq_norms(), y64.sq_norms()
     rows = strip_rows(n, block)
     ra = torch.zeros(n, dtype=torch.float64, device=x.device)
     rb = torch.zeros_like(ra)
