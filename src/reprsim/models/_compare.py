@@ -963,7 +963,7 @@ class _Comparison:
         features = {
             canonical[slot]: [self.store.meta[slot][1], str(self.store.meta[slot][2]).removeprefix("torch.")]
             for slot in canonical
-            if slot in getattr(self.store, "meta", {})  # stores' features are read from disk, not gathered
+            if slot in self.store.meta
         }
         u = self.uncertainty
         options = repr((sorted((k, m.id, repr(m.describe())) for k, m in self.measures.items()), self.pairs,
@@ -984,10 +984,12 @@ class _Comparison:
             if self.moments is None:
                 self.moments = self._new_moments()
             self.moments.all_reduce(d.group)
+        order: torch.Tensor | None = None  # the batches' stream order, for per-batch records (one collective)
         for acc in self.minibatch.values():
             acc.all_reduce(d.group)
             if acc.records:
-                acc._reorder_rows(stream_order(d, d.batch_index))
+                order = stream_order(d, d.batch_index) if order is None else order
+                acc._reorder_rows(order)
         if self.keep_features and not self.sources:  # a store's rows are on disk for every rank to read
             if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
                 own = [s + r for s, rows in d.starts for r in range(rows)]

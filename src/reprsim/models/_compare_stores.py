@@ -30,25 +30,16 @@ class _StoredFeatures:
                  device: torch.device) -> None:  # fmt: skip
         self.sources, self.device = sources, device
         self.held: dict[Slot, torch.Tensor] = {}
+        self.meta: dict[Slot, Any] = {}  # nothing kept in memory (no rows to gather under torchrun)
 
     def add(self, slot: Slot, name: str, tensor: torch.Tensor, batch: int) -> None:
         return None  # already on disk
 
     def get(self, slot: Slot) -> torch.Tensor:
-        if slot in self.held:
-            return self.held[slot]
-        store, order = self.sources[slot[0]]
-        layer = slot[1]
-        if order is not None:
-            values = store.rows(layer, order)
-        elif store.kind == "npz" or layer in store._stored:
-            values = store.read(layer)
-        else:
-            file, offset, width, dtype = store._arrays[layer]
-            values = np.memmap(file, dtype=dtype, mode="c", offset=offset, shape=(store.samples, width))
-        out = torch.from_numpy(values).to(self.device)
-        self.held = {slot: out}
-        return out
+        if slot not in self.held:
+            store, order = self.sources[slot[0]]
+            self.held = {slot: store.tensor(slot[1], order).to(self.device)}  # one layer held at a time
+        return self.held[slot]
 
     def describe(self) -> str:
         return "read from the stores (memory-mapped; nothing collected while streaming)"

@@ -48,8 +48,9 @@ class Distributed:
     def checked_prints(self) -> list[tuple[int, float]]:
         if not self.fingerprints:
             return []
-        sums = torch.stack([torch.as_tensor(f, dtype=torch.float64).cpu() for _, f in self.fingerprints]).tolist()
-        return [(rows, total) for (rows, _), total in zip(self.fingerprints, sums)]
+        device = next((f.device for _, f in self.fingerprints if isinstance(f, torch.Tensor)), torch.device("cpu"))
+        sums = torch.stack([torch.as_tensor(f, dtype=torch.float64, device=device) for _, f in self.fingerprints])
+        return [(rows, total) for (rows, _), total in zip(self.fingerprints, sums.tolist())]  # one transfer
 
     def comm_device(self, t: torch.Tensor | None = None) -> torch.device:
         """Where a collective on ``t`` runs: the CPU under gloo, ``t``'s device where the backend serves several

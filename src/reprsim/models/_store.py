@@ -408,6 +408,17 @@ class ActivationStore:
         mapped = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=(self.samples, width))
         return self._convert(layer, mapped) if convert else mapped
 
+    def tensor(self, layer: str, order: np.ndarray[Any, Any] | None = None) -> torch.Tensor:
+        """All of ``layer`` as a CPU tensor, rows in ``order`` if given: a copy-on-write memory map where the
+        file allows (nothing read until used, the file never written), else read into memory."""
+        self._check_layer(layer)
+        if order is not None:
+            return torch.from_numpy(self.rows(layer, order))
+        if layer in self._loaded or layer in self._stored:
+            return torch.from_numpy(self.read(layer))
+        file, offset, width, dtype = self._arrays[layer]
+        return torch.from_numpy(np.memmap(file, dtype=dtype, mode="c", offset=offset, shape=(self.samples, width)))
+
     def _convert(self, layer: str, raw: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         if self._stored.get(layer) == "bfloat16":
             bits = torch.from_numpy(np.ascontiguousarray(raw)).view(torch.bfloat16)
@@ -646,7 +657,10 @@ def _open_npz(p: Path) -> ActivationStore:
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise StoreError(f"{p}: array {key!r} is truncated or damaged ({exc})") from exc
             if key == IDS_KEY:
-                ids = _ids_of(value, value.shape[0] if value.ndim else -1, 0)[1]
+                try:
+                    ids = _ids_of(value, value.shape[0] if value.ndim else -1, 0)[1]
+                except (InvalidParameterError, ShapeMismatchError) as exc:
+                    raise StoreError(f"{p}: its {IDS_KEY} array cannot be read as sample IDs ({exc})") from exc
                 continue
             n, width = _layer_array(key, value.shape, str(p))
             _checked_dtype(value.dtype, key, str(p))
