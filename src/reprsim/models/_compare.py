@@ -992,9 +992,9 @@ class _Comparison:
                 acc._reorder_rows(order)
         if self.keep_features and not self.sources:  # a store's rows are on disk for every rank to read
             if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
-                own = [s + r for s, rows in d.starts for r in range(rows)]
+                own = torch.cat([torch.arange(s, s + rows) for s, rows in d.starts] or [torch.zeros(0).long()])
             else:
-                own = [(d.rank << 40) + r for r in range(local_rows)]
+                own = torch.arange(local_rows) + (d.rank << 40)
             order = stream_order(d, own)
             gathered = _FeatureStore(self.store.budget)
             by_name = {v: k for k, v in canonical.items()}

@@ -306,10 +306,10 @@ def gather_rows(d: Distributed, t: torch.Tensor) -> torch.Tensor:
     return _all_gather_rows(t.to(device), d.world, d.group, dist).to(t.device)
 
 
-def stream_order(d: Distributed, own: list[int]) -> torch.Tensor:
+def stream_order(d: Distributed, own: list[int] | torch.Tensor) -> torch.Tensor:
     """The permutation (on the CPU) that puts rows gathered rank by rank back in stream order, given each own
     row's global index."""
-    gathered = gather_rows(d, torch.tensor(own, dtype=torch.int64, device=d.comm_device()))
+    gathered = gather_rows(d, torch.as_tensor(own, dtype=torch.int64).to(d.comm_device()))
     return torch.argsort(gathered.cpu())
 
 
