@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from reprsim import SimilarityResult, compare
-from reprsim.errors import InsufficientSamplesError, InvalidParameterError
+from reprsim.errors import InvalidParameterError, RankDeficientError
 from reprsim.measures import CKA, Predictivity, ShapeMetric, get_measure
 from reprsim.streaming import MinibatchCKAMatrix
 
@@ -169,7 +169,7 @@ def test_migration_and_measure_argument_errors() -> None:
 
 def test_degenerate_pair_names_both_layers() -> None:
     net = mlp(0)
-    with pytest.raises(InsufficientSamplesError, match=r"mean CCA ρ of model A:0 and model B:0: .*rank 10 of 16"):
+    with pytest.raises(RankDeficientError, match=r"mean CCA ρ of model A:0 and model B:0: .*rank 10 of 16"):
         compare(net, None, batches(), layers_a=["0", "4"], measure="cca", progress=False)
 
 

@@ -39,7 +39,7 @@ def test_error_family() -> None:
 def test_different_sample_counts() -> None:
     with pytest.raises(
         ShapeMismatchError,
-        match=r"x and y must hold the same samples .* x with 20 samples \(shape \(20, 5\)\) and y with 19",
+        match=r"x and y must hold the same samples .* 20 rows in x \(shape \(20, 5\)\) and 19 in y",
     ):
         reprsim.cka(X, Y[:19])
 
@@ -66,9 +66,11 @@ def test_non_finite_names_input_and_counts() -> None:
 
 def test_constant_representation() -> None:
     const = np.full((20, 4), 3.25)
-    with pytest.raises(ConstantRepresentationError, match=r"y is the same for every one of its 20 samples.*0/0"):
+    with pytest.raises(
+        ConstantRepresentationError, match=r"y is constant: its 20 samples differ by no more than rounding"
+    ):
         reprsim.cka(X, const)
-    with pytest.raises(ConstantRepresentationError, match="x is the same"):
+    with pytest.raises(ConstantRepresentationError, match="x is constant"):
         reprsim.cka(const, Y, kernel="rbf")
 
 
@@ -111,7 +113,7 @@ def test_bad_types_and_shapes() -> None:
         reprsim.cka(np.float64(1.0), Y)
     with pytest.raises(ShapeMismatchError, match="has no features"):
         reprsim.cka(np.zeros((20, 0)), Y)
-    with pytest.raises(InvalidParameterError, match="dtype must be a floating-point"):
+    with pytest.raises(InvalidParameterError, match=r"dtype must be torch\.float32 or torch\.float64"):
         reprsim.cka(X, Y, dtype=torch.int64)
     with pytest.raises(ShapeMismatchError, match=r"square \(n, n\) Gram matrix; got shape \(20, 5\)"):
         reprsim.hsic(X, X)

@@ -294,3 +294,20 @@ def test_median_bandwidth_matches_numpy_for_every_small_n() -> None:
         d2 = ref.cdist(x, x, "sqeuclidean")
         got = float(median_sigma(squared_distances(torch.from_numpy(x)), 0.5))
         assert got == pytest.approx(0.5 * np.sqrt(np.median(d2)), rel=1e-12, abs=1e-12), n
+
+
+def test_half_precision_is_accepted_as_input_and_refused_as_the_dtype_computed_in() -> None:
+    """At n = 10⁴ float16 sums of squares overflow: computing in float16 gave NaN, and unbiased a false
+    "constant" error. float16 inputs are upcast; dtype=torch.float16 is refused with the reason."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 8))
+    y = np.tanh(x @ rng.normal(size=(8, 8)))
+    x16, y16 = torch.tensor(x, dtype=torch.float16), torch.tensor(y, dtype=torch.float16)
+    for unbiased in (False, True):
+        expected = ref.cka(x16.double().numpy(), y16.double().numpy(), unbiased=unbiased)
+        assert abs(float(reprsim.cka(x16, y16, unbiased=unbiased)) - expected) < 1e-5
+        for dtype in (torch.float16, torch.bfloat16):
+            with pytest.raises(reprsim.errors.InvalidParameterError, match="too narrow to compute in"):
+                reprsim.cka(x16, y16, unbiased=unbiased, dtype=dtype)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"dtype must be a torch dtype .*'float32' \(str\)"):
+        reprsim.cka(x, y, dtype="float32")  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from reprsim.errors import (
     InsufficientSamplesError,
     InvalidParameterError,
     NonFiniteError,
+    RankDeficientError,
     ShapeMismatchError,
 )
 from reprsim.measures import (
@@ -178,10 +179,15 @@ def test_cca_refuses_too_few_samples_and_singular_covariances() -> None:
     assert 0 < cca(x, y, ridge=0.1) < 1  # an explicit ridge makes it defined
     x = rng.normal(size=(100, 3))
     singular = np.hstack([x, x[:, :1] + x[:, 1:2]])
-    with pytest.raises(InsufficientSamplesError, match=r"covariance of x is singular \(rank 3 of 4"):
+    # collinear features with plenty of samples: rank deficiency, the same error class for every measure that
+    # inverts a covariance (CCA said "too few samples" and predictivity "constant" before)
+    with pytest.raises(RankDeficientError, match=r"covariance of x is singular \(rank 3 of 4"):
         cca(singular, rng.normal(size=(100, 2)))
-    with pytest.raises(InsufficientSamplesError, match="covariance of y is singular"):
+    with pytest.raises(RankDeficientError, match="covariance of y is singular"):
         pwcca(rng.normal(size=(100, 2)), singular, weights_from="x")
+    with pytest.raises(RankDeficientError, match=r"the predictors is singular \(rank 3 of 4"):
+        predictivity(singular, rng.normal(size=(100, 2)))
+    assert not issubclass(RankDeficientError, (InsufficientSamplesError, ConstantRepresentationError))
     with pytest.raises(InsufficientSamplesError, match="SVCCA"):
         svcca(rng.normal(size=(8, 6)), rng.normal(size=(8, 6)), keep=1.0)
 
@@ -194,7 +200,7 @@ def test_predictivity_refuses_an_exact_in_sample_fit() -> None:
     assert predictivity(x, y, ridge=1.0) < 1.0
     assert predictivity(x, y, folds=5, ridge=1.0) < 0.5  # out of sample, noise does not predict noise
     singular = np.hstack([x[:, :3], x[:, :1]])
-    with pytest.raises(ConstantRepresentationError, match="singular"):
+    with pytest.raises(RankDeficientError, match="singular"):  # collinear, not constant
         predictivity(np.vstack([singular] * 3), np.vstack([y] * 3))
 
 
@@ -474,3 +480,115 @@ def test_values_that_would_overflow_the_state_are_rejected_before_anything_is_ad
     assert all(torch.equal(before[k], after[k]) for k in before)
     acc.update(torch.from_numpy(x[30:]), torch.from_numpy(y[30:]))
     assert abs(acc.compute("procrustes") - procrustes(x, y)) < 1e-12
+
+
+# -- one rule for "constant", and the precision of float32 data ------------------------------------------------
+
+
+def _constants(n: int, p: int) -> dict[str, np.ndarray]:
+    """Dead layers as they come out of models: a float64 constant that is not a power of two (its mean does not
+    round to itself), a float32 bias of a zero-weight Linear, and exact zeros."""
+    bias = torch.nn.Linear(3, p)
+    torch.nn.init.zeros_(bias.weight)
+    with torch.no_grad():
+        dead = bias(torch.randn(n, 3)).numpy()
+    return {"0.1": np.full((n, p), 0.1), "zero-weight Linear": dead, "zeros": np.zeros((n, p))}
+
+
+@pytest.mark.parametrize("measure", CONFIGURED, ids=repr)
+def test_every_measure_refuses_a_constant_representation(measure: Measure) -> None:
+    x, y = data(80, 5, 4, seed=5)
+    for _label, c in _constants(80, 5).items():
+        for a, b in ((c, y), (x, c[:, :4])):
+            with pytest.raises(ConstantRepresentationError, match="is constant"):
+                measure(a, b)  # a number here would be computed on rounding residues
+
+
+def test_constant_streams_raise_as_the_arrays_do() -> None:
+    """Streamed, the same data reach the same rule (LinearCKA(unbiased=True) gave 0.009 here)."""
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(60, 3))
+    for m in ("cka", "cka_unbiased", "procrustes", "nbs", "svcca", "cca"):
+        acc = CrossMoments(fourth=True)
+        for lo in range(0, 60, 7):
+            acc.update(np.full((len(y[lo : lo + 7]), 4), 0.1), y[lo : lo + 7])
+        with pytest.raises(ConstantRepresentationError, match="x is constant"):
+            acc.compute(m)
+    lin = reprsim.streaming.LinearCKA(unbiased=True)
+    for lo in range(0, 60, 7):
+        lin.update(np.full((len(y[lo : lo + 7]), 4), 0.1), y[lo : lo + 7])
+    with pytest.raises(ConstantRepresentationError, match="x is constant"):
+        lin.compute()
+
+
+def test_the_constant_rule_is_relative_to_scale_and_dtype() -> None:
+    from reprsim._validation import constant_tolerance, is_constant
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(200, 3))
+    for scale in (1e-30, 1.0, 1e30):
+        assert is_constant(torch.tensor(scale * (0.1 + 1e-16 * noise)))  # rounding-level spread
+        assert not is_constant(torch.tensor(scale * (0.1 + 1e-11 * noise)))  # real variation, tiny but real
+    assert is_constant(torch.tensor(0.1 + 1e-9 * noise, dtype=torch.float32))  # below float32's resolution
+    assert not is_constant(torch.tensor(0.1 + 1e-3 * noise, dtype=torch.float32))
+    assert constant_tolerance(torch.float32) > constant_tolerance(torch.float64)
+    x, y = data(80, 5, 4)
+    assert abs(procrustes(1e6 + 1e-3 * x, y) - procrustes(x, y)) < 1e-6  # offset 1e9 × spread still varies
+
+
+def test_float32_data_of_low_rank_keep_their_rank() -> None:
+    """A float32 Linear(8, 24) layer has rank 8; its float32 rounding must not read as 16 more dimensions."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 24)
+    h = torch.randn(500, 8)
+    with torch.no_grad():
+        a = layer(h)
+    b = torch.tanh(h @ torch.randn(8, 12)) + 0.1 * torch.randn(500, 12)
+    # float64 reference on the same numbers: fully whitened data are the left singular vectors of the data's
+    # range (rank 8 known by construction), so the distance is arccos(‖UxᵀUy‖_* / sqrt(rank x · rank y))
+    ux = np.linalg.svd(rm.centred(a.double().numpy()), full_matrices=False)[0][:, :8]
+    uy = np.linalg.svd(rm.centred(b.double().numpy()), full_matrices=False)[0]
+    expected = float(np.arccos(np.linalg.svd(ux.T @ uy, compute_uv=False).sum() / np.sqrt(8 * 12)))
+    assert abs(float(shape_metric(a, b, alpha=0.0)) - expected) < 1e-5
+    acc = CrossMoments()
+    for lo in range(0, 500, 100):
+        acc.update(a[lo : lo + 100], b[lo : lo + 100])
+    assert abs(acc.compute(ShapeMetric(0.0)) - expected) < 1e-5
+    with pytest.raises(RankDeficientError, match="rank 8 of 24"):
+        cca(a, b)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 1e200, 1e-200])
+def test_extreme_magnitudes_give_the_value_at_magnitude_one(scale: float) -> None:
+    x, y = data(120, 5, 4, seed=2)
+    dtype = np.float32 if abs(math.log10(scale)) < 38 else np.float64
+    xs, ys = (x * scale).astype(dtype), (y * scale).astype(dtype)
+    xe, ye = (xs / scale).astype(np.float64), (ys / scale).astype(np.float64)  # the same values at scale 1
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    for m in [get_measure(k) for k in ("procrustes", "nbs", "cca", "cca_yanai", "svcca", "pwcca", "cka")]:
+        assert abs(m(xs, ys) - m(xe, ye)) < tol, (m, scale)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+@pytest.mark.parametrize("measure", CONFIGURED, ids=repr)
+def test_claimed_invariances_hold_exactly_on_quantised_data(measure: Measure, seed: int) -> None:
+    """Integer-valued data have exact ties (equal distances, equal similarities); transformations that are exact
+    in floating point (scaling by 3, integer shifts, signed permutations of features) must not change the value,
+    whatever the rounding of the products (mutual_knn(x, 3x) was 0.952 on such data)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=(60, 5)).astype(np.float64)
+    y = np.round(2 * np.tanh(x[:, :4] + rng.integers(-1, 2, size=(60, 4)))).astype(np.float64) + x[:, :4]
+    exact = {
+        "isotropic_scaling": lambda a: 3.0 * a,
+        "translation": lambda a: a + rng.integers(-5, 6, size=a.shape[1]),
+        "permutation": lambda a: a[:, rng.permutation(a.shape[1])],
+        "orthogonal": lambda a: (a * rng.choice([-1.0, 1.0], size=a.shape[1]))[:, rng.permutation(a.shape[1])],
+    }
+    try:
+        base = measure(x, y)
+    except (RankDeficientError, InsufficientSamplesError, ConstantRepresentationError):
+        return  # integer data can be collinear; the claim is then about an error, which is not in question here
+    for kind in sorted(measure.invariances & set(exact)):
+        for tx, ty in ((exact[kind](x), y), (x, exact[kind](y))):
+            assert abs(measure(tx, ty) - base) < 1e-9, (kind, measure)

@@ -97,10 +97,10 @@ def test_degenerate_inputs_are_clear_errors() -> None:
         MutualKNN(k=0)
     zero = x.copy()
     zero[4] = 0.0
-    with pytest.raises(ConstantRepresentationError, match=r"1 all-zero rows \(e.g. row 4\)"):
+    with pytest.raises(ConstantRepresentationError, match=r"1 rows that are all zero \(e.g. row 4\)"):
         mutual_knn(zero, y, k=3)
     assert 0.0 <= mutual_knn(zero, y, k=3, neighbours="inner_product") <= 1.0
-    with pytest.raises(ConstantRepresentationError, match="zero distance variance"):
+    with pytest.raises(ConstantRepresentationError, match="x is constant: its 10 samples"):
         distance_correlation(np.ones((10, 2)), y)
     with pytest.raises(InvalidParameterError, match="block must be a positive number"):
         distance_correlation(x, y, block=0)
@@ -221,7 +221,7 @@ def test_rsa_errors() -> None:
     for rdm in ("euclidean", "sqeuclidean"):  # in strips, and from moments
         with pytest.raises(ConstantRepresentationError, match="RDM of x is constant"):
             rsa(np.eye(4), y[:4], rdm=rdm, compare="pearson")  # every pair at distance √2
-    with pytest.raises(ConstantRepresentationError, match="every sample of y is the same"):
+    with pytest.raises(ConstantRepresentationError, match="y is constant: its 30 samples differ"):
         rsa(x, np.ones_like(y), rdm="sqeuclidean", compare="pearson")
 
 
@@ -308,7 +308,7 @@ def test_cknna_and_rank_errors() -> None:
         RankSimilarity(k=0)
     zero = x.copy()
     zero[3] = 0.0
-    with pytest.raises(ConstantRepresentationError, match="all-zero rows"):
+    with pytest.raises(ConstantRepresentationError, match="rows that are all zero"):
         second_order_cosine(zero, y, k=3)
 
 
@@ -568,3 +568,74 @@ def test_distance_correlation_without_a_centred_copy(unbiased: bool, monkeypatch
     got = float(distance_correlation(xt, torch.tensor(y), unbiased=unbiased))
     assert abs(got - rm.distance_correlation(x + 40.0, y, unbiased)) < 1e-10
     assert torch.equal(xt, before)
+
+
+# -- dead layers, offsets in float32, extreme magnitudes (the one constant rule, the exact tie rule) ----------
+
+SAMPLE_MEASURES = {
+    "mutual_knn": lambda a, b: mutual_knn(a, b, k=5),
+    "jaccard_knn": lambda a, b: jaccard_knn(a, b, k=5),
+    "cknna": lambda a, b: cknna(a, b, k=5),
+    "second_order_cosine": lambda a, b: second_order_cosine(a, b, k=5),
+    "rank_similarity": lambda a, b: rank_similarity(a, b, k=5),
+    "rsa cosine kendall": lambda a, b: rsa(a, b, rdm="cosine", compare="kendall"),
+    "rsa correlation pearson": lambda a, b: rsa(a, b, rdm="correlation", compare="pearson"),
+    "rsa euclidean spearman": lambda a, b: rsa(a, b, rdm="euclidean", compare="spearman"),
+    "dcor": lambda a, b: distance_correlation(a, b),
+    "dcor unbiased": lambda a, b: distance_correlation(a, b, unbiased=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_MEASURES))
+def test_dead_layers_are_an_error_not_a_number(name: str) -> None:
+    """A zero-weight Linear outputs its bias for every sample (mutual_knn gave 0.077); a float64 0.1 constant
+    centres to rounding residues (distance correlation gave 0.7569)."""
+    x, y = data(60, 6, 4)
+    dead = nn.Linear(6, 5)
+    nn.init.zeros_(dead.weight)
+    with torch.no_grad():
+        bias = dead(torch.tensor(x, dtype=torch.float32)).numpy()
+    for const in (bias, np.full((60, 5), 0.1)):
+        with pytest.raises(ConstantRepresentationError, match="x is constant"):
+            SAMPLE_MEASURES[name](const, y)
+
+
+def test_dead_layers_inside_compare_name_the_layer() -> None:
+    net = nn.Sequential(nn.Linear(10, 16), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    nn.init.zeros_(net[1].weight)
+    for measure in ("mutual_knn", "rsa", "distance_correlation", "cknna", "cka", "procrustes"):
+        with pytest.raises(ConstantRepresentationError, match=r"model A:0 and model B:1: .*is constant"):
+            compare(net, None, batches(), layers_a=["0", "1"], measure=measure, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLE_MEASURES))
+def test_float32_data_with_a_large_offset_give_the_float64_value(name: str) -> None:
+    """A common offset 1000× the spread: cosine neighbours and correlation RDMs of nearly parallel rows lost their
+    digits in float32 (mutual_knn 0.035 against 0.097, Pearson RSA 8.8e-4 off)."""
+    rng = np.random.default_rng(3)
+    x, y = data(120, 20, 20)
+    offset = 1000.0 * rng.normal(size=20)
+    x32 = (x + offset).astype(np.float32)
+    expected = SAMPLE_MEASURES[name](x32.astype(np.float64), y)  # the same numbers, in float64
+    assert abs(SAMPLE_MEASURES[name](x32, y.astype(np.float32)) - expected) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 1e200, 1e-200])
+@pytest.mark.parametrize("name", sorted(SAMPLE_MEASURES))
+def test_extreme_magnitudes_give_the_value_at_magnitude_one(name: str, scale: float) -> None:
+    x, y = data(80, 6, 4, seed=2)
+    dtype = np.float32 if abs(np.log10(scale)) < 38 else np.float64
+    xs = (x * scale).astype(dtype)
+    assert abs(SAMPLE_MEASURES[name](xs, y) - SAMPLE_MEASURES[name]((xs / scale).astype(np.float64), y)) < 1e-6
+
+
+def test_ties_on_quantised_data_are_broken_the_same_way_after_exact_transformations() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(200, 5)).astype(np.float32)  # many exactly equal distances
+    for neighbours in ("cosine", "euclidean", "inner_product"):
+        assert mutual_knn(x, 3 * x, k=10, neighbours=neighbours) == 1.0
+        assert jaccard_knn(x, 3 * x, k=10, neighbours=neighbours) == 1.0
+        assert rank_similarity(x, 3 * x, k=10, neighbours=neighbours) == 1.0
+    flipped = x[:, ::-1].copy()  # a permutation of features: every distance is exactly the same
+    assert mutual_knn(x, flipped, k=10, neighbours="euclidean") == 1.0
+    assert mutual_knn(x, x + 7, k=10, neighbours="euclidean") == 1.0

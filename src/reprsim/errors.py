@@ -18,6 +18,7 @@ __all__ = [
     "LayerNotFoundError",
     "MultipleCallsError",
     "NonFiniteError",
+    "RankDeficientError",
     "ReprsimError",
     "ReprsimWarning",
     "ShapeMismatchError",
@@ -43,6 +44,12 @@ class NonFiniteError(ReprsimError):
 
 class ConstantRepresentationError(ReprsimError):
     """A representation is the same for every sample, so CKA is 0/0 and undefined."""
+
+
+class RankDeficientError(ReprsimError):
+    """A representation whose features are linear combinations of one another (its covariance is singular), for
+    a measure that inverts that covariance (CCA without ``ridge``, least squares). With fewer samples than
+    features the same condition is an :class:`InsufficientSamplesError`."""
 
 
 class DeviceMismatchError(ReprsimError):

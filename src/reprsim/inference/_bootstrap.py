@@ -19,7 +19,7 @@ import torch
 
 from .._precision import full_precision_matmul
 from ..errors import InvalidParameterError
-from ..measures._base import Measure, evaluate_validated, get_measure, on_arrays, sample_pair
+from ..measures._base import Measure, evaluate_validated, get_measure, measure_pair, on_arrays
 
 __all__ = ["Interval", "bootstrap"]
 
@@ -240,7 +240,7 @@ def bootstrap(
         if scheme == "subsample":
             raise InvalidParameterError("BCa needs resamples of the full size; use method='percentile' with subsamples")
         method = "percentile"  # auto-chosen subsamples: the percentile form is the one defined
-    xt, yt = sample_pair(x, y, m.min_samples)
+    xt, yt = measure_pair(m, x, y, m.min_samples)
     n = xt.shape[0]
     size = n if chosen == "pairs" else n // 2
     if size < m.min_samples:

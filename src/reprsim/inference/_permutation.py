@@ -27,7 +27,7 @@ import torch
 from .._precision import full_precision_matmul
 from .._validation import as_matrix, check_finite, check_same_device
 from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
-from ..measures._base import Measure, get_measure, on_arrays
+from ..measures._base import Measure, get_measure, on_arrays, prepared_side
 from ..measures._moments import Fourth, Moments
 
 __all__ = ["PermutationTest", "permutation_test", "summary"]
@@ -323,6 +323,8 @@ def null_values(
     permutations that ``keep`` selects (all by default) among those :func:`permutation_test` would draw."""
     xs, ys = _layers(x, "x"), _layers(y, "y")
     checked = _checked_layers(xs, ys, m.min_samples)
+    names = [f"x[{i}]" for i in range(len(xs))] + [f"y[{j}]" for j in range(len(ys))]
+    checked = [prepared_side(m, t, name) for t, name in zip(checked, names)]
     moments = m.stream == "moments" and m.folds == 1
     sides = [_Side(t, m, moments) for t in checked]
     sx, sy = sides[: len(xs)], sides[len(xs) :]

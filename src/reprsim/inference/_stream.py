@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import IncompatibleStateError, InvalidParameterError
-from ..measures._base import Measure, evaluate_validated, get_measure, sample_pair
+from ..measures._base import Measure, evaluate_validated, get_measure, measure_pair
 from ..streaming import CrossMoments, MinibatchCKA
 from ._bootstrap import (
     Interval,
@@ -196,7 +196,7 @@ def jackknife(
         raise InvalidParameterError(
             f"{m!r} is defined over a stream of batches; use stream_interval on its accumulator"
         )
-    xt, yt = sample_pair(x, y, m.min_samples)
+    xt, yt = measure_pair(m, x, y, m.min_samples)
     n = xt.shape[0]
     g = n if blocks is None else blocks
     if isinstance(g, bool) or not isinstance(g, int) or not 2 <= g <= n:

@@ -15,8 +15,17 @@ from typing import Any, ClassVar, Literal, Optional
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import as_matrix, check_finite, check_same_device
-from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
+from .._validation import (
+    as_matrix,
+    check_finite,
+    check_magnitude,
+    check_same_device,
+    check_same_samples,
+    check_spread,
+    relative_spread,
+    rescaled,
+)
+from ..errors import InsufficientSamplesError, InvalidParameterError
 from ._moments import Layout, Moments, chunk_state, pair_moments, pool_folds
 
 __all__ = ["INVARIANCES", "Measure", "available_measures", "evaluate", "get_measure", "register"]
@@ -169,11 +178,7 @@ def get_measure(spec: str | Measure) -> Measure:
 def sample_pair(x: Any, y: Any, need: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two validated (n, p) and (n, q) representations of the same samples, in their promoted dtype."""
     xt, yt = as_matrix(x, "x"), as_matrix(y, "y")
-    if xt.shape[0] != yt.shape[0]:
-        raise ShapeMismatchError(
-            f"x and y must hold the same samples in the same order; got {xt.shape[0]} rows in x (shape "
-            f"{tuple(xt.shape)}) and {yt.shape[0]} in y (shape {tuple(yt.shape)})"
-        )
+    check_same_samples({"x": xt, "y": yt})
     check_same_device({"x": xt, "y": yt})
     check_finite(xt, "x")
     check_finite(yt, "y")
@@ -183,43 +188,82 @@ def sample_pair(x: Any, y: Any, need: int) -> tuple[torch.Tensor, torch.Tensor]:
     return xt.to(dtype), yt.to(dtype)
 
 
+def side_stats(t: torch.Tensor) -> tuple[float, float]:
+    """(relative spread, largest magnitude) of one representation, with one host synchronisation: what
+    :func:`prepared_side` decides from (a caller comparing a layer with many others computes them once)."""
+    amax = t.detach().abs().amax()
+    spread, top = torch.stack([relative_spread(t, amax), amax.double()]).tolist()
+    return spread, top
+
+
+def prepared_side(
+    measure: Measure, t: torch.Tensor, name: str, stats: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """One representation made ready for ``measure``: refused when it counts as constant
+    (:func:`reprsim._validation.check_spread`, the one rule for every measure), divided by a power of two when
+    its magnitude would overflow or underflow the products and the measure is scale invariant (its metadata says
+    so), and refused with the fix when it is not. ``stats``: :func:`side_stats` of ``t``, when known."""
+    spread, top = side_stats(t) if stats is None else stats
+    check_spread(spread, t.dtype, name, t.shape[0], measure.label)
+    if "isotropic_scaling" in measure.invariances:
+        return rescaled(t, top)
+    # moment measures compute in float64; the others in the data's dtype
+    check_magnitude(t, top, name, torch.float64 if measure.stream == "moments" else t.dtype)
+    return t
+
+
 @full_precision_matmul
 def moments_of(
     xt: torch.Tensor, yt: torch.Tensor, *, fourth: bool = False, folds: int = 1, cross_only: bool = False
 ) -> Moments:
-    """The moments of two validated (n, p) and (n, q) tensors of one dtype and device (see :func:`pair_of`)."""
+    """The moments of two validated (n, p) and (n, q) tensors of one device (see :func:`pair_of`), summed in
+    float64 whatever their dtype (float32 products would leave eigenvalues of 1e-7 · λ_max where the data have
+    none); ``eps`` records the inputs' own precision."""
     n = xt.shape[0]
+    eps = max(float(torch.finfo(xt.dtype).eps), float(torch.finfo(yt.dtype).eps))
+    f64 = torch.float64
+    xt, yt = xt.to(f64), yt.to(f64)
     if cross_only and folds == 1 and not fourth:
         mx, my = xt.mean(dim=0), yt.mean(dim=0)
         xc, yc = xt - mx, yt - my
-        f64 = torch.float64
-        return Moments(
-            n, mx.to(f64), my.to(f64), torch.diag((xc * xc).sum(0).to(f64)), torch.diag((yc * yc).sum(0).to(f64)),
-            (xc.T @ yc).to(f64),
-        )  # fmt: skip
+        return Moments(n, mx, my, torch.diag((xc * xc).sum(0)), torch.diag((yc * yc).sum(0)), xc.T @ yc, eps=eps)
     layout = Layout((xt.shape[1], yt.shape[1]), (((0,), (1,)),), fourth=fourth, folds=folds)
     fold_of_rows = torch.arange(n, device=xt.device) % folds if folds > 1 else None
     state = chunk_state([xt, yt], layout, fold_of_rows)
-    state = {k: v.to(torch.float64) for k, v in state.items()}
     if folds > 1:
         pooled = pool_folds(state, layout)
         m = pair_moments(pooled, Layout(layout.widths, layout.blocks, fourth, 1), 0, 0, 0)
         m.folds = tuple(pair_moments(state, layout, 0, 0, 0, fold=k) for k in range(folds))
+        for f in m.folds:
+            f.eps = eps
     else:
         m = pair_moments(state, layout, 0, 0, 0)
+    m.eps = eps
     return m
 
 
 def pair_of(
-    x: Any, y: Any, *, fourth: bool = False, folds: int = 1, need: int = 2, cross_only: bool = False
+    x: Any,
+    y: Any,
+    *,
+    fourth: bool = False,
+    folds: int = 1,
+    need: int = 2,
+    cross_only: bool = False,
+    measure: Measure | None = None,
 ) -> tuple[Moments, torch.Tensor]:
     """Validated moments of two whole representations, and an empty tensor of the result's dtype.
 
     ``cross_only``: compute Cxy in full but only the diagonals of Cxx and Cyy (returned as diagonal
-    matrices), for measures that read nothing else of them (one product instead of three).
+    matrices), for measures that read nothing else of them (one product instead of three). With ``measure``,
+    each side is first prepared for it (:func:`prepared_side`: constant inputs refused, extreme magnitudes
+    rescaled).
     """
     xt, yt = sample_pair(x, y, max(need, folds if folds > 1 else 0))
-    return moments_of(xt, yt, fourth=fourth, folds=folds, cross_only=cross_only), xt.new_empty(0)
+    like = xt.new_empty(0)
+    if measure is not None:
+        xt, yt = prepared_side(measure, xt, "x"), prepared_side(measure, yt, "y")
+    return moments_of(xt, yt, fourth=fourth, folds=folds, cross_only=cross_only), like
 
 
 def on_arrays(
@@ -242,11 +286,19 @@ def evaluate_validated(measure: Measure, xt: torch.Tensor, yt: torch.Tensor) -> 
     return measure.from_moments(m)
 
 
+def measure_pair(measure: Measure, x: Any, y: Any, need: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two representations validated (:func:`sample_pair`) and prepared (:func:`prepared_side`) for
+    ``measure``: the common entry of every function that evaluates a measure on two arrays."""
+    if need is None:
+        need = measure.min_samples if measure.stream == "samples" else max(measure.min_samples, measure.folds)
+    xt, yt = sample_pair(x, y, need)
+    return prepared_side(measure, xt, "x"), prepared_side(measure, yt, "y")
+
+
 def evaluate(measure: Measure, x: Any, y: Any) -> Any:
     """``measure`` of two whole representations (the functional forms' common body)."""
     on_arrays(measure)
-    need = measure.min_samples if measure.stream == "samples" else max(measure.min_samples, measure.folds)
-    xt, yt = sample_pair(x, y, need)
+    xt, yt = measure_pair(measure, x, y)
     return as_result(evaluate_validated(measure, xt, yt), xt.new_empty(0), x, y)
 
 

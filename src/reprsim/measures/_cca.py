@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import InsufficientSamplesError, InvalidParameterError
+from ..errors import InvalidParameterError
 from ._base import Measure, as_result, evaluate, pair_of, register
-from ._linalg import check_dimensions, check_variance, eigh_cached, numerical_rank
+from ._linalg import check_dimensions, check_rank, check_variance, eigh_cached, numerical_rank
 from ._moments import Moments
 
 __all__ = ["CCA", "PWCCA", "SVCCA", "canonical_correlations", "cca", "pwcca", "svcca"]
@@ -30,21 +30,20 @@ def _check_ridge(ridge: Any) -> float:
     return float(ridge)
 
 
-def _inverse_root(c: torch.Tensor, ridge: float, cache: dict[Any, Any], side: str) -> torch.Tensor:
-    """W with WᵀCW = I on the whole space: Λ^(−1/2)Vᵀ of C + ridge·(tr C / p)·I."""
+def _inverse_root(m: Moments, side: str, ridge: float, what: str = "CCA", name: str | None = None) -> torch.Tensor:
+    """W with WᵀCW = I on the whole space: Λ^(−1/2)Vᵀ of C + ridge·(tr C / p)·I, C the co-moment of ``side``
+    (called ``name`` in errors, by default ``side``)."""
+    c, cache = (m.cxx, m.cache_x) if side == "x" else (m.cyy, m.cache_y)
     key = ("inverse_root", ridge)
     if key not in cache:
         lam, vec = eigh_cached(c, cache)
-        check_variance(c, side, "CCA")
+        check_variance(m, side, what, name)
         if ridge == 0.0:
-            r = numerical_rank(lam)
-            if r < lam.numel():
-                raise InsufficientSamplesError(
-                    f"the covariance of {side} is singular (rank {r} of {lam.numel()} features), so CCA is not "
-                    "defined: some directions correlate perfectly with anything. Pass ridge > 0 (e.g. ridge=1e-3, "
-                    "relative to the mean variance), or reduce the width first (SVCCA keeps the top principal "
-                    "components)"
-                )
+            check_rank(
+                lam, m.n, name or side, m.eps, what,
+                "Pass ridge > 0 (e.g. ridge=1e-3, relative to the mean variance), or reduce the width first (SVCCA "
+                "keeps the top principal components)",
+            )  # fmt: skip
         shift = ridge * lam.sum() / lam.numel()
         cache[key] = (lam + shift).rsqrt().unsqueeze(1) * vec.T
     out: torch.Tensor = cache[key]
@@ -55,8 +54,8 @@ def _correlations(m: Moments, ridge: float) -> torch.Tensor:
     p, q = m.cxx.shape[0], m.cyy.shape[0]
     if ridge == 0.0:
         check_dimensions(m.n, p + q, "CCA", "Pass ridge > 0, use fewer features (SVCCA), or more samples.")
-    wx = _inverse_root(m.cxx, ridge, m.cache_x, "x")
-    wy = _inverse_root(m.cyy, ridge, m.cache_y, "y")
+    wx = _inverse_root(m, "x", ridge)
+    wy = _inverse_root(m, "y", ridge)
     rho: torch.Tensor = torch.linalg.svdvals(wx @ m.cxy @ wy.T)
     return rho
 
@@ -109,11 +108,11 @@ class CCA(Measure):
         return rho.mean() if self.reduce == "mean" else (rho * rho).mean()
 
 
-def _keep_count(lam: torch.Tensor, keep: float | int) -> int:
+def _keep_count(lam: torch.Tensor, keep: float | int, eps: float) -> int:
     if isinstance(keep, int):
-        return min(keep, numerical_rank(lam))
+        return min(keep, numerical_rank(lam, eps))
     frac = torch.cumsum(lam.clamp(min=0), 0) / lam.clamp(min=0).sum()
-    return min(int((frac < keep - 1e-12).sum()) + 1, numerical_rank(lam))
+    return min(int((frac < keep - 1e-12).sum()) + 1, numerical_rank(lam, eps))
 
 
 class SVCCA(Measure):
@@ -159,11 +158,11 @@ class SVCCA(Measure):
         return {"keep": self.keep, "reduce": self.reduce}
 
     def from_moments(self, m: Moments) -> torch.Tensor:
-        check_variance(m.cxx, "x", "SVCCA")
-        check_variance(m.cyy, "y", "SVCCA")
+        check_variance(m, "x", "SVCCA")
+        check_variance(m, "y", "SVCCA")
         lx, vx = eigh_cached(m.cxx, m.cache_x)
         ly, vy = eigh_cached(m.cyy, m.cache_y)
-        kx, ky = _keep_count(lx, self.keep), _keep_count(ly, self.keep)
+        kx, ky = _keep_count(lx, self.keep, m.eps), _keep_count(ly, self.keep, m.eps)
         check_dimensions(m.n, kx + ky, "SVCCA's CCA", "Keep fewer components (a smaller keep) or use more samples.")
         wx = lx[:kx].rsqrt().unsqueeze(1) * vx[:, :kx].T
         wy = ly[:ky].rsqrt().unsqueeze(1) * vy[:, :ky].T
@@ -220,8 +219,9 @@ class PWCCA(Measure):
             m = m.swapped()
         if self.ridge == 0.0:
             check_dimensions(m.n, p + q, "PWCCA", "Pass ridge > 0, use fewer features, or more samples.")
-        wx = _inverse_root(m.cxx, self.ridge, m.cache_x, "y" if use_y else "x")
-        wy = _inverse_root(m.cyy, self.ridge, m.cache_y, "x" if use_y else "y")
+        # after a swap, m's "x" side is the caller's y: errors name the caller's sides
+        wx = _inverse_root(m, "x", self.ridge, "PWCCA", "y" if use_y else "x")
+        wy = _inverse_root(m, "y", self.ridge, "PWCCA", "x" if use_y else "y")
         u, rho, _ = torch.linalg.svd(wx @ m.cxy @ wy.T, full_matrices=False)
         a = wx.T @ u  # canonical weights: the variates Xc·a have unit norm
         weights = (m.cxx @ a).abs().sum(dim=0)

@@ -863,8 +863,8 @@ class CKA(Measure):
         return value
 
     def from_moments(self, m: Moments) -> torch.Tensor:
-        tx = check_variance(m.cxx, "x", "CKA")
-        ty = check_variance(m.cyy, "y", "CKA")
+        tx = check_variance(m, "x", "CKA")
+        ty = check_variance(m, "y", "CKA")
         if not self.unbiased:
             # normalised by the traces first, so sums of squares of large activations cannot overflow
             cxx, cyy, cxy = m.cxx / tx, m.cyy / ty, m.cxy / (tx.sqrt() * ty.sqrt())

@@ -31,6 +31,7 @@ __all__ = ["Layout", "Moments", "chunk_state", "combine_states", "pair_moments",
 
 State = dict[str, torch.Tensor]
 Block = tuple[tuple[int, ...], tuple[int, ...]]
+EPS64 = float(torch.finfo(torch.float64).eps)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,9 @@ class Moments:
     folds: tuple[Moments, ...] = ()
     cache_x: dict[Any, Any] = field(default_factory=dict)
     cache_y: dict[Any, Any] = field(default_factory=dict)
+    #: The machine epsilon of the coarsest dtype the data came in (float32 activations summed in float64 carry
+    #: float32's rounding): it sets when a representation counts as constant and which eigenvalues count as 0.
+    eps: float = EPS64
 
     def about(self, mean_x: torch.Tensor, mean_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cxx, cyy, cxy) taken about other means (e.g. a training split's): Σ(x − m)(y − m')ᵀ."""
@@ -292,6 +296,7 @@ class Moments:
             tuple(m.swapped() for m in self.folds),
             self.cache_y,
             self.cache_x,
+            self.eps,
         )
 
 
@@ -304,7 +309,7 @@ def pool_moments(parts: Sequence[Moments]) -> Moments:
     for m in parts:
         a, b, c = m.about(mx, my)
         cxx, cyy, cxy = cxx + a, cyy + b, cxy + c
-    return Moments(n, mx, my, cxx, cyy, cxy)
+    return Moments(n, mx, my, cxx, cyy, cxy, eps=max(m.eps for m in parts))
 
 
 def pair_moments(
@@ -346,4 +351,5 @@ def pair_moments(
         fourth=fourth,
         cache_x=caches.setdefault(lx, {}),
         cache_y=caches.setdefault(ly, {}),
+        eps=float(state["eps"].max()) if "eps" in state else EPS64,
     )

@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 import torch
 
+from .._validation import CONSTANT_EPS
 from ..errors import ConstantRepresentationError, InvalidParameterError
 from ._base import Measure, as_result, evaluate, pair_of, register
 from ._cca import _check_ridge
-from ._linalg import check_dimensions, check_variance, eigh_cached, numerical_rank
+from ._linalg import check_dimensions, check_rank, check_variance, eigh_cached
 from ._moments import Moments, pool_moments
 from ._procrustes import _check_folds
 
@@ -28,15 +29,12 @@ Predict = Literal["x_to_y", "y_to_x", "mean"]
 Reduce = Literal["variance_weighted", "mean"]
 
 
-def _coefficients(cxx: torch.Tensor, cxy: torch.Tensor, ridge: float, cache: dict[Any, Any]) -> torch.Tensor:
+def _coefficients(
+    cxx: torch.Tensor, cxy: torch.Tensor, ridge: float, cache: dict[Any, Any], n: int, eps: float
+) -> torch.Tensor:
     lam, vec = eigh_cached(cxx, cache)
     if ridge == 0.0:
-        r = numerical_rank(lam)
-        if r < lam.numel():
-            raise ConstantRepresentationError(
-                f"the predictors' covariance is singular (rank {r} of {lam.numel()} features), so least squares "
-                "has no unique solution; pass ridge > 0"
-            )
+        check_rank(lam, n, "the predictors", eps, "least squares", "Pass ridge > 0")
     return vec @ ((vec.T @ cxy) / (lam + ridge).unsqueeze(1))
 
 
@@ -115,27 +113,31 @@ class Predictivity(Measure):
                 check_dimensions(
                     m.n, m.cxx.shape[0] + 1, "least squares with an intercept", "Pass ridge > 0, or folds=."
                 )
-            b = _coefficients(m.cxx, m.cxy, self.ridge, m.cache_x)
+            check_variance(m, "x", "predictivity")
+            b = _coefficients(m.cxx, m.cxy, self.ridge, m.cache_x, m.n, m.eps)
             return _rss(m.cxx, m.cyy, m.cxy, b)
         rss = torch.zeros_like(m.cyy.diagonal())
         for k, test in enumerate(m.folds):
             train = pool_moments([f for j, f in enumerate(m.folds) if j != k])
-            b = _coefficients(train.cxx, train.cxy, self.ridge, {})
+            b = _coefficients(train.cxx, train.cxy, self.ridge, {}, train.n, m.eps)
             rss = rss + _rss(*test.about(train.mean_x, train.mean_y), b)
         return rss
 
     def per_target(self, m: Moments) -> torch.Tensor:
         """R² of every column of y predicted from x."""
         var = m.cyy.diagonal()
-        if not bool((var > 0).all()):
+        # the one rule of "constant" (reprsim._validation.CONSTANT_EPS), feature by feature
+        tol = (CONSTANT_EPS * m.eps) ** 2
+        constant = var <= tol * (var + m.n * m.mean_y.square())
+        if bool(constant.any()):
             raise ConstantRepresentationError(
-                f"{int((var <= 0).sum())} predicted features are constant, so their R² is undefined; "
-                "use reduce='variance_weighted'"
+                f"{int(constant.sum())} predicted features are constant (e.g. feature "
+                f"{int(constant.nonzero()[0])}), so their R² is undefined; use reduce='variance_weighted'"
             )
         return 1.0 - self.residuals(m) / var
 
     def _one_way(self, m: Moments) -> torch.Tensor:
-        total = check_variance(m.cyy, "the predicted representation", "R²")
+        total = check_variance(m, "y", "R² (the predicted representation)")
         if self.reduce == "mean":
             return self.per_target(m).mean()
         return 1.0 - self.residuals(m).sum() / total

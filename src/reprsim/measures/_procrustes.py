@@ -95,8 +95,8 @@ class Procrustes(Measure):
         return {"score": self.score}
 
     def from_moments(self, m: Moments) -> torch.Tensor:
-        tx = check_variance(m.cxx, "x", "Procrustes")
-        ty = check_variance(m.cyy, "y", "Procrustes")
+        tx = check_variance(m, "x", "Procrustes")
+        ty = check_variance(m, "y", "Procrustes")
         nbs = _nuclear(m.cxy) / (tx.sqrt() * ty.sqrt())
         if self.score == "nbs":
             return nbs
@@ -106,12 +106,13 @@ class Procrustes(Measure):
         return sq if self.score == "squared_euclidean" else sq.sqrt()
 
 
-def _whitener(c: torch.Tensor, alpha: float, cache: dict[Any, Any]) -> tuple[torch.Tensor, int]:
-    """Z = αI + (1 − α)C^(−1/2) on C's range (zero on its null space, where the data have no component)."""
+def _whitener(c: torch.Tensor, alpha: float, cache: dict[Any, Any], eps: float) -> tuple[torch.Tensor, int]:
+    """Z = αI + (1 − α)C^(−1/2) on C's range (zero on its null space, where the data have no component); ``eps``
+    is the data's machine epsilon, which decides the range."""
     key = ("whiten", alpha)
     if key not in cache:
         lam, vec = eigh_cached(c, cache)
-        r = numerical_rank(lam)
+        r = numerical_rank(lam, eps)
         v = vec[:, :r]
         d = alpha + (1.0 - alpha) * lam[:r].rsqrt()
         cache[key] = ((v * d) @ v.T, r)
@@ -175,11 +176,11 @@ class ShapeMetric(Measure):
         return {"alpha": self.alpha, "folds": self.folds if self.cv else None}
 
     def from_moments(self, m: Moments) -> torch.Tensor:
-        check_variance(m.cxx, "x", "the shape metric")
-        check_variance(m.cyy, "y", "the shape metric")
+        check_variance(m, "x", "the shape metric")
+        check_variance(m, "y", "the shape metric")
         if not self.cv:
-            zx, rx = _whitener(m.cxx, self.alpha, m.cache_x)
-            zy, ry = _whitener(m.cyy, self.alpha, m.cache_y)
+            zx, rx = _whitener(m.cxx, self.alpha, m.cache_x, m.eps)
+            zy, ry = _whitener(m.cyy, self.alpha, m.cache_y, m.eps)
             if self.alpha == 0.0:
                 check_dimensions(m.n, rx + ry, "the fully whitened (alpha=0) shape metric", "Use alpha > 0.")
             nuc = _nuclear(zx @ m.cxy @ zy)
@@ -189,8 +190,8 @@ class ShapeMetric(Measure):
         scores = []
         for k, test in enumerate(m.folds):
             train = pool_moments([f for j, f in enumerate(m.folds) if j != k])
-            zx, _ = _whitener(train.cxx, self.alpha, {})
-            zy, _ = _whitener(train.cyy, self.alpha, {})
+            zx, _ = _whitener(train.cxx, self.alpha, {}, m.eps)
+            zy, _ = _whitener(train.cyy, self.alpha, {}, m.eps)
             u, _, vt = torch.linalg.svd(zx @ train.cxy @ zy)
             r = min(zx.shape[0], zy.shape[0])
             # the rotation pairs r directions; the rest of the wider side meets zero padding (netrep's

@@ -19,8 +19,18 @@ from .._precision import full_precision_matmul
 from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError, ReprsimWarning
 from ._base import Cache, Measure, evaluate, register
 from ._cka import inner
+from ._linalg import check_variance
 from ._moments import Moments
-from ._strips import STRIP_BYTES, Prepared, column_centred, sq_distance_rows, strip_rows, strips, upper_entries
+from ._strips import (
+    STRIP_BYTES,
+    Prepared,
+    column_centred,
+    normalised_centred,
+    sq_distance_rows,
+    strip_rows,
+    strips,
+    upper_entries,
+)
 
 __all__ = [
     "CKNNA",
@@ -47,60 +57,92 @@ _SUFFIX = {"cosine": "", "inner_product": "-ip", "euclidean": "-euclidean"}
 # -- nearest neighbours ----------------------------------------------------------------------------------
 
 
-def _prepared(x: torch.Tensor, neighbours: str, name: str) -> torch.Tensor:
-    if neighbours == "inner_product":
-        return x
-    if neighbours == "euclidean":
-        return x - x.mean(dim=0)  # distances are translation invariant; centring keeps 2a·b − ‖b‖² accurate
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    zero = (norms == 0).flatten()
-    if bool(zero.any()):
-        raise ConstantRepresentationError(
-            f"{name} has {int(zero.sum())} all-zero rows (e.g. row {int(zero.nonzero()[0])}); their cosine "
-            "similarity is undefined. Drop them, or use neighbours='inner_product'"
-        )
-    out: torch.Tensor = x / norms
-    return out
+#: Similarities within this many float64 epsilons (times the width and the rows' squared norms) of each other
+#: count as tied: the rounding of a float64 product is below it, and the gaps between distinct distances of
+#: quantised data (integers, 8-bit levels) far above it, so the same samples tie in x and in 3x.
+TIE_EPS = 4.0
 
 
-def _neighbour_mask(
-    z: torch.Tensor, rows: slice, k: int, sq: torch.Tensor | None = None, include_self: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+class _Geometry:
+    """What ranks one representation's neighbours: float64 prepared rows z, and per row i the similarity of
+    every sample j as a product (the larger, the nearer) with the tolerance within which two are tied.
+
+    ``euclidean``: z the centred rows, similarity 2z_i·z_j − ‖z_j‖² (−‖z_i − z_j‖² up to a per-row constant);
+    ``cosine``: the same on the rows scaled to unit norm and centred (:func:`normalised_centred`: 1 − cos is
+    half their squared distance, without the cancellation of 1 − x̂_i·x̂_j for nearly parallel rows);
+    ``inner_product``: z the rows themselves, similarity z_i·z_j. Float64 throughout: products of float32 data
+    are then exact but for the sums' rounding, so exact ties (quantised data) stay ties.
+    """
+
+    def __init__(self, x: torch.Tensor, neighbours: str, name: str) -> None:
+        f64 = torch.float64
+        if neighbours == "cosine":
+            self.z = normalised_centred(x, f64, name)
+        elif neighbours == "euclidean":
+            self.z = column_centred(x, f64)
+        else:
+            self.z = Prepared(x, f64)
+        norms = self.z.sq_norms()
+        self.sq = None if neighbours == "inner_product" else norms
+        width = TIE_EPS * x.shape[1] * torch.finfo(f64).eps
+        top = norms.max()
+        # the rounding of 2z_i·z_j − ‖z_j‖² is below width·(‖z_i‖² + ‖z_j‖²); of z_i·z_j below width·‖z_i‖‖z_j‖
+        self.tol = width * (2.0 * (norms + top) if self.sq is not None else (norms * top).sqrt())
+
+    def similarities(self, rows: slice) -> torch.Tensor:
+        sim = self.z.products(rows, slice(0, self.z.shape[0]))
+        if self.sq is not None:
+            sim.mul_(2.0).sub_(self.sq[None, :])
+        return sim
+
+
+def _neighbour_mask(g: _Geometry, rows: slice, k: int, include_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(len(rows), n) boolean: the k nearest neighbours of each row among the others (self excluded unless
     ``include_self``), with the strip of similarities that ranked them.
 
-    Ties are broken towards the lower sample index, so the sets are a function of the data alone (a duplicate
-    sample, at similarity equal to some other, is ranked by its index).
+    The tie rule: similarities within the row's tolerance of the k-th largest count as tied with it, and ties
+    are broken towards the lower sample index. Exact ties (duplicates, quantised data) are then broken the same
+    way in x and in any transformation of x the measure is invariant to, whatever the products' rounding.
     """
-    sim = z[rows] @ z.T
-    if sq is not None:  # Euclidean: −‖a − b‖² up to the row's own ‖a‖², which does not change its ranking
-        sim.mul_(2.0).sub_(sq[None, :])
+    sim = g.similarities(rows)
     if not include_self:
-        local = torch.arange(rows.stop - rows.start, device=z.device)
+        local = torch.arange(rows.stop - rows.start, device=sim.device)
         sim[local, local + rows.start] = -torch.inf
+    tol = g.tol[rows].unsqueeze(1)
     kth = torch.topk(sim, k, dim=1).values[:, -1:]
-    above = sim > kth
-    tied = sim == kth
+    above = sim > kth + tol
+    tied = (sim >= kth - tol) & ~above
     need = k - above.sum(dim=1, keepdim=True)
     return above | (tied & (torch.cumsum(tied, dim=1) <= need)), sim
+
+
+def _ranked(idx: torch.Tensor, values: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+    """``idx`` (rows, k) reordered by ``values`` (descending) with the tie rule of :func:`_neighbour_mask`:
+    values that differ from their neighbour in the sorted order by at most the row's ``tol`` form one group,
+    and a group is ordered by sample index."""
+    order = torch.argsort(-values, dim=1, stable=True)
+    v, i = values.gather(1, order), idx.gather(1, order)
+    new_group = torch.ones_like(v, dtype=torch.long)
+    new_group[:, 1:] = (v[:, :-1] - v[:, 1:] > tol.unsqueeze(1)).long()
+    group = torch.cumsum(new_group, dim=1)
+    key = group * (int(idx.max()) + 1 if idx.numel() else 1) + i
+    return i.gather(1, torch.argsort(key, dim=1))
 
 
 @full_precision_matmul
 def _neighbour_indices(
     x: torch.Tensor, k: int, neighbours: str, block: int | None, name: str, include_self: bool = False
 ) -> torch.Tensor:
-    """(n, k): each sample's k nearest neighbours, nearest first (ties to the lower index), strip by strip."""
+    """(n, k): each sample's k nearest neighbours, nearest first (the tie rule of :func:`_neighbour_mask`),
+    strip by strip."""
     n = x.shape[0]
-    z = _prepared(x, neighbours, name)
-    sq = torch.linalg.vector_norm(z, dim=1).square() if neighbours == "euclidean" else None
+    g = _Geometry(x, neighbours, name)
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
     for rows in strips(n, strip_rows(n, block)):
-        mask, sim = _neighbour_mask(z, rows, k, sq, include_self)
-        # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k), in
-        # index order; a stable sort by similarity then ranks them with ties kept in index order
+        mask, sim = _neighbour_mask(g, rows, k, include_self)
+        # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k)
         idx = mask.nonzero()[:, 1].reshape(-1, k)
-        order = torch.argsort(-sim.gather(1, idx), dim=1, stable=True)
-        out[rows] = idx.gather(1, order)
+        out[rows] = _ranked(idx, sim.gather(1, idx), g.tol[rows])
     return out
 
 
@@ -714,10 +756,10 @@ RANK_TIE_RTOL = 1e-12
 
 def _rdm_rows(z: Prepared, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
     """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z`` (built in place in
-    the one product's memory)."""
-    if kind in ("correlation", "cosine"):
-        return z.products(rows, slice(0, z.shape[0])).neg_().add_(1.0)
+    the one product's memory): every kind is a function of the squared distances of prepared rows."""
     d2 = sq_distance_rows(z, sq, rows)
+    if kind in ("correlation", "cosine"):
+        return d2.mul_(0.5)  # 1 − r = ‖ẑ_i − ẑ_j‖² / 2 for rows normalised to unit norm
     if kind == "euclidean":
         return d2.sqrt_()
     if kind == "sqeuclidean_per_feature":
@@ -728,21 +770,14 @@ def _rdm_rows(z: Prepared, sq: torch.Tensor, rows: slice, kind: str) -> torch.Te
 def _rdm_prepared(
     x: torch.Tensor, kind: str, name: str, dtype: torch.dtype = torch.float64
 ) -> tuple[Prepared, torch.Tensor]:
-    """The rows from which the RDM's strips are products: row-centred (correlation) and normalised (cosine,
-    correlation), or column-centred (distances), in ``dtype``; held whole when small, else rebuilt block by block
-    (see :class:`Prepared`), so a large input is not copied."""
+    """The rows whose squared distances give the RDM, in ``dtype``, and their squared norms: row-centred (for
+    correlation), scaled to unit norm and column-centred (correlation, cosine; see :func:`normalised_centred`),
+    or column-centred (distances); held whole when small, else rebuilt block by block (see :class:`Prepared`),
+    so a large input is not copied."""
     if kind in ("correlation", "cosine"):
-        shift = x.mean(dim=1, dtype=torch.float64).to(dtype) if kind == "correlation" else None
-        norms = Prepared(x, dtype, row_shift=shift, hold=False).sq_norms().sqrt_()
-        zero = norms == 0
-        if bool(zero.any()):
-            what = "constant across features" if kind == "correlation" else "all zero"
-            raise ConstantRepresentationError(
-                f"{name} has {int(zero.sum())} rows that are {what} (e.g. row {int(zero.nonzero()[0])}); their "
-                f"{kind} distance is undefined. Drop them, or use rdm='euclidean'"
-            )
-        return Prepared(x, dtype, row_shift=shift, row_norm=norms), torch.ones(x.shape[0], dtype=dtype, device=x.device)
-    z = column_centred(x, dtype)  # distances are translation invariant; centring keeps the products accurate
+        z = normalised_centred(x, dtype, name, correlation=kind == "correlation", what=kind)
+    else:
+        z = column_centred(x, dtype)  # distances are translation invariant; centring keeps the products accurate
     return z, z.sq_norms()
 
 
@@ -898,10 +933,7 @@ class RSA(Measure):
         if f is None:
             raise InvalidParameterError("RSA from moments needs the fourth-order moments; stream with fourth=True")
         n = m.n
-        tx, ty = m.cxx.diagonal().sum(), m.cyy.diagonal().sum()
-        for side, t in (("x", tx), ("y", ty)):
-            if not bool(t > 0):
-                raise ConstantRepresentationError(f"every sample of {side} is the same, so its RDM is all zero")
+        tx, ty = check_variance(m, "x", "RSA"), check_variance(m, "y", "RSA")
         # in units of the traces, so that fourth powers of large activations cannot overflow
         c = 2.0 * (n + 1) / (n - 1)
         cov = 2 * n * f.ab / (tx * ty) + 4 * inner(m.cxy, m.cxy) / (tx * ty) - c

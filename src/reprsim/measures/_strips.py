@@ -39,15 +39,17 @@ COL_BLOCK = 2048
 
 
 class Prepared:
-    """The rows of z = ((x − col_shift) − row_shift) / row_norm in ``dtype`` (computed as x·s + o per row, with
-    s = 1 / row_norm and o = −row_shift / row_norm), without necessarily holding z.
+    """The rows of z = ((x − col_shift) − row_shift) / row_norm − post_shift in ``dtype``, without necessarily
+    holding z.
 
     The strip measures multiply prepared rows: column-centred for distances (translation invariant, and
-    centred rows keep ‖a‖² + ‖b‖² − 2a·b accurate when the features share a large offset), row-centred and
-    normalised for correlation distances. A copy of z costs as much memory as the input; up to
+    centred rows keep ‖a‖² + ‖b‖² − 2a·b accurate when the features share a large offset); normalised (after
+    row-centring, for correlations) and then column-centred for cosine and correlation distances, which are
+    half the squared distances of normalised rows: with a common offset the normalised rows nearly coincide, and
+    only their centred differences keep the digits (the rows are then built in float64 and rounded once, so a
+    float32 strip loses nothing to the normalisation). A copy of z costs as much memory as the input; up to
     :data:`COPY_BYTES` it is held, beyond it every product rebuilds the rows it needs from ``x``, block by
-    block, at the cost of a subtraction (and a division) per element and strip, small beside the product's
-    multiply-adds.
+    block, at the cost of a few operations per element and strip, small beside the product's multiply-adds.
     """
 
     def __init__(
@@ -58,10 +60,12 @@ class Prepared:
         col_shift: torch.Tensor | None = None,
         row_shift: torch.Tensor | None = None,
         row_norm: torch.Tensor | None = None,
+        post_shift: torch.Tensor | None = None,
         hold: bool | None = None,
     ) -> None:
         self.x, self.dtype = x, dtype
         self.col_shift, self.row_shift, self.row_norm = col_shift, row_shift, row_norm
+        self.post_shift = post_shift
         # rows as x·scale + offset: one fused pass over each block instead of a subtraction and a division
         self.scale = None if row_norm is None else row_norm.reciprocal()
         self.offset = None if row_shift is None else -row_shift * (self.scale if self.scale is not None else 1.0)
@@ -84,17 +88,24 @@ class Prepared:
         picked = self.x[index]
         if out is None:
             out = torch.empty(picked.shape, dtype=self.dtype, device=picked.device)
+        if self.scale is not None or self.post_shift is not None:
+            # normalised rows: computed in float64 and rounded once (see the class notes)
+            wide = picked.to(torch.float64)
+            if self.col_shift is not None:
+                wide = wide - self.col_shift.to(torch.float64)
+            if self.scale is not None:
+                wide = wide * self.scale[index].unsqueeze(1).to(torch.float64)
+            if self.offset is not None:
+                wide = wide + self.offset[index].unsqueeze(1).to(torch.float64)
+            if self.post_shift is not None:
+                wide = wide - self.post_shift.to(torch.float64)
+            out.copy_(wide)
+            return out
         if self.col_shift is not None:
             torch.sub(picked, self.col_shift, out=out)
             picked = out
-        scale = None if self.scale is None else self.scale[index].unsqueeze(1)
-        offset = None if self.offset is None else self.offset[index].unsqueeze(1)
-        if offset is not None and scale is not None:
-            torch.addcmul(offset, picked, scale, out=out)
-        elif scale is not None:
-            torch.mul(picked, scale, out=out)
-        elif offset is not None:
-            torch.add(picked, offset, out=out)
+        if self.offset is not None:
+            torch.add(picked, self.offset[index].unsqueeze(1), out=out)
         elif picked is not out:
             out.copy_(picked)
         return out
@@ -116,16 +127,43 @@ class Prepared:
             out[:, start - cols.start : stop - cols.start] = a @ block.T
         return out
 
-    def sq_norms(self) -> torch.Tensor:
-        """‖z_i‖² of every prepared row, block by block."""
+    def blocks(self) -> Iterator[torch.Tensor]:
+        """The prepared rows, :data:`COL_BLOCK` at a time."""
         n = self.shape[0]
-        if self.whole is not None:
-            whole: torch.Tensor = torch.linalg.vector_norm(self.whole, dim=1).square()
-            return whole
-        return torch.cat(
-            [torch.linalg.vector_norm(self._build(slice(s, min(n, s + COL_BLOCK))), dim=1).square()
-             for s in range(0, n, COL_BLOCK)]
-        )  # fmt: skip
+        for s in range(0, n, COL_BLOCK):
+            yield self.rows(slice(s, min(n, s + COL_BLOCK)))
+
+    def sq_norms(self) -> torch.Tensor:
+        """‖z_i‖² of every prepared row, block by block, accumulated in float64, returned in ``dtype``."""
+        return torch.cat([b.to(torch.float64).square().sum(dim=1) for b in self.blocks()]).to(self.dtype)
+
+    def column_means(self) -> torch.Tensor:
+        """The mean of the prepared rows (float64), block by block."""
+        total = torch.zeros(self.shape[1], dtype=torch.float64, device=self.device)
+        for b in self.blocks():
+            total += b.sum(dim=0, dtype=torch.float64)
+        return total / max(self.shape[0], 1)
+
+
+def normalised_centred(
+    x: torch.Tensor, dtype: torch.dtype, name: str, *, correlation: bool = False, what: str = "cosine"
+) -> Prepared:
+    """Rows of ``x`` scaled to unit norm (after subtracting each row's mean, for ``correlation``), then centred
+    on their mean: 1 − cos(x_i, x_j) (or 1 − Pearson r) is half the squared distance of rows i and j, computed
+    from these rows without the cancellation of 1 − x̂_i·x̂_j when the rows nearly coincide."""
+    from ..errors import ConstantRepresentationError
+
+    shift = x.mean(dim=1, dtype=torch.float64) if correlation else None
+    norms = Prepared(x, torch.float64, row_shift=shift, hold=False).sq_norms().sqrt_()
+    zero = norms == 0
+    if bool(zero.any()):
+        kind = "constant across features" if correlation else "all zero"
+        raise ConstantRepresentationError(
+            f"{name} has {int(zero.sum())} rows that are {kind} (e.g. row {int(zero.nonzero()[0])}); their {what} "
+            "distance is undefined. Drop them, or use a Euclidean geometry"
+        )
+    centre = Prepared(x, torch.float64, row_shift=shift, row_norm=norms, hold=False).column_means()
+    return Prepared(x, dtype, row_shift=shift, row_norm=norms, post_shift=centre)
 
 
 def column_centred(x: torch.Tensor, dtype: torch.dtype | None = None) -> Prepared:

@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..inference._permutation import assemble, null_values, summary
 from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_matrix
-from ..measures._base import Measure, get_measure
+from ..measures._base import Measure, get_measure, prepared_side, side_stats
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._distributed import (
@@ -661,6 +661,7 @@ class _Comparison:
         # feature_memory bytes in all, then in memory-mapped temporary files
         self.store = _FeatureStore(feature_memory)
         self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
+        self.layer_stats: dict[tuple[tuple[int, int], str], tuple[float, float]] = {}
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
         self.grams_in_hook = (
@@ -1094,13 +1095,21 @@ class _Comparison:
                         )
                     y = self._features(sb)
                     dtype = torch.promote_types(x.dtype, y.dtype)
-                    xv, yv = x.to(dtype), y.to(x.device, dtype)
+                    # constant layers refused and extreme magnitudes rescaled, as on two arrays (the spread and
+                    # magnitude of each layer found once)
+                    xv = prepared_side(measure, x, f"{a}:{sa[1]}", self._side_stats(sa, x)).to(dtype)
+                    yv = prepared_side(measure, y, f"{b}:{sb[1]}", self._side_stats(sb, y)).to(x.device, dtype)
                     cx, cy = caches.setdefault(sa, {}), caches.setdefault(sb, {})
                     values[i, j] = float(measure.from_samples(xv, yv, cx, cy))
                 except ReprsimError as exc:
                     where = f"{a}:{sa[1]} and {b}:{sb[1]}"
                     raise type(exc)(f"{measure.label} of {where}: {exc}") from exc
         return values
+
+    def _side_stats(self, slot: tuple[tuple[int, int], str], t: torch.Tensor) -> tuple[float, float]:
+        if slot not in self.layer_stats:
+            self.layer_stats[slot] = side_stats(t)
+        return self.layer_stats[slot]
 
     def _features(self, slot: tuple[tuple[int, int], str]) -> torch.Tensor:
         """A layer's pooled features of every batch (from memory, or read back from its file)."""

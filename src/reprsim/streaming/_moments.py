@@ -23,7 +23,16 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..measures._base import Measure, get_measure
-from ..measures._moments import Layout, Moments, chunk_state, combine_states, pair_moments, pool_folds, shift_state
+from ..measures._moments import (
+    EPS64,
+    Layout,
+    Moments,
+    chunk_state,
+    combine_states,
+    pair_moments,
+    pool_folds,
+    shift_state,
+)
 from ._protocol import Dims, Pending, _Accumulator, _StateSpec, batch_layers
 
 __all__ = ["CrossMoments"]
@@ -88,7 +97,8 @@ class CrossMoments(_Accumulator):
     True
     """
 
-    _version = 2
+    _version = 3
+    _readable = (2,)  # version 2 had no "eps" entry: its data are taken to be float64
 
     def __init__(
         self,
@@ -136,7 +146,44 @@ class CrossMoments(_Accumulator):
         def fixed(s: tuple[int, ...]) -> Callable[[Dims], tuple[int, ...]]:
             return lambda _d: s
 
-        return {k: _StateSpec(fixed(s), "sum") for k, s in shapes.items()}
+        specs = {k: _StateSpec(fixed(s), "sum") for k, s in shapes.items()}
+        # the machine epsilon of the coarsest dtype the batches came in (see Moments.eps)
+        specs["eps"] = _StateSpec(fixed((1,)), "max")
+        return specs
+
+    def _upgrade(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
+        n = state.get("n")
+        like = n if isinstance(n, torch.Tensor) else torch.zeros(1, dtype=torch.float64)
+        return {**state, "eps": torch.full((1,), EPS64, dtype=like.dtype, device=like.device)}
+
+    def _check_invariants(self, state: Mapping[str, torch.Tensor], dims: Dims) -> None:
+        """Sums of squares are non-negative and every centred cross sum obeys Cauchy–Schwarz,
+        |Σ uᵢvⱼ|² ≤ Σ uᵢ² · Σ vⱼ² (up to rounding); the means are finite; ``eps`` is a machine epsilon."""
+        layout = self._layout(dims)
+        diagonals = [state[f"m2.{l}"].diagonal(dim1=1, dim2=2) for l in range(len(layout.widths))]
+        eps = state["eps"]
+        if not bool(((eps >= 0) & (eps < 1)).all()):
+            raise IncompatibleStateError(f"state entry 'eps' must be a machine epsilon in [0, 1); got {eps.tolist()}")
+        for l, d in enumerate(diagonals):
+            if bool((d < 0).any()):
+                raise IncompatibleStateError(
+                    f"state entry 'm2.{l}' has negative sums of squares on its diagonal; no data produce that"
+                )
+        tol = 1024 * float(torch.finfo(self._dtype).eps)  # rounding of the parallel updates, with room
+        for b, (ga, gb) in enumerate(layout.blocks):
+            da = torch.cat([diagonals[l] for l in ga], dim=1)  # (K, Pa)
+            db = torch.cat([diagonals[l] for l in gb], dim=1)
+            cross = state[f"cross.{b}"]
+            bound = (da.unsqueeze(2) * db.unsqueeze(1)).sqrt() * (1 + tol) + tol * (
+                da.amax(dim=1, keepdim=True).unsqueeze(2).sqrt() * db.amax(dim=1, keepdim=True).unsqueeze(1).sqrt()
+            )
+            if bool((cross.abs() > bound).any()):
+                raise IncompatibleStateError(
+                    f"state entry 'cross.{b}' holds cross sums larger than Cauchy–Schwarz allows "
+                    "(|Σuv| > sqrt(Σu² Σv²)); the state is not one that data produce"
+                )
+        if layout.fourth and bool((state["r2"] < 0).any()):
+            raise IncompatibleStateError("state entry 'r2' has negative sums of squares; no data produce that")
 
     def _describe(self, dims: Dims) -> str:
         if self._blocks is None:
@@ -189,11 +236,13 @@ class CrossMoments(_Accumulator):
             except IndexError as exc:
                 raise ShapeMismatchError(f"the blocks {self._blocks} name layers this batch does not have") from exc
             cast = [t.to(self._dtype) for t in tensors]
+            eps = torch.full((1,), max(float(torch.finfo(t.dtype).eps) for t in tensors), dtype=self._dtype,
+                             device=device)  # fmt: skip
             if not layout.fourth and layout.folds == 1 and b > 0:
-                return Pending(self, dims, device, _deferred(cast, self._dtype))
+                return Pending(self, dims, device, {**_deferred(cast, self._dtype), "eps": eps})
             seen = self.num_samples if start is None else int(start)
             folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
-            return Pending(self, dims, device, chunk_state(cast, layout, folds))
+            return Pending(self, dims, device, {**chunk_state(cast, layout, folds), "eps": eps})
 
     def update(self, x: Any, y: Any = None) -> None:
         """Add a batch: ``x`` and ``y`` each a tensor (b, ...) or a list of tensors (layers), same b samples."""
@@ -205,9 +254,11 @@ class CrossMoments(_Accumulator):
     def _add(self, contribution: Mapping[str, torch.Tensor]) -> None:
         self._generation += 1
         layout = self.layout
+        eps = torch.maximum(self._state["eps"], contribution["eps"].to(self._state["eps"].device))
         if layout.fourth:
-            self._state = combine_states(self._state, dict(contribution), layout)
+            self._state = {**combine_states(self._state, dict(contribution), layout), "eps": eps}
             return
+        self._state["eps"] = eps
         # Second order only: Chan's update in place, M += M_b + (n_a n_b / n) δ_x δ_yᵀ, so a batch costs no copy
         # of the (possibly large) state. Same algebra as combine_states, which the fourth-order terms need.
         # M_b is either held (a merge, a folded batch) or, for a batch prepared by _deferred, its centred rows,
@@ -253,7 +304,9 @@ class CrossMoments(_Accumulator):
         for name, t in shifted.items():
             if name not in ("n", "mean"):
                 dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        shifted["n"], shifted["mean"] = n, mean
+        eps = self._state["eps"].clone()
+        dist.all_reduce(eps, op=dist.ReduceOp.MAX, group=group)
+        shifted["n"], shifted["mean"], shifted["eps"] = n, mean, eps
         self._state = shifted
 
     # -- results -----------------------------------------------------------------------------------------
@@ -282,11 +335,15 @@ class CrossMoments(_Accumulator):
         layout = self.layout
         one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
         pooled = pool_folds(self._state, layout, keep) if layout.folds > 1 else self._state
+        eps = float(self._state["eps"].max())
         out = []
         for i, j in pairs:
             m = pair_moments(pooled, one, block, i, j, caches=caches)
+            m.eps = eps
             if layout.folds > 1 and keep is None:
                 m.folds = tuple(pair_moments(self._state, layout, block, i, j, fold=k) for k in range(layout.folds))
+                for f in m.folds:
+                    f.eps = eps
             out.append(m)
         return out
 

@@ -34,7 +34,7 @@ Dims = tuple[int, ...]
 
 class _StateSpec(NamedTuple):
     shape: Callable[[Dims], tuple[int, ...]]
-    reduce: Literal["sum", "cat", "frame"]
+    reduce: Literal["sum", "cat", "frame", "max"]
 
 
 class Pending(NamedTuple):
@@ -70,6 +70,8 @@ class _Accumulator:
     """
 
     _version: ClassVar[int] = 1
+    #: Older format versions that :meth:`_upgrade` turns into the current one.
+    _readable: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, dtype: torch.dtype) -> None:
         if dtype not in (torch.float32, torch.float64):
@@ -83,12 +85,14 @@ class _Accumulator:
         self._dims: Dims | None = None
         self._specs: dict[str, _StateSpec] = {}
         self._state: dict[str, torch.Tensor] = {}
+        # the buffers behind "cat" states, with room to grow (a batch's rows are appended in amortised O(1))
+        self._room: dict[str, torch.Tensor] = {}
         # bumped whenever the state changes, so anything derived from it (a fitted probe) knows it is stale
         self._generation = 0
 
     # -- declaration ------------------------------------------------------------------------------------
     def _add_state(
-        self, name: str, shape: Callable[[Dims], tuple[int, ...]], reduce: Literal["sum", "cat", "frame"]
+        self, name: str, shape: Callable[[Dims], tuple[int, ...]], reduce: Literal["sum", "cat", "frame", "max"]
     ) -> None:
         self._specs[name] = _StateSpec(shape, reduce)
 
@@ -127,6 +131,7 @@ class _Accumulator:
         """Forget everything seen; the configuration and device stay."""
         self._dims = None
         self._state = {}
+        self._room = {}
         self._generation += 1
         return self
 
@@ -182,13 +187,15 @@ class _Accumulator:
                 f"cannot load a {kind} into a {self.__class__.__name__}; both must be of the same kind"
             )
         version = state_dict.get("version")
-        if version != self._version:
+        if version != self._version and version not in self._readable:
             raise IncompatibleStateError(
                 f"this state dict has format version {version!r} but this reprsim reads version {self._version}; "
                 "save it again with the reprsim version that loads it"
             )
         if not isinstance(config, Mapping) or not isinstance(state, Mapping):
             raise IncompatibleStateError("a state dict's config and state must be mappings")
+        if version != self._version:
+            state = self._upgrade(int(version), dict(state))
         self._check_compatible(str(kind), config, "load")
         if dims is None:
             if state:
@@ -200,9 +207,19 @@ class _Accumulator:
         new_state = self._checked_state(state, new_dims)
         device = self._device if self._device is not None else next(iter(new_state.values())).device
         converted = {k: v.to(device=device, dtype=self._dtype).clone() for k, v in new_state.items()}
+        self._check_invariants(converted, new_dims)
         self._dims, self._device, self._state = new_dims, device, converted  # swapped only once all is valid
+        self._room = {}
         self._generation += 1
         return self
+
+    def _upgrade(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
+        """A state saved in an older format version (one of :attr:`_readable`), in the current format."""
+        return state  # pragma: no cover - only accumulators with older readable versions override it
+
+    def _check_invariants(self, state: Mapping[str, torch.Tensor], dims: Dims) -> None:
+        """Refuse a loaded state that no stream of data could have produced (negative sums of squares, sums that
+        violate Cauchy–Schwarz): its measures would be meaningless numbers. Subclasses check their own."""
 
     def _checked_dims(self, dims: Any) -> Dims:
         ok = isinstance(dims, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
@@ -237,6 +254,11 @@ class _Accumulator:
                 raise IncompatibleStateError(
                     f"state entry {name!r} has shape {tuple(t.shape)} but dims {list(dims)} need "
                     f"{('(any, ' + ', '.join(map(str, want[1:])) + ')') if spec.reduce == 'cat' else want}"
+                )
+            if t.layout != torch.strided or t.device.type == "meta":
+                raise IncompatibleStateError(
+                    f"state entry {name!r} is a {t.layout} tensor on {t.device}; a state holds dense tensors with "
+                    "values"
                 )
             if not bool(torch.isfinite(t).all()):
                 raise IncompatibleStateError(f"state entry {name!r} holds NaN or infinite values")
@@ -320,6 +342,8 @@ class _Accumulator:
         for name, spec in self._specs_for(self._dims or ()).items():
             if spec.reduce == "sum":
                 dist.all_reduce(self._state[name], op=dist.ReduceOp.SUM, group=group)
+            elif spec.reduce == "max":
+                dist.all_reduce(self._state[name], op=dist.ReduceOp.MAX, group=group)
             elif spec.reduce == "cat":
                 self._state[name] = _all_gather_rows(self._state[name], world, group, dist)
 
@@ -418,8 +442,30 @@ class _Accumulator:
                 continue
             if spec.reduce == "sum":
                 self._state[name] += contribution[name]
+            elif spec.reduce == "max":
+                self._state[name] = torch.maximum(self._state[name], contribution[name])
             elif spec.reduce == "cat":
-                self._state[name] = torch.cat([self._state[name], contribution[name]])
+                self._append_rows(name, contribution[name])
+
+    def _append_rows(self, name: str, rows: torch.Tensor) -> None:
+        """Append ``rows`` to the concatenated state ``name`` in amortised O(rows): the state is a view of a
+        buffer with room to grow, doubled when full (a torch.cat per batch would copy every earlier row, and
+        10⁶ batches would cost 10¹² copies)."""
+        current = self._state[name]
+        used, extra = current.shape[0], rows.shape[0]
+        room = self._room.get(name)
+        if (
+            room is None
+            or room.data_ptr() != current.data_ptr()
+            or room.shape[1:] != current.shape[1:]
+            or room.shape[0] < used + extra
+        ):
+            grown = current.new_empty((max(16, 2 * (used + extra)), *current.shape[1:]))
+            grown[:used] = current
+            room = grown
+            self._room[name] = room
+        room[used : used + extra] = rows
+        self._state[name] = room[: used + extra]
 
     def _require_samples(self, need: int, what: str) -> int:
         if self._dims is None:
