@@ -146,3 +146,58 @@ def test_help_shows_examples_and_version() -> None:
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert "--measure cka --measure procrustes" in sub.stdout
     assert "--align" in sub.stdout
+
+
+def _broken(kind: str, base: Path) -> Path:
+    """A store or file damaged in one way that once ended in a traceback (exit 1) or printed what it should not."""
+    import json
+    import struct
+
+    if kind in ("passwd", "non-utf8", "layers"):
+        with StoreWriter(base / kind, model="m") as w:
+            w.write({"h": np.ones((3, 2))}, ids=["a", "b", "c"])
+        manifest = json.loads((base / kind / "reprsim-store.json").read_text())
+        if kind == "passwd":
+            manifest["ids"]["file"] = "/etc/passwd"
+        elif kind == "layers":
+            manifest["layers"] = {"h": 1}
+        else:
+            (base / kind / "ids.txt").write_bytes(b"a\n\xff\xfe\nc\n")
+        (base / kind / "reprsim-store.json").write_text(json.dumps(manifest))
+        return base / kind
+    if kind == "safetensors":
+        text = b'{"h": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 1000000]}}'
+        (base / "m.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + b"\0" * 16)
+        return base / "m.safetensors"
+    np.save(base / "w0.npy", np.ones((5, 0)))
+    return base / "w0.npy"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("passwd", "not inside the store"),
+        ("non-utf8", "not UTF-8 text"),
+        ("layers", "damaged"),
+        ("safetensors", "outside the file"),
+        ("width0", "no features"),
+    ],
+)
+def test_damaged_inputs_exit_4_without_a_traceback(tmp_path: Path, kind: str, message: str) -> None:
+    path = _broken(kind, tmp_path)
+    for args in (["info", str(path)], ["compare", str(path), "--quiet"]):
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode == 4, (done.stdout, done.stderr)
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+        assert "root:" not in done.stdout + done.stderr  # /etc/passwd's first line, never printed
+
+
+def test_info_escapes_control_characters(tmp_path: Path) -> None:
+    with StoreWriter(tmp_path / "s", model="net\x1b[31mred") as w:
+        w.write({"h": np.ones((3, 2))}, ids=["a\tb", "c", "d"])
+    done = cli("info", str(tmp_path / "s"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    assert "\\x1b" in done.stdout
+    assert "a\\tb" in done.stdout

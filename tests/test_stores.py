@@ -110,7 +110,7 @@ def test_writer_refusals(tmp_path: Path) -> None:
         open_store(tmp_path / "s")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    with pytest.raises(StoreError, match="not an activation store"):
+    with pytest.raises(StoreError, match="not a complete activation store"):
         StoreWriter(tmp_path / "notes", overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").exists()
     with pytest.raises(reprsim.errors.InvalidParameterError, match="line breaks"):
@@ -368,3 +368,292 @@ def test_compare_stores_on_each_device(tmp_path: Path, device: str) -> None:
 
     rho = spearmanr(pdist(x32, "correlation"), pdist(y32, "correlation"))[0]
     assert out["rsa"].matrix.item() == pytest.approx(rho, abs=1e-5)  # float32 RDMs: near-ties may swap ranks
+
+
+# -- what overwrite may delete, and what a manifest may name -------------------------------------------------
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_proven_store(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "layers").mkdir(parents=True)
+    (project / "train.py").write_text("print('mine')")
+    (project / "data.csv").write_text("1,2")
+    (project / "layers" / "model.py").write_text("class Net: ...")
+    with pytest.raises(StoreError, match=r"not a complete activation store.*overwrite=True replaces only"):
+        StoreWriter(project, overwrite=True)
+    assert sorted(p.name for p in project.rglob("*")) == ["data.csv", "layers", "model.py", "train.py"]
+    # a complete store with a file it does not list: refused, nothing deleted
+    x, _, _ = data(20)
+    write(tmp_path / "s", {"a": x})
+    (tmp_path / "s" / "notes.txt").write_text("keep")
+    with pytest.raises(StoreError, match=r"holds files its store does not list \('notes.txt'\)"):
+        StoreWriter(tmp_path / "s", overwrite=True)
+    assert (tmp_path / "s" / "notes.txt").exists()
+    assert open_store(tmp_path / "s").samples == 20
+    # a file, and a folder reached through a symbolic link, are never replaced
+    (tmp_path / "file.npy").write_bytes(b"x")
+    with pytest.raises(StoreError, match="is a file, not a store folder"):
+        StoreWriter(tmp_path / "file.npy", overwrite=True)
+    (tmp_path / "s" / "notes.txt").unlink()
+    (tmp_path / "link").symlink_to(tmp_path / "s")
+    with pytest.raises(StoreError, match="symbolic link"):
+        StoreWriter(tmp_path / "link", overwrite=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match="symbolic link"):
+        StoreWriter(tmp_path / "dangling")
+    assert open_store(tmp_path / "s").samples == 20
+
+
+def test_overwrite_replaces_a_store_deleting_only_its_files_and_never_through_a_link(tmp_path: Path) -> None:
+    x, y, _ = data(30)
+    write(tmp_path / "s", {"a": x, "b": y})
+    with StoreWriter(tmp_path / "s", overwrite=True) as w:
+        w.write({"c": y[:10]})
+    store = open_store(tmp_path / "s")
+    assert store.layers == ["c"]
+    assert store.samples == 10
+    assert sorted(p.name for p in (tmp_path / "s" / "layers").iterdir()) == ["0000.npy"]
+    # a layer file replaced by a link to a file outside: the store is not proven, and the outside file survives
+    outside = tmp_path / "precious.npy"
+    np.save(outside, x)
+    layer = tmp_path / "s" / "layers" / "0000.npy"
+    layer.unlink()
+    layer.symlink_to(outside)
+    with pytest.raises(StoreError, match="symbolic link"):
+        StoreWriter(tmp_path / "s", overwrite=True)
+    np.testing.assert_array_equal(np.load(outside), x)
+
+
+def test_an_aborted_store_can_be_replaced_but_not_one_being_written(tmp_path: Path) -> None:
+    x, _, _ = data(20)
+    w = StoreWriter(tmp_path / "s")
+    w.write({"a": x})
+    with pytest.raises(StoreError, match="being written by another StoreWriter"):
+        StoreWriter(tmp_path / "s", overwrite=True)
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(tmp_path / "s")
+    store = w.close()  # the first writer is unharmed
+    np.testing.assert_array_equal(store.read("a"), x)
+    assert store.sample_ids.tolist() == list(range(20))
+    w = StoreWriter(tmp_path / "s", overwrite=True)
+    w.write({"b": x[:5]})
+    w.abort()
+    with StoreWriter(tmp_path / "s", overwrite=True) as again:  # its claim lists what it wrote
+        again.write({"b": x[:7]})
+    assert open_store(tmp_path / "s").samples == 7
+
+
+def test_writers_racing_for_one_path_leave_one_consistent_store(tmp_path: Path) -> None:
+    import threading
+
+    x, _, _ = data(40)
+    write(tmp_path / "s", {"a": x})
+    outcomes: list[object] = []
+    barrier = threading.Barrier(6)
+
+    def race(k: int) -> None:
+        barrier.wait()
+        try:
+            with StoreWriter(tmp_path / "s", overwrite=True) as w:
+                w.write({"a": x[:, :3] + k}, ids=np.arange(40) + 1000 * k)
+            outcomes.append(k)
+        except StoreError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=race, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [o for o in outcomes if isinstance(o, int)]
+    assert len(outcomes) == 6, outcomes
+    assert winners, outcomes
+    store = open_store(tmp_path / "s")
+    k = int(store.sample_ids[0]) // 1000  # the IDs and the data come from the same writer
+    np.testing.assert_array_equal(store.read("a"), x[:, :3] + k)
+    assert store.sample_ids.tolist() == (np.arange(40) + 1000 * k).tolist()
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "reprsim-store.json").read_text())
+
+
+def _set_manifest(path: Path, m: dict) -> None:
+    (path / "reprsim-store.json").write_text(json.dumps(m))
+
+
+def test_manifest_paths_must_stay_inside_the_store(tmp_path: Path) -> None:
+    x, _, _ = data(20)
+    write(tmp_path / "s", {"a": x})
+    original = _manifest(tmp_path / "s")
+    np.save(tmp_path / "x.npy", x)
+    for file, what in [("../x.npy", "not inside the store"), (str(tmp_path / "x.npy"), "not inside the store")]:
+        m = json.loads(json.dumps(original))
+        m["layers"][0]["file"] = file
+        _set_manifest(tmp_path / "s", m)
+        with pytest.raises(StoreError, match=what):
+            open_store(tmp_path / "s")
+    m = json.loads(json.dumps(original))
+    m["ids"] = {"file": "/etc/passwd", "kind": "str"}
+    _set_manifest(tmp_path / "s", m)
+    with pytest.raises(StoreError, match="not inside the store"):
+        open_store(tmp_path / "s")
+    _set_manifest(tmp_path / "s", original)
+    (tmp_path / "s" / "ids.npy").unlink()
+    (tmp_path / "s" / "ids.npy").symlink_to(tmp_path / "x.npy")  # a link leading out of the folder
+    with pytest.raises(StoreError, match="leads outside the store"):
+        open_store(tmp_path / "s")
+
+
+def test_manifest_names_are_validated(tmp_path: Path) -> None:
+    x, _, _ = data(20)
+    write(tmp_path / "s", {"a": x, "b": x})
+    original = _manifest(tmp_path / "s")
+    m = json.loads(json.dumps(original))
+    m["layers"][1]["name"] = "a"
+    _set_manifest(tmp_path / "s", m)
+    with pytest.raises(StoreError, match="lists the layer 'a' twice"):
+        open_store(tmp_path / "s")
+    m["layers"][1]["name"] = "b\x1b[2J"
+    _set_manifest(tmp_path / "s", m)
+    with pytest.raises(StoreError, match=r"control characters") as info:
+        open_store(tmp_path / "s")
+    assert "\x1b" not in str(info.value)  # printed escaped, never raw
+    for bad in ({"layers": "a"}, {"layers": []}, {"samples": -1}, {"ids": 3}):
+        _set_manifest(tmp_path / "s", {**original, **bad})
+        with pytest.raises(StoreError, match="damaged"):
+            open_store(tmp_path / "s")
+
+
+def test_duplicate_sample_ids_in_a_store_are_refused(tmp_path: Path) -> None:
+    x, _, _ = data(20)
+    write(tmp_path / "s", {"a": x}, ids=np.arange(20))
+    ids = np.arange(20)
+    ids[7] = 3
+    np.save(tmp_path / "s" / "ids.npy", ids)
+    with pytest.raises(StoreError, match=r"not unique \(1 occur more than once, e.g. \['3'\]\)"):
+        open_store(tmp_path / "s")
+
+
+def _npy_with_header_length(path: Path, length: int) -> None:
+    path.write_bytes(b"\x93NUMPY\x02\x00" + length.to_bytes(4, "little") + b"{'descr': '<f8'}")
+
+
+def test_headers_are_bounded_before_anything_is_allocated(tmp_path: Path) -> None:
+    _npy_with_header_length(tmp_path / "big.npy", 2**31)
+    with pytest.raises(StoreError, match=r"header claims 2,147,483,648 bytes"):
+        open_store(tmp_path / "big.npy")
+    # an .npz whose sample_ids declare 10¹⁰ rows
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "ids.npz", "w") as z:
+        z.writestr("a.npy", _npy_bytes(np.ones((4, 2))))
+        header = _npy_bytes(np.arange(4))[:128].replace(b"(4,)", b"(10000000000,)")
+        z.writestr("sample_ids.npy", header + np.arange(4).tobytes())
+    with pytest.raises(StoreError, match=r"sample_ids.*declares shape \(10000000000,\)"):
+        open_store(tmp_path / "ids.npz")
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, a)
+    return buffer.getvalue()
+
+
+def test_a_compressed_npz_is_opened_from_its_headers_and_read_lazily(tmp_path: Path) -> None:
+    import tracemalloc
+
+    big = np.zeros((100_000, 256), np.float32)  # 100 MB of zeros: about 100 KB compressed
+    big[:, 0] = np.arange(100_000)
+    np.savez_compressed(tmp_path / "bomb.npz", layer=big, other=big[:, :8])
+    assert (tmp_path / "bomb.npz").stat().st_size < 2 * 2**20
+    tracemalloc.start()
+    store = open_store(tmp_path / "bomb.npz")
+    text = repr(store)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 * 2**20, peak  # headers only: decompressing the layers would take 100 MB
+    assert "100000 samples" in text
+    np.testing.assert_array_equal(store.read("layer", 50_000, 50_010), big[50_000:50_010])
+    np.testing.assert_array_equal(store.read("layer", 10, 12), big[10:12])  # a step back reopens the member
+    np.testing.assert_array_equal(store.rows("other", np.array([5, 99_999, 0])), big[[5, 99_999, 0], :8])
+    x, y, _ = data(200)
+    np.savez_compressed(tmp_path / "a.npz", fc=x.astype(np.float32), sample_ids=np.arange(200))
+    np.savez(tmp_path / "b.npz", fc=y.astype(np.float32), sample_ids=np.arange(200))
+    result = compare_stores(tmp_path / "a.npz", tmp_path / "b.npz", measure="cka", chunk_rows=64, progress=False)
+    assert abs(result["fc", "fc"] - ref.cka(x.astype(np.float32), y.astype(np.float32))) < 1e-6
+
+
+def test_a_fifo_is_refused_instead_of_read(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "layer.npy"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            open_store(fifo)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "open_store blocked on a FIFO"
+    assert isinstance(errors[0], StoreError)
+    assert "FIFO" in str(errors[0])
+
+
+def test_values_beyond_a_float16_store_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "s")
+    w.write({"a": np.ones((4, 3), np.float16), "b": np.ones((4, 2), np.float32)})
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"values up to 100000.*float16.*65504"):
+        w.write({"a": np.full((4, 3), 1e5, np.float32), "b": np.ones((4, 2), np.float32)})
+    w.write({"a": np.full((2, 3), 2.0, np.float16), "b": np.ones((2, 2), np.float32)})
+    store = w.close()
+    assert store.samples == 6
+    assert np.isfinite(store.read("a")).all()
+    assert np.isfinite(store.read("b")).all()
+
+
+def test_writer_inputs_that_used_to_raise_raw_errors(tmp_path: Path) -> None:
+    with StoreWriter(tmp_path / "zero") as w:  # a zero-row first chunk fixes the layers, then rows follow
+        w.write({"a": np.ones((0, 2, 3))})
+        w.write({"a": np.ones((4, 2, 3))})
+    assert open_store(tmp_path / "zero").widths == {"a": 6}
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="lone surrogate"):
+        StoreWriter(tmp_path / "u").write({"a": np.ones((2, 2))}, ids=["ok", "\ud800"])
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
+        StoreWriter(tmp_path / "m").write({"a": torch.empty(3, 2, device="meta")})
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="overwrite must be True or False"):
+        StoreWriter(tmp_path / "o", overwrite="yes")  # type: ignore[arg-type]
+    np.save(tmp_path / "w0.npy", np.ones((5, 0)))
+    with pytest.raises(StoreError, match=r"no features \(width 0\)"):
+        open_store(tmp_path / "w0.npy")
+
+
+def test_malformed_safetensors_headers_are_refused(tmp_path: Path) -> None:
+    import struct
+
+    def craft(header: dict, data: bytes = b"\0" * 32) -> Path:
+        text = json.dumps(header).encode()
+        path = tmp_path / f"t{len(list(tmp_path.iterdir()))}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+        return path
+
+    base = {"dtype": "F32", "shape": [4, 2]}
+    with pytest.raises(StoreError, match="outside the file"):
+        open_store(craft({"a": {**base, "data_offsets": [-8, 24]}}))
+    with pytest.raises(StoreError, match="not a safetensors tensor"):
+        open_store(craft({"a": {**base, "data_offsets": [0]}}))
+    with pytest.raises(StoreError, match="not a safetensors tensor"):
+        open_store(craft({"a": {"dtype": "F32", "shape": [-4, 2], "data_offsets": [0, 32]}}))
+    entry = b'{"dtype": "F32", "shape": [4, 2], "data_offsets": [0, 32]}'
+    text = b'{"a": ' + entry + b', "a": ' + entry + b"}"
+    path = tmp_path / "dup.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"\0" * 32)
+    with pytest.raises(StoreError, match="names 'a' twice"):
+        open_store(path)
