@@ -104,6 +104,7 @@ def test_a_plain_dataloader_is_split_by_batches_and_each_rank_loads_its_share(tm
         ("options", "same call"),  # rank 1 asked for another measure
         ("failure", "NaN"),  # rank 1 met a bad batch: its error, and on the other rank an error naming it
         ("shuffled", "iterated different data"),  # shard="batches" over data that differ between ranks
+        ("dictmask", "iterated different data"),  # the same first tensor (a mask), other inputs
     ],
 )
 def test_ranks_that_disagree_or_fail_all_stop_with_a_clear_error(tmp_path: Path, case: str, message: str) -> None:
@@ -117,6 +118,20 @@ def test_ranks_that_disagree_or_fail_all_stop_with_a_clear_error(tmp_path: Path,
         return
     for rank, text in errors.items():
         assert message in text, (rank, text)
+
+
+def test_batch_fingerprints_cover_every_tensor_and_the_row_order() -> None:
+    import torch
+
+    from reprsim.models._distributed import fingerprint
+
+    mask, x = torch.ones(6, 4), torch.arange(12.0).reshape(6, 2)
+    base = fingerprint({"attention_mask": mask, "x": x})
+    assert base[0] == 6
+    assert not torch.equal(base[1], fingerprint({"attention_mask": mask, "x": x + 1})[1])  # not the first tensor
+    assert not torch.equal(base[1], fingerprint({"attention_mask": mask, "x": x.flip(0)})[1])  # rows reordered
+    assert torch.equal(base[1], fingerprint({"attention_mask": mask.clone(), "x": x.clone()})[1])
+    assert torch.equal(fingerprint((x, [mask]))[1], torch.cat([fingerprint(x)[1], fingerprint(mask)[1]]))
 
 
 def test_options_outside_torchrun() -> None:

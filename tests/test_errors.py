@@ -119,3 +119,99 @@ def test_bad_types_and_shapes() -> None:
         reprsim.hsic(X, X)
     with pytest.raises(ShapeMismatchError, match="at least one representation in each sequence"):
         reprsim.cka_matrix([])
+
+
+# -- inputs that used to end in a raw IndexError/TypeError/RuntimeError/OverflowError, or in a wrong number ----
+
+_NET = torch.nn.Sequential(torch.nn.Linear(5, 3))
+_BATCHES = [torch.randn(10, 5) for _ in range(3)]
+_GRAD = torch.tensor(X, requires_grad=True)
+
+
+def _crossmoments_block_99() -> object:
+    acc = reprsim.streaming.CrossMoments(folds=3)
+    acc.update(X, Y)
+    return acc.jackknife_values("cka", block=99)
+
+
+def _minibatch_procrustes() -> object:
+    acc = reprsim.streaming.MinibatchCKA()
+    for lo in range(0, 20, 5):
+        acc.update(X[lo : lo + 5], Y[lo : lo + 5])
+    return reprsim.inference.stream_interval(acc, "procrustes")
+
+
+BOUNDARY = {
+    "cka_matrix of no samples": (lambda: reprsim.cka_matrix([np.zeros((0, 3))]), "needs at least 2 samples"),
+    "cka_matrix of one array": (
+        lambda: reprsim.cka_matrix(X),
+        r"xs is one array of shape \(20, 5\).*cka_matrix\(\[x\]\)",
+    ),
+    "cka dtype as a string": (lambda: reprsim.cka(X, Y, dtype="float32"), r"dtype must be a torch dtype"),
+    "k as a string": (lambda: reprsim.mutual_knn(X, Y, k="5"), r"k must be an integer .*got '5' \(str\)"),
+    "k None": (lambda: reprsim.mutual_knn(X, Y, k=None), r"k must be an integer .*got None"),
+    "rsa of a tensor that requires grad": (lambda: reprsim.rsa(_GRAD, Y), "not differentiable.*x.detach"),
+    "dcor of a tensor that requires grad": (lambda: reprsim.distance_correlation(_GRAD, Y), "not differentiable"),
+    "seed 'a'": (lambda: reprsim.inference.permutation_test(X, Y, permutations=5, seed="a"), "seed must be an integer"),
+    "seed None": (lambda: reprsim.inference.bootstrap(X, Y, resamples=5, seed=None), "seed must be an integer"),
+    "CrossMoments blocks of names": (
+        lambda: reprsim.streaming.CrossMoments(blocks=[("a", None)]),
+        r"blocks is a list of pairs of layer-index lists",
+    ),
+    "jackknife_values block 99": (_crossmoments_block_99, r"block must be an integer from 0 to 0"),
+    "compare model_names of one": (
+        lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], model_names=("a",), progress=False),
+        "model_names must be two non-empty strings",
+    ),
+    "compare device 'nope'": (
+        lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], device="nope", progress=False),
+        "device must be a torch device",
+    ),
+    "compare inputs_a=3": (
+        lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], inputs_a=3, progress=False),
+        "must be a function of a batch",
+    ),
+    "Extractor(3)": (lambda: reprsim.Extractor(3, ["0"]), "Extractor takes an nn.Module; got int"),
+    "pool_tokens of a dict": (lambda: reprsim.pool_tokens({"a": 1}, "mean"), "pool_tokens takes a tensor"),
+    "linear_gram of NaN": (lambda: reprsim.linear_gram(np.array([[np.nan, 1.0], [1, 2]])), "1 NaN"),
+    "unbiased='False' in cka": (lambda: reprsim.cka(X, Y, unbiased="False"), "unbiased must be True or False"),
+    "unbiased='False' in cknna": (lambda: reprsim.cknna(X, Y, k=3, unbiased="False"), "unbiased must be True"),
+    "unbiased='False' in dcor": (lambda: reprsim.distance_correlation(X, Y, unbiased="False"), "unbiased must be"),
+    "unbiased='False' in LinearCKA": (lambda: reprsim.streaming.LinearCKA(unbiased="False"), "unbiased must be"),
+    "ridge=inf": (lambda: reprsim.predictivity(X, Y, ridge=float("inf")), r"ridge must be a finite number"),
+    "align='no'": (lambda: reprsim.compare_stores("a", align="no"), "align must be True or False"),
+    "pairs with two models": (
+        lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], pairs=[("a", "b")], progress=False),
+        "with two models there is one pair",
+    ),
+    "stream_interval of MinibatchCKA for procrustes": (_minibatch_procrustes, "holds minibatch CKA only"),
+    "SimilarityResult with low > high": (
+        lambda: reprsim.SimilarityResult(torch.zeros(1, 1), ["a"], ["b"], low=torch.ones(1, 1), high=torch.zeros(1, 1)),
+        "low end exceeds its high end",
+    ),
+    "SimilarityResult with p = 5": (
+        lambda: reprsim.SimilarityResult(torch.zeros(1, 1), ["a"], ["b"], p_values=torch.full((1, 1), 5.0)),
+        r"p_values must lie in \[0, 1\]",
+    ),
+    "register(3)": (lambda: reprsim.measures.register("three", 3), "factory must be a callable"),
+    "register a taken name": (
+        lambda: reprsim.measures.register("cka", lambda: reprsim.measures.Procrustes()),
+        "the measure name 'cka' is taken",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUNDARY))
+def test_bad_options_are_clear_errors_never_raw_ones_or_numbers(case: str) -> None:
+    call, message = BOUNDARY[case]
+    with pytest.raises(ReprsimError, match=message):
+        call()
+
+
+def test_numpy_integers_and_generators_are_accepted_as_their_python_kin() -> None:
+    assert reprsim.mutual_knn(X, Y, k=np.int64(5)) == reprsim.mutual_knn(X, Y, k=5)
+    assert reprsim.measures.SVCCA(keep=np.int64(3)) == reprsim.measures.SVCCA(keep=3)
+    layers = reprsim.cka_matrix(layer for layer in (X, Y))  # a generator of layers is read once
+    assert torch.equal(layers, reprsim.cka_matrix([X, Y]))
+    assert reprsim.measures.get_measure("CKA") == reprsim.measures.get_measure("cka")  # names ignore case
+    np.testing.assert_array_equal(reprsim.pool_tokens(np.ones((2, 3, 4)), "mean").numpy(), np.ones((2, 4)))

@@ -125,9 +125,9 @@ def test_tensors_on_the_device_and_errors(device: str) -> None:
     cpu = permutation_test(x, y, "cka", permutations=20, seed=5)
     torch.testing.assert_close(test.null, cpu.null, rtol=0, atol=1e-12)
     assert "p=" in repr(test)
-    with pytest.raises(InvalidParameterError, match="permutations must be a positive integer"):
+    with pytest.raises(InvalidParameterError, match="permutations must be an integer ≥ 1"):
         permutation_test(x, y, permutations=0)
-    with pytest.raises(InvalidParameterError, match=r"alpha must be in \(0, 1\)"):
+    with pytest.raises(InvalidParameterError, match=r"alpha must be a finite number in \(0, 1\)"):
         permutation_test(x, y, alpha=1.0)
     with pytest.raises(InvalidParameterError, match="defined over a stream of batches"):
         permutation_test(x, y, "cka_minibatch")
@@ -231,7 +231,7 @@ def test_bootstrap_errors() -> None:
     x, y = data()
     with pytest.raises(InvalidParameterError, match="resamples must be an integer ≥ 2"):
         bootstrap(x, y, resamples=1)
-    with pytest.raises(InvalidParameterError, match="confidence must be in"):
+    with pytest.raises(InvalidParameterError, match=r"confidence must be a finite number in \(0, 1\)"):
         bootstrap(x, y, confidence=95)
     with pytest.raises(InvalidParameterError, match="BCa needs resamples of the full size"):
         bootstrap(x, y, "cka", scheme="subsample", method="bca")
@@ -332,7 +332,7 @@ def test_stream_interval_errors() -> None:
         stream_interval(one)
     with pytest.raises(InvalidParameterError, match="takes a CrossMoments or a MinibatchCKA"):
         stream_interval(object())  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="blocks must be an integer from 2 to n = 60"):
+    with pytest.raises(InvalidParameterError, match="blocks must be an integer from 2 to 60"):
         jackknife(x, y, blocks=1)
     layers = CrossMoments(folds=3)
     layers.update([torch.tensor(x), torch.tensor(x**2)], torch.tensor(y))
@@ -410,7 +410,7 @@ def test_compare_uncertainty_options_are_checked() -> None:
     data_ = batches(n=64)
     with pytest.raises(InvalidParameterError, match="has no permutation test"):
         compare(net, None, data_, layers_a=["1"], permutations=10, progress=False)
-    with pytest.raises(InvalidParameterError, match="ci must be a confidence level"):
+    with pytest.raises(InvalidParameterError, match=r"ci must be a finite number in \(0, 1\)"):
         compare(net, None, data_, layers_a=["1"], measure="cka", ci=95, progress=False)
     with pytest.raises(InvalidParameterError, match="blocks= sets the jackknife of ci="):
         compare(net, None, data_, layers_a=["1"], measure="cka", blocks=5, progress=False)
@@ -418,6 +418,26 @@ def test_compare_uncertainty_options_are_checked() -> None:
         compare(
             net, None, data_, layers_a=["1"], measures=["cka", Predictivity(folds=3)], ci=0.9, blocks=5, progress=False
         )
+
+
+def test_compare_refuses_more_blocks_than_samples_before_the_cost() -> None:
+    """blocks=10⁴ on 64 samples took 620 s and 8.9 GiB: the jackknife needs a sample per block."""
+    from reprsim import compare
+
+    from .test_compare import batches, mlp
+
+    net = mlp(0)
+    with pytest.raises(InvalidParameterError, match="blocks=10000 exceeds the 64 samples of data"):
+        compare(net, None, batches(n=64), layers_a=["1"], measure="cka", ci=0.9, blocks=10_000, progress=False)
+    # a stream of unknown length: refused once its samples are counted, before any interval is computed
+    stream = (b for b in batches(n=64))
+    with pytest.raises(InvalidParameterError, match="blocks=100 exceeds the 64 samples seen"):
+        compare(net, None, stream, layers_a=["1"], measure="procrustes", ci=0.9, blocks=100, progress=False)
+    # and blocks whose copies of the moments would not fit are refused at the first batch
+    wide = torch.nn.Sequential(torch.nn.Linear(10, 4000)).double()
+    with pytest.raises(InvalidParameterError, match=r"5000 blocks \(or folds\) keep 5000 sets of moments"):
+        compare(wide, None, (b for b in batches(n=64)), layers_a=["0"], measure="cka", ci=0.9, blocks=5000,
+                progress=False)  # fmt: skip
 
 
 def test_batch_bootstrap_of_a_layers_matrix_matches_per_cell_resampling() -> None:

@@ -216,7 +216,7 @@ def test_constant_and_nonfinite_inputs() -> None:
         procrustes(bad, x)
     with pytest.raises(ShapeMismatchError, match="50 rows in x"):
         cca(x, x[:40])
-    with pytest.raises(InvalidParameterError, match="alpha must be a number in"):
+    with pytest.raises(InvalidParameterError, match=r"alpha must be a finite number in \[0, 1\]"):
         ShapeMetric(alpha=1.5)
     with pytest.raises(InvalidParameterError, match="folds must be an integer"):
         Predictivity(folds=1)

@@ -93,7 +93,7 @@ def test_degenerate_inputs_are_clear_errors() -> None:
     x, y = data(10)
     with pytest.raises(InsufficientSamplesError, match="k = 10 neighbours need at least k \\+ 1 = 11 samples"):
         mutual_knn(x, y, k=10)
-    with pytest.raises(InvalidParameterError, match="k must be a positive integer"):
+    with pytest.raises(InvalidParameterError, match="k must be an integer ≥ 1"):
         MutualKNN(k=0)
     zero = x.copy()
     zero[4] = 0.0
@@ -102,7 +102,7 @@ def test_degenerate_inputs_are_clear_errors() -> None:
     assert 0.0 <= mutual_knn(zero, y, k=3, neighbours="inner_product") <= 1.0
     with pytest.raises(ConstantRepresentationError, match="x is constant: its 10 samples"):
         distance_correlation(np.ones((10, 2)), y)
-    with pytest.raises(InvalidParameterError, match="block must be a positive number"):
+    with pytest.raises(InvalidParameterError, match="block must be an integer ≥ 1"):
         distance_correlation(x, y, block=0)
 
 
@@ -304,7 +304,7 @@ def test_cknna_and_rank_errors() -> None:
     assert np.isfinite(cknna(x, y, k=12, unbiased=False))  # self included: n ≥ k suffices
     with pytest.raises(InvalidParameterError, match="kernel must be 'cosine' or 'inner_product'"):
         CKNNA(kernel="euclidean")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="k must be a positive integer"):
+    with pytest.raises(InvalidParameterError, match="k must be an integer ≥ 1"):
         RankSimilarity(k=0)
     zero = x.copy()
     zero[3] = 0.0
@@ -458,7 +458,7 @@ def test_compare_spills_features_to_memory_mapped_files_beyond_the_budget(
 def test_feature_store_refuses_a_changing_width_and_a_bad_budget() -> None:
     net = mlp(0)
     varying = [torch.randn(8, 10), torch.randn(8, 10)]
-    with pytest.raises(InvalidParameterError, match="feature_memory must be a number of bytes"):
+    with pytest.raises(InvalidParameterError, match="feature_memory must be an integer ≥ 0"):
         compare(net, None, varying, layers_a=["1"], measure="mutual_knn", feature_memory=-1, progress=False)
 
     class Tokens(nn.Module):  # the token count follows the batch: 3 tokens, then 4
@@ -639,3 +639,28 @@ def test_ties_on_quantised_data_are_broken_the_same_way_after_exact_transformati
     flipped = x[:, ::-1].copy()  # a permutation of features: every distance is exactly the same
     assert mutual_knn(x, flipped, k=10, neighbours="euclidean") == 1.0
     assert mutual_knn(x, x + 7, k=10, neighbours="euclidean") == 1.0
+
+
+def test_rsa_inside_compare_ranks_each_layer_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """48 layers re-ranked for every pair took 425 s: ranked triangles are kept per layer (within a budget)."""
+    net = mlp(0)
+    data_ = batches(n=96)
+    calls: list[int] = []
+    original = RSA._ranks
+
+    def counting(self: RSA, x: torch.Tensor, name: str, pieces: list[slice]) -> torch.Tensor:
+        calls.append(x.shape[1])
+        return original(self, x, name, pieces)
+
+    monkeypatch.setattr(RSA, "_ranks", counting)
+    layers = ["0", "2", "4"]
+    result = compare(net, mlp(1), data_, layers_a=layers, measure="rsa", progress=False)
+    assert len(calls) == 6  # 3 + 3 layers, not 2 × 9 pairs
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    acts_a, acts_b = hand_extract(net, layers, data_), hand_extract(mlp(1), layers, data_)
+    for a in layers:
+        for b in layers:
+            expected = spearmanr(pdist(acts_a[a].numpy(), "correlation"), pdist(acts_b[b].numpy(), "correlation"))[0]
+            assert abs(result[a, b] - expected) < 1e-10

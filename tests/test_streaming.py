@@ -399,3 +399,68 @@ def test_cuda_accumulators_match_cpu() -> None:
             gpu.update(torch.from_numpy(x[lo : lo + 64]).cuda(), torch.from_numpy(y[lo : lo + 64]).cuda())
         assert abs(cpu.compute() - gpu.compute()) <= 1e-10
         assert gpu.to("cpu").merge(cpu).num_samples == 512
+
+
+# -- loaded states must be states that data produce; per-batch records grow in amortised O(1) ---------------
+
+
+def _loaded(make: Any, state: dict[str, Any]) -> Any:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "entry", "change", "message"),
+    [
+        (lambda: LinearCKA(), "cross.0", lambda t: t * 1e6, "Cauchy–Schwarz"),
+        (lambda: LinearCKA(unbiased=True), "m2.0", lambda t: t - 2 * torch.diag(t[0].diagonal())[None], "negative"),
+        (lambda: LinearCKA(unbiased=True), "r2", lambda t: -t, "negative"),
+        (lambda: MinibatchCKA(), "n", lambda t: t * 0 + 5, "at least 4 samples"),
+        (lambda: MinibatchCKA(), "kl", lambda t: t + 100.0, "do not add up"),
+        (lambda: MinibatchCKAMatrix(records=True), "batches", lambda t: t + 40, "at least 4 samples"),
+        (lambda: MinibatchCKAMatrix(records=True), "kk", lambda t: t * 3, "do not add up"),
+    ],
+)
+def test_impossible_states_are_refused_and_change_nothing(make: Any, entry: str, change: Any, message: str) -> None:
+    """A state that no data produce (CKA came out as 6.6e11 from one) is refused before anything changes."""
+    x, y = data(120, 5, 4, seed=3)
+    acc = make()
+    for lo, hi in split(120, [40, 80]):
+        if isinstance(acc, MinibatchCKAMatrix):
+            acc.update([x[lo:hi]], [y[lo:hi]])
+        else:
+            acc.update(x[lo:hi], y[lo:hi])
+    good = acc.state_dict()
+    bad = {**good, "state": {**good["state"], entry: change(good["state"][entry].clone())}}
+    target = make()
+    target.load_state_dict(_loaded(make, good))
+    before = target.compute()
+    with pytest.raises(IncompatibleStateError, match=message):
+        target.load_state_dict(_loaded(make, bad))
+    after = target.compute()
+    assert torch.equal(torch.as_tensor(after), torch.as_tensor(before))
+
+
+def test_records_grow_in_amortised_constant_time() -> None:
+    """A torch.cat per batch copied every earlier record (5.6 ms an update after 10⁶ batches): the records now
+    live in a buffer that doubles, so 2,000 batches reallocate it about log2(2000) times, not 2,000."""
+    acc = MinibatchCKA()
+    g = torch.Generator().manual_seed(0)
+    buffers = set()
+    batches = [torch.randn(6, 3, generator=g, dtype=torch.float64) for _ in range(2000)]
+    for b in batches:
+        acc.update(b, b.tanh())
+        buffers.add(acc._room["records"].data_ptr())
+    assert len(buffers) <= 12
+    records = acc.hsic_records
+    assert records.shape == (2000, 3)
+    expected = [
+        ref.hsic_unbiased(ref.linear_kernel(b.numpy()), ref.linear_kernel(b.tanh().numpy())) for b in batches[:3]
+    ]
+    np.testing.assert_allclose(records[:3, 0].numpy(), expected, rtol=1e-10)
+    copy = MinibatchCKA().load_state_dict(acc.state_dict())  # a loaded state keeps growing the same way
+    copy.update(batches[0], batches[0].tanh())
+    assert copy.hsic_records.shape == (2001, 3)
+    assert torch.equal(copy.hsic_records[:2000], records)

@@ -81,11 +81,26 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         return compare(a, b, batches(SIZES["moments"]), measures=["cka" if rank != 1 else "procrustes"], **options)
     if case == "shuffled":  # each rank draws its own batches: a shuffled loader without a shared seed
         return compare(a, b, batches(SIZES["moments"], seed=rank), measures=["cka"], **options)
+    if case == "dictmask":  # dict batches whose first entry (the mask) agrees but whose inputs differ on rank 1
+        data = [{"attention_mask": torch.ones(x.shape[0], 4), "x": x} for x in batches(SIZES["two"], seed=rank)]
+        return compare(_Masked(a), _Masked(b), data, measures=["cka"], **{**options, "layers": ["net.1"]})
     if case == "failure":  # rank 1 meets a batch with NaN
         data = batches(SIZES["moments"])
         data[1][3, 2] = float("nan")
         return compare(a, b, data, measures=["cka"], **options)
     raise SystemExit(f"unknown case {case!r}")
+
+
+class _Masked(nn.Module):
+    """A model called with keyword batches, as a Hugging Face model is."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, attention_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 class _Counting(TensorDataset):

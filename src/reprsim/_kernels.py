@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ._precision import full_precision_matmul
-from ._validation import as_matrix, check_finite, check_kernel, check_n_samples
+from ._validation import as_matrix, check_bool, check_finite, check_kernel, check_n_samples
 from .errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 
 __all__ = ["center_gram", "linear_gram", "median_sigma", "rbf_gram", "squared_distances"]
@@ -41,6 +41,7 @@ def linear_gram(x: Any) -> torch.Tensor:
             [1., 5.]])
     """
     xt = as_matrix(x, "x")
+    check_finite(xt, "x")
     return xt @ xt.T
 
 
@@ -196,6 +197,7 @@ def center_gram(gram: Any, *, unbiased: bool = False) -> torch.Tensor:
     >>> bool(kc.sum(dim=0).abs().max() < 1e-5)  # rows and columns of HKH sum to zero
     True
     """
+    unbiased = check_bool(unbiased, "unbiased")
     k = as_gram(gram, "gram")
     n = k.shape[0]
     if not unbiased:

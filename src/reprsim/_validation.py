@@ -342,10 +342,14 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _hinted(hint: str) -> str:
+    return f" ({hint})" if hint else ""
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None, hint: str = "") -> int:
     """``value`` as a Python int within [minimum, maximum]; :class:`InvalidParameterError` otherwise."""
     if not is_integer(value):
-        raise InvalidParameterError(f"{name} must be an integer; got {_kind(value)}{'. ' + hint if hint else ''}")
+        raise InvalidParameterError(f"{name} must be an integer{_hinted(hint)}; got {_kind(value)}")
     v = int(value)
     if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
         if maximum is None:
@@ -354,7 +358,7 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
             bounds = f"≤ {maximum}"
         else:
             bounds = f"from {minimum} to {maximum}"
-        raise InvalidParameterError(f"{name} must be an integer {bounds}; got {v}{'. ' + hint if hint else ''}")
+        raise InvalidParameterError(f"{name} must be an integer {bounds}{_hinted(hint)}; got {v}")
     return v
 
 
@@ -379,7 +383,7 @@ def check_real(
     """``value`` as a float in the interval given by ``low``/``high`` (closed unless ``*_open``); finite unless
     ``finite=False``. Booleans and strings are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidParameterError(f"{name} must be a real number; got {_kind(value)}{'. ' + hint if hint else ''}")
+        raise InvalidParameterError(f"{name} must be a real number{_hinted(hint)}; got {_kind(value)}")
     v = float(value)
     bad = math.isnan(v) or (finite and math.isinf(v))
     if low is not None:
@@ -387,11 +391,11 @@ def check_real(
     if high is not None:
         bad = bad or (v >= high if high_open else v > high)
     if bad:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
         span = f"in {left}{'-∞' if low is None else f'{low:g}'}, {'∞' if high is None else f'{high:g}'}{right}"
         what = f"a finite number {span}" if finite else f"a number {span}"
-        raise InvalidParameterError(f"{name} must be {what}; got {value!r}{'. ' + hint if hint else ''}")
+        raise InvalidParameterError(f"{name} must be {what}{_hinted(hint)}; got {value!r}")
     return v
 
 

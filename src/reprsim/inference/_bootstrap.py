@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from .._precision import full_precision_matmul
+from .._validation import check_int, check_probability, check_seed, is_integer
 from ..errors import InvalidParameterError
 from ..measures._base import Measure, evaluate_validated, get_measure, measure_pair, on_arrays
 
@@ -85,9 +86,7 @@ class Interval:
 
 
 def check_confidence(confidence: Any) -> float:
-    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
-        raise InvalidParameterError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
-    return float(confidence)
+    return check_probability(confidence, "confidence", "the interval's nominal coverage, e.g. 0.95")
 
 
 def percentile_levels(confidence: float) -> tuple[float, float]:
@@ -212,7 +211,8 @@ def bootstrap(
     True
     """
     given: torch.Tensor | None = None
-    if not isinstance(resamples, int) or isinstance(resamples, bool):
+    seed = check_seed(seed)
+    if not is_integer(resamples):
         try:
             given = torch.as_tensor(resamples)
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -225,8 +225,8 @@ def bootstrap(
                 f"{tuple(given.shape)} and dtype {given.dtype}"
             )
         given = given.long()
-    elif resamples < 2:
-        raise InvalidParameterError(f"resamples must be an integer ≥ 2; got {resamples!r}")
+    else:
+        resamples = check_int(resamples, "resamples", minimum=2)
     check_confidence(confidence)
     if method not in ("bca", "percentile"):
         raise InvalidParameterError(f"method must be 'bca' or 'percentile'; got {method!r}")

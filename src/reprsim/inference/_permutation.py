@@ -25,7 +25,15 @@ from typing import Any, Literal
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import as_matrix, check_finite, check_same_device
+from .._validation import (
+    as_matrix,
+    check_finite,
+    check_int,
+    check_probability,
+    check_same_device,
+    check_seed,
+    is_integer,
+)
 from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 from ..measures._base import Measure, get_measure, on_arrays, prepared_side
 from ..measures._moments import Fourth, Moments
@@ -101,8 +109,7 @@ class PermutationTest:
 
 
 def _check_alpha(alpha: Any) -> None:
-    if not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
-        raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}")
+    check_probability(alpha, "alpha", "the test's level, e.g. 0.05")
 
 
 def _permutation_list(
@@ -110,10 +117,9 @@ def _permutation_list(
 ) -> list[torch.Tensor]:
     """K permutations: drawn from a seeded generator for an integer K, or the rows of a given (K, n) array;
     ``keep`` selects some of them by index (the same draws, so that processes can share the work)."""
-    if isinstance(permutations, int) and not isinstance(permutations, bool):
-        if permutations < 1:
-            raise InvalidParameterError(f"permutations must be a positive integer; got {permutations!r}")
-        generator = torch.Generator().manual_seed(int(seed))
+    if is_integer(permutations):
+        permutations = check_int(permutations, "permutations", minimum=1)
+        generator = torch.Generator().manual_seed(check_seed(seed))
         wanted = set(range(permutations) if keep is None else keep)
         drawn = (torch.randperm(n, generator=generator) for _ in range(permutations))  # every draw, in order
         return [d.to(device) for k, d in enumerate(drawn) if k in wanted]
@@ -307,6 +313,7 @@ def permutation_test(
     (True, 0.0)
     """
     _check_alpha(alpha)
+    seed = check_seed(seed)
     if aggregate not in ("best", "mean"):
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
     m = on_arrays(get_measure(measure), "permutation tests take a measure of whole arrays (e.g. 'cka')")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .._validation import check_int, check_seed
 from ..errors import IncompatibleStateError, InvalidParameterError
 from ..measures._base import Measure, evaluate_validated, get_measure, measure_pair
 from ..streaming import CrossMoments, MinibatchCKA
@@ -198,9 +199,7 @@ def jackknife(
         )
     xt, yt = measure_pair(m, x, y, m.min_samples)
     n = xt.shape[0]
-    g = n if blocks is None else blocks
-    if isinstance(g, bool) or not isinstance(g, int) or not 2 <= g <= n:
-        raise InvalidParameterError(f"blocks must be an integer from 2 to n = {n}, or None; got {blocks!r}")
+    g = n if blocks is None else check_int(blocks, "blocks", minimum=2, maximum=n, hint="or None for leave-one-out")
     block_of = torch.arange(n, device=xt.device) % g
     values = torch.tensor(
         [float(evaluate_validated(m, xt[block_of != b], yt[block_of != b])) for b in range(g)], dtype=torch.float64
@@ -259,7 +258,13 @@ def stream_interval(
     (True, 10)
     """
     c = check_confidence(confidence)
+    seed = check_seed(seed)
     if isinstance(accumulator, MinibatchCKA):
+        if measure is not None and get_measure(measure).stream != "minibatch":
+            raise InvalidParameterError(
+                f"a MinibatchCKA accumulator holds minibatch CKA only; it cannot give an interval for "
+                f"{get_measure(measure)!r}. Stream that measure with CrossMoments(folds=G), or drop measure="
+            )
         return _batch_bootstrap(accumulator, c, method, resamples, seed)
     if not isinstance(accumulator, CrossMoments):
         raise InvalidParameterError(
@@ -278,8 +283,7 @@ def stream_interval(
 def _batch_bootstrap(acc: MinibatchCKA, confidence: float, method: Method, resamples: int, seed: int) -> Interval:
     if method not in ("bca", "percentile"):
         raise InvalidParameterError(f"method must be 'bca' or 'percentile'; got {method!r}")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
-        raise InvalidParameterError(f"resamples must be an integer ≥ 2; got {resamples!r}")
+    resamples = check_int(resamples, "resamples", minimum=2)
     records = acc.hsic_records.to(torch.float64).cpu()
     k = records.shape[0]
     if k < 2:

@@ -17,6 +17,7 @@ import torch
 from .._precision import full_precision_matmul
 from .._validation import (
     as_matrix,
+    check_bool,
     check_finite,
     check_magnitude,
     check_same_device,
@@ -28,11 +29,53 @@ from .._validation import (
 from ..errors import InsufficientSamplesError, InvalidParameterError
 from ._moments import Layout, Moments, chunk_state, pair_moments, pool_folds
 
-__all__ = ["INVARIANCES", "Measure", "available_measures", "evaluate", "get_measure", "register"]
+__all__ = [
+    "BUDGET",
+    "INVARIANCES",
+    "CacheBudget",
+    "Measure",
+    "available_measures",
+    "cached",
+    "evaluate",
+    "get_measure",
+    "register",
+]
 
 Invariance = Literal["orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"]
 #: A per-layer scratch dict that measures may fill with work shared by every pair the layer is in.
 Cache = Optional[dict[Any, Any]]
+
+
+class CacheBudget:
+    """Bytes that large per-layer results (ranked RDM triangles) may still take in the caches of one run; a caller
+    comparing many layers puts the same budget into every layer's cache under :data:`BUDGET`."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.left = nbytes
+
+
+#: The cache key of a shared :class:`CacheBudget`.
+BUDGET = "__budget__"
+
+
+def cached(cache: Cache, key: tuple[Any, ...], make: Callable[[], Any], nbytes: int | None = None) -> Any:
+    """``make()``, kept in ``cache`` under ``key`` (computed once per layer when the caller shares caches). A
+    result of ``nbytes`` is kept only while the cache's shared budget has room; otherwise it is recomputed
+    when next needed."""
+    if cache is None:
+        return make()
+    if key in cache:
+        return cache[key]
+    value = make()
+    budget = cache.get(BUDGET)
+    if nbytes is not None and isinstance(budget, CacheBudget):
+        if budget.left < nbytes:
+            return value
+        budget.left -= nbytes
+    cache[key] = value
+    return value
+
+
 #: The transformations a measure's metadata may claim invariance to (applied to one side's features).
 INVARIANCES: tuple[str, ...] = ("orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation")
 
@@ -82,6 +125,9 @@ class Measure:
     #: False for measures that read only Cxy in full and the diagonals of Cxx and Cyy (their traces): on two
     #: arrays they then cost one product instead of three.
     full_second_order: bool = True
+    #: Whether the functional form is differentiable in its inputs (the strip measures, which reduce row
+    #: strips in place or rank, are not: torch inputs that require gradients are refused with the fix).
+    differentiable: bool = True
 
     # -- what subclasses provide -------------------------------------------------------------------------
     @property
@@ -142,9 +188,47 @@ class Measure:
 _REGISTRY: dict[str, Callable[[], Measure]] = {}
 
 
-def register(name: str, factory: Callable[[], Measure]) -> None:
-    """Make ``name`` usable wherever a measure is accepted (``compare(measures=[name])``)."""
-    _REGISTRY[name] = factory
+def register(name: str, factory: Callable[[], Measure], *, replace: bool = False) -> None:
+    """Make ``name`` usable wherever a measure is accepted (``compare(measures=[name])``).
+
+    Parameters
+    ----------
+    name : str
+        The new name (lower case, as every registered name; lookups ignore case).
+    factory : callable
+        Called without arguments, it returns a configured :class:`Measure` (e.g. ``lambda: ShapeMetric(0.5)``).
+    replace : bool, default False
+        Replace a measure already registered under ``name``; without it a taken name is refused, so that
+        ``register("cka", ...)`` cannot silently change what ``"cka"`` means everywhere.
+
+    Examples
+    --------
+    >>> from reprsim.measures import ShapeMetric, register
+    >>> register("cka", lambda: ShapeMetric(alpha=0.5))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    reprsim.errors.InvalidParameterError: the measure name 'cka' is taken (by CKA(...)); choose another name, ...
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise InvalidParameterError(
+            f"a measure name must be a non-empty string without surrounding spaces; got {name!r}"
+        )
+    replace = check_bool(replace, "replace")
+    if not callable(factory) or isinstance(factory, Measure):
+        raise InvalidParameterError(
+            f"factory must be a callable that returns a Measure (e.g. lambda: ShapeMetric(0.5)); got "
+            f"{type(factory).__name__}"
+        )
+    key = name.lower()
+    if key in _REGISTRY and not replace:
+        raise InvalidParameterError(
+            f"the measure name {name!r} is taken (by {_REGISTRY[key]()!r}); choose another name, or pass "
+            "replace=True to replace it everywhere"
+        )
+    made = factory()
+    if not isinstance(made, Measure):
+        raise InvalidParameterError(f"factory must return a Measure; it returned {type(made).__name__}")
+    _REGISTRY[key] = factory
 
 
 def available_measures() -> list[str]:
@@ -153,21 +237,23 @@ def available_measures() -> list[str]:
 
 
 def get_measure(spec: str | Measure) -> Measure:
-    """A configured measure from a registry name or a :class:`Measure` instance (returned as is).
+    """A configured measure from a registry name (any case) or a :class:`Measure` instance (returned as is).
 
     Examples
     --------
     >>> from reprsim.measures import get_measure
     >>> get_measure("procrustes")
     Procrustes(score='angular')
+    >>> get_measure("CKA")
+    CKA(unbiased=False, estimator='exact', kernel='linear')
     """
     if isinstance(spec, Measure):
         return spec
-    if isinstance(spec, str) and spec in _REGISTRY:
-        return _REGISTRY[spec]()
+    if isinstance(spec, str) and spec.strip().lower() in _REGISTRY:
+        return _REGISTRY[spec.strip().lower()]()
     import difflib
 
-    close = difflib.get_close_matches(str(spec), list(_REGISTRY), n=3)
+    close = difflib.get_close_matches(str(spec).lower(), list(_REGISTRY), n=3)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise InvalidParameterError(
         f"unknown measure {spec!r}{hint} Known names: {available_measures()}; or pass a measure object "
@@ -298,6 +384,14 @@ def measure_pair(measure: Measure, x: Any, y: Any, need: int | None = None) -> t
 def evaluate(measure: Measure, x: Any, y: Any) -> Any:
     """``measure`` of two whole representations (the functional forms' common body)."""
     on_arrays(measure)
+    if not measure.differentiable and torch.is_grad_enabled():
+        wants = [n for n, v in (("x", x), ("y", y)) if isinstance(v, torch.Tensor) and v.requires_grad]
+        if wants:
+            raise InvalidParameterError(
+                f"{measure.label} is computed in row strips (or from ranks) and is not differentiable, but "
+                f"{' and '.join(wants)} require gradients; pass detached tensors "
+                f"({wants[0]}.detach()), or use a moment-based measure such as CKA for gradients"
+            )
     xt, yt = measure_pair(measure, x, y)
     return as_result(evaluate_validated(measure, xt, yt), xt.new_empty(0), x, y)
 

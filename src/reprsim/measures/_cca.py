@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
+from .._validation import check_real, is_integer
 from ..errors import InvalidParameterError
 from ._base import Measure, as_result, evaluate, pair_of, register
 from ._linalg import check_dimensions, check_rank, check_variance, eigh_cached, numerical_rank
@@ -25,9 +27,7 @@ CCAReduce = Literal["mean", "yanai"]
 
 
 def _check_ridge(ridge: Any) -> float:
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
-        raise InvalidParameterError(f"ridge must be a non-negative number; got {ridge!r}")
-    return float(ridge)
+    return check_real(ridge, "ridge", low=0.0, hint="0 for none; a finite penalty such as 1e-3")
 
 
 def _inverse_root(m: Moments, side: str, ridge: float, what: str = "CCA", name: str | None = None) -> torch.Tensor:
@@ -136,13 +136,13 @@ class SVCCA(Measure):
         if reduce not in ("mean", "yanai"):
             raise InvalidParameterError(f"reduce must be 'mean' or 'yanai'; got {reduce!r}")
         self.reduce = reduce
-        ok_int = isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1
-        ok_float = isinstance(keep, float) and 0.0 < keep <= 1.0
+        ok_int = is_integer(keep) and keep >= 1
+        ok_float = isinstance(keep, (float, np.floating)) and 0.0 < keep <= 1.0
         if not (ok_int or ok_float):
             raise InvalidParameterError(
                 f"keep must be a variance fraction in (0, 1] or a component count ≥ 1; got {keep!r}"
             )
-        self.keep = keep
+        self.keep = int(keep) if ok_int else float(keep)
         self.min_samples = 3
 
     @property
@@ -186,8 +186,9 @@ class PWCCA(Measure):
 
     Notes
     -----
-    The reference code adds each neuron's mean back to the variates and projects uncentred activations; on
-    centred inputs it agrees with this (centred) definition.
+    This is Morcos et al.'s formula. google/svcca's ``pwcca.py`` differs: it builds the variates from the rotation
+    of the whitened cross-covariance applied to the raw centred activations (no Cxx^(−1/2)), so its weights and
+    value differ (5e-3 to 2e-2 on centred data, 0.33 with offsets), and it crashes when p > q.
     """
 
     name = "pwcca"

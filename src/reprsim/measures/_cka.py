@@ -20,12 +20,14 @@ from .._precision import full_precision_matmul
 from .._validation import (
     Kernel,
     as_matrix,
+    check_bool,
     check_finite,
     check_kernel,
     check_magnitude,
     check_n_samples,
     check_pair,
     check_same_device,
+    check_same_samples,
     is_constant,
     rescaled,
 )
@@ -46,7 +48,8 @@ def unbiased_hsic_from_terms(
     With K̃, L̃ the Grams with zeroed diagonals: ``tr_kl = tr(K̃L̃)``, ``sum_k = 1ᵀK̃1``, ``sum_l = 1ᵀL̃1`` and
     ``one_kl_one = 1ᵀK̃L̃1``. Every code path (Grams, feature space, streaming) reduces to these terms.
     """
-    return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * one_kl_one / (n - 2)) / (n * (n - 3))
+    m = float(n)  # streamed counts reach 10¹⁵, whose products overflow int64
+    return (tr_kl + sum_k * sum_l / ((m - 1) * (m - 2)) - 2.0 * one_kl_one / (m - 2)) / (m * (m - 3))
 
 
 def unbiased_hsic_with_scale(
@@ -59,8 +62,9 @@ def unbiased_hsic_with_scale(
     turns into the accuracy to expect.
     """
     value = unbiased_hsic_from_terms(sq - diag, sum_k, sum_l, one_kl_one, n)
-    scale = sq.abs() + diag.abs() + (sum_k * sum_l).abs() / ((n - 1) * (n - 2)) + 2.0 * one_kl_one.abs() / (n - 2)
-    return value, scale / (n * (n - 3))
+    m = float(n)
+    scale = sq.abs() + diag.abs() + (sum_k * sum_l).abs() / ((m - 1) * (m - 2)) + 2.0 * one_kl_one.abs() / (m - 2)
+    return value, scale / (m * (m - 3))
 
 
 def amplification(
@@ -139,6 +143,7 @@ def hsic(k: Any, l: Any, *, unbiased: bool = False) -> Any:
     >>> round(float(hsic(linear_gram(x), linear_gram(x))), 4)
     8.5069
     """
+    unbiased = check_bool(unbiased, "unbiased")
     kt, lt = _check_grams(k, l, unbiased)
     n = kt.shape[0]
     # Both Grams are centred before their inner product: ⟨HKH, HLH⟩ = tr(KHLH), and ⟨Ũ(K), Ũ(L)⟩ is Song's
@@ -183,6 +188,7 @@ def cka_from_grams(k: Any, l: Any, *, unbiased: bool = False) -> Any:
     >>> round(float(cka_from_grams(linear_gram(x), linear_gram(2 * x))), 6)
     1.0
     """
+    unbiased = check_bool(unbiased, "unbiased")
     kt, lt = _check_grams(k, l, unbiased)
     center = _u_center if unbiased else _double_center
     return as_result(_cosine_of_centered(center(kt), center(lt), ("k", "l")), kt, k, l)
@@ -336,6 +342,7 @@ def cka(
     True
     """
     check_kernel(kernel, sigma, median_fraction)
+    unbiased = check_bool(unbiased, "unbiased")
     if block is not None and kernel != "rbf":
         raise InvalidParameterError("block= applies to the RBF kernel; linear CKA never builds an n × n matrix whole")
     rows = strip_rows(1, block)  # validates block
@@ -593,6 +600,20 @@ def _centered_gram(
     return _u_center(k) if unbiased else k
 
 
+def _layer_list(value: Any, name: str) -> list[Any]:
+    """A sequence of representations: a list, a tuple or any iterable of arrays (a generator is read once);
+    one array is refused, since its rows would be read as representations."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) or hasattr(value, "__array__") or hasattr(value, "__dlpack__"):
+        shape = tuple(getattr(value, "shape", ()))
+        raise InvalidParameterError(
+            f"{name} is one array of shape {shape}, whose rows would be read as {shape[0] if shape else '?'} "
+            f"representations; pass a list of representations: cka_matrix([x]) (or [x, y, ...])"
+        )
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise InvalidParameterError(f"{name} must be a list of representations; got {type(value).__name__}")
+    return list(value)
+
+
 @full_precision_matmul
 def cka_matrix(
     xs: Sequence[Any],
@@ -644,8 +665,10 @@ def cka_matrix(
     (1.0, True)
     """
     check_kernel(kernel, sigma, median_fraction)
-    ys_seq = xs if ys is None else ys
-    same = ys_seq is xs
+    unbiased = check_bool(unbiased, "unbiased")
+    same = ys is None or ys is xs
+    xs = _layer_list(xs, "xs")
+    ys_seq = xs if same else _layer_list(ys, "ys")
     if len(xs) == 0 or len(ys_seq) == 0:
         raise ShapeMismatchError(
             f"cka_matrix needs at least one representation in each sequence; got {len(xs)} and {len(ys_seq)}"
@@ -654,13 +677,10 @@ def cka_matrix(
     if not same:
         named += [(f"ys[{j}]", v) for j, v in enumerate(ys_seq)]
     mats = {name: as_matrix(v, name, dtype=dtype) for name, v in named}
-    first_name, first = named[0][0], mats[named[0][0]]
+    first = mats[named[0][0]]
+    check_same_samples(mats)
+    check_n_samples(first.shape[0], unbiased)
     for name, m in mats.items():
-        if m.shape[0] != first.shape[0]:
-            raise ShapeMismatchError(
-                f"all representations must hold the same samples; {first_name} has {first.shape[0]} "
-                f"samples but {name} has {m.shape[0]} (shape {tuple(m.shape)})"
-            )
         check_finite(m, name)
     check_same_device(mats)
     amaxes = torch.stack([m.detach().abs().max().double() for m in mats.values()]).tolist()  # one host sync
@@ -669,7 +689,6 @@ def cka_matrix(
             mats[name] = rescaled(m, amax)
         else:
             check_magnitude(m, amax, name)
-    check_n_samples(first.shape[0], unbiased)
     common = first.dtype
     for m in mats.values():
         common = torch.promote_types(common, m.dtype)
@@ -802,6 +821,9 @@ class CKA(Measure):
         if estimator not in ("exact", "minibatch"):
             raise InvalidParameterError(f"estimator must be 'exact' or 'minibatch'; got {estimator!r}")
         check_kernel(kernel, sigma, median_fraction)
+        unbiased = check_bool(unbiased, "unbiased")
+        if block is not None:
+            strip_rows(1, block)
         if estimator == "minibatch" and unbiased:
             raise InvalidParameterError("minibatch CKA always uses unbiased HSIC per batch; drop unbiased=True")
         self.unbiased, self.estimator, self.kernel = bool(unbiased), estimator, kernel

@@ -203,11 +203,18 @@ def chunk_state(layers: Sequence[torch.Tensor], layout: Layout, fold_of_rows: to
     k = layout.folds
     if k == 1 or fold_of_rows is None:
         return _one_fold(layers, layout)
-    parts = []
-    for f in range(k):
+    # only the folds the chunk has rows in are computed (a chunk of b rows touches at most b of them); the others
+    # stay zero
+    present = torch.unique(fold_of_rows).tolist()
+    one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
+    ref = layers[0]
+    out = {key: ref.new_zeros((k, *shape[1:])) for key, shape in one.shapes().items()}
+    for f in present:
         rows = (fold_of_rows == f).nonzero().flatten()
-        parts.append(_one_fold([x.index_select(0, rows) for x in layers], layout))
-    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        part = _one_fold([x.index_select(0, rows) for x in layers], layout)
+        for key, value in part.items():
+            out[key][f] = value[0]
+    return out
 
 
 def _one_fold(layers: Sequence[torch.Tensor], layout: Layout) -> State:

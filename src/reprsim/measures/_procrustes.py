@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._validation import check_int, check_real
 from ..errors import InvalidParameterError
 from ._base import Measure, evaluate, register
 from ._linalg import check_dimensions, check_variance, eigh_cached, numerical_rank
@@ -148,9 +149,7 @@ class ShapeMetric(Measure):
     symmetric = True
 
     def __init__(self, alpha: float, folds: int | None = None) -> None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-            raise InvalidParameterError(f"alpha must be a number in [0, 1]; got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_real(alpha, "alpha", low=0.0, high=1.0, hint="1 is Procrustes, 0 full whitening")
         self.folds = _check_folds(folds)
         self.cv = folds is not None
         inv = {"orthogonal", "translation", "permutation"}
@@ -206,9 +205,7 @@ class ShapeMetric(Measure):
 def _check_folds(folds: int | None) -> int:
     if folds is None:
         return 1
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise InvalidParameterError(f"folds must be an integer ≥ 2 (or None for no cross-validation); got {folds!r}")
-    return folds
+    return check_int(folds, "folds", minimum=2, hint="or None for no cross-validation")
 
 
 def procrustes(x: Any, y: Any, *, score: ProcrustesScore = "angular") -> Any:

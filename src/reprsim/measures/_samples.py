@@ -16,8 +16,9 @@ from typing import Any, Literal
 import torch
 
 from .._precision import full_precision_matmul
+from .._validation import check_bool, check_int
 from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError, ReprsimWarning
-from ._base import Cache, Measure, evaluate, register
+from ._base import Cache, Measure, cached, evaluate, register
 from ._cka import inner
 from ._linalg import check_variance
 from ._moments import Moments
@@ -146,23 +147,24 @@ def _neighbour_indices(
     return out
 
 
-def _check_k(k: Any, n: int, include_self: bool = False) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidParameterError(f"k must be a positive integer; got {k!r}")
-    if include_self and k > n:
-        raise InsufficientSamplesError(f"k = {k} neighbours (self included) need at least {k} samples; got {n}")
-    if not include_self and k > n - 1:
+def _check_k(k: Any, n: int | None = None, include_self: bool = False) -> int:
+    """k as an int ≥ 1 (NumPy integers accepted); with ``n``, enough samples for k neighbours."""
+    count = check_int(k, "k", minimum=1, hint="the number of neighbours per sample, e.g. k=10")
+    if n is None:
+        return count
+    if include_self and count > n:
+        raise InsufficientSamplesError(f"k = {count} neighbours (self included) need at least {count} samples; got {n}")
+    if not include_self and count > n - 1:
         raise InsufficientSamplesError(
-            f"k = {k} neighbours need at least k + 1 = {k + 1} samples (a sample is not its own neighbour); got {n}"
+            f"k = {count} neighbours need at least k + 1 = {count + 1} samples (a sample is not its own neighbour); "
+            f"got {n}"
         )
+    return count
 
 
-def _cached(cache: Cache, key: tuple[Any, ...], make: Any) -> Any:
-    if cache is None:
-        return make()
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
+def _check_block(block: Any) -> None:
+    if block is not None:
+        strip_rows(1, block)  # validates it
 
 
 def _neighbour_sets(
@@ -181,8 +183,8 @@ def _neighbour_sets(
     if neighbours not in NEIGHBOURS:
         raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
     key = ("neighbours", k, neighbours, include_self)
-    ix = _cached(cache_x, key, lambda: _neighbour_indices(x, k, neighbours, block, "x", include_self))
-    iy = _cached(cache_y, key, lambda: _neighbour_indices(y, k, neighbours, block, "y", include_self))
+    ix = cached(cache_x, key, lambda: _neighbour_indices(x, k, neighbours, block, "x", include_self))
+    iy = cached(cache_y, key, lambda: _neighbour_indices(y, k, neighbours, block, "y", include_self))
     return ix, iy
 
 
@@ -222,11 +224,13 @@ class MutualKNN(Measure):
     """
 
     name = "mutual_knn"
+    differentiable = False
     stream = "samples"
     symmetric = True
 
     def __init__(self, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> None:
-        _check_k(k, k + 1)
+        k = _check_k(k)
+        _check_block(block)
         if neighbours not in NEIGHBOURS:
             raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
         self.k, self.neighbours, self.block = k, neighbours, block
@@ -376,12 +380,15 @@ class CKNNA(Measure):
     """
 
     name = "cknna"
+    differentiable = False
     stream = "samples"
     range = (-1.0, 1.0)
     invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
 
     def __init__(self, k: int = 10, kernel: Kernel = "cosine", unbiased: bool = True, block: int | None = None) -> None:
-        _check_k(k, k + 1)
+        k = _check_k(k)
+        _check_block(block)
+        unbiased = check_bool(unbiased, "unbiased")
         if kernel not in ("cosine", "inner_product"):
             raise InvalidParameterError(f"kernel must be 'cosine' or 'inner_product'; got {kernel!r}")
         self.k, self.kernel, self.unbiased, self.block = k, kernel, bool(unbiased), block
@@ -411,15 +418,15 @@ class CKNNA(Measure):
         own = not self.unbiased
         ix, iy = _neighbour_sets(x, y, self.k, self.kernel, self.block, cache_x, cache_y, include_self=own)
         # kernel values at the neighbours, from the raw rows (and their norms, for the cosine): no n × p copy
-        nx = _cached(cache_x, ("norms",), lambda: _row_norms(x)) if self.kernel == "cosine" else None
-        ny = _cached(cache_y, ("norms",), lambda: _row_norms(y)) if self.kernel == "cosine" else None
+        nx = cached(cache_x, ("norms",), lambda: _row_norms(x)) if self.kernel == "cosine" else None
+        ny = cached(cache_y, ("norms",), lambda: _row_norms(y)) if self.kernel == "cosine" else None
         key = ("kernel_at_neighbours", self.k, self.kernel, own)
-        kx = _cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.block, nx))
-        ly = _cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.block, ny))
+        kx = cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.block, nx))
+        ly = cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.block, ny))
         both = _member(ix, iy).to(torch.float64)
         kl = _sparse_hsic(ix, kx * both, _gathered_values(y, ix, "dot", self.block, ny) * both, self.unbiased)
-        kk = _cached(cache_x, ("self_hsic", *key), lambda: _sparse_hsic(ix, kx, kx, self.unbiased))
-        ll = _cached(cache_y, ("self_hsic", *key), lambda: _sparse_hsic(iy, ly, ly, self.unbiased))
+        kk = cached(cache_x, ("self_hsic", *key), lambda: _sparse_hsic(ix, kx, kx, self.unbiased))
+        ll = cached(cache_y, ("self_hsic", *key), lambda: _sparse_hsic(iy, ly, ly, self.unbiased))
         for side, v in (("x", kk), ("y", ll)):
             if not bool(v > 0):
                 raise ConstantRepresentationError(
@@ -448,18 +455,21 @@ class SecondOrderCosine(Measure):
     Notes
     -----
     A sample whose union neighbours all sit at cosine distance 0 from it in one representation (exact
-    duplicates in direction) has a zero distance vector, whose cosine is undefined: it contributes 0, as in
-    the ReSi code, and a warning gives the count. Cosine distances are computed as ‖ẑ_i − ẑ_j‖²/2 from the
+    duplicates in direction) has a zero distance vector, whose cosine is undefined: it contributes 0 and a
+    warning gives the count (the ReSi code returns NaN for the whole measure then: scipy's cosine of a zero
+    vector is NaN). Cosine distances are computed as ‖ẑ_i − ẑ_j‖²/2 from the
     differences of normalised rows, so duplicates are exactly 0 apart.
     """
 
     name = "second_order_cosine"
+    differentiable = False
     stream = "samples"
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
 
     def __init__(self, k: int = 10, block: int | None = None) -> None:
-        _check_k(k, k + 1)
+        k = _check_k(k)
+        _check_block(block)
         self.k, self.block = k, block
 
     @property
@@ -478,8 +488,8 @@ class SecondOrderCosine(Measure):
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         ix, iy = _neighbour_sets(x, y, self.k, "cosine", self.block, cache_x, cache_y)
-        nx = _cached(cache_x, ("norms",), lambda: _row_norms(x))
-        ny = _cached(cache_y, ("norms",), lambda: _row_norms(y))
+        nx = cached(cache_x, ("norms",), lambda: _row_norms(x))
+        ny = cached(cache_y, ("norms",), lambda: _row_norms(y))
         union = torch.cat([ix, iy], dim=1)
         weight = torch.cat([torch.ones_like(ix, dtype=torch.bool), ~_member(iy, ix)], dim=1).to(torch.float64)
         a = _gathered_values(x, union, "halfsq", self.block, nx)
@@ -490,7 +500,7 @@ class SecondOrderCosine(Measure):
         if undefined:
             warnings.warn(
                 f"{undefined} samples have all their union neighbours at cosine distance 0 in one representation "
-                "(duplicates); their second-order cosine is undefined and counts as 0, as in the ReSi code",
+                "(duplicates); their second-order cosine is undefined and counts as 0 (the ReSi code returns NaN)",
                 ReprsimWarning,
                 stacklevel=3,
             )
@@ -609,12 +619,14 @@ class DistanceCorrelation(Measure):
     """
 
     name = "distance_correlation"
+    differentiable = False
     stream = "samples"
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
 
     def __init__(self, unbiased: bool = False, block: int | None = None) -> None:
-        self.unbiased, self.block = bool(unbiased), block
+        _check_block(block)
+        self.unbiased, self.block = check_bool(unbiased, "unbiased"), block
         self.min_samples = 4 if self.unbiased else 2
         if self.unbiased:
             self.range = (-1.0, 1.0)
@@ -893,6 +905,7 @@ class RSA(Measure):
     """
 
     name = "rsa"
+    differentiable = False
     stream: Literal["moments", "minibatch", "samples"] = "samples"
     symmetric = True
 
@@ -903,6 +916,7 @@ class RSA(Measure):
             raise InvalidParameterError(f"rdm must be one of {RDM_KINDS}; got {rdm!r}")
         if compare not in ("pearson", "spearman", "kendall"):
             raise InvalidParameterError(f"compare must be 'pearson', 'spearman' or 'kendall'; got {compare!r}")
+        _check_block(block)
         self.rdm, self.compare, self.block = rdm, compare, block
         self.range = (-1.0, 1.0)
         self.min_samples = 3
@@ -910,6 +924,7 @@ class RSA(Measure):
             # an exact function of the second moments and the row-norm (fourth-order) moments: streamed
             self.stream = "moments"
             self.fourth = True
+            self.differentiable = True
         inv = {"isotropic_scaling", "permutation"}
         if rdm != "correlation":
             inv.add("orthogonal")
@@ -954,17 +969,19 @@ class RSA(Measure):
         n = x.shape[0]
         # ranks hold the triangles in float64 anyway (and need float64 RDMs for their 1e-12 tie tolerance);
         # Pearson's strips stay in the data's dtype, accumulated in float64
-        dtype = x.dtype if self.compare == "pearson" else torch.float64
-        zx, sx = _rdm_prepared(x, self.rdm, "x", dtype)
-        zy, sy = _rdm_prepared(y, self.rdm, "y", dtype)
         pieces = list(strips(n, strip_rows(n, self.block)))
         if self.compare != "pearson":
-            # one triangle at a time, ranked before the next is built; ranks with the tie tolerance give τ-b
-            # exact ties too
-            a = _average_ranks(torch.cat([upper_entries(_rdm_rows(zx, sx, r, self.rdm), r) for r in pieces]))
-            b = _average_ranks(torch.cat([upper_entries(_rdm_rows(zy, sy, r, self.rdm), r) for r in pieces]))
+            # one triangle at a time, ranked before the next is built (ranks with the tie tolerance give τ-b exact
+            # ties too); each layer's ranked triangle is kept, within the caller's budget, for the other pairs
+            # it takes part in
+            nbytes = 8 * (n * (n - 1) // 2)
+            key = ("rsa_ranks", self.rdm)
+            a = cached(cache_x, key, lambda: self._ranks(x, "x", pieces), nbytes)
+            b = cached(cache_y, key, lambda: self._ranks(y, "y", pieces), nbytes)
             self._checked(a, b)
             return _pearson(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
+        zx, sx = _rdm_prepared(x, self.rdm, "x", x.dtype)
+        zy, sy = _rdm_prepared(y, self.rdm, "y", x.dtype)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
         count = torch.zeros((), dtype=torch.float64, device=x.device)
         ma = mb = caa = cbb = cab = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -987,6 +1004,12 @@ class RSA(Measure):
                 raise _constant_rdm(side)
         result: torch.Tensor = cab / (caa * cbb).sqrt()
         return result
+
+    def _ranks(self, x: torch.Tensor, name: str, pieces: list[slice]) -> torch.Tensor:
+        """Average ranks of the upper triangle of ``x``'s RDM, built in float64 (the 1e-12 tie tolerance of the
+        ranks needs float64 dissimilarities), one strip at a time."""
+        z, sq = _rdm_prepared(x, self.rdm, name, torch.float64)
+        return _average_ranks(torch.cat([upper_entries(_rdm_rows(z, sq, r, self.rdm), r) for r in pieces]))
 
     @staticmethod
     def _checked(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from ..errors import InvalidParameterError
+from .._validation import check_int
 
 __all__ = [
     "STRIP_BYTES",
@@ -175,9 +175,7 @@ def column_centred(x: torch.Tensor, dtype: torch.dtype | None = None) -> Prepare
 def strip_rows(n: int, block: int | None) -> int:
     """Rows per strip: ``block`` when given, else as many as fit :data:`STRIP_BYTES` in float64."""
     if block is not None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise InvalidParameterError(f"block must be a positive number of rows; got {block!r}")
-        return block
+        return check_int(block, "block", minimum=1, hint="the number of rows per strip")
     return max(1, min(n, STRIP_BYTES // (8 * max(n, 1))))
 
 

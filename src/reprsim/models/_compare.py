@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from typing_extensions import TypedDict, Unpack
 
+from .._validation import check_bool, check_int, check_probability, check_seed, is_integer
 from .._version import __version__
 from ..errors import (
     DeviceMismatchError,
@@ -38,7 +39,7 @@ from ..errors import (
 )
 from ..inference._permutation import assemble, null_values, summary
 from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_matrix
-from ..measures._base import Measure, get_measure, prepared_side, side_stats
+from ..measures._base import BUDGET, CacheBudget, Measure, get_measure, prepared_side, side_stats
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._distributed import (
@@ -120,6 +121,10 @@ _REMOVED = {
 }
 
 
+#: The most memory large per-layer results (RSA's ranked RDM triangles) may take while a comparison runs.
+CACHE_MEMORY = 2 * 2**30
+#: The most memory the per-block (or per-fold) copies of the moments may take (ci= with blocks=G keeps G copies).
+FOLD_MEMORY = 4 * 2**30
 #: Default bytes of pooled features that compare keeps in memory for sample-space measures before spilling.
 FEATURE_MEMORY = 2 * 2**30
 
@@ -381,6 +386,9 @@ def compare(
         if data is None:
             raise InvalidParameterError("compare(models, data=...) needs the data")
         models = dict(model_a)
+        bad = [k for k, v in models.items() if not isinstance(k, str) or not isinstance(v, nn.Module)]
+        if bad:
+            raise InvalidParameterError(f"a mapping of models maps names (str) to nn.Modules; not so for {bad}")
         if len(models) < 2 and pairs is None:
             raise InvalidParameterError("compare needs at least two models in the mapping (or explicit pairs)")
         spec = layers if layers is not None else layers_a
@@ -396,7 +404,20 @@ def compare(
                 "call compare(model_a, model_b, data, layers_a=...) or "
                 "compare({'name': model, ...}, data=data, layers=...)"
             )
+        if model_b is not None and not isinstance(model_b, nn.Module):
+            raise InvalidParameterError(f"model_b must be an nn.Module or None; got {type(model_b).__name__}")
+        if pairs is not None:
+            raise InvalidParameterError(
+                "pairs= chooses which of several models to compare; with two models there is one pair. Pass a "
+                "mapping of models (compare({'a': m1, 'b': m2, 'c': m3}, data=..., pairs=[('a', 'c')])) or drop pairs"
+            )
         b = model_a if model_b is None else model_b
+        if (
+            not isinstance(model_names, (tuple, list))
+            or len(model_names) != 2
+            or not all(isinstance(v, str) and v for v in model_names)
+        ):
+            raise InvalidParameterError(f"model_names must be two non-empty strings; got {model_names!r}")
         na, nb = model_names
         if na == nb:
             raise InvalidParameterError(f"the two models need different model_names; got {model_names}")
@@ -410,11 +431,35 @@ def compare(
     for name in models:
         if specs.get(name) is None:
             raise InvalidParameterError(f"no layers selected for {name!r}: pass layers_a= (and layers_b=) or layers=")
-    for a, b in todo:
-        for n in (a, b):
+    for name, adapter in adapters.items():
+        if not callable(adapter):
+            raise InvalidParameterError(
+                f"the input adapter of {name!r} must be a function of a batch; got {type(adapter).__name__}"
+            )
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidParameterError(
+                f"device must be a torch device such as 'cpu' or 'cuda:0' (or None for each model's own); got "
+                f"{device!r}"
+            ) from exc
+    eval = check_bool(eval, "eval")
+    progress = check_bool(progress, "progress")
+    stop_early = check_bool(stop_early, "stop_early")
+    for pair in todo:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise InvalidParameterError(f"pairs= holds (name, name) pairs; got {pair!r}")
+        for n in pair:
             if n not in models:
-                raise InvalidParameterError(f"pair ({a!r}, {b!r}) names {n!r}, which is not among {list(models)}")
+                raise InvalidParameterError(f"pair {tuple(pair)!r} names {n!r}, which is not among {list(models)}")
 
+    count = _known_samples(data)
+    if ci is not None and blocks is not None and is_integer(blocks) and count is not None and int(blocks) > count:
+        raise InvalidParameterError(
+            f"blocks={blocks} exceeds the {count} samples of data: a jackknife leaves out one block of samples at a "
+            "time, so it needs at least one sample per block; pass blocks ≤ the sample count"
+        )
     dist = setup(distributed, shard, data)
     if stores is not None and not isinstance(stores, Mapping):
         paths = list(stores)
@@ -444,6 +489,22 @@ def compare(
     single = measures is None
     shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
     return shaped if multi else shaped[todo[0]]
+
+
+def _known_samples(data: Any) -> int | None:
+    """The number of samples ``data`` holds when it says so without being iterated: a list or tuple of batches,
+    or a DataLoader over a sized sampler that keeps its last batch; else None."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, (list, tuple)):
+        rows = [rows_of(b) for b in data]
+        return None if any(r is None for r in rows) else sum(r for r in rows if r is not None)
+    if isinstance(data, DataLoader) and data.batch_size is not None and not data.drop_last:
+        try:
+            return len(data.sampler)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return None
 
 
 def _measures(measure: MeasureSpec | None, measures: Sequence[MeasureSpec] | None) -> dict[str, Measure]:
@@ -503,19 +564,15 @@ class _Uncertainty:
     def checked(
         cls, ci: float | None, blocks: int | None, permutations: int | None, alpha: float, seed: int
     ) -> _Uncertainty:
-        if ci is not None and (not isinstance(ci, (int, float)) or isinstance(ci, bool) or not 0.0 < ci < 1.0):
-            raise InvalidParameterError(f"ci must be a confidence level in (0, 1), e.g. 0.95; got {ci!r}")
-        if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 2):
-            raise InvalidParameterError(f"blocks must be an integer ≥ 2; got {blocks!r}")
+        if ci is not None:
+            ci = check_probability(ci, "ci", "a confidence level, e.g. 0.95")
+        if blocks is not None:
+            blocks = check_int(blocks, "blocks", minimum=2, hint="the number of jackknife blocks")
         if blocks is not None and ci is None:
             raise InvalidParameterError("blocks= sets the jackknife of ci=; pass ci=0.95 too (or drop blocks)")
-        if permutations is not None and (
-            isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1
-        ):
-            raise InvalidParameterError(f"permutations must be a positive integer; got {permutations!r}")
-        if not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
-            raise InvalidParameterError(f"alpha must be in (0, 1); got {alpha!r}")
-        return cls(None if ci is None else float(ci), blocks, permutations, float(alpha), int(seed))
+        if permutations is not None:
+            permutations = check_int(permutations, "permutations", minimum=1)
+        return cls(ci, blocks, permutations, check_probability(alpha, "alpha", "e.g. 0.05"), check_seed(seed))
 
 
 class _FeatureStore:
@@ -621,11 +678,9 @@ class _Comparison:
         stores: Mapping[str, Any] | None = None,
         sample_ids: Callable[[Any], Any] | None = None,
     ) -> None:
-        if feature_memory is not None and (
-            isinstance(feature_memory, bool) or not isinstance(feature_memory, int) or feature_memory < 0
-        ):
-            raise InvalidParameterError(
-                f"feature_memory must be a number of bytes ≥ 0, or None never to spill; got {feature_memory!r}"
+        if feature_memory is not None:
+            feature_memory = check_int(
+                feature_memory, "feature_memory", minimum=0, hint="bytes, or None never to spill"
             )
         used = [n for n in models if any(n in p for p in pairs)]
         self.measures = measures
@@ -662,6 +717,8 @@ class _Comparison:
         self.store = _FeatureStore(feature_memory)
         self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
         self.layer_stats: dict[tuple[tuple[int, int], str], tuple[float, float]] = {}
+        # large per-layer results (RSA's ranked triangles) kept for the other pairs a layer is in, up to this much
+        self.cache_budget = CacheBudget(CACHE_MEMORY)
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
         # outlives its layer (kept activations cost the allocator fresh memory on every layer).
         self.grams_in_hook = (
@@ -805,6 +862,14 @@ class _Comparison:
             for writer in self.writers.values():
                 writer.abort()
             raise InvalidParameterError("data yielded no batches; nothing to compare")
+        blocks = self.uncertainty.blocks if self.uncertainty.ci is not None else None
+        if blocks is not None and blocks > self.samples:
+            for writer in self.writers.values():
+                writer.abort()
+            raise InvalidParameterError(
+                f"blocks={blocks} exceeds the {self.samples} samples seen: a jackknife leaves out one block of "
+                "samples at a time, so it needs at least one sample per block; pass blocks ≤ the sample count"
+            )
         for writer in self.writers.values():
             writer.close()
         caches: dict[int, dict[Any, Any]] = {}
@@ -947,7 +1012,24 @@ class _Comparison:
             )
             for a, b in self.pairs
         ]
+        if self.folds > 1:
+            widths = {slot: self.pooled_widths[(self._slot_model(slot), slot[1])] for slot in self.slots}
+            per_fold = sum(w * w for w in widths.values()) + sum(
+                sum(widths[s] for s in self.slots if self.slots[s] in a) * sum(widths[s] for s in self.slots
+                                                                              if self.slots[s] in b)
+                for a, b in blocks
+            )  # fmt: skip
+            need = 8 * self.folds * per_fold
+            if need > FOLD_MEMORY:
+                raise InvalidParameterError(
+                    f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {need / 2**30:.1f} GiB for "
+                    f"these layers (at most {FOLD_MEMORY / 2**30:.0f} GiB); use fewer blocks (20 is the default), "
+                    "fewer or narrower layers"
+                )
         return CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
+
+    def _slot_model(self, slot: tuple[tuple[int, int], str]) -> str:
+        return next(n for n in self.keys if self.run_of[n] == slot[0] and slot[1] in self.keys[n])
 
     def _canonical_slots(self) -> dict[Slot, str]:
         """Each kept layer's name across processes, "model:layer" under the first name of its run (the run keys
@@ -1099,7 +1181,8 @@ class _Comparison:
                     # magnitude of each layer found once)
                     xv = prepared_side(measure, x, f"{a}:{sa[1]}", self._side_stats(sa, x)).to(dtype)
                     yv = prepared_side(measure, y, f"{b}:{sb[1]}", self._side_stats(sb, y)).to(x.device, dtype)
-                    cx, cy = caches.setdefault(sa, {}), caches.setdefault(sb, {})
+                    cx = caches.setdefault(sa, {BUDGET: self.cache_budget})
+                    cy = caches.setdefault(sb, {BUDGET: self.cache_budget})
                     values[i, j] = float(measure.from_samples(xv, yv, cx, cy))
                 except ReprsimError as exc:
                     where = f"{a}:{sa[1]} and {b}:{sb[1]}"

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_bool, check_int
 from ..errors import InvalidParameterError
 from ._compare import MeasureSpec, _Comparison, _measures, _Uncertainty
 from ._distributed import SkippedBatch, setup
@@ -154,8 +155,8 @@ def compare_stores(
     (['fc', 'relu'], ['fc'], 1.0)
     """
     chosen = _measures(measure, measures)
-    if isinstance(align, (int, float)) and not isinstance(align, bool):
-        raise InvalidParameterError(f"align must be True or False; got {align!r}")
+    align = check_bool(align, "align")
+    progress = check_bool(progress, "progress")
     sa = as_store(a, "a")
     sb = sa if b is None else as_store(b, "b")
     order = alignment(sa, sb, align) if sb is not sa else None
@@ -198,8 +199,8 @@ def compare_stores(
     widest = max(s.widths[k] * s.dtypes[k].itemsize for s, layers, _ in sides.values() for k in layers)
     if chunk_rows is None:
         chunk_rows = max(1024, CHUNK_BYTES // widest)
-    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise InvalidParameterError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
+    else:
+        chunk_rows = check_int(chunk_rows, "chunk_rows", minimum=1)
     comparison.store = _StoredFeatures({k: (s, o) for k, (s, _, o) in sides.items()}, target)  # type: ignore[assignment]
     comparison.config["stores"] = {na: str(sa.path), nb: str(sb.path)}
     if order is not None:

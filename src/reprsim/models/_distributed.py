@@ -45,12 +45,17 @@ class Distributed:
     #: a DataLoader's batches were split by index (only this rank's were loaded): no checksums needed
     loader_sharded: bool = False
 
-    def checked_prints(self) -> list[tuple[int, float]]:
+    def checked_prints(self) -> list[tuple[int, list[float]]]:
         if not self.fingerprints:
             return []
         device = next((f.device for _, f in self.fingerprints if isinstance(f, torch.Tensor)), torch.device("cpu"))
-        sums = torch.stack([torch.as_tensor(f, dtype=torch.float64, device=device) for _, f in self.fingerprints])
-        return [(rows, total) for (rows, _), total in zip(self.fingerprints, sums.tolist())]  # one transfer
+        parts = [torch.as_tensor(f, dtype=torch.float64, device=device).reshape(-1) for _, f in self.fingerprints]
+        values = torch.cat(parts).tolist()  # one transfer
+        out, at = [], 0
+        for (rows, _), part in zip(self.fingerprints, parts):
+            out.append((rows, values[at : at + part.numel()]))
+            at += part.numel()
+        return out
 
     def comm_device(self, t: torch.Tensor | None = None) -> torch.device:
         """Where a collective on ``t`` runs: the CPU under gloo, ``t``'s device where the backend serves several
@@ -210,25 +215,31 @@ def rows_of(batch: Any) -> int | None:
 
 
 def fingerprint(batch: Any) -> tuple[int, Any]:
-    """(rows, float64 sum of the first tensor, as a tensor) of a batch: equal on every rank that iterates the
-    same data."""
-    t = _first_tensor(batch)
-    if t is None or t.is_complex():
+    """(rows, checksums) of a batch: for every tensor in it (a tensor, nested tuples and lists, dict values), a
+    float64 sum and a sum weighted by position (so that reordered rows differ too), as one tensor on the batch's
+    device. Equal on every rank that iterates the same data; a dict batch whose attention mask agrees but whose
+    inputs differ does not pass."""
+    tensors = [t for t in _tensors(batch) if not t.is_complex()]
+    if not tensors:
         return (-1, 0.0)
-    return (int(t.shape[0]) if t.ndim else 1, t.detach().sum(dtype=torch.float64))
+    sums = []
+    for t in tensors:
+        flat = t.detach().reshape(-1).to(torch.float64)
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device).remainder_(9973).add_(1)
+        sums += [flat.sum(), (flat * weights).sum()]
+    first = tensors[0]
+    return (int(first.shape[0]) if first.ndim else 1, torch.stack([s.to(sums[0].device) for s in sums]))
 
 
-def _first_tensor(batch: Any) -> torch.Tensor | None:
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    """Every tensor of a batch, depth first (tuples, lists and mapping values in their order)."""
     if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch:
-        return _first_tensor(batch[0])
+        return [batch]
+    if isinstance(batch, (list, tuple)):
+        return [t for item in batch for t in _tensors(item)]
     if isinstance(batch, Mapping):
-        for v in batch.values():
-            got = _first_tensor(v)
-            if got is not None:
-                return got
-    return None
+        return [t for item in batch.values() for t in _tensors(item)]
+    return []
 
 
 def agree_finished(d: Distributed, error: BaseException | None) -> None:

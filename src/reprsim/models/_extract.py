@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -196,6 +197,17 @@ def pool_tokens(x: torch.Tensor, pool: Pool = "flatten", attention_mask: torch.T
     tensor([[ 2.,  3.,  4.,  5.],
             [16., 17., 18., 19.]])
     """
+    if not isinstance(x, torch.Tensor):
+        if isinstance(x, (str, bytes)) or (not hasattr(x, "__len__") and not hasattr(x, "__array__")):
+            raise InvalidParameterError(f"pool_tokens takes a tensor (or an array); got {type(x).__name__}")
+        try:
+            x = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidParameterError(
+                f"pool_tokens takes a tensor (or an array of numbers); could not read a {type(x).__name__} as one"
+            ) from exc
+    if x.ndim < 1:
+        raise ShapeMismatchError("pool_tokens needs a (batch, ...) activation; got a scalar")
     if callable(pool):
         out = pool(x)
         if not isinstance(out, torch.Tensor) or out.ndim < 1 or out.shape[0] != x.shape[0]:
@@ -395,6 +407,8 @@ class Extractor:
         no_grad: bool = True,
         transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError(f"Extractor takes an nn.Module; got {type(model).__name__}")
         if capture not in ("output", "input"):
             raise InvalidParameterError(f"capture must be 'output' or 'input'; got {capture!r}")
         if calls not in ("error", "each", "first", "last"):

@@ -98,6 +98,16 @@ class SimilarityResult:
             setattr(self, name, value)
         if (self.low is None) != (self.high is None):
             raise InvalidParameterError("an interval needs both low and high")
+        if self.low is not None and self.high is not None and bool((self.low > self.high).any()):
+            i, j = (int(v) for v in (self.low > self.high).nonzero()[0])
+            raise InvalidParameterError(
+                f"an interval's low end exceeds its high end at cell ({self.names_a[i]!r}, {self.names_b[j]!r}): "
+                f"{float(self.low[i, j])} > {float(self.high[i, j])}"
+            )
+        if self.p_values is not None and bool(((self.p_values < 0) | (self.p_values > 1)).any()):
+            raise InvalidParameterError("p_values must lie in [0, 1] (NaN marks a cell without a test)")
+        if self.calibrated is not None and bool((self.calibrated < 0).any()):
+            raise InvalidParameterError("calibrated scores are ≥ 0 (0: not significant)")
 
     @property
     def model_a(self) -> str:

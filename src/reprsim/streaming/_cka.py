@@ -8,13 +8,13 @@ The mathematics of a single batch lives in :mod:`reprsim.measures._cka`; the dec
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import Kernel, check_finite, check_kernel
+from .._validation import Kernel, check_bool, check_finite, check_kernel
 from ..errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
@@ -78,6 +78,7 @@ class LinearCKA(CrossMoments):
     """
 
     def __init__(self, unbiased: bool = False, dtype: torch.dtype = torch.float64) -> None:
+        unbiased = check_bool(unbiased, "unbiased")
         if unbiased and dtype != torch.float64:
             raise InvalidParameterError(
                 f"LinearCKA(unbiased=True) keeps fourth-order sums whose terms cancel in compute(); a {dtype} state "
@@ -118,6 +119,17 @@ class LinearCKA(CrossMoments):
                 ReprsimWarning,
                 stacklevel=3,
             )
+
+
+def _check_records(records: torch.Tensor, batches: int, totals: Sequence[torch.Tensor]) -> None:
+    """Per-batch records must be one row per batch whose columns sum to the state's totals (up to rounding)."""
+    if records.shape[0] != batches:
+        raise IncompatibleStateError(f"state holds {records.shape[0]} per-batch records for {batches} batches")
+    total = torch.cat([t.reshape(-1) for t in totals])
+    summed = records.sum(dim=0)
+    scale = records.abs().sum(dim=0) + total.abs()
+    if bool(((summed - total).abs() > 1e-6 * scale + 1e-300).any()):
+        raise IncompatibleStateError("state's per-batch records do not add up to its totals; the state is inconsistent")
 
 
 class _MinibatchBase(_Accumulator):
@@ -249,7 +261,7 @@ class MinibatchCKAMatrix(_MinibatchBase):
         dtype: torch.dtype = torch.float64,
         records: bool = False,
     ) -> None:
-        self.records = bool(records)
+        self.records = check_bool(records, "records")
         super().__init__(kernel, sigma, median_fraction, dtype)
 
     def _config(self) -> dict[str, Any]:
@@ -263,6 +275,16 @@ class MinibatchCKAMatrix(_MinibatchBase):
         self._add_state("ll", lambda d: (d[1],), "sum")
         if self.records:
             self._add_state("records", lambda d: (0, d[0] * d[1] + d[0] + d[1]), "cat")
+
+    def _check_invariants(self, state: Mapping[str, torch.Tensor], dims: Dims) -> None:
+        """Every batch holds at least 4 samples; kept records are one row per batch and sum to the totals."""
+        batches, n = float(state["batches"]), float(state["n"])
+        if batches != round(batches) or batches < 0 or n < 4 * batches or (batches == 0) != (n == 0):
+            raise IncompatibleStateError(
+                f"state holds {n:g} samples in {batches:g} batches; minibatch CKA's batches hold at least 4 samples"
+            )
+        if self.records:
+            _check_records(state["records"], int(batches), [state["kl"].reshape(-1), state["kk"], state["ll"]])
 
     @property
     def hsic_records(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -382,6 +404,17 @@ class MinibatchCKA(_MinibatchBase):
 
     def _describe(self, dims: Dims) -> str:
         return f"x: {dims[2]}, y: {dims[3]}"
+
+    def _check_invariants(self, state: Mapping[str, torch.Tensor], dims: Dims) -> None:
+        """One record per batch of at least 4 samples, summing to the totals."""
+        records = state["records"]
+        if float(state["n"]) < 4 * records.shape[0] or (records.shape[0] == 0) != (float(state["n"]) == 0):
+            raise IncompatibleStateError(
+                f"state holds {float(state['n']):g} samples in {records.shape[0]} batches; minibatch CKA's batches "
+                "hold at least 4 samples"
+            )
+        _check_records(records, records.shape[0], [state["kl"].reshape(1), state["kk"].reshape(1),
+                                                   state["ll"].reshape(1)])  # fmt: skip
 
     @property
     def hsic_records(self) -> torch.Tensor:

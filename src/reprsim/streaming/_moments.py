@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import check_finite
+from .._validation import check_bool, check_finite, check_int
 from ..errors import (
     IncompatibleStateError,
     InvalidParameterError,
@@ -57,6 +57,31 @@ def _deferred(layers: Sequence[torch.Tensor], dtype: torch.dtype) -> dict[str, t
     }
     out.update({f"u.{l}": u for l, u in enumerate(centred)})
     return out
+
+
+def _checked_blocks(blocks: Any) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Explicit blocks: pairs (group a, group b) of layer indices, each group a non-empty list of integers."""
+    hint = "blocks is a list of pairs of layer-index lists, e.g. [([0, 1], [2, 3])]"
+    try:
+        pairs = [tuple(pair) for pair in blocks]
+    except TypeError as exc:
+        raise InvalidParameterError(f"{hint}; got {blocks!r}") from exc
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise InvalidParameterError(f"{hint}; got the entry {pair!r}")
+        groups = []
+        for group in pair:
+            if isinstance(group, (str, bytes)) or not hasattr(group, "__iter__"):
+                raise InvalidParameterError(f"{hint}; got the group {group!r}")
+            items = list(group)
+            if not items:
+                raise InvalidParameterError(f"{hint}; a group is empty")
+            groups.append(tuple(check_int(i, "a layer index in blocks", minimum=0) for i in items))
+        out.append((groups[0], groups[1]))
+    if not out:
+        raise InvalidParameterError(f"{hint}; got no blocks")
+    return tuple(out)
 
 
 def _as_layers(v: Any, side: str) -> tuple[list[Any], bool]:
@@ -109,10 +134,9 @@ class CrossMoments(_Accumulator):
         blocks: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
     ) -> None:
         super().__init__(dtype)
-        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-            raise InvalidParameterError(f"folds must be a positive integer; got {folds!r}")
-        self.fourth, self.folds = bool(fourth), folds
-        self._blocks = None if blocks is None else tuple((tuple(a), tuple(b)) for a, b in blocks)
+        self.fourth = check_bool(fourth, "fourth")
+        self.folds = check_int(folds, "folds", minimum=1)
+        self._blocks = None if blocks is None else _checked_blocks(blocks)
         self._layout_cache: tuple[Dims, Layout] | None = None
 
     # -- layout ------------------------------------------------------------------------------------------
@@ -321,7 +345,15 @@ class CrossMoments(_Accumulator):
         self, i: int = 0, j: int = 0, *, block: int = 0, caches: dict[int, dict[Any, Any]] | None = None
     ) -> Moments:
         """The pooled moments of x-layer ``i`` and y-layer ``j`` (with per-fold moments when ``folds > 1``)."""
+        ga, gb = self.layout.blocks[self._block(block)]
+        i = check_int(i, "i", minimum=0, maximum=len(ga) - 1)
+        j = check_int(j, "j", minimum=0, maximum=len(gb) - 1)
         return self._all_moments(block, [(i, j)], caches if caches is not None else {})[0]
+
+    def _block(self, block: Any) -> int:
+        """A block index of this accumulator (0 unless blocks were given)."""
+        count = len(self.layout.blocks)
+        return check_int(block, "block", minimum=0, maximum=count - 1, hint=f"this accumulator has {count} block(s)")
 
     def _all_moments(
         self,
@@ -388,6 +420,7 @@ class CrossMoments(_Accumulator):
         m = get_measure(measure)
         self._check_measure(m)
         self._require_samples(m.min_samples, m.label)
+        block = self._block(block)
         return self._values(m, block, caches if caches is not None else {}, names_a, names_b)
 
     @full_precision_matmul
@@ -398,6 +431,7 @@ class CrossMoments(_Accumulator):
         m = get_measure(measure)
         self._check_measure(m)
         layout = self.layout
+        block = self._block(block)
         if layout.folds < 2:
             raise InvalidParameterError(
                 "a jackknife needs the samples in blocks: create CrossMoments(folds=K) with K ≥ 2 (each fold is "
