@@ -464,3 +464,16 @@ def test_records_grow_in_amortised_constant_time() -> None:
     copy.update(batches[0], batches[0].tanh())
     assert copy.hsic_records.shape == (2001, 3)
     assert torch.equal(copy.hsic_records[:2000], records)
+
+
+def test_unbiased_cka_of_a_state_with_10_to_the_15_samples() -> None:
+    """(n − 1)(n − 2) at n = 10¹⁵ overflows int64: the unbiased terms are combined in floating point."""
+    x, y = data(200, 4, 3, seed=2)
+    acc = LinearCKA(unbiased=True)
+    acc.update(x, y)
+    sd = acc.state_dict()
+    scale = 5e12  # as if every sample were seen 5·10¹² times: sums scale, the value converges to biased CKA
+    state = {k: (v * scale if k not in ("n", "mean", "eps") else v) for k, v in sd["state"].items()}
+    state["n"] = torch.tensor([200 * scale], dtype=torch.float64)
+    big = LinearCKA(unbiased=True).load_state_dict({**sd, "state": state})
+    assert abs(big.compute() - ref.cka(x, y)) < 1e-6

@@ -994,6 +994,9 @@ class _Comparison:
                         f"{width} features after pooling (limit {EXACT_MAX_WIDTH}); pool tokens (pool='mean' or "
                         "'cls') or use measure='cka_minibatch'"
                     )
+            self._check_fold_memory(
+                {(self.run_of[model], layer): t.reshape(t.shape[0], -1).shape[1] for model, layer, t in named}
+            )
             self.moments = self._new_moments()
         layers: list[torch.Tensor] = [torch.empty(0)] * len(self.slots)
         for (run, layer), slot in self.slots.items():
@@ -1012,24 +1015,25 @@ class _Comparison:
             )
             for a, b in self.pairs
         ]
-        if self.folds > 1:
-            widths = {slot: self.pooled_widths[(self._slot_model(slot), slot[1])] for slot in self.slots}
-            per_fold = sum(w * w for w in widths.values()) + sum(
-                sum(widths[s] for s in self.slots if self.slots[s] in a) * sum(widths[s] for s in self.slots
-                                                                              if self.slots[s] in b)
-                for a, b in blocks
-            )  # fmt: skip
-            need = 8 * self.folds * per_fold
-            if need > FOLD_MEMORY:
-                raise InvalidParameterError(
-                    f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {need / 2**30:.1f} GiB for "
-                    f"these layers (at most {FOLD_MEMORY / 2**30:.0f} GiB); use fewer blocks (20 is the default), "
-                    "fewer or narrower layers"
-                )
         return CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
 
-    def _slot_model(self, slot: tuple[tuple[int, int], str]) -> str:
-        return next(n for n in self.keys if self.run_of[n] == slot[0] and slot[1] in self.keys[n])
+    def _check_fold_memory(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
+        """Per-block (or per-fold) moments cost G copies of the moments: refuse more than FOLD_MEMORY at the first
+        batch, before any of it is allocated (blocks=10⁴ took 8.9 GiB)."""
+        if self.folds < 2:
+            return
+        per_fold = sum(w * w for w in widths.values())
+        for a, b in self.pairs:
+            wa = sum(widths[(self.run_of[a], k)] for k in self.keys[a])
+            wb = sum(widths[(self.run_of[b], k)] for k in self.keys[b])
+            per_fold += wa * wb
+        need = 8 * self.folds * per_fold
+        if need > FOLD_MEMORY:
+            raise InvalidParameterError(
+                f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {need / 2**30:.1f} GiB for these "
+                f"layers (at most {FOLD_MEMORY / 2**30:.0f} GiB); use fewer blocks (20 is the default), fewer or "
+                "narrower layers"
+            )
 
     def _canonical_slots(self) -> dict[Slot, str]:
         """Each kept layer's name across processes, "model:layer" under the first name of its run (the run keys
