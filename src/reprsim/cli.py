@@ -82,13 +82,27 @@ def _add_compare(commands: Any) -> None:
     compare.add_argument("--layers-b", nargs="+", metavar="LAYER", help="B's layers (default: as --layers-a)")
     compare.add_argument("--align", action="store_true", help="reorder B's rows to A's sample IDs")
     compare.add_argument("--ci", type=float, metavar="LEVEL", help="attach confidence intervals, e.g. 0.95")
-    compare.add_argument("--permutations", type=int, metavar="N", help="permutation test with N permutations")
+    compare.add_argument(
+        "--permutations",
+        type=_permutations,
+        metavar="N|moments",
+        help="permutation test: N random permutations, or 'moments' for the exact-moment null (CKA, dCor, RSA)",
+    )
     compare.add_argument("--chunk-rows", type=int, metavar="N", help="rows read per chunk (default: ~64 MiB)")
     compare.add_argument(
         "--out", type=Path, metavar="FILE.npz", help="save the result (one file per measure when several)"
     )
     compare.add_argument("--plot", type=Path, metavar="FILE.png", help="write the heatmap (default: beside --out)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _permutations(text: str) -> int | str:
+    if text == "moments":
+        return text
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of permutations or 'moments'; got {text!r}") from exc
 
 
 def _add_demo(commands: Any) -> None:

@@ -10,8 +10,9 @@ interval; :func:`stream_interval` an interval from a streaming accumulator witho
 
 from __future__ import annotations
 
-from ._bootstrap import Interval, bootstrap
+from ._bootstrap import bootstrap, jackknife
+from ._interval import Interval
 from ._permutation import PermutationTest, permutation_test
-from ._stream import jackknife, stream_interval
+from ._stream import stream_interval
 
 __all__ = ["Interval", "PermutationTest", "bootstrap", "jackknife", "permutation_test", "stream_interval"]

@@ -12,12 +12,19 @@ null of that aggregate, since a maximum over many cells is inflated by the searc
 The measure's structure makes each permutation cheap: for moment measures only the cross co-moment (and, for
 fourth-order measures, three row-norm sums) changes, X's and Y's own moments and their factorisations are
 computed once; for sample-space measures X's neighbour sets are found once.
+
+Measures that are trace statistics tr(A Π B Πᵀ) (linear and RBF CKA, HSIC-based, distance correlation, Pearson
+and Spearman RSA) also have an exact-moment null (``method="moments"``): the first three moments of the measure
+over all n! permutations are exact (:mod:`reprsim.measures._traces`) and a Pearson type III fitted to them gives
+p-values, critical values and calibrated scores without drawing a permutation (:mod:`._analytic`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,13 +41,24 @@ from .._validation import (
     check_seed,
     is_integer,
 )
-from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
-from ..measures._base import Measure, get_measure, on_arrays, prepared_side
+from ..errors import InsufficientSamplesError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
+from ..measures._base import Measure, NoTraceForm, evaluate_validated, get_measure, on_arrays, prepared_side
 from ..measures._moments import Fourth, Moments
+from ..measures._traces import NullMoments, TraceSide, combined_side, pair_moments
+from ._analytic import pearson3_quantile, pearson3_sf
 
-__all__ = ["PermutationTest", "permutation_test", "summary"]
+__all__ = ["PermutationTest", "holm", "permutation_test", "summary"]
 
 Aggregate = Literal["best", "mean"]
+Method = Literal["monte_carlo", "moments", "auto"]
+#: Below this many samples the permutation distribution is too discrete for a fitted Pearson type III tail.
+MIN_MOMENT_SAMPLES = 30
+#: Beyond this skewness the fitted gamma is J-shaped (shape < 1) and its tail is not trusted.
+MAX_MOMENT_SKEWNESS = 2.0
+#: Below this effective share of samples (a few rows dominating the Gram: heavy-tailed data) the permutation
+#: distribution is too lumpy for a three-moment fit (the simulations in tests/test_inference.py find the fitted
+#: p-values within Monte Carlo error of 10⁵ permutations above it).
+MIN_MOMENT_SPREAD = 0.1
 _PRODUCT_BYTES = 256 * 2**20  # permuted copies of Y multiplied at once
 
 
@@ -81,7 +99,21 @@ class PermutationTest:
     cell_calibrated : torch.Tensor or None
         For layers × layers tests, each cell's own calibrated score against its own null.
     cell_null : torch.Tensor or None
-        For layers × layers tests, every cell's null values, (layers of x, layers of y, K).
+        For layers × layers tests, every cell's null values, (layers of x, layers of y, K) (Monte Carlo).
+    method : {"monte_carlo", "moments"}
+        Which null answered: K random permutations, or the exact first three moments over all permutations with a
+        fitted Pearson type III tail (then ``null`` is empty and the p-value is the tail probability, not the
+        add-one count).
+    null_moments : (float, float, float) or None
+        The null's mean, standard deviation and skewness for one pair: exact with ``method="moments"``, from the
+        drawn values otherwise.
+    cell_null_moments : torch.Tensor or None
+        For layers × layers tests, each cell's (mean, sd, skewness), (layers of x, layers of y, 3).
+    cell_p_values_holm : torch.Tensor or None
+        For layers × layers tests, each cell's p-value after Holm's step-down correction for the number of cells
+        (family-wise error at the nominal level, any dependence between cells).
+    note : str or None
+        Why Monte Carlo answered when moments were asked for, or what the exact moments approximated.
     """
 
     observed: float
@@ -97,14 +129,20 @@ class PermutationTest:
     cell_p_values: torch.Tensor | None = field(default=None, repr=False)
     cell_calibrated: torch.Tensor | None = field(default=None, repr=False)
     cell_null: torch.Tensor | None = field(default=None, repr=False)
+    method: Literal["monte_carlo", "moments"] = "monte_carlo"
+    null_moments: tuple[float, float, float] | None = None
+    cell_null_moments: torch.Tensor | None = field(default=None, repr=False)
+    cell_p_values_holm: torch.Tensor | None = field(default=None, repr=False)
+    note: str | None = None
 
     def __repr__(self) -> str:
         what = self.measure.get("id", "measure")
         if self.aggregate is not None:
             what = f"{self.aggregate} over {tuple(self.matrix.shape) if self.matrix is not None else '?'} of {what}"
+        how = f"{self.null.numel()} permutations" if self.method == "monte_carlo" else "exact permutation moments"
         return (
-            f"PermutationTest({what}: observed={self.observed:.6g}, p={self.p_value:.4g} "
-            f"({self.null.numel()} permutations), calibrated={self.calibrated:.4g} at α={self.alpha})"
+            f"PermutationTest({what}: observed={self.observed:.6g}, p={self.p_value:.4g} ({how}), "
+            f"calibrated={self.calibrated:.4g} at α={self.alpha})"
         )
 
 
@@ -152,16 +190,53 @@ def summary(
     combined = torch.sort(torch.cat([null, torch.tensor([observed], dtype=null.dtype)])).values
     idx = min(max(math.ceil((1.0 - alpha) * (k + 1)) - 1, 0), k)
     tau = float(combined[idx] if greater else combined[k - idx])
+    return p_value, tau, calibrated_score(observed, tau, measure), "greater" if greater else "less"
+
+
+def calibrated_score(observed: float, tau: float, measure: Measure) -> float:
+    """Gröger et al.'s calibrated score of ``observed`` against the critical value τ (see :class:`PermutationTest`)."""
     low, high = measure.range
-    if greater:
-        calibrated = (
-            max(observed - tau, 0.0) if math.isinf(high) else min(max((observed - tau) / max(high - tau, 1e-12), 0), 1)
-        )
-    else:
-        calibrated = (
-            max(tau - observed, 0.0) if math.isinf(low) else min(max((tau - observed) / max(tau - low, 1e-12), 0), 1)
-        )
-    return p_value, tau, float(calibrated), "greater" if greater else "less"
+    if measure.direction == "similarity":
+        if math.isinf(high):
+            return max(observed - tau, 0.0)
+        return float(min(max((observed - tau) / max(high - tau, 1e-12), 0), 1))
+    if math.isinf(low):
+        return max(tau - observed, 0.0)
+    return float(min(max((tau - observed) / max(tau - low, 1e-12), 0), 1))
+
+
+def holm(p_values: torch.Tensor) -> torch.Tensor:
+    """Holm's step-down adjusted p-values (same shape): the i-th smallest of m is multiplied by m − i + 1, the
+    running maximum taken so the order is kept, and capped at 1. Rejecting where the adjusted value is ≤ α holds
+    the family-wise error at α whatever the dependence between the tests. NaN cells (untested) are left out."""
+    flat = p_values.reshape(-1).to(torch.float64)
+    out = torch.full_like(flat, float("nan"))
+    tested = (~torch.isnan(flat)).nonzero().flatten()
+    if tested.numel():
+        values = flat[tested]
+        order = torch.argsort(values, stable=True)
+        m = values.numel()
+        scaled = values[order] * torch.arange(m, 0, -1, dtype=torch.float64)
+        adjusted = torch.cummax(scaled, dim=0).values.clamp(max=1.0)
+        out[tested[order]] = adjusted
+    return out.reshape(p_values.shape)
+
+
+def _moments_summary(
+    observed: float, null: NullMoments, transform: str, alpha: float, measure: Measure
+) -> tuple[float, float, float]:
+    """(p-value, τ, calibrated score) of an observed value against the fitted Pearson type III null of the trace
+    ratio (the measure is ``transform`` of it, an increasing map)."""
+    stat = observed * abs(observed) if transform == "sqrt" else observed
+    p_value = pearson3_sf(stat, null)
+    q = pearson3_quantile(1.0 - alpha, null)
+    tau = math.copysign(math.sqrt(abs(q)), q) if transform == "sqrt" else q
+    return p_value, tau, calibrated_score(observed, tau, measure)
+
+
+def _null_mean(null: NullMoments, transform: str) -> float:
+    """The measure's chance level: the null mean of the trace ratio (its square root for distance correlation)."""
+    return math.sqrt(max(null.mean, 0.0)) if transform == "sqrt" else null.mean
 
 
 class _Side:
@@ -261,6 +336,7 @@ def permutation_test(
     alpha: float = 0.05,
     aggregate: Aggregate = "best",
     seed: int = 0,
+    method: Method = "monte_carlo",
 ) -> PermutationTest:
     """Permutation test of a measure: is x's and y's similarity more than their shapes alone produce?
 
@@ -284,11 +360,21 @@ def permutation_test(
         Seeds a CPU ``torch.Generator``; the k-th permutation is its k-th ``torch.randperm(n)``, so a given seed
         draws the same permutations as any code that draws them so (e.g. the ``calibrated-similarity``
         package with that generator).
+    method : {"monte_carlo", "moments", "auto"}, default "monte_carlo"
+        ``"monte_carlo"``: K random permutations and the add-one p-value (exact for any K). ``"moments"``: the
+        exact mean, variance and skewness of the measure over all n! permutations and a Pearson type III tail
+        fitted to them, for trace statistics (linear and RBF CKA, distance correlation, Pearson and Spearman
+        RSA); the cost of about one evaluation per layer, whatever the precision asked of the p-value. Where
+        the fitted tail is not trusted (n < 30, a skewness beyond 2, a measure without the trace form, RBF or
+        RDM forms beyond n = 4096) it falls back to Monte Carlo with ``permutations`` and says why (a
+        :class:`~reprsim.ReprsimWarning` and ``note``). ``"auto"``: moments where available, silently Monte Carlo
+        elsewhere. For layers, the aggregate "best" is corrected by Holm (its Monte Carlo test uses the null of
+        the best cell itself, which no moment formula gives); "mean" is a trace statistic too.
 
     Returns
     -------
     PermutationTest
-        The observed value, add-one p-value, critical value, calibrated score and the null values.
+        The observed value, p-value, critical value, calibrated score and the null (its values, or its moments).
 
     Notes
     -----
@@ -316,10 +402,21 @@ def permutation_test(
     seed = check_seed(seed)
     if aggregate not in ("best", "mean"):
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
+    if method not in ("monte_carlo", "moments", "auto"):
+        raise InvalidParameterError(f"method must be 'monte_carlo', 'moments' or 'auto'; got {method!r}")
     m = on_arrays(get_measure(measure), "permutation tests take a measure of whole arrays (e.g. 'cka')")
     layered = isinstance(x, (list, tuple)) or isinstance(y, (list, tuple))
+    note = None
+    if method != "monte_carlo":
+        try:
+            return moments_test(x, y, m, float(alpha), aggregate, layered)
+        except NoTraceForm as exc:
+            note = f"Monte Carlo with {permutations if is_integer(permutations) else 'the given'} permutations: {exc}"
+            if method == "moments":
+                warnings.warn(f"the exact-moment null is not used: {exc}; {note}", ReprsimWarning, stacklevel=2)
     observed, null = null_values(x, y, m, permutations, seed)
-    return assemble(observed, null, m, float(alpha), aggregate, layered)
+    test = assemble(observed, null, m, float(alpha), aggregate, layered)
+    return dataclasses.replace(test, note=note) if note is not None else test
 
 
 @full_precision_matmul
@@ -352,7 +449,9 @@ def assemble(
     if not layered:
         obs, values = float(observed[0, 0]), null[0, 0]
         p_value, tau, calibrated, tail = summary(obs, values, alpha, m)
-        return PermutationTest(obs, p_value, tau, calibrated, values, alpha, tail, description)
+        return PermutationTest(
+            obs, p_value, tau, calibrated, values, alpha, tail, description, null_moments=_drawn_moments(values)
+        )
     similarity = m.direction == "similarity"
     if aggregate == "mean":
         obs, values = float(observed.mean()), null.mean(dim=(0, 1))
@@ -365,7 +464,104 @@ def assemble(
         [[summary(float(observed[i, j]), null[i, j], alpha, m)[:3] for j in ys] for i in xs],
         dtype=torch.float64,
     )  # fmt: skip  # (a, b, 3): p-value, τ, calibrated score of each cell against its own null
+    drawn = torch.tensor([[_drawn_moments(null[i, j]) for j in ys] for i in xs], dtype=torch.float64)
     return PermutationTest(
         obs, p_value, tau, calibrated, values, alpha, tail, description, aggregate, observed,
-        per_cell[..., 0], per_cell[..., 2], null,
+        per_cell[..., 0], per_cell[..., 2], null, cell_null_moments=drawn, cell_p_values_holm=holm(per_cell[..., 0]),
+    )  # fmt: skip
+
+
+def _drawn_moments(values: torch.Tensor) -> tuple[float, float, float]:
+    """(mean, sd, skewness) of drawn null values."""
+    mean = float(values.mean())
+    d = values - mean
+    sd = float(d.square().mean().sqrt())
+    return mean, sd, float(d.pow(3).mean()) / sd**3 if sd > 0 else 0.0
+
+
+@full_precision_matmul
+def moments_test(x: Any, y: Any, m: Measure, alpha: float, aggregate: Aggregate, layered: bool) -> PermutationTest:
+    """The permutation test from the exact permutation moments (see :func:`permutation_test`); raises
+    :class:`~reprsim.measures._base.NoTraceForm` with the reason where the fitted tail is not to be trusted."""
+    xs, ys = _layers(x, "x"), _layers(y, "y")
+    checked = _checked_layers(xs, ys, m.min_samples)
+    names = [f"x[{i}]" for i in range(len(xs))] + [f"y[{j}]" for j in range(len(ys))]
+    checked = [prepared_side(m, t, name) for t, name in zip(checked, names)]
+    n = checked[0].shape[0]
+    if n < MIN_MOMENT_SAMPLES:
+        raise NoTraceForm(
+            f"n = {n} < {MIN_MOMENT_SAMPLES}: so few samples give too discrete a permutation distribution for a "
+            "fitted tail"
+        )
+    sides = [m.null_trace(t) for t in checked]
+    observed = torch.tensor(
+        [[float(evaluate_validated(m, a, b)) for b in checked[len(xs) :]] for a in checked[: len(xs)]],
+        dtype=torch.float64,
+    )
+    return moments_assemble(observed, sides[: len(xs)], sides[len(xs) :], m, alpha, aggregate, layered)
+
+
+def moments_assemble(
+    observed: torch.Tensor,
+    sides_x: Sequence[TraceSide],
+    sides_y: Sequence[TraceSide],
+    m: Measure,
+    alpha: float,
+    aggregate: Aggregate,
+    layered: bool,
+) -> PermutationTest:
+    """The test from the observed matrix and each layer's trace side (see :func:`moments_test`)."""
+    description = m.describe()
+    lumpy = min(s.spread for s in (*sides_x, *sides_y))
+    if lumpy < MIN_MOMENT_SPREAD:
+        raise NoTraceForm(
+            f"a few samples dominate the Gram (an effective share of {lumpy:.2g} of the samples, below "
+            f"{MIN_MOMENT_SPREAD}: heavy-tailed rows), which makes the permutation distribution too lumpy for a "
+            "fitted Pearson type III tail"
+        )
+    nulls = [[pair_moments(a, b) for b in sides_y] for a in sides_x]
+    worst = max(abs(null.skewness) for row in nulls for null in row)
+    if worst > MAX_MOMENT_SKEWNESS:
+        raise NoTraceForm(
+            f"the null is too skewed (skewness {worst:.3g} > {MAX_MOMENT_SKEWNESS}, e.g. heavy-tailed rows "
+            "dominating the kernels) for a fitted Pearson type III tail"
+        )
+    transform = sides_x[0].transform
+    approximated = {s.approximated for s in (*sides_x, *sides_y) if s.approximated}
+    note = "; ".join(sorted(approximated)) or None
+    per_cell = torch.tensor(
+        [[_moments_summary(float(observed[i, j]), nulls[i][j], transform, alpha, m) for j in range(len(sides_y))]
+         for i in range(len(sides_x))], dtype=torch.float64,
+    )  # fmt: skip
+    cell_moments = torch.tensor(
+        [[(_null_mean(null, transform), null.sd, null.skewness) for null in row] for row in nulls], dtype=torch.float64
+    )
+    tail: Literal["greater", "less"] = "greater" if m.direction == "similarity" else "less"
+    if not layered:
+        null = nulls[0][0]
+        p_value, tau, calibrated = (float(v) for v in per_cell[0, 0])
+        return PermutationTest(
+            float(observed[0, 0]), p_value, tau, calibrated, torch.empty(0, dtype=torch.float64), alpha, tail,
+            description, method="moments", null_moments=(_null_mean(null, transform), null.sd, null.skewness),
+            note=note,
+        )  # fmt: skip
+    cells = observed.numel()
+    holm_p = holm(per_cell[..., 0])
+    if aggregate == "mean":
+        total = pair_moments(combined_side(sides_x), combined_side(sides_y))
+        mean = NullMoments(total.mean / cells, total.sd / cells, total.skewness)
+        obs = float(observed.mean())
+        p_value, tau, calibrated = _moments_summary(obs, mean, "identity", alpha, m)
+        null_moments = (mean.mean, mean.sd, mean.skewness)
+    else:  # the best cell, with Holm's (here Bonferroni's) correction for the search over cells
+        flat = int(observed.argmax()) if tail == "greater" else int(observed.argmin())
+        i, j = divmod(flat, observed.shape[1])
+        obs = float(observed[i, j])
+        p_value = float(holm_p[i, j])
+        _, tau, calibrated = _moments_summary(obs, nulls[i][j], transform, alpha / cells, m)
+        null_moments = tuple(float(v) for v in cell_moments[i, j])  # type: ignore[assignment]
+    return PermutationTest(
+        obs, p_value, tau, calibrated, torch.empty(0, dtype=torch.float64), alpha, tail, description, aggregate,
+        observed, per_cell[..., 0], per_cell[..., 2], None, method="moments", null_moments=null_moments,
+        cell_null_moments=cell_moments, cell_p_values_holm=holm_p, note=note,
     )  # fmt: skip

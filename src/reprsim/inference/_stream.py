@@ -10,106 +10,25 @@ the batches with replacement and recombining the records is a bootstrap of the e
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 
 from .._validation import check_int, check_seed
 from ..errors import IncompatibleStateError, InvalidParameterError
-from ..measures._base import Measure, evaluate_validated, get_measure, measure_pair
+from ..measures._base import Measure, get_measure
 from ..streaming import CrossMoments, MinibatchCKA
-from ._bootstrap import (
+from ._bootstrap import Method
+from ._interval import (
     Interval,
-    Method,
     acceleration,
     bca_levels,
     bias_correction,
     check_confidence,
+    jackknife_interval,
     percentile_levels,
     quantile,
 )
 
-__all__ = ["batch_bootstrap_matrix", "jackknife", "jackknife_matrix", "stream_interval", "t_quantile"]
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def _t_cdf(t: float, df: float) -> float:
-    x, y = df / (df + t * t), t * t / (df + t * t)
-    # P(T > |t|) = I_x(df/2, 1/2)/2 = (1 − I_y(1/2, df/2))/2; the second keeps its digits where x rounds to 1
-    tail = 0.5 * _betainc(df / 2.0, 0.5, x) if x < 0.5 else 0.5 * (1.0 - _betainc(0.5, df / 2.0, y))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(q: float, df: float) -> float:
-    """The q-quantile of Student's t distribution with ``df`` degrees of freedom (bisection on its CDF, from
-    the incomplete beta function; no SciPy)."""
-    if not 0.0 < q < 1.0:
-        raise InvalidParameterError(f"a quantile level must be in (0, 1); got {q}")
-    lo, hi = -1.0, 1.0
-    while _t_cdf(lo, df) > q:
-        lo *= 2.0
-    while _t_cdf(hi, df) < q:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_cdf(mid, df) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-13 * max(1.0, abs(mid)):
-            break
-    return 0.5 * (lo + hi)
-
-
-def jackknife_matrix(
-    estimate: torch.Tensor, values: torch.Tensor, confidence: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-cell jackknife intervals (low, high) of an (A, B) estimate from its (G, A, B) leave-one-block-out
-    values."""
-    g = values.shape[0]
-    d = values - values.mean(dim=0)
-    se = ((g - 1) / g * (d * d).sum(dim=0)).sqrt()
-    t = t_quantile(1.0 - (1.0 - confidence) / 2.0, g - 1)
-    return estimate - t * se, estimate + t * se
+__all__ = ["batch_bootstrap_matrix", "stream_interval"]
 
 
 def _resampled_minibatch_cka(
@@ -139,72 +58,6 @@ def batch_bootstrap_matrix(
     dist = _resampled_minibatch_cka(kl, kk, ll, _batch_counts(kl.shape[0], resamples, seed))
     ends = torch.quantile(dist, torch.tensor(percentile_levels(confidence), dtype=torch.float64), dim=0)
     return ends[0], ends[1]
-
-
-def _jackknife_interval(estimate: float, values: torch.Tensor, confidence: float, measure: Measure) -> Interval:
-    g = values.numel()
-    d = values - values.mean()
-    se = math.sqrt((g - 1) / g * float((d * d).sum()))
-    t = t_quantile(1.0 - (1.0 - confidence) / 2.0, g - 1)
-    return Interval(
-        estimate,
-        estimate - t * se,
-        estimate + t * se,
-        confidence,
-        "jackknife",
-        "blocks",
-        values,
-        se,
-        measure.describe(),
-    )
-
-
-def jackknife(
-    x: Any, y: Any, measure: str | Measure = "cka", *, blocks: int | None = 20, confidence: float = 0.95
-) -> Interval:
-    """Delete-a-block jackknife interval for a measure of two arrays: θ̂ ± t_{G−1} · se.
-
-    Parameters
-    ----------
-    x, y : array_like or torch.Tensor, shape (n, ...)
-        Two representations of the same n samples.
-    measure : str or Measure, default "cka"
-        Any measure defined on two arrays.
-    blocks : int or None, default 20
-        G, the number of blocks; sample i belongs to block i % G (the blocks :class:`CrossMoments` keeps with
-        ``folds=G``, so :func:`stream_interval` of a stream gives the same interval). None: leave-one-out
-        (G = n).
-    confidence : float, default 0.95
-
-    Returns
-    -------
-    Interval
-        With ``method="jackknife"``; ``distribution`` holds the G leave-one-block-out values.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from reprsim.inference import jackknife
-    >>> rng = np.random.default_rng(0)
-    >>> x = rng.normal(size=(300, 4))
-    >>> ci = jackknife(x, x + rng.normal(size=(300, 4)), "procrustes")
-    >>> ci.low < ci.estimate < ci.high
-    True
-    """
-    c = check_confidence(confidence)
-    m = get_measure(measure)
-    if m.stream == "minibatch":
-        raise InvalidParameterError(
-            f"{m!r} is defined over a stream of batches; use stream_interval on its accumulator"
-        )
-    xt, yt = measure_pair(m, x, y, m.min_samples)
-    n = xt.shape[0]
-    g = n if blocks is None else check_int(blocks, "blocks", minimum=2, maximum=n, hint="or None for leave-one-out")
-    block_of = torch.arange(n, device=xt.device) % g
-    values = torch.tensor(
-        [float(evaluate_validated(m, xt[block_of != b], yt[block_of != b])) for b in range(g)], dtype=torch.float64
-    )
-    return _jackknife_interval(float(evaluate_validated(m, xt, yt)), values, c, m)
 
 
 def stream_interval(
@@ -277,7 +130,7 @@ def stream_interval(
             f"stream_interval takes one pair of layers; this accumulator holds {tuple(values.shape[1:])} pairs"
         )
     estimate = accumulator.compute_matrix(m)[0, 0]
-    return _jackknife_interval(float(estimate), values[:, 0, 0], c, m)
+    return jackknife_interval(float(estimate), values[:, 0, 0], c, m.describe())
 
 
 def _batch_bootstrap(acc: MinibatchCKA, confidence: float, method: Method, resamples: int, seed: int) -> Interval:
@@ -299,7 +152,7 @@ def _batch_bootstrap(acc: MinibatchCKA, confidence: float, method: Method, resam
     estimate = float(cka_for(torch.ones(1, k, dtype=torch.float64))[0])
     levels = percentile_levels(confidence)
     if method == "bca":
-        z0 = bias_correction(dist, estimate)
+        z0 = bias_correction(dist, estimate, (-1.0, 1.0))
         leave_out = cka_for(1.0 - torch.eye(k, dtype=torch.float64))  # row b: every batch but b
         levels = bca_levels(confidence, z0, acceleration(leave_out))
     ordered = torch.sort(dist).values
@@ -314,4 +167,5 @@ def _batch_bootstrap(acc: MinibatchCKA, confidence: float, method: Method, resam
         dist,
         float(dist.std()),
         measure.describe(),
+        measure.target,
     )

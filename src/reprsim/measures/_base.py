@@ -28,6 +28,7 @@ from .._validation import (
 )
 from ..errors import InsufficientSamplesError, InvalidParameterError
 from ._moments import Layout, Moments, chunk_state, pair_moments, pool_folds
+from ._traces import TraceSide
 
 __all__ = [
     "BUDGET",
@@ -44,6 +45,11 @@ __all__ = [
 Invariance = Literal["orthogonal", "isotropic_scaling", "translation", "invertible_linear", "permutation"]
 #: A per-layer scratch dict that measures may fill with work shared by every pair the layer is in.
 Cache = Optional[dict[Any, Any]]
+
+
+class NoTraceForm(Exception):
+    """A measure (or these data) without the trace form of an exact-moment permutation null; the message is the
+    reason, which a permutation test reports when it falls back to Monte Carlo."""
 
 
 class CacheBudget:
@@ -110,10 +116,22 @@ class Measure:
     stream : {"moments", "minibatch", "samples"}
         How :func:`reprsim.compare` accumulates it: from the shared cross moments, per batch, or from every
         sample's pooled features (neighbour and distance measures, computed blockwise at the end).
+    resampling : {"blocks", "half", "batches"}
+        How an interval resamples it, never duplicating a sample (a duplicated row inflates every measure here):
+        ``"blocks"``, a delete-a-block jackknife over G blocks of samples, from per-block moments (moment
+        measures); ``"half"``, half-samples without replacement, whose spread at m = n/2 is the spread at n (the
+        finite-population factor √(m/(n − m)) is 1; sample-space measures); ``"batches"``, a bootstrap over the
+        batches of a minibatch estimator.
+    target : {"population", "expectation"}
+        What an interval of it estimates: the population value (consistent, nearly unbiased estimators: unbiased
+        and minibatch linear CKA), or the estimator's expectation at this n (every biased estimator: biased CKA,
+        Procrustes, the CCA family, predictivity, the sample-space measures), which equals the population value
+        only where the bias is small against the interval (see docs/uncertainty.md).
     """
 
     name: ClassVar[str] = ""
     stream: Literal["moments", "minibatch", "samples"] = "moments"
+    target: Literal["population", "expectation"] = "expectation"
     direction: Literal["similarity", "distance"] = "similarity"
     range: tuple[float, float] = (0.0, 1.0)
     metric: bool = False
@@ -128,6 +146,11 @@ class Measure:
     #: Whether the functional form is differentiable in its inputs (the strip measures, which reduce row
     #: strips in place or rank, are not: torch inputs that require gradients are refused with the fix).
     differentiable: bool = True
+
+    @property
+    def resampling(self) -> Literal["blocks", "half", "batches"]:
+        """See the class notes: read from how the measure is computed."""
+        return {"moments": "blocks", "samples": "half", "minibatch": "batches"}[self.stream]  # type: ignore[return-value]
 
     # -- what subclasses provide -------------------------------------------------------------------------
     @property
@@ -154,6 +177,14 @@ class Measure:
         (as ``Moments.cache_x``) for work a layer compared with many others needs only once."""
         raise NotImplementedError
 
+    def null_trace(self, t: torch.Tensor) -> TraceSide:
+        """One representation's part in the measure as a trace statistic tr(A Π B Πᵀ) (validated, prepared (n, p)
+        data), whose permutation moments are exact (:mod:`reprsim.measures._traces`). Measures that are not one
+        raise :class:`NoTraceForm` with the reason, and their permutation tests are Monte Carlo."""
+        raise NoTraceForm(
+            f"{self.label} is not a trace statistic tr(AΠBΠᵀ), so its permutation null has no exact moments"
+        )
+
     # -- shared ------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Everything a result needs to present this measure, as plain values (saved with results)."""
@@ -166,6 +197,8 @@ class Measure:
             "metric": self.metric,
             "symmetric": self.symmetric,
             "invariances": sorted(self.invariances),
+            "resampling": self.resampling,
+            "target": self.target,
             "config": self.config(),
         }
 

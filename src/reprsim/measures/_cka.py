@@ -32,10 +32,11 @@ from .._validation import (
     rescaled,
 )
 from ..errors import ConstantRepresentationError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
-from ._base import Cache, Measure, as_result, evaluate, register
+from ._base import Cache, Measure, NoTraceForm, as_result, evaluate, register
 from ._linalg import check_variance
 from ._moments import Moments
 from ._strips import column_centred, rbf_hsic_terms, strip_rows, triangle_median
+from ._traces import DENSE_NULL_MAX, TraceSide, dense_side, linear_side
 
 __all__ = ["CKA", "cka", "cka_from_grams", "cka_matrix", "hsic"]
 
@@ -835,6 +836,10 @@ class CKA(Measure):
         else:  # linear CKA streams exactly from moments; an RBF kernel needs every sample (blockwise)
             self.stream = "moments" if kernel == "linear" else "samples"
         self.fourth = self.unbiased and self.stream == "moments"
+        # unbiased HSIC (per batch, or over the whole data) estimates the population HSIC without bias: the ratio
+        # is consistent and its intervals cover the population CKA (tests/test_coverage.py)
+        if kernel == "linear" and (self.unbiased or estimator == "minibatch"):
+            self.target = "population"
         self.min_samples = 4 if self.unbiased else 2
         if self.unbiased or estimator == "minibatch":
             self.range = (-1.0, 1.0)  # unbiased HSIC can be negative; it is never clamped
@@ -883,6 +888,22 @@ class CKA(Measure):
             block=self.block,
         )
         return value
+
+    def null_trace(self, t: torch.Tensor) -> TraceSide:
+        if self.estimator == "minibatch":
+            raise NoTraceForm(
+                "minibatch CKA is a ratio of sums over batches, not one trace statistic; test measure='cka' or "
+                "'cka_unbiased' for an exact-moment null"
+            )
+        if self.kernel == "linear":
+            return linear_side(t, self.unbiased)
+        n = t.shape[0]
+        if n > DENSE_NULL_MAX:
+            raise NoTraceForm(
+                f"the exact null of RBF CKA holds n × n kernels and their cube; n = {n} is beyond {DENSE_NULL_MAX}"
+            )
+        k = _rbf_from_sq_distances(squared_distances(t.to(torch.float64)), self.sigma, self.median_fraction, "x")
+        return dense_side(k, "u" if self.unbiased else "double")
 
     def from_moments(self, m: Moments) -> torch.Tensor:
         tx = check_variance(m, "x", "CKA")

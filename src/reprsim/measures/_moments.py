@@ -27,7 +27,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["Layout", "Moments", "chunk_state", "combine_states", "pair_moments", "pool_folds", "shift_state"]
+__all__ = [
+    "Layout",
+    "Moments",
+    "chunk_state",
+    "combine_states",
+    "fold",
+    "pair_moments",
+    "pool_folds",
+    "remove_part",
+    "shift_state",
+]
 
 State = dict[str, torch.Tensor]
 Block = tuple[tuple[int, ...], tuple[int, ...]]
@@ -174,6 +184,25 @@ def combine_states(a: State, b: State, layout: Layout) -> State:
     out = {k: sa[k] + sb[k] for k in sa if k not in ("n", "mean")}
     out["n"], out["mean"] = n, mean
     return out
+
+
+def remove_part(total: State, part: State, layout: Layout) -> State:
+    """The one-fold state of a total without one of its disjoint parts (both one-fold states): both re-expressed
+    about the rest's mean, where the rest's sums are the total's minus the part's (the parallel update run
+    backwards). A jackknife's leave-one-block-out states cost one such step each instead of pooling every other
+    block again."""
+    n = total["n"] - part["n"]
+    safe = torch.where(n > 0, n, torch.ones_like(n)).unsqueeze(1)
+    mean = (total["n"].unsqueeze(1) * total["mean"] - part["n"].unsqueeze(1) * part["mean"]) / safe
+    st, sp = shift_state(total, mean, layout), shift_state(part, mean, layout)
+    out = {k: st[k] - sp[k] for k in st if k not in ("n", "mean")}
+    out["n"], out["mean"] = n, mean
+    return out
+
+
+def fold(state: State, k: int) -> State:
+    """Fold ``k`` of a state, as a one-fold state."""
+    return {key: value[k : k + 1] for key, value in state.items()}
 
 
 def pool_folds(state: State, layout: Layout, keep: torch.Tensor | None = None) -> State:

@@ -18,7 +18,7 @@ import torch
 from .._precision import full_precision_matmul
 from .._validation import check_bool, check_int
 from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError, ReprsimWarning
-from ._base import Cache, Measure, cached, evaluate, register
+from ._base import Cache, Measure, NoTraceForm, cached, evaluate, register
 from ._cka import inner
 from ._linalg import check_variance
 from ._moments import Moments
@@ -32,6 +32,7 @@ from ._strips import (
     strips,
     upper_entries,
 )
+from ._traces import DENSE_NULL_MAX, TraceSide, dense_side
 
 __all__ = [
     "CKNNA",
@@ -160,6 +161,13 @@ def _check_k(k: Any, n: int | None = None, include_self: bool = False) -> int:
             f"got {n}"
         )
     return count
+
+
+def _dense_null(n: int, what: str) -> None:
+    if n > DENSE_NULL_MAX:
+        raise NoTraceForm(
+            f"the exact null of {what} holds n × n matrices and their cube; n = {n} is beyond {DENSE_NULL_MAX}"
+        )
 
 
 def _check_block(block: Any) -> None:
@@ -656,6 +664,12 @@ class DistanceCorrelation(Measure):
         # can be negative and is returned as it is
         return r2 if self.unbiased else r2.clamp(min=0.0).sqrt()
 
+    def null_trace(self, t: torch.Tensor) -> TraceSide:
+        n = t.shape[0]
+        _dense_null(n, "distance correlation")
+        d = torch.cdist(t.to(torch.float64), t.to(torch.float64))
+        return dense_side(d, "u" if self.unbiased else "double", "identity" if self.unbiased else "sqrt")
+
 
 def mutual_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
     """Mutual k-NN alignment of Huh et al. (2024); see :class:`MutualKNN`.
@@ -1010,6 +1024,20 @@ class RSA(Measure):
         ranks needs float64 dissimilarities), one strip at a time."""
         z, sq = _rdm_prepared(x, self.rdm, name, torch.float64)
         return _average_ranks(torch.cat([upper_entries(_rdm_rows(z, sq, r, self.rdm), r) for r in pieces]))
+
+    def null_trace(self, t: torch.Tensor) -> TraceSide:
+        if self.compare == "kendall":
+            raise NoTraceForm("Kendall's τ of two RDMs is not a trace statistic; its permutation null is Monte Carlo")
+        n = t.shape[0]
+        _dense_null(n, "RSA")
+        z, sq = _rdm_prepared(t, self.rdm, "x", torch.float64)
+        rdm = _rdm_rows(z, sq, slice(0, n), self.rdm)
+        if self.compare == "spearman":  # the Mantel statistic of the ranked RDMs (ranks commute with permutations)
+            upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=t.device), 1)
+            ranks = torch.zeros_like(rdm)
+            ranks[upper] = _average_ranks(upper_entries(rdm, slice(0, n)))
+            rdm = ranks + ranks.T
+        return dense_side(rdm, "offdiagonal")
 
     @staticmethod
     def _checked(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
@@ -35,11 +36,14 @@ from ..errors import (
     InvalidParameterError,
     NonFiniteError,
     ReprsimError,
+    ReprsimWarning,
     ShapeMismatchError,
 )
-from ..inference._permutation import assemble, null_values, summary
-from ..inference._stream import batch_bootstrap_matrix, jackknife, jackknife_matrix
-from ..measures._base import BUDGET, CacheBudget, Measure, get_measure, prepared_side, side_stats
+from ..inference._bootstrap import half_values
+from ..inference._interval import half_matrix, jackknife_matrix
+from ..inference._permutation import PermutationTest, assemble, moments_test, null_values
+from ..inference._stream import batch_bootstrap_matrix
+from ..measures._base import BUDGET, CacheBudget, Measure, NoTraceForm, get_measure, prepared_side, side_stats
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._distributed import (
@@ -151,7 +155,7 @@ class CompareOptions(TypedDict, total=False):
     feature_memory: int | None
     ci: float | None
     blocks: int | None
-    permutations: int | None
+    permutations: int | Literal["moments"] | None
     alpha: float
     seed: int
     stores: Mapping[str, Any] | Sequence[Any] | None
@@ -234,7 +238,7 @@ def compare(
     feature_memory: int | None = FEATURE_MEMORY,
     ci: float | None = None,
     blocks: int | None = None,
-    permutations: int | None = None,
+    permutations: int | Literal["moments"] | None = None,
     alpha: float = 0.05,
     seed: int = 0,
     stores: Mapping[str, Any] | Sequence[Any] | None = None,
@@ -548,6 +552,10 @@ Slot = tuple[tuple[int, int], str]
 
 #: Resamples of the batches for minibatch CKA's intervals in compare.
 BATCH_RESAMPLES = 1000
+#: Half-samples for the intervals of sample-space measures in compare (the same ones for every cell).
+HALF_SAMPLES = 100
+#: Permutations of the Monte Carlo test that answers when permutations="moments" cannot (the reason is reported).
+FALLBACK_PERMUTATIONS = 999
 
 
 @dataclass
@@ -556,13 +564,13 @@ class _Uncertainty:
 
     ci: float | None = None
     blocks: int | None = None
-    permutations: int | None = None
+    permutations: int | str | None = None
     alpha: float = 0.05
     seed: int = 0
 
     @classmethod
     def checked(
-        cls, ci: float | None, blocks: int | None, permutations: int | None, alpha: float, seed: int
+        cls, ci: float | None, blocks: int | None, permutations: int | str | None, alpha: float, seed: int
     ) -> _Uncertainty:
         if ci is not None:
             ci = check_probability(ci, "ci", "a confidence level, e.g. 0.95")
@@ -570,8 +578,8 @@ class _Uncertainty:
             blocks = check_int(blocks, "blocks", minimum=2, hint="the number of jackknife blocks")
         if blocks is not None and ci is None:
             raise InvalidParameterError("blocks= sets the jackknife of ci=; pass ci=0.95 too (or drop blocks)")
-        if permutations is not None:
-            permutations = check_int(permutations, "permutations", minimum=1)
+        if permutations is not None and permutations != "moments":
+            permutations = check_int(permutations, "permutations", minimum=1, hint="or 'moments' for the exact null")
         return cls(ci, blocks, permutations, check_probability(alpha, "alpha", "e.g. 0.05"), check_seed(seed))
 
 
@@ -1236,65 +1244,107 @@ class _Comparison:
         extras: dict[str, torch.Tensor] = {}
         u = self.uncertainty
         if u.ci is not None and u.blocks is not None:
-            extras["low"], extras["high"], meta["ci"] = self._interval(pair, index, measure, matrix, u.ci, u.blocks)
+            low, high, bias, meta["ci"] = self._interval(pair, index, measure, matrix, u.ci, u.blocks)
+            extras["low"], extras["high"] = low, high
+            if bias is not None:
+                extras["bias"] = bias
         if u.permutations is not None:
-            extras["p_values"], extras["calibrated"], meta["permutation"] = self._permutation(
+            extras["p_values"], extras["calibrated"], extras["chance"], meta["permutation"] = self._permutation(
                 pair, measure, u.permutations
             )
         return SimilarityResult(matrix, self.keys[a], self.keys[b], meta, **extras)
 
     def _interval(
         self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        if measure.stream == "minibatch":
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+        """Each cell's interval by the resampling the measure declares, and the bias it sees (or None)."""
+        info: dict[str, Any] = {"confidence": ci, "target": measure.target}
+        if measure.resampling == "batches":
             acc = self.minibatch[(pair, _minibatch_key(measure))]
             kl, kk, ll = acc.hsic_records
             low, high = batch_bootstrap_matrix(kl, kk, ll, ci, BATCH_RESAMPLES, self.uncertainty.seed)
-            return low, high, {"confidence": ci, "method": "bootstrap over batches (percentile)",
-                               "resamples": BATCH_RESAMPLES}  # fmt: skip
-        if measure.stream == "moments":
+            return low, high, None, {**info, "method": "bootstrap over batches (percentile)",
+                                     "resamples": BATCH_RESAMPLES}  # fmt: skip
+        if measure.resampling == "blocks":
             if self.moments is None:
                 raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
             values = self.moments.jackknife_values(measure, block=index)
-        else:
-            a, b = pair
-            values = torch.empty(blocks, len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
-            for i, ka in enumerate(self.keys[a]):
-                x = self._features((self.run_of[a], ka))
-                for j, kb in enumerate(self.keys[b]):
-                    y = self._features((self.run_of[b], kb))
-                    values[:, i, j] = jackknife(x, y.to(x.device), measure, blocks=blocks).distribution
-        low, high = jackknife_matrix(matrix, values, ci)
-        return low, high, {"confidence": ci, "method": "jackknife", "blocks": blocks}
+            low, high, bias = jackknife_matrix(matrix, values, ci)
+            return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
+        # sample-space measures: the same half-samples (m = n/2, without replacement) for every cell
+        a, b = pair
+        half = torch.empty(HALF_SAMPLES, len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
+        size = 0
+        for i, ka in enumerate(self.keys[a]):
+            sa = (self.run_of[a], ka)
+            x = self._features(sa)
+            x = prepared_side(measure, x, f"{a}:{ka}", self._side_stats(sa, x))
+            for j, kb in enumerate(self.keys[b]):
+                sb = (self.run_of[b], kb)
+                y = self._features(sb)
+                y = prepared_side(measure, y, f"{b}:{kb}", self._side_stats(sb, y)).to(x.device)
+                dtype = torch.promote_types(x.dtype, y.dtype)
+                half[:, i, j], size = half_values(
+                    measure, x.to(dtype), y.to(dtype), HALF_SAMPLES, self.uncertainty.seed
+                )
+        low, high, bias = half_matrix(matrix, half, self.samples, size, ci)
+        return low, high, bias, {**info, "method": "half-sample", "resamples": HALF_SAMPLES}
 
     def _permutation(
-        self, pair: tuple[str, str], measure: Measure, permutations: int
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        self, pair: tuple[str, str], measure: Measure, permutations: int | str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Each cell's p-value, calibrated score and chance level (the null mean), and the test's summary."""
         u = self.uncertainty
         a, b = pair
         xs = [self._features((self.run_of[a], k)) for k in self.keys[a]]
         ys = [self._features((self.run_of[b], k)).to(xs[0].device) for k in self.keys[b]]
+        note = None
+        if permutations == "moments":
+            try:
+                best = moments_test(xs, ys, measure, u.alpha, "best", layered=True)
+                mean = moments_test(xs, ys, measure, u.alpha, "mean", layered=True)
+                return self._permutation_info(best, mean, "moments")
+            except NoTraceForm as exc:
+                note = f"Monte Carlo with {FALLBACK_PERMUTATIONS} permutations: {exc}"
+                warnings.warn(f"{measure.label}: the exact-moment null is not used ({note})", ReprsimWarning,
+                              stacklevel=4)  # fmt: skip
+                permutations = FALLBACK_PERMUTATIONS
+        count = int(permutations)
         d = self.dist
         if d is None or d.world == 1:
-            observed, null = null_values(xs, ys, measure, permutations, u.seed)
+            observed, null = null_values(xs, ys, measure, count, u.seed)
         else:  # each rank evaluates every world_size-th permutation of the same draws; the nulls are gathered
-            own = range(d.rank, permutations, d.world)
-            observed, mine = null_values(xs, ys, measure, permutations, u.seed, keep=own)
+            own = range(d.rank, count, d.world)
+            observed, mine = null_values(xs, ys, measure, count, u.seed, keep=own)
             gathered = gather_rows(d, mine.permute(2, 0, 1).contiguous())  # (K, a, b), rank by rank
             null = gathered[stream_order(d, list(own))].permute(1, 2, 0).contiguous()  # one process's layout
-        test = assemble(observed, null, measure, u.alpha, "best", layered=True)
-        if test.cell_p_values is None or test.cell_calibrated is None or test.cell_null is None or test.matrix is None:
+        best = assemble(observed, null, measure, u.alpha, "best", layered=True)
+        mean = assemble(observed, null, measure, u.alpha, "mean", layered=True)
+        return self._permutation_info(best, mean, "monte_carlo", count, note)
+
+    def _permutation_info(
+        self,
+        best: PermutationTest,
+        mean: PermutationTest,
+        method: str,
+        count: int | None = None,
+        note: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        u = self.uncertainty
+        if best.cell_p_values is None or best.cell_calibrated is None or best.cell_null_moments is None:
             raise IncompatibleStateError("a layers × layers test returns its cells")  # pragma: no cover
-        mean_p, mean_tau, mean_cal, _ = summary(
-            float(test.matrix.mean()), test.cell_null.mean(dim=(0, 1)), u.alpha, measure
-        )
+        holm_p = best.cell_p_values_holm
         info = {
-            "permutations": u.permutations,
+            "permutations": count if method == "monte_carlo" else "moments",
+            "method": method,
             "alpha": u.alpha,
             "seed": u.seed,
-            "best": {"observed": test.observed, "p_value": test.p_value, "threshold": test.threshold,
-                     "calibrated": test.calibrated},
-            "mean": {"observed": float(test.matrix.mean()), "p_value": mean_p, "threshold": mean_tau,
-                     "calibrated": mean_cal},
+            "best": {"observed": best.observed, "p_value": best.p_value, "threshold": best.threshold,
+                     "calibrated": best.calibrated},
+            "mean": {"observed": mean.observed, "p_value": mean.p_value, "threshold": mean.threshold,
+                     "calibrated": mean.calibrated},
+            "holm": None if holm_p is None else holm_p.tolist(),
+            **({"note": note} if note else {}),
+            **({"approximated": best.note} if best.note and method == "moments" else {}),
         }  # fmt: skip
-        return test.cell_p_values, test.cell_calibrated, info
+        return best.cell_p_values, best.cell_calibrated, best.cell_null_moments[..., 0], info

@@ -96,7 +96,7 @@ def compare_stores(
     progress: bool = True,
     ci: float | None = None,
     blocks: int | None = None,
-    permutations: int | None = None,
+    permutations: int | str | None = None,
     alpha: float = 0.05,
     seed: int = 0,
     distributed: bool | None = None,

@@ -21,7 +21,7 @@ from ..errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = ["SimilarityResult"]
 
-_EXTRAS = ("low", "high", "p_values", "calibrated")
+_EXTRAS = ("low", "high", "bias", "p_values", "calibrated", "chance")
 
 
 @dataclass
@@ -48,6 +48,13 @@ class SimilarityResult:
         of cells: ``metadata["permutation"]["best"]`` is the corrected test of the best cell).
     calibrated : torch.Tensor, optional
         Each cell's calibrated score (0 where not significant at ``metadata["permutation"]["alpha"]``).
+    bias : torch.Tensor, optional
+        With intervals, each cell's bias at this n as the resampling sees it; where it exceeds the interval's
+        half-width for a biased measure the interval covers the estimator's expectation at this n, not the
+        population value, and the repr says so (``metadata["ci"]["target"]`` says what the intervals estimate).
+    chance : torch.Tensor, optional
+        Each cell's chance level: the mean of the measure over the permutations of model B's samples (with
+        ``permutations="moments"``, exact; with Monte Carlo, the mean of the drawn values).
 
     Examples
     --------
@@ -72,6 +79,8 @@ class SimilarityResult:
     high: torch.Tensor | None = None
     p_values: torch.Tensor | None = None
     calibrated: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    chance: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.metadata, Mapping):
@@ -165,6 +174,26 @@ class SimilarityResult:
         return "\n".join([head, " " * width + cols, *rows, *self._footer()])
 
     @property
+    def bias_warning(self) -> str | None:
+        """A caution when intervals of a biased measure cannot cover the population value: the cells whose bias at
+        this n (as the resampling sees it) exceeds their interval's half-width."""
+        ci = self.metadata.get("ci")
+        if self.bias is None or self.low is None or self.high is None or not isinstance(ci, Mapping):
+            return None
+        if ci.get("target") != "expectation":
+            return None
+        over = (self.bias.abs() > (self.high - self.low) / 2) & torch.isfinite(self.bias)
+        count = int(over.sum())
+        if not count:
+            return None
+        return (
+            f"in {count} of {over.numel()} cells the measure's bias at this n (up to "
+            f"{float(self.bias.abs()[over].max()):.3g}) exceeds the interval's half-width: there the intervals cover "
+            "the estimator's expectation at this n, not the population value"
+            + (" (measure='cka_unbiased' estimates that)" if self.measure.get("name") == "cka" else "")
+        )
+
+    @property
     def _alpha(self) -> float:
         """The permutation test's level, for the significance marks."""
         perm = self.metadata.get("permutation")
@@ -174,12 +203,25 @@ class SimilarityResult:
         lines = []
         ci = self.metadata.get("ci")
         if self.low is not None and isinstance(ci, Mapping):
-            lines.append(f"[low, high]: {float(ci.get('confidence', 0.95)):.0%} {ci.get('method', '')} interval")
+            target = {"population": "the population value", "expectation": "the estimator's expectation at this n"}
+            of = target.get(str(ci.get("target", "")), "")
+            lines.append(
+                f"[low, high]: {float(ci.get('confidence', 0.95)):.0%} {ci.get('method', '')} interval"
+                + (f" of {of}" if of else "")
+            )
+            warning = self.bias_warning
+            if warning:
+                lines.append(f"warning: {warning}")
         perm = self.metadata.get("permutation")
         if self.p_values is not None and isinstance(perm, Mapping):
             best = perm.get("best", {})
+            how = (
+                "exact permutation moments"
+                if perm.get("method") == "moments"
+                else f"{perm.get('permutations')} permutations"
+            )
             lines.append(
-                f"*: p ≤ {perm.get('alpha')} ({perm.get('permutations')} permutations, per cell); best cell "
+                f"*: p ≤ {perm.get('alpha')} ({how}, per cell); best cell "
                 f"{float(best.get('observed', math.nan)):.3f}: p = {float(best.get('p_value', math.nan)):.4g} "
                 f"over the search of all cells, calibrated {float(best.get('calibrated', math.nan)):.3f}"
             )

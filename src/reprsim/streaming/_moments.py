@@ -29,8 +29,10 @@ from ..measures._moments import (
     Moments,
     chunk_state,
     combine_states,
+    fold,
     pair_moments,
     pool_folds,
+    remove_part,
     shift_state,
 )
 from ._protocol import Dims, Pending, _Accumulator, _StateSpec, batch_layers
@@ -138,6 +140,8 @@ class CrossMoments(_Accumulator):
         self.folds = check_int(folds, "folds", minimum=1)
         self._blocks = None if blocks is None else _checked_blocks(blocks)
         self._layout_cache: tuple[Dims, Layout] | None = None
+        # states derived from the current one (the pooled folds, the leave-one-fold-out states), by generation
+        self._derived: dict[str, tuple[Any, Any]] = {}
 
     # -- layout ------------------------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -360,24 +364,44 @@ class CrossMoments(_Accumulator):
         block: int,
         pairs: Sequence[tuple[int, int]],
         caches: dict[int, dict[Any, Any]],
-        keep: torch.Tensor | None = None,
+        left_out: int | None = None,
     ) -> list[Moments]:
-        """Each pair's pooled moments, with every fold's own (all folds pooled), or pooled over the folds ``keep``
-        selects (a (K,) mask: a jackknife's leave-one-block-out moments, without per-fold moments)."""
+        """Each pair's pooled moments, with every fold's own (all folds pooled), or pooled over every fold but
+        ``left_out`` (a jackknife's leave-one-block-out moments, without per-fold moments)."""
         layout = self.layout
         one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
-        pooled = pool_folds(self._state, layout, keep) if layout.folds > 1 else self._state
+        if layout.folds == 1:
+            pooled = self._state
+        else:
+            pooled = self._pooled() if left_out is None else self._left_out()[left_out]
         eps = float(self._state["eps"].max())
         out = []
         for i, j in pairs:
             m = pair_moments(pooled, one, block, i, j, caches=caches)
             m.eps = eps
-            if layout.folds > 1 and keep is None:
+            if layout.folds > 1 and left_out is None:
                 m.folds = tuple(pair_moments(self._state, layout, block, i, j, fold=k) for k in range(layout.folds))
                 for f in m.folds:
                     f.eps = eps
             out.append(m)
         return out
+
+    def _pooled(self) -> dict[str, torch.Tensor]:
+        """Every fold pooled into one (computed once per state)."""
+        key = ("pooled", self._generation)
+        if self._derived.get("pooled", (None,))[0] != key:
+            self._derived["pooled"] = (key, pool_folds(self._state, self.layout))
+        return self._derived["pooled"][1]  # type: ignore[no-any-return]
+
+    def _left_out(self) -> list[dict[str, torch.Tensor]]:
+        """For each fold, the pooled state of every other fold: the total minus that fold (one backward parallel
+        update each), computed once per state and shared by every measure."""
+        key = ("left_out", self._generation)
+        if self._derived.get("left_out", (None,))[0] != key:
+            layout, total = self.layout, self._pooled()
+            parts = [remove_part(total, fold(self._state, g), layout) for g in range(layout.folds)]
+            self._derived["left_out"] = (key, parts)
+        return self._derived["left_out"][1]  # type: ignore[no-any-return]
 
     def _values(
         self,
@@ -386,13 +410,13 @@ class CrossMoments(_Accumulator):
         caches: dict[int, dict[Any, Any]],
         names_a: Sequence[str] | None = None,
         names_b: Sequence[str] | None = None,
-        keep: torch.Tensor | None = None,
+        left_out: int | None = None,
     ) -> torch.Tensor:
         """(L_x, L_y) float64 CPU: ``m`` of every pair of ``block``; an error names the pair it failed on."""
         ga, gb = self.layout.blocks[block]
         pairs = [(i, j) for i in range(len(ga)) for j in range(len(gb))]
         values = []
-        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches, keep)):
+        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches, left_out)):
             try:
                 values.append(m.from_moments(mm))
             except ReprsimError as exc:
@@ -437,12 +461,8 @@ class CrossMoments(_Accumulator):
                 "a jackknife needs the samples in blocks: create CrossMoments(folds=K) with K ≥ 2 (each fold is "
                 "one block of samples, index % K)"
             )
-        every = torch.ones(layout.folds, dtype=torch.bool, device=self._state["n"].device)
         # each left-out block changes every layer's moments: no factorisation cache is shared between them
-        return torch.stack(
-            [self._values(m, block, {}, keep=every.index_fill(0, torch.tensor(g, device=every.device), False))
-             for g in range(layout.folds)]
-        )  # fmt: skip
+        return torch.stack([self._values(m, block, {}, left_out=g) for g in range(layout.folds)])
 
     def compute(self, measure: str | Measure = "cka") -> float | torch.Tensor:
         """``measure`` of everything seen: a float when each side has one layer, else a (L_x, L_y)

@@ -139,6 +139,8 @@ class _Accumulator:
         """Move the state to ``device``; later batches must live there too. Returns ``self``."""
         self._device = torch.device(device)
         self._state = {k: v.to(self._device) for k, v in self._state.items()}
+        self._room = {}
+        self._generation += 1  # anything derived from the state lives on the old device
         return self
 
     def merge(self: _Self, other: _Accumulator) -> _Self:
