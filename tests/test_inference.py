@@ -204,9 +204,7 @@ def test_no_default_scheme_duplicates_a_row() -> None:
     """At n = 100 and p = q = 20 every row resample lands above the estimate (so BCa refused, and a percentile
     interval excluded the estimate itself); the default resampling of every measure never duplicates a row."""
     from reprsim.inference import bootstrap
-    from reprsim.measures import available_measures, get_measure
-
-    from reprsim.measures import ShapeMetric
+    from reprsim.measures import ShapeMetric, available_measures, get_measure
 
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(100, 20)), rng.normal(size=(100, 20))  # independent
@@ -533,3 +531,164 @@ def test_bootstrap_takes_the_resamples_themselves() -> None:
         bootstrap(x, y, "cka", resamples=rows[:, :40], scheme="pairs")
     with pytest.raises(InvalidParameterError, match=r"lie in 0 … n − 1 = 49"):
         bootstrap(x, y, "cka", resamples=rows + 1, scheme="pairs")
+
+
+# -- the exact-moment permutation null -------------------------------------------------------------------------
+
+
+def _numpy_permuted_cka(x: np.ndarray, y: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Linear CKA under ``count`` random permutations of y's rows, from the formula in NumPy (batched)."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    den = np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)
+    rng = np.random.default_rng(seed)
+    out = np.empty(count)
+    for start in range(0, count, 5000):
+        perms = np.argsort(rng.random((min(5000, count - start), len(x))), axis=1)
+        cross = np.einsum("np,bnq->bpq", xc, yc[perms])
+        out[start : start + len(perms)] = (cross**2).sum(axis=(1, 2)) / den
+    return out
+
+
+DESIGNS = {
+    "gaussian": lambda rng, n: (rng.normal(size=(n, 6)), rng.normal(size=(n, 4))),
+    "heavy-tailed (t5)": lambda rng, n: (rng.standard_t(5, size=(n, 6)), rng.standard_t(5, size=(n, 4))),
+    "low-rank": lambda rng, n: (
+        rng.normal(size=(n, 2)) @ rng.normal(size=(2, 12)) + 0.05 * rng.normal(size=(n, 12)),
+        rng.normal(size=(n, 3)) @ rng.normal(size=(3, 8)),
+    ),
+}
+
+
+@pytest.mark.parametrize("design", sorted(DESIGNS))
+def test_moment_p_values_are_within_monte_carlo_error_of_100000_permutations(design: str) -> None:
+    """At the 0.95, 0.99 and 0.999 quantiles of 10⁵ exact permutations, the fitted tail's p-value is within 4
+    Monte Carlo standard errors of the permutations' own (sqrt(p(1 − p)/10⁵): 1e-4 at p = 0.001)."""
+    from reprsim.inference._analytic import pearson3_sf
+    from reprsim.measures import get_measure
+    from reprsim.measures._traces import pair_moments
+
+    rng = np.random.default_rng(20261203)
+    x, y = DESIGNS[design](rng, 150)
+    m = get_measure("cka")
+    null = pair_moments(m.null_trace(torch.tensor(x)), m.null_trace(torch.tensor(y)))
+    drawn = _numpy_permuted_cka(x, y, 100_000, seed=7)
+    for level in (0.05, 0.01, 0.001):
+        value = float(np.quantile(drawn, 1 - level))
+        frequency = float(np.mean(drawn >= value))
+        error = math.sqrt(frequency * (1 - frequency) / 100_000)
+        assert abs(pearson3_sf(value, null) - frequency) <= 4 * error, (design, level)
+    # the same through the public function: a moments test at the data's own CKA
+    test = permutation_test(x, y, "cka", method="moments")
+    assert test.method == "moments"
+    assert test.null.numel() == 0
+    assert test.null_moments is not None
+    assert test.null_moments[0] == pytest.approx(float(drawn.mean()), abs=4 * float(drawn.std()) / math.sqrt(1e5))
+    assert test.null_moments[1] == pytest.approx(float(drawn.std()), rel=0.02)
+    observed = float(m(x, y))
+    assert test.p_value == pytest.approx(pearson3_sf(observed, null), abs=1e-15)
+
+
+def test_moments_critical_value_and_calibrated_score_agree_with_many_permutations() -> None:
+    x, y = data(n=120, strength=0.25, seed=5)
+    exact = permutation_test(x, y, "cka", method="moments", alpha=0.05)
+    drawn = permutation_test(x, y, "cka", permutations=20_000, alpha=0.05, seed=1)
+    assert exact.threshold == pytest.approx(drawn.threshold, rel=0.01)
+    assert exact.calibrated == pytest.approx(drawn.calibrated, abs=0.01)
+    assert exact.p_value == pytest.approx(drawn.p_value, abs=4 * math.sqrt(drawn.p_value / 20_000) + 1e-4)
+    assert "exact permutation moments" in repr(exact)
+
+
+def test_moments_fall_back_to_monte_carlo_with_the_reason() -> None:
+    from reprsim import ReprsimWarning
+
+    x, y = data(n=25)
+    with pytest.warns(ReprsimWarning, match=r"n = 25 < 30"):
+        small = permutation_test(x, y, "cka", method="moments", permutations=99)
+    assert small.method == "monte_carlo"
+    assert small.note is not None
+    assert "n = 25 < 30" in small.note
+    assert small.null.numel() == 99
+    x, y = data(n=100)
+    with pytest.warns(ReprsimWarning, match="not a trace statistic"):
+        other = permutation_test(x, y, "procrustes", method="moments", permutations=49)
+    assert other.method == "monte_carlo"
+    rng = np.random.default_rng(0)
+    heavy = rng.exponential(size=(100, 3)) ** 3  # a few rows dominate the Gram
+    with pytest.warns(ReprsimWarning, match="a few samples dominate"):
+        lumpy = permutation_test(heavy, y, "cka", method="moments", permutations=49)
+    assert lumpy.method == "monte_carlo"
+    silent = permutation_test(x, y, "procrustes", method="auto", permutations=49)  # no warning for "auto"
+    assert silent.method == "monte_carlo"
+    assert permutation_test(x, y, "cka", method="auto").method == "moments"
+    with pytest.raises(InvalidParameterError, match="method must be"):
+        permutation_test(x, y, "cka", method="exact")  # type: ignore[arg-type]
+
+
+def test_holm_adjusted_p_values_follow_the_step_down_definition() -> None:
+    from reprsim.inference._permutation import holm
+
+    p = torch.tensor([[0.01, 0.04], [0.03, 0.005], [0.5, float("nan")]], dtype=torch.float64)
+    tested = [0.005, 0.01, 0.03, 0.04, 0.5]  # sorted, m = 5
+    adjusted = []
+    running = 0.0
+    for i, value in enumerate(tested):
+        running = max(running, min(1.0, (5 - i) * value))
+        adjusted.append(running)
+    want = {0.005: adjusted[0], 0.01: adjusted[1], 0.03: adjusted[2], 0.04: adjusted[3], 0.5: adjusted[4]}
+    got = holm(p)
+    for i in range(3):
+        for j in range(2):
+            if math.isnan(float(p[i, j])):
+                assert math.isnan(float(got[i, j]))
+            else:
+                assert float(got[i, j]) == pytest.approx(want[float(p[i, j])], abs=1e-15)
+
+
+def test_layer_matrices_from_moments_best_cell_by_holm_and_the_exact_mean() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 5))
+    xs = [x, np.tanh(x[:, :3])]
+    ys = [x[:, :2] + rng.normal(size=(90, 2)), rng.normal(size=(90, 4))]
+    best = permutation_test(xs, ys, "cka", method="moments", aggregate="best")
+    assert best.cell_p_values is not None
+    assert best.cell_p_values_holm is not None
+    assert best.matrix is not None
+    assert best.p_value == pytest.approx(min(1.0, 4 * float(best.cell_p_values.min())), rel=1e-12)
+    for i in range(2):
+        for j in range(2):
+            alone = permutation_test(xs[i], ys[j], "cka", method="moments")
+            assert float(best.cell_p_values[i, j]) == pytest.approx(alone.p_value, rel=1e-12, abs=1e-300)
+    mean = permutation_test(xs, ys, "cka", method="moments", aggregate="mean")
+    drawn = permutation_test(xs, ys, "cka", permutations=4000, aggregate="mean", seed=3)
+    assert mean.observed == pytest.approx(float(best.matrix.mean()), abs=1e-12)
+    assert mean.null_moments is not None
+    assert mean.null_moments[0] == pytest.approx(float(drawn.null.mean()), abs=4 * float(drawn.null.std()) / 60)
+    assert mean.null_moments[1] == pytest.approx(float(drawn.null.std()), rel=0.06)
+
+
+def test_compare_uses_the_exact_moment_null_per_cell() -> None:
+    from reprsim import compare
+
+    from .test_compare import batches, hand_extract, mlp
+
+    net, other = mlp(0), mlp(1)
+    data_ = batches(n=128)
+    layers = ["1", "3"]
+    out = compare(net, other, data_, layers_a=layers, measures=["cka", "cka_unbiased"], permutations="moments",
+                  progress=False)  # fmt: skip
+    a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
+    for key in ("cka", "cka_unbiased"):
+        test = permutation_test([a[k] for k in layers], [b[k] for k in layers], key, method="moments")
+        r = out[key]
+        torch.testing.assert_close(r.p_values, test.cell_p_values)
+        assert test.cell_null_moments is not None
+        torch.testing.assert_close(r.chance, test.cell_null_moments[..., 0])
+        assert r.metadata["permutation"]["method"] == "moments"
+        assert r.metadata["permutation"]["holm"] == test.cell_p_values_holm.tolist()  # type: ignore[union-attr]
+    # the chance level of biased CKA is tr A tr B / ((n − 1)‖A‖‖B‖); of unbiased CKA 0
+    xa, yb = a["1"].numpy(), b["3"].numpy()
+    xc, yc = xa - xa.mean(0), yb - yb.mean(0)
+    chance = np.trace(xc.T @ xc) * np.trace(yc.T @ yc) / (127 * np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    assert float(out["cka"].chance[0, 1]) == pytest.approx(chance, rel=1e-10)
+    assert float(out["cka_unbiased"].chance.abs().max()) < 1e-12
+    assert "exact permutation moments" in repr(out["cka"])
