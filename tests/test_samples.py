@@ -16,6 +16,7 @@ from reprsim.errors import (
     ConstantRepresentationError,
     InsufficientSamplesError,
     InvalidParameterError,
+    MemoryBudgetError,
     ReprsimWarning,
     ShapeMismatchError,
 )
@@ -208,6 +209,52 @@ def test_rsa_spearman_gives_ties_their_average_rank() -> None:
     y = x + rng.integers(0, 2, size=(40, 3))
     want = spearmanr(pdist(x, "sqeuclidean"), pdist(y, "sqeuclidean"))[0]
     assert abs(rsa(x, y, rdm="sqeuclidean", compare="spearman") - want) < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 22])
+def test_average_ranks_match_scipy_with_and_without_ties_in_every_chunking(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scipy.stats import rankdata
+
+    from reprsim.measures import _samples
+
+    monkeypatch.setattr(_samples, "RANK_CHUNK", chunk)
+    rng = np.random.default_rng(11)
+    for v in (rng.normal(size=101), rng.integers(0, 7, size=101).astype(float), np.full(5, 2.5), np.array([1.0])):
+        got = _samples._average_ranks(torch.tensor(v))
+        np.testing.assert_array_equal(got.numpy(), rankdata(v))
+    x, y = data(60, 5, 3)
+    xi, yi = np.round(2 * x), np.round(2 * y)  # tied distances
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    want = spearmanr(pdist(xi, "sqeuclidean"), pdist(yi, "sqeuclidean"))[0]
+    assert abs(rsa(xi, yi, rdm="sqeuclidean") - want) < 1e-12
+
+
+def test_rank_rsa_over_its_memory_budget_says_what_it_needs_and_what_to_do_instead() -> None:
+    x, y = data(300, 5, 4)
+    for how, per_entry in (("spearman", 64), ("kendall", 128)):
+        need = per_entry * 300 * 299 // 2 + 64 * 2**20
+        with pytest.raises(MemoryBudgetError) as caught:
+            rsa(x, y, compare=how, max_memory=need - 1)
+        message = str(caught.value)
+        assert f"exact {how.capitalize()} RSA of 300 samples ranks two triangles of 44,850" in message
+        assert "over its budget of" in message
+        assert "(max_memory)" in message
+        assert "compare='pearson'" in message
+        assert "subsample of the stimuli" in message
+        assert isinstance(caught.value, MemoryError)
+        assert isinstance(caught.value, InvalidParameterError)
+        assert rsa(x, y, compare=how, max_memory=need) == rsa(x, y, compare=how)  # at the budget: computed
+    assert np.isfinite(rsa(x, y, compare="pearson", max_memory=1))  # strips: no budget to exceed
+    with pytest.raises(InvalidParameterError, match="max_memory must be an integer ≥ 1"):
+        RSA(max_memory=0)
+    # inside compare the measure's own budget applies, before any triangle is built
+    net = mlp(0)
+    with pytest.raises(MemoryBudgetError, match="exact Spearman RSA of 96 samples"):
+        compare(net, mlp(1), batches(n=96), layers_a=["0"], measure=RSA(max_memory=1000), progress=False)
 
 
 def test_rsa_errors() -> None:

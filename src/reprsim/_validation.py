@@ -346,6 +346,14 @@ def _hinted(hint: str) -> str:
     return f" ({hint})" if hint else ""
 
 
+def format_bytes(nbytes: float) -> str:
+    """``nbytes`` for a message: "512 B", "3.4 MiB", "12.8 GiB"."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None, hint: str = "") -> int:
     """``value`` as a Python int within [minimum, maximum]; :class:`InvalidParameterError` otherwise."""
     if not is_integer(value):

@@ -16,6 +16,7 @@ __all__ = [
     "InsufficientSamplesError",
     "InvalidParameterError",
     "LayerNotFoundError",
+    "MemoryBudgetError",
     "MultipleCallsError",
     "NonFiniteError",
     "RankDeficientError",
@@ -58,6 +59,12 @@ class DeviceMismatchError(ReprsimError):
 
 class InvalidParameterError(ReprsimError):
     """An argument outside its allowed values (unknown kernel, non-positive bandwidth, ...)."""
+
+
+class MemoryBudgetError(InvalidParameterError, MemoryError):
+    """A computation whose memory need, known before anything is allocated, exceeds the budget it runs under
+    (exact rank-based RSA at large n, per-block moments of many wide layers). The message gives the bytes needed,
+    the budget and the alternatives. It is also a :class:`MemoryError`."""
 
 
 class IncompatibleStateError(ReprsimError, RuntimeError):

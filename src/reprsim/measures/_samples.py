@@ -16,8 +16,14 @@ from typing import Any, Literal
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import check_bool, check_int
-from ..errors import ConstantRepresentationError, InsufficientSamplesError, InvalidParameterError, ReprsimWarning
+from .._validation import check_bool, check_int, format_bytes
+from ..errors import (
+    ConstantRepresentationError,
+    InsufficientSamplesError,
+    InvalidParameterError,
+    MemoryBudgetError,
+    ReprsimWarning,
+)
 from ._base import Cache, Measure, NoTraceForm, cached, evaluate, register
 from ._cka import inner
 from ._linalg import check_variance
@@ -778,6 +784,13 @@ RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclid
 RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
 RSACompare = Literal["pearson", "spearman", "kendall"]
 RANK_TIE_RTOL = 1e-12
+#: The default budget of exact rank-based RSA (bytes); see :class:`RSA`'s ``max_memory``.
+RANK_MEMORY = 8 * 2**30
+#: Peak bytes per triangle entry of exact rank-based RSA, measured on CPU (n = 6,000 to 12,000: 58 for Spearman,
+#: 93 to 116 for Kendall) and rounded up; the budget check multiplies them by N = n(n − 1)/2.
+RANK_BYTES_PER_ENTRY = {"spearman": 64, "kendall": 128}
+#: Entries per chunk of the tie comparisons of :func:`_average_ranks`.
+RANK_CHUNK = 1 << 22
 
 
 def _rdm_rows(z: Prepared, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
@@ -812,22 +825,36 @@ def _average_ranks(v: torch.Tensor) -> torch.Tensor:
 
     Values within RANK_TIE_RTOL of the largest magnitude of each other count as tied: the RDMs come from the
     product formula, whose rounding (a few ulps) would otherwise split exactly equal dissimilarities (e.g. of
-    integer-valued data) into arbitrary orders. Intermediates are freed as soon as they are used, since this
-    runs on whole triangles.
+    integer-valued data) into arbitrary orders. This runs on whole triangles, so every intermediate is freed as
+    soon as it is used and the differences are taken in chunks: at most five N-long 8-byte arrays are alive at
+    once, besides ``v`` (which the caller may drop by passing its only reference).
     """
-    order = torch.argsort(v, stable=True)
-    sorted_v = v[order]
-    tol = RANK_TIE_RTOL * float(sorted_v.abs().max()) if sorted_v.numel() else 0.0
-    starts = torch.ones_like(sorted_v, dtype=torch.bool)
-    starts[1:] = torch.diff(sorted_v) > tol
+    sorted_v, order = torch.sort(v, stable=True)
+    del v
+    n = sorted_v.numel()
+    if n == 0:
+        return sorted_v
+    tol = RANK_TIE_RTOL * float(sorted_v.abs().max())
+    starts = torch.empty(n, dtype=torch.bool, device=sorted_v.device)
+    starts[0] = True
+    for lo in range(0, n - 1, RANK_CHUNK):
+        hi = min(n - 1, lo + RANK_CHUNK)
+        torch.gt(sorted_v[lo + 1 : hi + 1] - sorted_v[lo:hi], tol, out=starts[lo + 1 : hi + 1])
     del sorted_v
-    inverse = torch.cumsum(starts, 0) - 1
+    if bool(starts.all()):  # no ties (the rule for continuous data): the ranks are the positions
+        del starts
+        ranks = torch.empty(n, dtype=torch.float64, device=order.device)
+        ranks[order] = torch.arange(1, n + 1, dtype=torch.float64, device=order.device)
+        return ranks
+    inverse = torch.cumsum(starts, 0).sub_(1)
     del starts
     counts = torch.bincount(inverse)
-    ends = torch.cumsum(counts, 0).to(torch.float64)
-    average = ends - (counts.to(torch.float64) - 1.0) / 2.0
-    ranks = torch.empty_like(v, dtype=torch.float64)
-    ranks[order] = average[inverse]
+    average = counts.to(torch.float64).sub_(1.0).mul_(-0.5).add_(torch.cumsum(counts, 0))
+    del counts
+    in_order = average[inverse]
+    del average, inverse
+    ranks = torch.empty_like(in_order)
+    ranks[order] = in_order
     return ranks
 
 
@@ -884,9 +911,15 @@ def _constant_rdm(side: str) -> ConstantRepresentationError:
     return ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a - a.mean(), b - b.mean()
-    return (a * b).sum() / ((a * a).sum() * (b * b).sum()).sqrt()
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two average-rank vectors of length N, whose mean is exactly (N + 1)/2 (ties keep
+    the sum of ranks), centred chunk by chunk so that no N-long temporary is made."""
+    centre = (a.numel() + 1) / 2
+    saa = sbb = sab = torch.zeros((), dtype=torch.float64, device=a.device)
+    for lo in range(0, a.numel(), RANK_CHUNK):
+        da, db = a[lo : lo + RANK_CHUNK] - centre, b[lo : lo + RANK_CHUNK] - centre
+        saa, sbb, sab = saa + torch.dot(da, da), sbb + torch.dot(db, db), sab + torch.dot(da, db)
+    return sab / (saa * sbb).sqrt()
 
 
 class RSA(Measure):
@@ -906,6 +939,11 @@ class RSA(Measure):
         binary searches, O(N log² N) time.
     block : int, optional
         Rows per strip of the RDMs.
+    max_memory : int, default 8 GiB
+        The memory budget (bytes) of exact Spearman or Kendall RSA. Their need, about 64 bytes per triangle
+        entry for Spearman and 128 for Kendall (N = n(n − 1)/2 entries, so 12.8 GB for Spearman at n = 20,000),
+        is compared with it before anything is allocated; over it, a :class:`~reprsim.errors.MemoryBudgetError`
+        gives the bytes needed and the alternatives. Pearson RSA needs no budget: it works in strips.
 
     Notes
     -----
@@ -924,8 +962,13 @@ class RSA(Measure):
     symmetric = True
 
     def __init__(
-        self, rdm: RDMKind = "correlation", compare: RSACompare = "spearman", block: int | None = None
+        self,
+        rdm: RDMKind = "correlation",
+        compare: RSACompare = "spearman",
+        block: int | None = None,
+        max_memory: int = RANK_MEMORY,
     ) -> None:
+        self.max_memory = check_int(max_memory, "max_memory", minimum=1, hint="a number of bytes, e.g. 16 * 2**30")
         if rdm not in RDM_KINDS:
             raise InvalidParameterError(f"rdm must be one of {RDM_KINDS}; got {rdm!r}")
         if compare not in ("pearson", "spearman", "kendall"):
@@ -989,11 +1032,12 @@ class RSA(Measure):
             # ties too); each layer's ranked triangle is kept, within the caller's budget, for the other pairs
             # it takes part in
             nbytes = 8 * (n * (n - 1) // 2)
+            self._check_memory(n)
             key = ("rsa_ranks", self.rdm)
             a = cached(cache_x, key, lambda: self._ranks(x, "x", pieces), nbytes)
             b = cached(cache_y, key, lambda: self._ranks(y, "y", pieces), nbytes)
             self._checked(a, b)
-            return _pearson(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
+            return _rank_correlation(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
         zx, sx = _rdm_prepared(x, self.rdm, "x", x.dtype)
         zy, sy = _rdm_prepared(y, self.rdm, "y", x.dtype)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
@@ -1019,11 +1063,35 @@ class RSA(Measure):
         result: torch.Tensor = cab / (caa * cbb).sqrt()
         return result
 
+    def _check_memory(self, n: int) -> None:
+        entries = n * (n - 1) // 2
+        need = RANK_BYTES_PER_ENTRY[self.compare] * entries + STRIP_BYTES
+        if need > self.max_memory:
+            raise MemoryBudgetError(
+                f"exact {self.compare.capitalize()} RSA of {n:,} samples ranks two triangles of {entries:,} "
+                f"dissimilarities each and needs about {format_bytes(need)}, over its budget of "
+                f"{format_bytes(self.max_memory)} (max_memory); raise max_memory if the memory is there, or use "
+                "compare='pearson' (computed in strips, O(n) memory per strip row; with a 'sqeuclidean' RDM it "
+                "also streams), or compare a random subsample of the stimuli"
+            )
+
     def _ranks(self, x: torch.Tensor, name: str, pieces: list[slice]) -> torch.Tensor:
         """Average ranks of the upper triangle of ``x``'s RDM, built in float64 (the 1e-12 tie tolerance of the
-        ranks needs float64 dissimilarities), one strip at a time."""
+        ranks needs float64 dissimilarities), one strip at a time into one preallocated triangle, which the
+        ranking then owns (and frees once sorted)."""
+        return _average_ranks(self._triangle(x, name, pieces))
+
+    def _triangle(self, x: torch.Tensor, name: str, pieces: list[slice]) -> torch.Tensor:
         z, sq = _rdm_prepared(x, self.rdm, name, torch.float64)
-        return _average_ranks(torch.cat([upper_entries(_rdm_rows(z, sq, r, self.rdm), r) for r in pieces]))
+        n = x.shape[0]
+        triangle = torch.empty(n * (n - 1) // 2, dtype=torch.float64, device=x.device)
+        at = 0
+        for r in pieces:
+            entries = upper_entries(_rdm_rows(z, sq, r, self.rdm), r)
+            triangle[at : at + entries.numel()] = entries
+            at += entries.numel()
+            del entries
+        return triangle
 
     def null_trace(self, t: torch.Tensor) -> TraceSide:
         if self.compare == "kendall":
@@ -1053,6 +1121,7 @@ def rsa(
     rdm: RDMKind = "correlation",
     compare: RSACompare = "spearman",
     block: int | None = None,
+    max_memory: int = RANK_MEMORY,
 ) -> Any:
     """Representational similarity analysis: correlation of the two RDMs' upper triangles; see :class:`RSA`.
 
@@ -1064,7 +1133,7 @@ def rsa(
     >>> round(rsa(x, 2 * x + 1, rdm="euclidean", compare="pearson"), 10)
     1.0
     """
-    return evaluate(RSA(rdm, compare, block), x, y)
+    return evaluate(RSA(rdm, compare, block, max_memory), x, y)
 
 
 register("rsa", lambda: RSA())

@@ -27,13 +27,14 @@ import torch
 from torch import nn
 from typing_extensions import TypedDict, Unpack
 
-from .._validation import check_bool, check_int, check_probability, check_seed, is_integer
+from .._validation import check_bool, check_int, check_probability, check_seed, format_bytes, is_integer
 from .._version import __version__
 from ..errors import (
     DeviceMismatchError,
     IncompatibleStateError,
     InsufficientSamplesError,
     InvalidParameterError,
+    MemoryBudgetError,
     NonFiniteError,
     ReprsimError,
     ReprsimWarning,
@@ -1037,9 +1038,9 @@ class _Comparison:
             per_fold += wa * wb
         need = 8 * self.folds * per_fold
         if need > FOLD_MEMORY:
-            raise InvalidParameterError(
-                f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {need / 2**30:.1f} GiB for these "
-                f"layers (at most {FOLD_MEMORY / 2**30:.0f} GiB); use fewer blocks (20 is the default), fewer or "
+            raise MemoryBudgetError(
+                f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {format_bytes(need)} for these "
+                f"layers (at most {format_bytes(FOLD_MEMORY)}); use fewer blocks (20 is the default), fewer or "
                 "narrower layers"
             )
 
