@@ -337,6 +337,19 @@ def test_minibatch_cka_bootstrap_over_batches_recombines_the_records(method: str
         assert ci.low == pytest.approx(low, abs=1e-12)
         assert ci.high == pytest.approx(high, abs=1e-12)
     assert ci.scheme == "batches"
+    # the default: the jackknife over batches, θ̂ ± t_{k−1}·se from leaving each batch's record out
+    jk = stream_interval(acc)
+    kept = [rec[np.arange(12) != b].sum(axis=0) for b in range(12)]
+    loo = np.array([s[0] / np.sqrt(s[1] * s[2]) for s in kept])
+    se = np.sqrt(11 / 12 * np.sum((loo - loo.mean()) ** 2))
+    t = stats.t.ppf(0.975, 11)
+    assert (jk.method, jk.scheme, jk.target) == ("jackknife", "batches", "population")
+    assert jk.low == pytest.approx(estimate - t * se, abs=1e-12)
+    assert jk.high == pytest.approx(estimate + t * se, abs=1e-12)
+    assert jk.standard_error == pytest.approx(se, abs=1e-12)
+    assert jk.bias == pytest.approx(11 * (loo.mean() - estimate), abs=1e-12)
+    np.testing.assert_allclose(jk.distribution.numpy(), loo, atol=1e-12)
+    assert "12 batches left out" in repr(jk)
 
 
 def test_stream_interval_errors() -> None:
@@ -361,6 +374,10 @@ def test_stream_interval_errors() -> None:
     layers.update([torch.tensor(x), torch.tensor(x**2)], torch.tensor(y))
     with pytest.raises(InvalidParameterError, match="takes one pair of layers"):
         stream_interval(layers)
+    with pytest.raises(InvalidParameterError, match="a CrossMoments interval is the delete-a-block jackknife"):
+        stream_interval(layers, method="percentile")
+    with pytest.raises(InvalidParameterError, match="method must be 'jackknife', 'percentile' or 'bca'"):
+        stream_interval(one, method="normal")  # type: ignore[arg-type]
 
 
 # -- compare(ci=..., permutations=...) and SimilarityResult ----------------------------------------------------
@@ -411,7 +428,8 @@ def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path
         "confidence": 0.9, "method": "half-sample", "resamples": 100, "target": "expectation"
     }  # fmt: skip
     mb = compare(net, other, data_, layers_a=layers, measure="cka_minibatch", ci=0.9, progress=False)
-    assert mb.metadata["ci"]["method"].startswith("bootstrap over batches")
+    assert mb.metadata["ci"]["method"] == "jackknife over batches"
+    assert mb.metadata["ci"]["batches"] == 5
     assert bool((mb.low <= mb.matrix).all())
     assert bool((mb.matrix <= mb.high).all())
     assert mb.p_values is None
@@ -473,8 +491,8 @@ def test_compare_refuses_more_blocks_than_samples_before_the_cost() -> None:
                 progress=False)  # fmt: skip
 
 
-def test_batch_bootstrap_of_a_layers_matrix_matches_per_cell_resampling() -> None:
-    from reprsim.inference._stream import batch_bootstrap_matrix
+def test_batch_jackknife_of_a_layers_matrix_matches_per_cell_leave_one_batch_out() -> None:
+    from reprsim.inference._stream import batch_jackknife_matrix
     from reprsim.streaming import MinibatchCKAMatrix
 
     gen = torch.Generator().manual_seed(1)
@@ -483,14 +501,18 @@ def test_batch_bootstrap_of_a_layers_matrix_matches_per_cell_resampling() -> Non
         a = torch.randn(32, 6, generator=gen, dtype=torch.float64)
         acc.update([a, a.tanh()], [a[:, :3] + torch.randn(32, 3, generator=gen, dtype=torch.float64), a**2])
     kl_t, kk_t, ll_t = acc.hsic_records
-    low, high = batch_bootstrap_matrix(kl_t, kk_t, ll_t, 0.8, 200, 6)
+    low, high, bias = batch_jackknife_matrix(kl_t, kk_t, ll_t, 0.8)
     kl, kk, ll = kl_t.numpy(), kk_t.numpy(), ll_t.numpy()
-    idx = torch.randint(0, 9, (200, 9), generator=torch.Generator().manual_seed(6)).numpy()
+    t = stats.t.ppf(0.9, 8)
     for i in range(2):
         for j in range(2):
-            dist = [kl[r, i, j].sum() / np.sqrt(kk[r, i].sum() * ll[r, j].sum()) for r in idx]
-            assert float(low[i, j]) == pytest.approx(float(np.percentile(dist, 10)), abs=1e-12)
-            assert float(high[i, j]) == pytest.approx(float(np.percentile(dist, 90)), abs=1e-12)
+            full = kl[:, i, j].sum() / np.sqrt(kk[:, i].sum() * ll[:, j].sum())
+            keep = [np.arange(9) != b for b in range(9)]
+            loo = np.array([kl[k, i, j].sum() / np.sqrt(kk[k, i].sum() * ll[k, j].sum()) for k in keep])
+            se = np.sqrt(8 / 9 * np.sum((loo - loo.mean()) ** 2))
+            assert float(low[i, j]) == pytest.approx(full - t * se, abs=1e-12)
+            assert float(high[i, j]) == pytest.approx(full + t * se, abs=1e-12)
+            assert float(bias[i, j]) == pytest.approx(8 * (loo.mean() - full), abs=1e-12)
     torch.testing.assert_close(kl_t.sum(0) / torch.sqrt(torch.outer(kk_t.sum(0), ll_t.sum(0))), acc.compute())
     with pytest.raises(InvalidParameterError, match="create it with records=True"):
         _ = MinibatchCKAMatrix().hsic_records

@@ -34,6 +34,12 @@ _UNITS = {
     "blocks": "blocks left out",
     "batches": "resamples of batches",
 }
+
+
+def _unit(scheme: str, method: str) -> str:
+    return "batches left out" if scheme == "batches" and method == "jackknife" else _UNITS[scheme]
+
+
 _TARGETS = {
     "population": "the population value",
     "expectation": "the estimator's expectation at this n",
@@ -59,7 +65,8 @@ class Interval:
         resampled values (percentile, BCa).
     scheme : {"blocks", "subsample", "batches", "pairs"}
         What was left out or resampled: blocks of samples left out one at a time (``"blocks"``), half-samples
-        without replacement (``"subsample"``), the batches of a minibatch estimator (``"batches"``), or rows with
+        without replacement (``"subsample"``), the batches of a minibatch estimator (``"batches"``: left out one
+        at a time by the jackknife, or resampled by the opt-in bootstrap over batches), or rows with
         replacement (``"pairs"``, only when asked for: a duplicated row inflates every measure here).
     distribution : torch.Tensor
         The measure on each resample or with each block left out (float64, CPU).
@@ -105,7 +112,7 @@ class Interval:
         text = (
             f"Interval({self.measure.get('id', 'measure')}: {self.estimate:.6g}, {self.confidence:.0%} "
             f"{self.method} interval [{self.low:.6g}, {self.high:.6g}] for {_TARGETS[self.target]}, "
-            f"{self.distribution.numel()} {_UNITS[self.scheme]})"
+            f"{self.distribution.numel()} {_unit(self.scheme, self.method)})"
         )
         return text + (f"\n  warning: {self.warning}" if self.warning else "")
 

@@ -117,11 +117,13 @@ class Measure:
         How :func:`reprsim.compare` accumulates it: from the shared cross moments, per batch, or from every
         sample's pooled features (neighbour and distance measures, computed blockwise at the end).
     resampling : {"blocks", "half", "batches"}
-        How an interval resamples it, never duplicating a sample (a duplicated row inflates every measure here):
-        ``"blocks"``, a delete-a-block jackknife over G blocks of samples, from per-block moments (moment
-        measures); ``"half"``, half-samples without replacement, whose spread at m = n/2 is the spread at n (the
-        finite-population factor √(m/(n − m)) is 1; sample-space measures); ``"batches"``, a bootstrap over the
-        batches of a minibatch estimator.
+        How an interval resamples it, never duplicating a sample (a duplicated row inflates every measure here),
+        chosen per family by simulation (docs/uncertainty.md): ``"blocks"``, a delete-a-block jackknife over G
+        blocks of samples, from per-block moments (moment measures) or recomputed without each block (the
+        smooth kernel statistics: RBF CKA, distance correlation); ``"half"``, half-samples without replacement,
+        whose spread at m = n/2 is the spread at n (the finite-population factor √(m/(n − m)) is 1; RSA and the
+        neighbour measures, where the jackknife is unreliable); ``"batches"``, the jackknife over the batches of
+        a minibatch estimator.
     target : {"population", "expectation"}
         What an interval of it estimates: the population value (consistent, nearly unbiased estimators: unbiased
         and minibatch linear CKA), or the estimator's expectation at this n (every biased estimator: biased CKA,
@@ -147,10 +149,16 @@ class Measure:
     #: strips in place or rank, are not: torch inputs that require gradients are refused with the fix).
     differentiable: bool = True
 
+    #: How a sample-space measure is resampled ("half" or "blocks"); moment measures always use blocks and
+    #: minibatch ones batches.
+    sample_resampling: Literal["blocks", "half"] = "half"
+
     @property
     def resampling(self) -> Literal["blocks", "half", "batches"]:
         """See the class notes: read from how the measure is computed."""
-        return {"moments": "blocks", "samples": "half", "minibatch": "batches"}[self.stream]  # type: ignore[return-value]
+        if self.stream == "samples":
+            return self.sample_resampling
+        return "blocks" if self.stream == "moments" else "batches"
 
     # -- what subclasses provide -------------------------------------------------------------------------
     @property

@@ -835,6 +835,7 @@ class CKA(Measure):
             self.stream = "minibatch"
         else:  # linear CKA streams exactly from moments; an RBF kernel needs every sample (blockwise)
             self.stream = "moments" if kernel == "linear" else "samples"
+            self.sample_resampling = "blocks"  # a smooth kernel statistic: the jackknife (recomputed) covers
         self.fourth = self.unbiased and self.stream == "moments"
         # unbiased HSIC (per batch, or over the whole data) estimates the population HSIC without bias: the ratio
         # is consistent and its intervals cover the population CKA (tests/test_coverage.py)

@@ -635,6 +635,8 @@ class DistanceCorrelation(Measure):
     name = "distance_correlation"
     differentiable = False
     stream = "samples"
+    # a smooth function of V/U-statistics: the delete-a-block jackknife covers (half-samples under-cover at p ≫ 2)
+    sample_resampling = "blocks"
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
 

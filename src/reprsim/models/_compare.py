@@ -40,11 +40,19 @@ from ..errors import (
     ReprsimWarning,
     ShapeMismatchError,
 )
-from ..inference._bootstrap import half_values
 from ..inference._interval import half_matrix, jackknife_matrix
 from ..inference._permutation import PermutationTest, assemble, moments_test, null_values
-from ..inference._stream import batch_bootstrap_matrix
-from ..measures._base import BUDGET, CacheBudget, Measure, NoTraceForm, get_measure, prepared_side, side_stats
+from ..inference._stream import batch_jackknife_matrix
+from ..measures._base import (
+    BUDGET,
+    CacheBudget,
+    Measure,
+    NoTraceForm,
+    evaluate_validated,
+    get_measure,
+    prepared_side,
+    side_stats,
+)
 from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._distributed import (
@@ -304,9 +312,11 @@ def compare(
         Attach a confidence interval at this level (e.g. 0.95) to every cell (``result.low``/``result.high``),
         from the same single pass: exact moment measures by a delete-a-block jackknife over ``blocks`` blocks
         of samples (index % blocks; the moments are then kept per block, ``blocks`` times their memory),
-        minibatch CKA by a bootstrap over its batches (percentile, 1,000 resamples), sample-space measures by
-        the same jackknife on their kept features (``blocks`` evaluations per cell). See
-        :mod:`reprsim.inference`.
+        minibatch CKA by the jackknife over its batches, sample-space measures by 100 half-samples without
+        replacement of their kept features (the same half-samples for every cell; 100 evaluations per cell).
+        Each measure's ``describe()["resampling"]`` names its scheme and ``metadata["ci"]["target"]`` what the
+        intervals estimate (the population value, or the estimator's expectation at this n); see
+        docs/uncertainty.md.
     blocks : int, optional
         Blocks of the jackknife; by default 20, or the folds of a cross-validated measure in the run.
     permutations : int, optional
@@ -318,7 +328,7 @@ def compare(
     alpha : float, default 0.05
         Level of the permutation test's calibrated scores and of the significance marks.
     seed : int, default 0
-        Seeds the permutations and the batch bootstrap.
+        Seeds the permutations and the half-samples.
     stores : mapping of model name to path, or (path_a, path_b), optional
         Also write each named model's pooled layers to an activation store as the batches stream (memory flat
         in n; see :class:`StoreWriter`), for later comparisons without the model (:func:`compare_stores`, the
@@ -551,8 +561,6 @@ def _minibatch_key(m: Measure) -> tuple[Any, ...]:
 Slot = tuple[tuple[int, int], str]
 
 
-#: Resamples of the batches for minibatch CKA's intervals in compare.
-BATCH_RESAMPLES = 1000
 #: Half-samples for the intervals of sample-space measures in compare (the same ones for every cell).
 HALF_SAMPLES = 100
 #: Permutations of the Monte Carlo test that answers when permutations="moments" cannot (the reason is reported).
@@ -785,7 +793,7 @@ class _Comparison:
                         f"move it with .to({str(target)!r}) first, or leave device=None"
                     )
                 self.run_device[key] = target
-        records = u.ci is not None  # per-batch records for a bootstrap over batches
+        records = u.ci is not None  # per-batch records for the jackknife over batches
         self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2], records=records)
                           for p in pairs for c in self.minibatch_configs}  # fmt: skip
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
@@ -1263,19 +1271,31 @@ class _Comparison:
         if measure.resampling == "batches":
             acc = self.minibatch[(pair, _minibatch_key(measure))]
             kl, kk, ll = acc.hsic_records
-            low, high = batch_bootstrap_matrix(kl, kk, ll, ci, BATCH_RESAMPLES, self.uncertainty.seed)
-            return low, high, None, {**info, "method": "bootstrap over batches (percentile)",
-                                     "resamples": BATCH_RESAMPLES}  # fmt: skip
-        if measure.resampling == "blocks":
+            low, high, bias = batch_jackknife_matrix(kl, kk, ll, ci)
+            return low, high, bias, {**info, "method": "jackknife over batches", "batches": int(kl.shape[0])}
+        if measure.resampling == "blocks" and measure.stream == "moments":
             if self.moments is None:
                 raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
             values = self.moments.jackknife_values(measure, block=index)
             low, high, bias = jackknife_matrix(matrix, values, ci)
             return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
-        # sample-space measures: the same half-samples (m = n/2, without replacement) for every cell
+        n = self.samples
+        if measure.resampling == "blocks":  # a sample-space measure recomputed without each block (index % G)
+            block_of = torch.arange(n) % blocks
+            values = self._subset_values(pair, measure, [torch.nonzero(block_of != g).flatten() for g in range(blocks)])
+            low, high, bias = jackknife_matrix(matrix, values, ci)
+            return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
+        # the same half-samples (m = n/2, without replacement, the draws of bootstrap()) for every cell
+        generator = torch.Generator().manual_seed(self.uncertainty.seed)
+        halves = [torch.sort(torch.randperm(n, generator=generator)[: n // 2]).values for _ in range(HALF_SAMPLES)]
+        values = self._subset_values(pair, measure, halves)
+        low, high, bias = half_matrix(matrix, values, n, n // 2, ci)
+        return low, high, bias, {**info, "method": "half-sample", "resamples": HALF_SAMPLES}
+
+    def _subset_values(self, pair: tuple[str, str], measure: Measure, subsets: list[torch.Tensor]) -> torch.Tensor:
+        """(S, A, B): a sample-space measure of every cell on each subset of the kept samples' rows."""
         a, b = pair
-        half = torch.empty(HALF_SAMPLES, len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
-        size = 0
+        out = torch.empty(len(subsets), len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
         for i, ka in enumerate(self.keys[a]):
             sa = (self.run_of[a], ka)
             x = self._features(sa)
@@ -1285,11 +1305,12 @@ class _Comparison:
                 y = self._features(sb)
                 y = prepared_side(measure, y, f"{b}:{kb}", self._side_stats(sb, y)).to(x.device)
                 dtype = torch.promote_types(x.dtype, y.dtype)
-                half[:, i, j], size = half_values(
-                    measure, x.to(dtype), y.to(dtype), HALF_SAMPLES, self.uncertainty.seed
+                xd, yd = x.to(dtype), y.to(dtype)
+                out[:, i, j] = torch.tensor(
+                    [float(evaluate_validated(measure, xd[r.to(xd.device)], yd[r.to(yd.device)])) for r in subsets],
+                    dtype=torch.float64,
                 )
-        low, high, bias = half_matrix(matrix, half, self.samples, size, ci)
-        return low, high, bias, {**info, "method": "half-sample", "resamples": HALF_SAMPLES}
+        return out
 
     def _permutation(
         self, pair: tuple[str, str], measure: Measure, permutations: int | str

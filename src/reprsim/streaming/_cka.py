@@ -236,7 +236,7 @@ class MinibatchCKAMatrix(_MinibatchBase):
         float32).
     records : bool, default False
         Also keep every batch's HSIC terms (:attr:`hsic_records`, (n_a·n_b + n_a + n_b) numbers per batch), for
-        a bootstrap over batches (:func:`reprsim.inference.stream_interval`).
+        the jackknife over batches (:func:`reprsim.inference.stream_interval`).
 
     Examples
     --------
