@@ -113,3 +113,21 @@ def test_tiny_vit_names_match_timm_and_objectives_train() -> None:
         loss.backward()
         assert math.isfinite(float(loss.detach()))
         assert model.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_the_demos_batch_interval_is_the_jackknife_of_a_mean() -> None:
+    """For the mean of per-batch numbers the delete-one-batch jackknife is the t interval: mean ± t·s/√k."""
+    from reprsim.demo._run import LEVEL, batch_interval
+
+    per_batch = torch.tensor([0.31, 0.27, 0.35, 0.30, 0.24, 0.33], dtype=torch.float64)
+    k = per_batch.numel()
+
+    def weighted_mean(w: torch.Tensor) -> torch.Tensor:
+        return (w * per_batch).sum(dim=1) / w.sum(dim=1)
+
+    estimate, low, high = batch_interval(weighted_mean, k)
+    mean, s = per_batch.mean().item(), per_batch.std().item()  # s with k − 1
+    t = {0.95: 2.570581835636314}[LEVEL]  # Student t, 5 degrees of freedom, 97.5% (tables)
+    assert estimate == pytest.approx(mean, abs=1e-14)
+    assert low == pytest.approx(mean - t * s / math.sqrt(k), abs=1e-12)
+    assert high == pytest.approx(mean + t * s / math.sqrt(k), abs=1e-12)
