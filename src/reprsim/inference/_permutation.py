@@ -494,10 +494,12 @@ def moments_test(x: Any, y: Any, m: Measure, alpha: float, aggregate: Aggregate,
             "fitted tail"
         )
     sides = [m.null_trace(t) for t in checked]
-    observed = torch.tensor(
-        [[float(evaluate_validated(m, a, b)) for b in checked[len(xs) :]] for a in checked[: len(xs)]],
-        dtype=torch.float64,
-    )
+    if m.stream == "moments" and m.folds == 1:  # each layer's own moments once: one p × n × q product per cell
+        prepared = [_Side(t, m, True) for t in checked]
+        cells = [[_Pair(m, a, b, True).value(None) for b in prepared[len(xs) :]] for a in prepared[: len(xs)]]
+    else:
+        cells = [[float(evaluate_validated(m, a, b)) for b in checked[len(xs) :]] for a in checked[: len(xs)]]
+    observed = torch.tensor(cells, dtype=torch.float64)
     return moments_assemble(observed, sides[: len(xs)], sides[len(xs) :], m, alpha, aggregate, layered)
 
 
