@@ -337,7 +337,13 @@ class StoreWriter:
         files the proof lists and nothing else."""
         _owned_files(self.path)  # refuses a foreign folder before anything in it changes
         aside = None
-        if _read_claim(self.path) is not None:  # an aborted writer's claim: moved aside, atomically, by one racer
+        claim = _read_claim(self.path)
+        if claim is not None and claim.get("state") != "aborted":  # a live writer's: never taken from it
+            raise StoreError(
+                f"{str(self.path)!r} is being written by another StoreWriter ({_claim_holder(self.path)}); two "
+                "writers on one store would mix their data. Wait for it to finish, or choose another path"
+            )
+        if claim is not None:  # an aborted writer's claim: moved aside, atomically, by one racer
             aside = f"{CLAIM}.{os.getpid()}.{id(self)}"
             try:
                 os.rename(self.path / CLAIM, self.path / aside)
