@@ -688,6 +688,21 @@ def test_layer_matrices_from_moments_best_cell_by_holm_and_the_exact_mean() -> N
     assert mean.null_moments[1] == pytest.approx(float(drawn.null.std()), rel=0.06)
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_the_exact_moment_tests_observed_matrix_is_the_cka_of_every_cell(unbiased: bool) -> None:
+    """The observed cells come from each layer's moments computed once (shared with its trace side): each equals
+    the Gram-space CKA of the reference, on offset data of different widths."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(70, 6))
+    xs = [x + 50.0, np.tanh(x[:, :3]) * 1e-3, rng.normal(size=(70, 9))]
+    ys = [x[:, :2] @ rng.normal(size=(2, 5)) + rng.normal(size=(70, 5)) - 7.0, rng.normal(size=(70, 4))]
+    test = permutation_test(xs, ys, "cka_unbiased" if unbiased else "cka", method="moments")
+    assert test.matrix is not None
+    for i, a in enumerate(xs):
+        for j, b in enumerate(ys):
+            assert float(test.matrix[i, j]) == pytest.approx(ref.cka(a, b, unbiased=unbiased), abs=1e-10)
+
+
 def test_compare_uses_the_exact_moment_null_per_cell() -> None:
     from reprsim import compare
 

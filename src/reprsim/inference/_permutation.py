@@ -44,7 +44,7 @@ from .._validation import (
 from ..errors import InsufficientSamplesError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
 from ..measures._base import Measure, NoTraceForm, evaluate_validated, get_measure, on_arrays, prepared_side
 from ..measures._moments import Fourth, Moments
-from ..measures._traces import NullMoments, TraceSide, combined_side, pair_moments
+from ..measures._traces import LinearTrace, NullMoments, TraceSide, combined_side, pair_moments
 from ._analytic import pearson3_quantile, pearson3_sf
 
 __all__ = ["PermutationTest", "holm", "permutation_test", "summary"]
@@ -244,14 +244,21 @@ class _Side:
     mean, co-moment and (fourth order) row norms; ``cache`` holds the measure's factorisations of it, which
     no permutation changes."""
 
-    def __init__(self, t: torch.Tensor, measure: Measure, moments: bool) -> None:
+    def __init__(
+        self, t: torch.Tensor, measure: Measure, moments: bool, centred: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> None:
+        """``centred``: the float64 centred rows and their co-moment, where already computed (the exact-moment
+        null's linear trace holds both)."""
         self.t = t
         self.cache: dict[Any, Any] = {}
         if moments:
             td = t.to(torch.float64)
             self.mean = td.mean(dim=0)
-            self.c = td - self.mean
-            self.cov = self.c.T @ self.c
+            if centred is None:
+                self.c = td - self.mean
+                self.cov = self.c.T @ self.c
+            else:
+                self.c, self.cov = centred
             if measure.fourth:
                 self.r = (self.c * self.c).sum(1)
                 self.cr = self.c.T @ self.r  # Σ(x − μ)‖x − μ‖²
@@ -495,7 +502,10 @@ def moments_test(x: Any, y: Any, m: Measure, alpha: float, aggregate: Aggregate,
         )
     sides = [m.null_trace(t) for t in checked]
     if m.stream == "moments" and m.folds == 1:  # each layer's own moments once: one p × n × q product per cell
-        prepared = [_Side(t, m, True) for t in checked]
+        prepared = [
+            _Side(t, m, True, (s.trace.x, s.trace.gram) if isinstance(s.trace, LinearTrace) else None)
+            for t, s in zip(checked, sides)
+        ]
         cells = [[_Pair(m, a, b, True).value(None) for b in prepared[len(xs) :]] for a in prepared[: len(xs)]]
     else:
         cells = [[float(evaluate_validated(m, a, b)) for b in checked[len(xs) :]] for a in checked[: len(xs)]]

@@ -252,6 +252,7 @@ class LinearTrace(_Trace):
         stats = _LinearStats(n, float(r.sum()), r, q, tr2, tr3, cube)
         self.sampled = sample is not None and sample < n
         self.stats, self.x, self.unbiased = stats, x, unbiased
+        self.gram = c  # XᵀX of the centred rows (a permutation test's observed value reuses it)
         self.shift = stats.sum_r / (n - 1) if (shift and not unbiased) else 0.0
         if unbiased:
             # Ũ_ij = k_ij + g_i + g_j off the diagonal, 0 on it (U-centring of the centred Gram, whose rows sum to 0)
