@@ -57,6 +57,13 @@ def test_quick_demo_writes_report_figures_and_sane_numbers(quick_run: Path) -> N
     assert -1.0 <= agreement["kendall_tau_top5"] <= 1.0
     assert len(results["findings"]) == 5
     assert all(isinstance(f["reproduced"], bool) for f in results["findings"])
+    # every finding carries its verdict and the original criterion with its result, and the report shows both
+    for f in results["findings"]:
+        assert f["verdict"] in ("yes", "no", "inconclusive")
+        assert f["reproduced"] == (f["verdict"] == "yes")
+        assert isinstance(f["original_result"], bool)
+        assert f["original"] in report
+    assert "### How the criteria came to be" in report
     # the report records how long each part took; how long is the host's business, never a test's
     timings = results["timings_s"]
     assert "total" in timings
@@ -131,3 +138,16 @@ def test_the_demos_batch_interval_is_the_jackknife_of_a_mean() -> None:
     assert estimate == pytest.approx(mean, abs=1e-14)
     assert low == pytest.approx(mean - t * s / math.sqrt(k), abs=1e-12)
     assert high == pytest.approx(mean + t * s / math.sqrt(k), abs=1e-12)
+
+
+def test_verdicts_read_the_whole_interval_against_the_threshold() -> None:
+    from reprsim.demo._run import _above, _below, _both
+
+    assert _above((0.11, 0.101, 0.12), 0.1) == "yes"
+    assert _above((0.110, 0.092, 0.128), 0.1) == "inconclusive"  # the point passes, the interval straddles
+    assert _above((0.03, 0.027, 0.035), 0.05) == "no"
+    assert _below((0.84, 0.81, 0.87), 0.95) == "yes"
+    assert _below((0.96, 0.951, 0.97), 0.95) == "no"
+    assert _both("yes", "yes") == "yes"
+    assert _both("yes", "inconclusive") == "inconclusive"
+    assert _both("inconclusive", "no") == "no"
