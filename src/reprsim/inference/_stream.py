@@ -108,10 +108,10 @@ def stream_interval(
     confidence : float, default 0.95
     method : {"jackknife", "percentile", "bca"}, default "jackknife"
         ``"jackknife"``: θ̂ ± t · se from leaving each block (CrossMoments) or batch (MinibatchCKA) out, t with
-        G − 1 (or k − 1) degrees of freedom; its coverage of the population CKA is 92–98% from 2 to 10 batches
+        G − 1 (or k − 1) degrees of freedom; its coverage of the population CKA is 93–97% from 2 to 10 batches
         in the simulations of docs/uncertainty.md. For MinibatchCKA only, ``"percentile"`` and ``"bca"`` read a
         bootstrap over the batches instead (BCa's acceleration from leaving each batch out); it is too narrow
-        with few batches (76–79% coverage with 4 batches, 89–92% with 10).
+        with few batches (78–79% coverage with 4 batches, 89–92% with 10, 49–57% with 2).
     resamples : int, default 1000
         For the bootstrap over batches, the number of resamples.
     seed : int, default 0
