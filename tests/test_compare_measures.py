@@ -120,13 +120,15 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
     ax = r.plot()
     assert ax.figure.axes[-1].get_ylabel() == "angular Procrustes distance (lower = more similar)"
     assert ax.images[0].get_cmap().name == "magma_r"
-    assert ax.images[0].get_clim() == pytest.approx(r.color_range())  # the data's range by default
-    full = r.plot(vmin=r.color_range(full=True)[0], vmax=r.color_range(full=True)[1])
-    assert full.images[0].get_clim() == pytest.approx((0.0, np.pi / 2))
+    # the measure's declared range by default (a chance-level matrix does not fill the colour map); the data's
+    # own range on request
+    assert ax.images[0].get_clim() == pytest.approx((0.0, np.pi / 2))
+    narrow = r.plot(vmin=r.color_range()[0], vmax=r.color_range()[1])
+    assert narrow.images[0].get_clim() == pytest.approx((float(r.matrix.min()), float(r.matrix.max())))
     loaded = SimilarityResult.load(r.save(tmp_path / "r"))
     assert loaded.measure == r.measure
-    # colours span the data by default (a 0.12-0.21 matrix is not uniformly dark); full=True gives the
-    # measure's range widened to the data, for heatmaps on one scale
+    # color_range() spans the data (a 0.12-0.21 matrix is not uniformly dark); full=True, the plot's default,
+    # gives the measure's range widened to the data
     p = compare(net, other, batches(), layers_a=LAYERS, measure=Predictivity(folds=4), progress=False)
     assert p.color_range() == (float(p.matrix.min()), float(p.matrix.max()))
     lo, hi = p.color_range(full=True)

@@ -729,3 +729,13 @@ def test_compare_uses_the_exact_moment_null_per_cell() -> None:
     assert float(out["cka"].chance[0, 1]) == pytest.approx(chance, rel=1e-10)
     assert float(out["cka_unbiased"].chance.abs().max()) < 1e-12
     assert "exact permutation moments" in repr(out["cka"])
+    # the heatmap's colour bar marks the cells' mean chance level, on the measure's declared range
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = out["cka"].plot()
+    bar = ax.figure.axes[-1]
+    assert ax.images[0].get_clim() == pytest.approx((0.0, 1.0))
+    assert [line.get_ydata()[0] for line in bar.lines] == pytest.approx([float(out["cka"].chance.mean())])
+    assert [t.get_text() for t in bar.texts] == ["chance"]

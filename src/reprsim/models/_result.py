@@ -228,9 +228,11 @@ class SimilarityResult:
         return lines
 
     def color_range(self, *, full: bool = False) -> tuple[float, float]:
-        """The colour range :meth:`plot` uses by default: the data's own (so that a 0.12–0.21 matrix uses the
-        whole colour map, as other CKA packages' heatmaps do). ``full=True``: the measure's range where it is
-        finite (0–1 for CKA), widened to the data, for heatmaps that must share one scale."""
+        """A colour range for :meth:`plot`: by default the data's own (a 0.12–0.21 matrix uses the whole colour
+        map, as other CKA packages' heatmaps do: pass it as ``plot(vmin=..., vmax=...)`` to see small
+        differences). ``full=True``, what :meth:`plot` uses by default: the measure's range where it is finite
+        (0–1 for CKA), widened to the data, so that a matrix near chance level does not fill the colour map
+        and heatmaps share one scale."""
         finite = self.matrix[torch.isfinite(self.matrix)]
         lo, hi = (float(v) for v in self.measure["range"])
         if not full and finite.numel() and float(finite.max()) > float(finite.min()):
@@ -266,9 +268,11 @@ class SimilarityResult:
         cmap : str, optional
             Colour map; "magma" for similarities and "magma_r" for distances by default.
         vmin, vmax : float, optional
-            Colour range; by default :meth:`color_range`, the data's own range (the colour bar says which values
-            the colours mean). For several heatmaps on one scale pass ``vmin``/``vmax``, e.g.
-            ``*result.color_range(full=True)`` (0–1 for CKA).
+            Colour range; by default ``color_range(full=True)``, the measure's declared range (0–1 for CKA, 0–π/2
+            for angular distances) widened to the data: a matrix of independent representations (CCA of
+            unrelated Gaussians is about 0.5) does not run from black to white. For the data's own range pass
+            ``*result.color_range()``. With an exact-moment permutation null (``chance``), the colour bar marks
+            the mean chance level of the cells.
         annotate : bool, optional
             Write each value in its cell; by default when the matrix has at most 12×12 entries.
         title : str, optional
@@ -284,7 +288,7 @@ class SimilarityResult:
             raise ImportError("SimilarityResult.plot needs matplotlib: pip install 'reprsim[plot]'") from exc
         m = self.measure
         distance = m["direction"] == "distance"
-        lo, hi = self.color_range()
+        lo, hi = self.color_range(full=True)
         vmin = lo if vmin is None else vmin
         vmax = hi if vmax is None else vmax
         if ax is None:
@@ -335,7 +339,12 @@ class SimilarityResult:
             default += f" ({'; '.join(notes)})"
         ax.set_title(title if title is not None else default)
         hint = " (lower = more similar)" if distance else ""
-        ax.figure.colorbar(im, ax=ax, label=f"{m['label']}{hint}")
+        bar = ax.figure.colorbar(im, ax=ax, label=f"{m['label']}{hint}")
+        if self.chance is not None and bool(torch.isfinite(self.chance).any()):
+            level = float(self.chance[torch.isfinite(self.chance)].mean())
+            bar.ax.axhline(level, color="cyan", linewidth=1.5)
+            bar.ax.text(0.5, level, "chance", transform=bar.ax.get_yaxis_transform(), ha="center", va="bottom",
+                        fontsize=6, color="cyan")  # fmt: skip
         return ax
 
     def save(self, path: str | Path) -> Path:
