@@ -65,6 +65,14 @@ def test_namespaces_hold_what_the_top_level_does_not() -> None:
             assert hasattr(ns, name), (ns.__name__, name)
 
 
+def test_public_namespaces_show_only_their_api() -> None:
+    """Tab completion in a notebook lists what ``dir()`` holds: no ``annotations`` from a __future__ import."""
+    import importlib
+
+    for name in ("", ".measures", ".streaming", ".probes", ".errors", ".inference", ".models", ".demo"):
+        assert "annotations" not in vars(importlib.import_module("reprsim" + name)), name
+
+
 def test_one_version_source() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject

@@ -17,8 +17,6 @@ Namespaces: :mod:`reprsim.measures` (every measure, its metadata and the registr
 ridge and logistic probes, prediction agreement, separability), :mod:`reprsim.errors` (the exception family).
 """
 
-from __future__ import annotations
-
 from . import errors, inference, measures, probes, streaming
 from ._kernels import center_gram, linear_gram, rbf_gram
 from ._version import __version__

@@ -6,8 +6,6 @@ Every error reprsim raises on purpose is a :class:`ReprsimError`, which is a :cl
 was received, and how to fix it. Nothing here imports the rest of the package.
 """
 
-from __future__ import annotations
-
 __all__ = [
     "ConcurrentUseError",
     "ConstantRepresentationError",

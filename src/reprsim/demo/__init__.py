@@ -6,8 +6,6 @@ CKA, separability per block, prediction agreement, and the effect of fine-tuning
 (scikit-learn, matplotlib).
 """
 
-from __future__ import annotations
-
 from ._models import MAEObjective, SimCLRObjective, TinyViT, augment
 from ._run import DemoSettings, run_demo
 

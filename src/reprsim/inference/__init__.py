@@ -8,8 +8,6 @@ half-samples for measures that duplicated rows would inflate); :func:`jackknife`
 interval; :func:`stream_interval` an interval from a streaming accumulator without a second pass.
 """
 
-from __future__ import annotations
-
 from ._bootstrap import bootstrap, jackknife
 from ._interval import Interval
 from ._permutation import PermutationTest, permutation_test

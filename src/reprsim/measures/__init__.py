@@ -14,8 +14,6 @@ Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "
 :func:`available_measures` lists the names, :func:`get_measure` turns a name into a configured object.
 """
 
-from __future__ import annotations
-
 from ._base import INVARIANCES, Measure, available_measures, get_measure, register
 from ._cca import CCA, PWCCA, SVCCA, canonical_correlations, cca, pwcca, svcca
 from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic

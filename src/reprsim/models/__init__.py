@@ -2,8 +2,6 @@
 comparison of models over a stream of batches (:func:`compare`) and its result (:class:`SimilarityResult`),
 activation stores on disk (:class:`StoreWriter`, :func:`open_store`) and their comparison (:func:`compare_stores`)."""
 
-from __future__ import annotations
-
 from ._compare import compare
 from ._compare_stores import compare_stores
 from ._extract import Extractor, LayerInfo, list_layers, pool_tokens

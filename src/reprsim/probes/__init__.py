@@ -4,8 +4,6 @@ between two models, and per-layer separability of a model's representations.
 >>> from reprsim.probes import knn_accuracy
 """
 
-from __future__ import annotations
-
 from ._probes import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement
 from ._separability import separability
 

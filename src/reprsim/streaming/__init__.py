@@ -7,8 +7,6 @@ all-reduces over torch.distributed.
 - :class:`MinibatchCKA`, :class:`MinibatchCKAMatrix`: minibatch CKA of Nguyen et al. (2021), any kernel.
 """
 
-from __future__ import annotations
-
 from ._cka import LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 from ._moments import CrossMoments
 from ._protocol import Accumulator, Pending
