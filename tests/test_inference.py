@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from reprsim.errors import InvalidParameterError, ShapeMismatchError
+from reprsim.errors import InvalidParameterError, ReprsimWarning, ShapeMismatchError
 from reprsim.inference import permutation_test
 from reprsim.measures import RSA, Predictivity
 
@@ -461,6 +461,14 @@ def test_compare_uncertainty_options_are_checked() -> None:
     data_ = batches(n=64)
     with pytest.raises(InvalidParameterError, match="has no permutation test"):
         compare(net, None, data_, layers_a=["1"], permutations=10, progress=False)
+    # among other measures, minibatch CKA is left untested with the reason; the others are tested
+    with pytest.warns(ReprsimWarning, match=r"\['cka_minibatch'\] is not tested"):
+        out = compare(net, None, data_, layers_a=["1", "3"], measures=["cka", "cka_minibatch"], permutations="moments",
+                      progress=False)  # fmt: skip
+    assert out["cka"].p_values is not None
+    assert out["cka_minibatch"].p_values is None
+    assert out["cka_minibatch"].metadata["permutation"]["method"] is None
+    assert "defined over batches" in out["cka_minibatch"].metadata["permutation"]["reason"]
     with pytest.raises(InvalidParameterError, match=r"ci must be a finite number in \(0, 1\)"):
         compare(net, None, data_, layers_a=["1"], measure="cka", ci=95, progress=False)
     with pytest.raises(InvalidParameterError, match="blocks= sets the jackknife of ci="):

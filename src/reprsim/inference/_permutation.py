@@ -490,6 +490,14 @@ def _drawn_moments(values: torch.Tensor) -> tuple[float, float, float]:
 def moments_test(x: Any, y: Any, m: Measure, alpha: float, aggregate: Aggregate, layered: bool) -> PermutationTest:
     """The permutation test from the exact permutation moments (see :func:`permutation_test`); raises
     :class:`~reprsim.measures._base.NoTraceForm` with the reason where the fitted tail is not to be trusted."""
+    return moments_tests(x, y, m, alpha, (aggregate,), layered)[0]
+
+
+def moments_tests(
+    x: Any, y: Any, m: Measure, alpha: float, aggregates: Sequence[Aggregate], layered: bool
+) -> list[PermutationTest]:
+    """:func:`moments_test` for several aggregates of one layers × layers matrix, from one computation of every
+    layer's trace side and of the observed cells."""
     xs, ys = _layers(x, "x"), _layers(y, "y")
     checked = _checked_layers(xs, ys, m.min_samples)
     names = [f"x[{i}]" for i in range(len(xs))] + [f"y[{j}]" for j in range(len(ys))]
@@ -510,7 +518,7 @@ def moments_test(x: Any, y: Any, m: Measure, alpha: float, aggregate: Aggregate,
     else:
         cells = [[float(evaluate_validated(m, a, b)) for b in checked[len(xs) :]] for a in checked[: len(xs)]]
     observed = torch.tensor(cells, dtype=torch.float64)
-    return moments_assemble(observed, sides[: len(xs)], sides[len(xs) :], m, alpha, aggregate, layered)
+    return [moments_assemble(observed, sides[: len(xs)], sides[len(xs) :], m, alpha, a, layered) for a in aggregates]
 
 
 def moments_assemble(

@@ -41,7 +41,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..inference._interval import half_matrix, jackknife_matrix
-from ..inference._permutation import PermutationTest, assemble, moments_test, null_values
+from ..inference._permutation import PermutationTest, assemble, moments_tests, null_values
 from ..inference._stream import batch_jackknife_matrix
 from ..measures._base import (
     BUDGET,
@@ -324,7 +324,9 @@ def compare(
         all its layers): ``result.p_values`` and ``result.calibrated`` per cell, and in
         ``metadata["permutation"]`` the test of the best cell (corrected for the search over all cells) and of
         the mean. It needs every sample's pooled features, which are kept as for the sample-space measures
-        (see ``feature_memory``); minibatch CKA has no permutation test (use ``"cka"`` or ``"cka_unbiased"``).
+        (see ``feature_memory``); minibatch CKA has no permutation test (use ``"cka"`` or ``"cka_unbiased"``):
+        among other measures it is left untested with a warning, and its ``metadata["permutation"]`` gives the
+        reason.
     alpha : float, default 0.05
         Level of the permutation test's calibrated scores and of the significance marks.
     seed : int, default 0
@@ -720,12 +722,20 @@ class _Comparison:
             u.blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
             if moment:
                 self.folds = u.blocks
+        #: measures the permutation test leaves out, with the reason (minibatch CKA is defined over batches)
+        self.untested: dict[str, str] = {}
         if u.permutations is not None:
             bad = [k for k, m in measures.items() if m.stream == "minibatch"]
-            if bad:
-                raise InvalidParameterError(
-                    f"{bad} has no permutation test (minibatch CKA is defined over batches, not over samples); "
-                    "use measure='cka' or 'cka_unbiased' with permutations="
+            why = "minibatch CKA is defined over batches, not over samples: it has no permutation test"
+            if bad and len(bad) == len(measures):
+                raise InvalidParameterError(f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with permutations=")
+            if bad:  # test the others; these results say why they have no p-values
+                self.untested = {k: why for k in bad}
+                warnings.warn(
+                    f"{bad} {'is' if len(bad) == 1 else 'are'} not tested ({why}); the other measures are, and "
+                    "'cka' or 'cka_unbiased' would be",
+                    ReprsimWarning,
+                    stacklevel=3,
                 )
         # sample-space measures and permutation tests need every sample's pooled features
         self.keep_features = bool(self.sample_measures) or u.permutations is not None
@@ -1257,7 +1267,9 @@ class _Comparison:
             extras["low"], extras["high"] = low, high
             if bias is not None:
                 extras["bias"] = bias
-        if u.permutations is not None:
+        if u.permutations is not None and key in self.untested:
+            meta["permutation"] = {"method": None, "reason": self.untested[key]}
+        elif u.permutations is not None:
             extras["p_values"], extras["calibrated"], extras["chance"], meta["permutation"] = self._permutation(
                 pair, measure, u.permutations
             )
@@ -1323,8 +1335,7 @@ class _Comparison:
         note = None
         if permutations == "moments":
             try:
-                best = moments_test(xs, ys, measure, u.alpha, "best", layered=True)
-                mean = moments_test(xs, ys, measure, u.alpha, "mean", layered=True)
+                best, mean = moments_tests(xs, ys, measure, u.alpha, ("best", "mean"), layered=True)
                 return self._permutation_info(best, mean, "moments")
             except NoTraceForm as exc:
                 note = f"Monte Carlo with {FALLBACK_PERMUTATIONS} permutations: {exc}"
