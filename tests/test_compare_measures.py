@@ -13,7 +13,7 @@ from torch import nn
 
 from reprsim import SimilarityResult, compare
 from reprsim.errors import InvalidParameterError, RankDeficientError
-from reprsim.measures import CKA, Predictivity, ShapeMetric, get_measure
+from reprsim.measures import CCA, CKA, Predictivity, ShapeMetric, get_measure
 from reprsim.streaming import MinibatchCKAMatrix
 
 from .test_compare import batches, hand_extract, mlp
@@ -197,3 +197,22 @@ def test_a_rejected_batch_leaves_every_accumulator_untouched() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
     after_mb = minibatch.state_dict()["state"]
     assert all(torch.equal(before_mb[k], after_mb[k]) for k in before_mb)
+
+
+def test_too_few_samples_for_exact_cca_are_refused_at_the_first_batch() -> None:
+    """The data's length is known (a list of batches): exact CCA of 16 + 16 dimensions on 24 samples cannot be
+    computed, so compare says so after one forward pass, naming the layers, not after all of them."""
+    from reprsim.errors import InsufficientSamplesError
+
+    net, other = mlp(0), mlp(1)
+    seen = []
+    net[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    data = batches(n=24, size=8)
+    with pytest.raises(InsufficientSamplesError, match=r"cca of A:0 \(width 16\) and B:0 \(width 16\).*24 samples"):
+        compare(net, other, data, layers_a=["0"], measure="cca", model_names=("A", "B"), progress=False)
+    assert len(seen) == 1
+    # with ridge, or with enough samples, the same call computes
+    compare(net, other, data, layers_a=["1"], measure=CCA(ridge=0.1), progress=False)
+    compare(net, other, batches(n=64, size=8), layers_a=["1"], measure="cca", progress=False)
+    # predictivity checks the predictor's width only (16 + 1 ≤ 23 here)
+    compare(net, other, data, layers_a=["1"], measure="predictivity", progress=False)

@@ -177,6 +177,11 @@ class Measure:
         """The measure's value (a 0-d float64 tensor) from the moments of one pair (``stream="moments"``)."""
         raise NotImplementedError
 
+    def check_samples(self, n: int, p: int, q: int) -> None:
+        """Raise :class:`~reprsim.errors.InsufficientSamplesError` when n samples of widths p and q cannot give a
+        value whatever the data (e.g. exact CCA needs p + q ≤ n − 1): what :func:`reprsim.compare` checks at the
+        first batch when the data's length is known. Nothing by default."""
+
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:

@@ -50,10 +50,15 @@ def _inverse_root(m: Moments, side: str, ridge: float, what: str = "CCA", name: 
     return out
 
 
+#: How to get a CCA value when the widths leave no room (the fix every such error gives).
+CCA_FIX = "Pass ridge > 0, use fewer features (SVCCA), or more samples."
+PWCCA_FIX = "Pass ridge > 0, use fewer features, or more samples."
+
+
 def _correlations(m: Moments, ridge: float) -> torch.Tensor:
     p, q = m.cxx.shape[0], m.cyy.shape[0]
     if ridge == 0.0:
-        check_dimensions(m.n, p + q, "CCA", "Pass ridge > 0, use fewer features (SVCCA), or more samples.")
+        check_dimensions(m.n, p + q, "CCA", CCA_FIX)
     wx = _inverse_root(m, "x", ridge)
     wy = _inverse_root(m, "y", ridge)
     rho: torch.Tensor = torch.linalg.svdvals(wx @ m.cxy @ wy.T)
@@ -102,6 +107,10 @@ class CCA(Measure):
 
     def config(self) -> dict[str, Any]:
         return {"reduce": self.reduce, "ridge": self.ridge}
+
+    def check_samples(self, n: int, p: int, q: int) -> None:
+        if self.ridge == 0.0:
+            check_dimensions(n, p + q, "CCA", CCA_FIX)
 
     def from_moments(self, m: Moments) -> torch.Tensor:
         rho = _correlations(m, self.ridge)
@@ -213,13 +222,16 @@ class PWCCA(Measure):
     def config(self) -> dict[str, Any]:
         return {"weights_from": self.weights_from, "ridge": self.ridge}
 
+    def check_samples(self, n: int, p: int, q: int) -> None:
+        if self.ridge == 0.0:
+            check_dimensions(n, p + q, "PWCCA", PWCCA_FIX)
+
     def from_moments(self, m: Moments) -> torch.Tensor:
         p, q = m.cxx.shape[0], m.cyy.shape[0]
         use_y = self.weights_from == "y" or (self.weights_from == "narrower" and q < p)
         if use_y:
             m = m.swapped()
-        if self.ridge == 0.0:
-            check_dimensions(m.n, p + q, "PWCCA", "Pass ridge > 0, use fewer features, or more samples.")
+        self.check_samples(m.n, p, q)
         # after a swap, m's "x" side is the caller's y: errors name the caller's sides
         wx = _inverse_root(m, "x", self.ridge, "PWCCA", "y" if use_y else "x")
         wy = _inverse_root(m, "y", self.ridge, "PWCCA", "x" if use_y else "y")

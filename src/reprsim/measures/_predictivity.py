@@ -106,13 +106,18 @@ class Predictivity(Measure):
             "reduce": self.reduce,
         }
 
+    def check_samples(self, n: int, p: int, q: int) -> None:
+        predictors = {"x_to_y": p, "y_to_x": q, "mean": max(p, q)}[self.predict]
+        self._check_predictors(n, predictors)
+
+    def _check_predictors(self, n: int, width: int) -> None:
+        if not self.cv and self.ridge == 0.0:
+            check_dimensions(n, width + 1, "least squares with an intercept", "Pass ridge > 0, or folds=.")
+
     def residuals(self, m: Moments) -> torch.Tensor:
         """Every target's residual sum of squares (in-sample, or out-of-fold pooled over the folds)."""
         if not self.cv:
-            if self.ridge == 0.0:
-                check_dimensions(
-                    m.n, m.cxx.shape[0] + 1, "least squares with an intercept", "Pass ridge > 0, or folds=."
-                )
+            self._check_predictors(m.n, m.cxx.shape[0])
             check_variance(m, "x", "predictivity")
             b = _coefficients(m.cxx, m.cxy, self.ridge, m.cache_x, m.n, m.eps)
             return _rss(m.cxx, m.cyy, m.cxy, b)

@@ -807,6 +807,7 @@ class _Comparison:
         self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2], records=records)
                           for p in pairs for c in self.minibatch_configs}  # fmt: skip
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
+        self.expected_samples: int | None = None  # set by run() where the data say how many samples they hold
         self.slots: dict[tuple[tuple[int, int], str], int] = {}
         self.pooled_widths: dict[tuple[str, str], int] = {}
         self.keys: dict[str, list[str]] = {}
@@ -839,6 +840,9 @@ class _Comparison:
         self, data: Iterable[Any], *, eval_models: bool, progress: bool
     ) -> dict[tuple[str, str], dict[str, SimilarityResult]]:
         d = self.dist
+        # the samples the data hold, where they say so without being iterated (one process: a rank's shard is not
+        # the whole)
+        self.expected_samples = _known_samples(data) if d is None or d.world == 1 else None
         unit = "chunk" if self.sources else "batch"
         bar = _progress(data, progress and (d is None or d.rank == 0), "compare", unit)
         start = time.perf_counter()
@@ -1021,9 +1025,9 @@ class _Comparison:
                         f"{width} features after pooling (limit {EXACT_MAX_WIDTH}); pool tokens (pool='mean' or "
                         "'cls') or use measure='cka_minibatch'"
                     )
-            self._check_fold_memory(
-                {(self.run_of[model], layer): t.reshape(t.shape[0], -1).shape[1] for model, layer, t in named}
-            )
+            widths = {(self.run_of[model], layer): t.reshape(t.shape[0], -1).shape[1] for model, layer, t in named}
+            self._check_fold_memory(widths)
+            self._check_samples(widths)
             self.moments = self._new_moments()
         layers: list[torch.Tensor] = [torch.empty(0)] * len(self.slots)
         for (run, layer), slot in self.slots.items():
@@ -1043,6 +1047,28 @@ class _Comparison:
             for a, b in self.pairs
         ]
         return CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
+
+    def _check_samples(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
+        """Where the data say how many samples they hold, refuse at the first batch a moment measure that no
+        data of that size can give at these widths (exact CCA of p + q ≥ n dimensions), instead of after the
+        whole pass."""
+        n = self.expected_samples
+        if n is None:
+            return
+        for key, measure in self.measures.items():
+            if measure.stream != "moments":
+                continue
+            for a, b in self.pairs:
+                for la in self.keys[a]:
+                    for lb in self.keys[b]:
+                        p, q = widths[(self.run_of[a], la)], widths[(self.run_of[b], lb)]
+                        try:
+                            measure.check_samples(n, p, q)
+                        except InsufficientSamplesError as exc:
+                            raise InsufficientSamplesError(
+                                f"{key} of {a}:{la} (width {p}) and {b}:{lb} (width {q}), refused at the first "
+                                f"batch since the data hold {n} samples: {exc}"
+                            ) from exc
 
     def _check_fold_memory(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
         """Per-block (or per-fold) moments cost G copies of the moments: refuse more than FOLD_MEMORY at the first
