@@ -81,6 +81,24 @@ def test_progress_without_tqdm_prints_a_plain_line(
     assert "compare: 2/3 batches 1,000 samples/s" in capsys.readouterr().err
 
 
+def test_the_work_after_the_pass_shows_progress_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """Intervals, permutation tests and sample-space measures run after the pass's bar reached 100%: a second
+    bar counts the results."""
+    pytest.importorskip("tqdm")
+    from reprsim import compare
+
+    from .test_compare import batches, mlp
+
+    compare(mlp(0), mlp(1), batches(n=64), layers_a=["1", "3"], measures=["cka", "mutual_knn"], ci=0.9,
+            progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "compare" in err
+    assert "results" in err
+    assert "2/2" in err  # one pair, two measures
+    compare(mlp(0), mlp(1), batches(n=64), layers_a=["1"], measure="cka", progress=True)
+    assert "results" not in capsys.readouterr().err  # nothing slow after the pass: no second bar
+
+
 def test_heatmap_colours_span_the_data_and_names_print_whole() -> None:
     r = reprsim.SimilarityResult(
         torch.tensor([[0.12, 0.21], [0.15, 0.18]], dtype=torch.float64),

@@ -82,8 +82,8 @@ Adapter = Callable[[Any], Any]
 class _PlainProgress:
     """A progress line on stderr every 10 seconds, where tqdm is not installed."""
 
-    def __init__(self, total: int | None, desc: str) -> None:
-        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+    def __init__(self, total: int | None, desc: str, unit: str = "batch") -> None:
+        self.total, self.desc, self.unit, self.done, self.postfix = total, desc, unit, 0, ""
         self.last = time.perf_counter()
 
     def update(self, n: int) -> None:
@@ -92,7 +92,8 @@ class _PlainProgress:
         if now - self.last >= 10.0:
             self.last = now
             of = f"/{self.total}" if self.total is not None else ""
-            print(f"{self.desc}: {self.done}{of} batches {self.postfix}", file=sys.stderr, flush=True)
+            units = self.unit + ("es" if self.unit.endswith("ch") else "s")
+            print(f"{self.desc}: {self.done}{of} {units} {self.postfix}", file=sys.stderr, flush=True)
 
     def set_postfix_str(self, text: str, refresh: bool = False) -> None:
         self.postfix = text
@@ -108,7 +109,7 @@ def _progress(data: Iterable[Any], enabled: bool, desc: str, unit: str = "batch"
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return _PlainProgress(total, desc)
+        return _PlainProgress(total, desc, unit)
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
@@ -904,12 +905,26 @@ class _Comparison:
         for writer in self.writers.values():
             writer.close()
         caches: dict[int, dict[Any, Any]] = {}
+        # the work after the pass (intervals, permutation tests, sample-space measures) can take as long as the
+        # pass itself: a second bar, one step per result
+        u = self.uncertainty
+        slow = u.ci is not None or u.permutations is not None or bool(self.sample_measures)
+        cells = range(len(self.pairs) * len(self.measures))
+        phase = _progress(cells, progress and slow and (d is None or d.rank == 0), "results", "result")
         try:
-            return {
-                p: {k: self._result(p, i, k, m, caches) for k, m in self.measures.items()}
-                for i, p in enumerate(self.pairs)
-            }
+            out: dict[tuple[str, str], dict[str, SimilarityResult]] = {}
+            for i, p in enumerate(self.pairs):
+                out[p] = {}
+                for k, m in self.measures.items():
+                    if phase is not None:
+                        phase.set_postfix_str(f"{k}: {p[0]} vs {p[1]}", refresh=False)
+                    out[p][k] = self._result(p, i, k, m, caches)
+                    if phase is not None:
+                        phase.update(1)
+            return out
         finally:
+            if phase is not None:
+                phase.close()
             self.sample_caches.clear()
             self.store.close()
 
