@@ -132,11 +132,18 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
     p = compare(net, other, batches(), layers_a=LAYERS, measure=Predictivity(folds=4), progress=False)
     assert p.color_range() == (float(p.matrix.min()), float(p.matrix.max()))
     lo, hi = p.color_range(full=True)
-    assert lo == pytest.approx(float(p.matrix.min()))
-    assert hi == 1.0
+    assert float(p.matrix.min()) > 0.0
+    assert (lo, hi) == (0.0, 1.0)  # R² in (-inf, 1] over positive values: from 0, predicting nothing
     narrow = SimilarityResult(torch.tensor([[0.12, 0.21]]), ["a"], ["c", "d"], {})
     assert narrow.color_range() == pytest.approx((0.12, 0.21))
     assert narrow.color_range(full=True) == (0.0, 1.0)
+    # a signed declared range (unbiased CKA's [-1, 1]) over non-negative values starts at 0
+    mb = compare(net, other, batches(), layers_a=LAYERS, measure="cka_minibatch", progress=False)
+    assert mb.measure["range"] == [-1.0, 1.0]
+    assert float(mb.matrix.min()) >= 0.0
+    assert mb.color_range(full=True) == (0.0, 1.0)
+    signed = SimilarityResult(torch.tensor([[-0.05, 0.3]]), ["a"], ["c", "d"], {"measure": mb.measure})
+    assert signed.color_range(full=True) == (-1.0, 1.0)
     # results saved before measures existed read as CKA
     old = SimilarityResult(torch.eye(2), ["a", "b"], ["c", "d"], {"estimator": "minibatch"})
     assert old.measure["label"] == "CKA"

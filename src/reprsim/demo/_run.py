@@ -206,6 +206,13 @@ def diagonal(r: SimilarityResult) -> list[float]:
     return [float(r.matrix[i, i]) for i in range(n)]
 
 
+def half_diagonal(r: SimilarityResult) -> list[float]:
+    """Half the width of each diagonal cell's interval (compare(ci=...)): the "±" of the report's tables."""
+    if r.low is None or r.high is None:
+        return [math.nan] * min(r.matrix.shape)
+    return [float(v) / 2 for v in torch.diagonal(r.high - r.low)]
+
+
 def mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
@@ -384,11 +391,7 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
         progress=False,
     )
     a1.save(out / "a1_blocks.npz")
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
-    a1.plot(ax=ax, title=f"A1: {label_c} vs {label_m} (minibatch CKA, batch {s.cka_batch})")
-    fig.savefig(out / "a1_blocks.png", dpi=120)
-    plt.close(fig)
-    results["A1"] = {"matrix": a1.matrix.tolist(), "diagonal": diagonal(a1)}
+    results["A1"] = {"matrix": a1.matrix.tolist(), "diagonal": diagonal(a1), "half": half_diagonal(a1)}
     control = None
     if not s.models:
         control = compare(
@@ -397,9 +400,32 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
             test_batches,
             layers_a=blocks,
             model_names=(label_c, "contrastive (seed 2)"),
+            ci=LEVEL,
+            seed=s.seed,
             progress=False,
         )
         results["A1"]["control_diagonal"] = diagonal(control)
+        results["A1"]["control_half"] = half_diagonal(control)
+    # the heatmap, and the diagonal of both pairs with their intervals: finding 1 rests on the control pair
+    fig, axes = plt.subplots(1, 2 if control is not None else 1, figsize=(11, 4.5) if control is not None else
+                             (5.5, 4.5), layout="constrained", squeeze=False)  # fmt: skip
+    a1.plot(
+        ax=axes[0, 0],
+        title=f"A1: {label_c} vs {label_m}, minibatch CKA\n± half of the {LEVEL:.0%} interval (test batches)",
+    )
+    if control is not None:
+        ax = axes[0, 1]
+        for pair_result, name in ((a1, f"{label_c} vs {label_m}"), (control, f"{label_c} vs contrastive (seed 2)")):
+            mid = torch.tensor(diagonal(pair_result))
+            low = torch.diagonal(pair_result.low)  # type: ignore[arg-type]
+            high = torch.diagonal(pair_result.high)  # type: ignore[arg-type]
+            ax.errorbar(range(depth), mid, yerr=torch.stack([mid - low, high - mid]), marker="o", capsize=3,
+                        label=name)  # fmt: skip
+        ax.set(xlabel="block", ylabel="CKA (diagonal)", ylim=(0, 1.05),
+               title=f"A1: each block with its counterpart ({LEVEL:.0%} intervals)")  # fmt: skip
+        ax.legend(fontsize=8)
+    fig.savefig(out / "a1_blocks.png", dpi=120)
+    plt.close(fig)
     timings["A1"] = time.perf_counter() - t0
 
     # ---- A2: sub-layer CKA ----
@@ -412,16 +438,25 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
         layers_a=sub,
         model_names=(label_c, label_m),
         pool="flatten",
+        ci=LEVEL,
+        seed=s.seed,
         progress=False,
     )
     a2.save(out / "a2_sublayers.npz")
     kinds = {"attn.qkv": "attn.qkv", "norm1": "norm1", "mlp.fc1": "mlp.fc1"}
     sub_diag = {k: [a2[f"blocks.{i}.{k}", f"blocks.{i}.{k}"] for i in range(depth)] for k in kinds}
-    results["A2"] = {"diagonal": sub_diag, "mean": {k: mean(v) for k, v in sub_diag.items()}}
+    width = None if a2.low is None or a2.high is None else (a2.high - a2.low) / 2
+
+    def half_of(name: str) -> float:
+        return math.nan if width is None else float(width[a2.names_a.index(name), a2.names_b.index(name)])
+
+    sub_half = {k: [half_of(f"blocks.{i}.{k}") for i in range(depth)] for k in kinds}
+    results["A2"] = {"diagonal": sub_diag, "half": sub_half, "mean": {k: mean(v) for k, v in sub_diag.items()}}
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for k, v in sub_diag.items():
-        ax.plot(range(depth), v, marker="o", label=k)
-    ax.plot(range(depth), diagonal(a1), marker="s", color="black", label="block output")
+        ax.errorbar(range(depth), v, yerr=sub_half[k], marker="o", capsize=3, label=k)
+    ax.errorbar(range(depth), diagonal(a1), yerr=half_diagonal(a1), marker="s", color="black", capsize=3,
+                label="block output")  # fmt: skip
     ax.set(xlabel="block", ylabel=f"CKA({label_c}, {label_m})", title="A2: similarity per sub-layer", ylim=(0, 1.05))
     ax.legend()
     fig.savefig(out / "a2_sublayers.png", dpi=120)
@@ -491,11 +526,14 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
             (label_m, "MAE FT"),
             ("contrastive FT", label_m),
         ]
-        a5_res = compare(four, data=test_batches, layers=blocks, pairs=pairs, progress=False)
-        a5 = {f"{a} vs {b}": {"diagonal": diagonal(r), "mean": mean(diagonal(r))} for (a, b), r in a5_res.items()}
+        a5_res = compare(four, data=test_batches, layers=blocks, pairs=pairs, ci=LEVEL, seed=s.seed, progress=False)
+        a5 = {
+            f"{a} vs {b}": {"diagonal": diagonal(r), "half": half_diagonal(r), "mean": mean(diagonal(r))}
+            for (a, b), r in a5_res.items()
+        }
         fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
         for (a, b), r in a5_res.items():
-            ax.plot(range(depth), diagonal(r), marker="o", label=f"{a} vs {b}")
+            ax.errorbar(range(depth), diagonal(r), yerr=half_diagonal(r), marker="o", capsize=3, label=f"{a} vs {b}")
         ax.set(xlabel="block", ylabel="CKA (same block)", title="A5: effect of fine-tuning", ylim=(0, 1.05))
         ax.legend(fontsize=7)
         fig.savefig(out / "a5_finetuning.png", dpi=120)
@@ -705,6 +743,9 @@ def _report(
     def f3(v: float) -> str:
         return "nan" if math.isnan(v) else f"{v:.3f}"
 
+    def pm(v: float, half: float) -> str:
+        return f3(v) if math.isnan(half) else f"{f3(v)} ±{half:.3f}"
+
     parts = [
         "# reprsim demo: contrastive vs reconstructive self-supervised ViTs, in miniature",
         "",
@@ -759,9 +800,18 @@ def _report(
         "",
         "![A1](a1_blocks.png)",
         "",
+        f'In the figures and tables of A1, A2 and A5, "±" is half the width of each cell\'s {LEVEL:.0%} interval, '
+        "the jackknife over the test batches (for each pair of models on its own; the findings' differences use "
+        "paired intervals, above).",
+        "",
         _table(
             [
-                [b, f3(v)] + ([f3(r["A1"]["control_diagonal"][i])] if "control_diagonal" in r["A1"] else [])
+                [b, pm(v, r["A1"]["half"][i])]
+                + (
+                    [pm(r["A1"]["control_diagonal"][i], r["A1"]["control_half"][i])]
+                    if "control_diagonal" in r["A1"]
+                    else []
+                )
                 for i, (b, v) in enumerate(zip(blocks, r["A1"]["diagonal"]))
             ],
             ["block", f"CKA({c}, {m})"]
@@ -773,7 +823,10 @@ def _report(
         "![A2](a2_sublayers.png)",
         "",
         _table(
-            [[k] + [f3(v) for v in vals] + [f3(r["A2"]["mean"][k])] for k, vals in r["A2"]["diagonal"].items()],
+            [
+                [k] + [pm(v, h) for v, h in zip(vals, r["A2"]["half"][k])] + [f3(r["A2"]["mean"][k])]
+                for k, vals in r["A2"]["diagonal"].items()
+            ],
             ["sub-layer"] + [str(i) for i in range(len(blocks))] + ["mean"],
         ),
         "",
@@ -790,8 +843,13 @@ def _report(
                 [name, pool]
                 + [f"{per_layer[b]['top1']:.3f} / {per_layer[b].get('top5', math.nan):.3f}" for b in blocks]
             )
+    n_test = int(r["A4"]["pretrained (linear probes)"]["all"]["n"])
     parts += [
         _table(rows, ["model", "pooling", *blocks]),
+        "",
+        f"The accuracies are over {n_test} test images: at an accuracy of 0.85 their standard error is "
+        f"±{math.sqrt(0.85 * 0.15 / n_test):.3f} (binomial), so differences below about "
+        f"{2 * math.sqrt(2 * 0.85 * 0.15 / n_test):.2f} between two models are within the noise of the test set.",
         "",
         _table(
             [[k, f3(v)] for k, v in r["A3"]["linear_probe_final_cls"].items()],
@@ -823,7 +881,10 @@ def _report(
             "![A5](a5_finetuning.png)",
             "",
             _table(
-                [[pair, f3(v["mean"])] + [f3(x) for x in v["diagonal"]] for pair, v in r["A5"].items()],
+                [
+                    [pair, f3(v["mean"])] + [pm(x, h) for x, h in zip(v["diagonal"], v["half"])]
+                    for pair, v in r["A5"].items()
+                ],
                 ["pair", "mean", *blocks],
             ),
             "",

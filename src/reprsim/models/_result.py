@@ -232,11 +232,14 @@ class SimilarityResult:
         map, as other CKA packages' heatmaps do: pass it as ``plot(vmin=..., vmax=...)`` to see small
         differences). ``full=True``, what :meth:`plot` uses by default: the measure's range where it is finite
         (0–1 for CKA), widened to the data, so that a matrix near chance level does not fill the colour map
-        and heatmaps share one scale."""
+        and heatmaps share one scale; a range that extends below 0 (unbiased CKA's −1, R²'s −∞) starts at 0 when
+        no value is negative."""
         finite = self.matrix[torch.isfinite(self.matrix)]
         lo, hi = (float(v) for v in self.measure["range"])
         if not full and finite.numel() and float(finite.max()) > float(finite.min()):
             return float(finite.min()), float(finite.max())
+        if finite.numel() and lo < 0.0 <= float(finite.min()):
+            lo = 0.0  # below 0 only by estimation noise (unbiased CKA) or bad fits (R²), and no value is there
         if not math.isfinite(lo):
             lo = float(finite.min()) if finite.numel() else 0.0
         if not math.isfinite(hi):
