@@ -41,24 +41,20 @@ def main() -> None:
     start = time.perf_counter()
     results = {(n, p): moment_coverage(n, p, r, seed=n + p) for n, p in CELLS}
     head = " | ".join(f"n={n}, p={p}" for n, p in CELLS)
-    print(f"### Moment measures: % of {r} data sets covered (expectation / population; se ÷ true sd)\n")
-    print(f"| measure | {head} |")
-    print("|---|" + "---|" * len(CELLS))
-    for m in MOMENT_MEASURES:
-        row = []
-        for cell in CELLS:
-            c = results[cell][m]
-            row.append(f"{pct(c.of_expectation)} / {pct(c.of_population)} ({c.half_width / 2.093 / c.spread:.2f})")
-        print(f"| {m} | " + " | ".join(row) + " |")
-    print("\n### Bias of the estimator (true, as the jackknife sees it) against the interval's half-width\n")
-    print(f"| measure | {head} |")
-    print("|---|" + "---|" * len(CELLS))
-    for m in MOMENT_MEASURES:
-        row = []
-        for cell in CELLS:
-            c = results[cell][m]
-            row.append(f"{c.bias_true:+.3f} ({c.bias_seen:+.3f}) vs ±{c.half_width:.3f}")
-        print(f"| {m} | " + " | ".join(row) + " |")
+    cells = {
+        f"### Moment measures: % of {r} data sets covered (expectation / population; se ÷ true sd)": lambda c: (
+            f"{pct(c.of_expectation)} / {pct(c.of_population)} ({c.half_width / 2.093 / c.spread:.2f})"
+        ),
+        "\n### Bias of the estimator (true, as the jackknife sees it) against the interval's half-width": lambda c: (
+            f"{c.bias_true:+.3f} ({c.bias_seen:+.3f}) vs ±{c.half_width:.3f}"
+        ),
+    }
+    for title, cell in cells.items():
+        print(f"{title}\n")
+        print(f"| measure | {head} |")
+        print("|---|" + "---|" * len(CELLS))
+        for m in MOMENT_MEASURES:
+            print(f"| {m} | " + " | ".join(cell(results[key][m]) for key in CELLS) + " |")
     print(f"\n### Minibatch CKA, n = 400: % of {r} data sets covering the population CKA\n")
     print("| p | batches | jackknife over batches | bootstrap over batches (percentile) |")
     print("|---|---|---|---|")
