@@ -197,15 +197,17 @@ def t_quantile(q: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def jackknife_interval(estimate: float, values: torch.Tensor, confidence: float, measure: dict[str, Any]) -> Interval:
-    """θ̂ ± t_{G−1} · se from G leave-one-block-out values, se² = (G − 1)/G · Σ(θ₍g₎ − θ̄)²; the bias estimate
-    (G − 1)(θ̄ − θ̂)."""
+def jackknife_interval(
+    estimate: float, values: torch.Tensor, confidence: float, measure: dict[str, Any], scheme: IntervalScheme = "blocks"
+) -> Interval:
+    """θ̂ ± t_{G−1} · se from G leave-one-out values (blocks of samples, or the batches of a minibatch
+    estimator), se² = (G − 1)/G · Σ(θ₍g₎ − θ̄)²; the bias estimate (G − 1)(θ̄ − θ̂)."""
     g = values.numel()
     mean = float(values.mean())
     se = math.sqrt((g - 1) / g * float((values - mean).square().sum()))
     t = t_quantile(1.0 - (1.0 - confidence) / 2.0, g - 1)
     return Interval(
-        estimate, estimate - t * se, estimate + t * se, confidence, "jackknife", "blocks", values, se, measure,
+        estimate, estimate - t * se, estimate + t * se, confidence, "jackknife", scheme, values, se, measure,
         measure.get("target", "expectation"), (g - 1) * (mean - estimate),
     )  # fmt: skip
 

@@ -30,7 +30,6 @@ from ._interval import (
     jackknife_matrix,
     percentile_levels,
     quantile,
-    t_quantile,
 )
 
 #: How :func:`stream_interval` reads an accumulator: the jackknife (blocks or batches), or a bootstrap over
@@ -182,15 +181,10 @@ def _records(acc: MinibatchCKA) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def _batch_jackknife(acc: MinibatchCKA, confidence: float) -> Interval:
     kl, kk, ll = _records(acc)
-    estimate, low, high, bias, values = batch_jackknife(
+    estimate, _, _, _, values = batch_jackknife(
         lambda counts: _resampled_minibatch_cka(kl, kk, ll, counts)[:, 0, 0], kl.shape[0], confidence
     )
-    t = t_quantile(1.0 - (1.0 - confidence) / 2.0, kl.shape[0] - 1)
-    measure = get_measure("cka_minibatch")
-    return Interval(
-        float(estimate), float(low), float(high), confidence, "jackknife", "batches", values,
-        float(high - estimate) / t, measure.describe(), measure.target, float(bias),
-    )  # fmt: skip
+    return jackknife_interval(float(estimate), values, confidence, get_measure("cka_minibatch").describe(), "batches")
 
 
 def _batch_bootstrap(acc: MinibatchCKA, confidence: float, method: StreamMethod, resamples: int, seed: int) -> Interval:
