@@ -283,6 +283,76 @@ def test_merge_rejects_other_kind_config_or_widths() -> None:
         a.merge(other)
 
 
+# -- CrossMoments with folds -------------------------------------------------------------------------------
+
+
+def fold_moments(x: np.ndarray, y: np.ndarray, folds: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Each fold's count, means and centred cross sum XcᵀYc, from the rows i with i mod folds = fold."""
+    out = []
+    for f in range(folds):
+        xf, yf = x[f::folds], y[f::folds]
+        if len(xf) == 0:
+            out.append((0, np.zeros(x.shape[1] + y.shape[1]), np.zeros((x.shape[1], y.shape[1]))))
+            continue
+        mx, my = xf.mean(0), yf.mean(0)
+        out.append((len(xf), np.concatenate([mx, my]), (xf - mx).T @ (yf - my)))
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 90),
+    folds=st.integers(2, 23),
+    cuts=st.lists(st.integers(1, 89), max_size=8),
+)
+def test_folded_moments_equal_each_folds_own(seed: int, n: int, folds: int, cuts: list[int]) -> None:
+    """Batches smaller and larger than the fold count, in order, and the same batches fed out of order to two
+    accumulators with their stream positions (as two processes do) and merged: every fold's moments are those
+    of its own rows."""
+    x, y = data(n, 4, 3, seed=seed)
+    expected = fold_moments(x, y, folds)
+    one = reprsim.streaming.CrossMoments(folds=folds)
+    parts = split(n, cuts)
+    for s, e in parts:
+        one.update(x[s:e], y[s:e])
+    odd, even = reprsim.streaming.CrossMoments(folds=folds), reprsim.streaming.CrossMoments(folds=folds)
+    for k, (s, e) in reversed(list(enumerate(parts))):
+        acc = odd if k % 2 else even
+        acc.commit(acc.prepare(x[s:e], y[s:e], start=s))
+    if len(parts) > 1:
+        even.merge(odd)
+    for acc in (one, even):
+        state = acc._state
+        for f, (count, mean, cross) in enumerate(expected):
+            assert float(state["n"][f]) == count
+            if count:
+                np.testing.assert_allclose(state["mean"][f].numpy(), mean, rtol=0, atol=1e-12)
+                np.testing.assert_allclose(state["cross.0"][f].numpy(), cross, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("folds", [1, 6])
+def test_moments_reject_a_bad_batch_unchanged(folds: int) -> None:
+    """Including values whose squares overflow: in a batch of eight, and alone in a one-row batch (or a fold's
+    only row), which centres to zero but would still move the means by 1e200."""
+    x, y = data(40, 4, 3, seed=11)
+    acc = reprsim.streaming.CrossMoments(folds=folds)
+    acc.update(x[:17], y[:17])
+    before = {k: v.clone() for k, v in acc._state.items()}
+    huge = x[17:25].copy()
+    huge[2, 0] = 1e200
+    bad = [*bad_batches(x[17:], y[17:]), (huge, y[17:25], NonFiniteError, "overflowed")]
+    bad.append((huge[2:3], y[19:20], NonFiniteError, "overflowed"))
+    for bx, by, err, msg in bad:
+        with pytest.raises(err, match=msg):
+            acc.update(bx, by)
+        assert all(torch.equal(before[k], v) for k, v in acc._state.items())
+    acc.update(x[17:], y[17:])
+    for f, (count, _, cross) in enumerate(fold_moments(x, y, folds)):
+        assert float(acc._state["n"][f]) == count
+        np.testing.assert_allclose(acc._state["cross.0"][f].numpy(), cross, rtol=0, atol=1e-9)
+
+
 # -- reliability -------------------------------------------------------------------------------------------
 
 

@@ -186,6 +186,13 @@ def combine_states(a: State, b: State, layout: Layout) -> State:
     return out
 
 
+def _second_order_items(layout: Layout) -> list[tuple[str, Any, Any]]:
+    """Each second-order statistic's name with its row and column indices into the concatenated means."""
+    items: list[tuple[str, Any, Any]] = [(f"m2.{l}", layout.cols(l), layout.cols(l)) for l in range(len(layout.widths))]
+    items += [(f"cross.{b}", layout.group_cols(ga), layout.group_cols(gb)) for b, (ga, gb) in enumerate(layout.blocks)]
+    return items
+
+
 def remove_part(total: State, part: State, layout: Layout) -> State:
     """The one-fold state of a total without one of its disjoint parts (both one-fold states): both re-expressed
     about the rest's mean, where the rest's sums are the total's minus the part's (the parallel update run
@@ -194,6 +201,18 @@ def remove_part(total: State, part: State, layout: Layout) -> State:
     n = total["n"] - part["n"]
     safe = torch.where(n > 0, n, torch.ones_like(n)).unsqueeze(1)
     mean = (total["n"].unsqueeze(1) * total["mean"] - part["n"].unsqueeze(1) * part["mean"]) / safe
+    if not layout.fourth:
+        # second order: M_total = M_rest + M_part + (n_rest·n_part / n_total)·(μ_rest − μ_part)(…)ᵀ, so the rest
+        # costs one subtraction and one rank-one term per statistic, without re-expressing both states
+        d = mean - part["mean"]
+        scaled = d * (n * part["n"] / torch.where(total["n"] > 0, total["n"], 1.0)).unsqueeze(1)
+        out: State = {"n": n, "mean": mean}
+        device = d.device
+        for key, rows, cols in _second_order_items(layout):
+            rows = rows if isinstance(rows, slice) else rows.to(device)
+            cols = cols if isinstance(cols, slice) else cols.to(device)
+            out[key] = total[key] - part[key] - _outer(scaled[:, rows], d[:, cols])
+        return out
     st, sp = shift_state(total, mean, layout), shift_state(part, mean, layout)
     out = {k: st[k] - sp[k] for k in st if k not in ("n", "mean")}
     out["n"], out["mean"] = n, mean
@@ -207,11 +226,25 @@ def fold(state: State, k: int) -> State:
 
 def pool_folds(state: State, layout: Layout, keep: torch.Tensor | None = None) -> State:
     """One fold holding the folds selected by the boolean (K,) mask ``keep`` (all by default)."""
+    everything = keep is None
     if keep is None:
         keep = torch.ones_like(state["n"], dtype=torch.bool)
     n = torch.where(keep, state["n"], torch.zeros_like(state["n"]))
     total = n.sum()
     mean = (n.unsqueeze(1) * state["mean"]).sum(0, keepdim=True) / torch.where(total > 0, total, 1.0)
+    if not layout.fourth:
+        # second order: Σ_k M_k + Σ_k n_k (μ_k − μ)(μ_k − μ)ᵀ, the second sum one (P, K) × (K, P) product, with
+        # no K-sized temporaries
+        d = state["mean"] - mean  # (K, P)
+        weighted = d * n.unsqueeze(1)
+        pooled: State = {"n": total.reshape(1), "mean": mean}
+        for key, rows, cols in _second_order_items(layout):
+            rows = rows if isinstance(rows, slice) else rows.to(d.device)
+            cols = cols if isinstance(cols, slice) else cols.to(d.device)
+            mask = keep.view(-1, 1, 1).to(state[key].dtype)
+            kept = state[key].sum(0) if everything else (state[key] * mask).sum(0)
+            pooled[key] = (kept + weighted[:, rows].T @ d[:, cols]).unsqueeze(0)
+        return pooled
     shifted = shift_state(state, mean.expand_as(state["mean"]), layout)
     out: State = {}
     for k, v in shifted.items():

@@ -40,6 +40,21 @@ from ._protocol import Dims, Pending, _Accumulator, _StateSpec, batch_layers
 __all__ = ["CrossMoments"]
 
 
+def _guard(layers: Sequence[torch.Tensor], centred: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """0, or infinite when a batch's products could overflow the state dtype: a centred value so large that
+    b·u² could, or a raw value so large that the parallel update's shift term (at most b·δ², with δ the
+    distance between the batch's means and the state's) could. The raw bound, √(max / 2⁴⁰) (about 10¹⁴⁸ in
+    float64, 10¹³ in float32), does not depend on the batch: a one-row batch centres to zero but still moves the
+    means."""
+    b = layers[0].shape[0]
+    big = torch.finfo(dtype).max
+    bound = (big / (4.0 * b * max(x.shape[1] for x in layers))) ** 0.5
+    centred_max = torch.stack([u.abs().amax() for u in centred]).amax()
+    raw_max = torch.stack([x.abs().amax() for x in layers]).amax()
+    ok = (centred_max < bound) & (raw_max < (big / 2.0**40) ** 0.5)
+    return torch.where(ok, 0.0, float("inf")).to(dtype)
+
+
 def _deferred(layers: Sequence[torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A batch's count, means and centred rows, with its products left for commit time.
 
@@ -50,13 +65,43 @@ def _deferred(layers: Sequence[torch.Tensor], dtype: torch.dtype) -> dict[str, t
     b = layers[0].shape[0]
     means = [x.mean(dim=0) for x in layers]
     centred = [x - m for x, m in zip(layers, means)]
-    bound = (torch.finfo(dtype).max / (4.0 * b * max(x.shape[1] for x in layers))) ** 0.5
-    amax = torch.stack([u.abs().amax() for u in centred]).amax()
     out = {
         "n": torch.full((1,), float(b), dtype=dtype, device=layers[0].device),
         "mean": torch.cat(means).unsqueeze(0),
-        "guard": torch.where(amax < bound, 0.0, float("inf")).to(dtype),
+        "guard": _guard(layers, centred, dtype),
     }
+    out.update({f"u.{l}": u for l, u in enumerate(centred)})
+    return out
+
+
+def _deferred_folds(
+    layers: Sequence[torch.Tensor], dtype: torch.dtype, folds: int, start: int
+) -> dict[str, torch.Tensor]:
+    """:func:`_deferred` for a stream that keeps ``folds`` folds (sample i of the stream in fold i mod K).
+
+    The batch's rows of fold f are rows r, r + K, r + 2K, … with r = (f − start) mod K: strided slices, so the
+    rows are laid out as (K, m, p) per layer, fold by fold (m = ⌈b/K⌉, short folds padded with zero rows, which
+    add nothing to a product), each fold centred at its own mean. Commit adds every fold's products with one
+    batched multiply into the state, instead of building K zero-filled copies of the moments per batch.
+    """
+    b, k = layers[0].shape[0], folds
+    m = -(-b // k)
+    slot = torch.arange(m * k, device=layers[0].device).view(m, k).T  # slot r holds rows r, r + K, …
+    valid = (slot < b).to(dtype)  # (K, m)
+    shift = start % k  # fold f is slot (f − start) mod K: roll the slots by start
+    valid = torch.roll(valid, shift, 0)
+    counts = valid.sum(dim=1)  # (K,)
+    safe = torch.where(counts > 0, counts, torch.ones_like(counts)).unsqueeze(1)
+    out: dict[str, torch.Tensor] = {"n": counts}
+    means, centred = [], []
+    for x in layers:
+        padded = torch.cat([x, x.new_zeros((m * k - b, x.shape[1]))]) if m * k > b else x
+        rows = torch.roll(padded.view(m, k, -1).transpose(0, 1), shift, 0)  # (K, m, p), fold order
+        mean = rows.sum(dim=1) / safe  # padded rows are zero
+        means.append(mean)
+        centred.append((rows - mean.unsqueeze(1)) * valid.unsqueeze(2))
+    out["mean"] = torch.cat(means, dim=1)
+    out["guard"] = _guard(layers, centred, dtype)
     out.update({f"u.{l}": u for l, u in enumerate(centred)})
     return out
 
@@ -269,6 +314,8 @@ class CrossMoments(_Accumulator):
             if not layout.fourth and layout.folds == 1 and b > 0:
                 return Pending(self, dims, device, {**_deferred(cast, self._dtype), "eps": eps})
             seen = self.num_samples if start is None else int(start)
+            if not layout.fourth and b > 0:
+                return Pending(self, dims, device, {**_deferred_folds(cast, self._dtype, self.folds, seen), "eps": eps})
             folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
             return Pending(self, dims, device, {**chunk_state(cast, layout, folds), "eps": eps})
 
@@ -279,6 +326,7 @@ class CrossMoments(_Accumulator):
             return  # an empty batch adds nothing
         self.commit(pending)
 
+    @full_precision_matmul  # the deferred products are taken here, at commit time
     def _add(self, contribution: Mapping[str, torch.Tensor]) -> None:
         self._generation += 1
         layout = self.layout
@@ -301,6 +349,15 @@ class CrossMoments(_Accumulator):
 
         def update(name: str, group_a: Sequence[int], group_b: Sequence[int], ia: Any, ib: Any) -> None:
             target = s[name]
+            if rows is not None and rows[0].ndim == 3:
+                # (K, m, p): every fold's centred rows (_deferred_folds). The rank-one correction rides along as
+                # one more row per fold, so each fold's block is read and written once per batch
+                ua = torch.cat([rows[l] for l in group_a], dim=-1) if len(group_a) > 1 else rows[group_a[0]]
+                ub = torch.cat([rows[l] for l in group_b], dim=-1) if len(group_b) > 1 else rows[group_b[0]]
+                ua = torch.cat([ua, scaled[:, ia].unsqueeze(1)], dim=1)
+                ub = torch.cat([ub, delta[:, ib].unsqueeze(1)], dim=1)
+                target.baddbmm_(ua.transpose(1, 2), ub)
+                return
             if rows is None:
                 target.add_(c[name])
             else:
@@ -345,6 +402,7 @@ class CrossMoments(_Accumulator):
             raise IncompatibleStateError("CrossMoments has seen no batch yet, so its layers are not known")
         return self._layout(self._dims)
 
+    @full_precision_matmul
     def moments(
         self, i: int = 0, j: int = 0, *, block: int = 0, caches: dict[int, dict[Any, Any]] | None = None
     ) -> Moments:
