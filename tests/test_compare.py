@@ -408,3 +408,36 @@ def test_extractor_transform_runs_inside_the_hook() -> None:
     acts = Extractor(net, ["0", "2"], transform=lambda name, t: seen.append(name) or t.sum(dim=1, keepdim=True))(x)
     assert seen == ["0", "2"]
     torch.testing.assert_close(acts["2"], net[:3](x).sum(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize(
+    ("measure", "layers", "extras"),
+    [
+        ("procrustes", ["0"], {}),
+        ("procrustes", ["0", "2"], {"ci": 0.9, "permutations": 99}),
+        ("cka", LAYERS, {"ci": 0.9, "permutations": "moments"}),
+        ("rsa", LAYERS, {}),
+    ],
+    ids=["distance-1x1", "distance-2x2-ci-p", "cka-ci-p", "rsa"],
+)
+def test_heatmaps_keep_every_label_on_the_canvas(measure: str, layers: list[str], extras: dict[str, Any]) -> None:
+    """The default figure of ``plot()`` (which the CLI saves) and a figure with long layer names: the colour
+    bar's label (a distance's has a second line), the title with its notes and every tick label are drawn inside
+    the canvas. The CLI's Procrustes heatmap used to cut its colour-bar label off at the top."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import overflow
+
+    r = compare(mlp(0), mlp(1), batches(), layers_a=layers, measure=measure, progress=False, **extras)
+    long = SimilarityResult(
+        r.matrix, [f"encoder.layers.{i}.mlp.fc2" for i in range(len(layers))], r.names_b, r.metadata,
+        low=r.low, high=r.high, p_values=r.p_values, chance=r.chance,
+    )  # fmt: skip
+    for result in (r, long):
+        ax = result.plot()
+        try:
+            assert overflow(ax.figure) == []
+        finally:
+            plt.close(ax.figure)

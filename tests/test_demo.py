@@ -33,9 +33,31 @@ def numbers(obj: Any) -> list[float]:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick demo's output folder, with ``clipped.json``: for each figure it saved, what it drew outside its
+    canvas (checked just before saving)."""
+    from matplotlib.figure import Figure
+
+    from .figures import overflow
+
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    clipped: dict[str, list[str]] = {}
+    save = Figure.savefig
+
+    def checked(fig: Figure, fname: Any, *args: Any, **kwargs: Any) -> None:
+        clipped[Path(str(fname)).name] = overflow(fig)
+        save(fig, fname, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Figure, "savefig", checked)
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
+    (out / "clipped.json").write_text(json.dumps(clipped))
     return out
+
+
+def test_demo_figures_keep_every_label_on_the_canvas(quick_run: Path) -> None:
+    clipped = json.loads((quick_run / "clipped.json").read_text())
+    assert sorted(clipped) == ["a1_blocks.png", "a2_sublayers.png", "a3_separability.png", "a5_finetuning.png"]
+    assert clipped == {name: [] for name in clipped}
 
 
 def test_quick_demo_writes_report_figures_and_sane_numbers(quick_run: Path) -> None:

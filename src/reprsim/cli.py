@@ -234,10 +234,9 @@ def _write(results: dict[str, Any], out: Path | None, plot: Path | None) -> int:
         return 0
     try:
         for name, result in results.items():
-            fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(result.names_b), 1.0 + 0.4 * len(result.names_a)))
-            result.plot(ax=ax)
+            fig = result.plot().figure  # its own size and constrained layout: every label inside the canvas
             path = named(target, name, ".png")
-            fig.savefig(path, dpi=120, bbox_inches="tight")
+            fig.savefig(path, dpi=120)
             plt.close(fig)
             print(f"heatmap {path}", file=sys.stderr)
     except OSError as exc:

@@ -338,10 +338,11 @@ class SimilarityResult:
                         color="white" if (not math.isnan(v) and bright < 0.6) else "black",
                     )
         default = f"{self.model_a} vs {self.model_b}"
-        if notes:
-            default += f" ({'; '.join(notes)})"
-        ax.set_title(title if title is not None else default)
-        hint = " (lower = more similar)" if distance else ""
+        if notes:  # a line each: on one line they ran past a narrow figure's edges
+            default += "".join(f"\n{note}" for note in notes)
+        ax.set_title(title if title is not None else default, fontsize=None if title is not None or not notes else 9)
+        # the direction hint on a line of its own: one long line ran past the top of a short bar and the figure
+        hint = "\n(lower = more similar)" if distance else ""
         bar = ax.figure.colorbar(im, ax=ax, label=f"{m['label']}{hint}")
         if self.chance is not None and bool(torch.isfinite(self.chance).any()):
             level = float(self.chance[torch.isfinite(self.chance)].mean())
