@@ -203,6 +203,27 @@ def test_unknown_layers_suggest_close_names() -> None:
     assert Extractor(net, re.compile(r"encoder\.\d")).layers == ["encoder.0", "encoder.1"]
 
 
+def test_integer_layer_indices_count_the_rows_of_list_layers() -> None:
+    net = nn.Sequential()
+    net.add_module("encoder", nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    net.add_module("head", nn.Linear(4, 2))
+    rows = [info.name for info in list_layers(net)]
+    assert rows == ["encoder", "encoder.0", "encoder.1", "head"]
+    assert Extractor(net, -1).layers == ["head"]
+    assert Extractor(net, [0, -2, "head", 3]).layers == ["encoder", "encoder.1", "head"]  # duplicates once
+    with pytest.raises(LayerNotFoundError, match=r"4 modules, so layer index 4 is out of range \(from -4 to 3"):
+        Extractor(net, [4])
+    with pytest.raises(LayerNotFoundError, match=r"index -5 is out of range"):
+        Extractor(net, -5)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="an integer index"):
+        Extractor(net, [True])
+    x = [torch.randn(16, 4) for _ in range(2)]
+    by_index = compare(net, None, x, layers_a=[-1, 1], progress=False)
+    by_name = compare(net, None, x, layers_a=["head", "encoder.0"], progress=False)
+    assert by_index.names_a == ["head", "encoder.0"]
+    torch.testing.assert_close(by_index.matrix, by_name.matrix, rtol=0, atol=0)
+
+
 def test_list_layers_shows_types_calls_and_shapes() -> None:
     model = Shared()
     table = list_layers(model, torch.randn(3, 6))
@@ -441,3 +462,38 @@ def test_heatmaps_keep_every_label_on_the_canvas(measure: str, layers: list[str]
             assert overflow(ax.figure) == []
         finally:
             plt.close(ax.figure)
+
+
+def test_diagonal_plot_draws_the_matched_cells_with_their_intervals_and_chance() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import overflow
+
+    r = compare(
+        mlp(0), mlp(1), batches(), layers_a=LAYERS, measure="cka", ci=0.9, permutations="moments", progress=False
+    )
+    ax = r.plot_diagonal()
+    try:
+        line = ax.lines[0]
+        np.testing.assert_array_equal(line.get_ydata(), r.matrix.numpy().diagonal())
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]  # the interval band's outline
+        assert band.min() == pytest.approx(float(r.low.diagonal().min()))
+        assert band.max() == pytest.approx(float(r.high.diagonal().max()))
+        chance = [ln for ln in ax.lines if ln.get_label() == "chance (null mean)"]
+        np.testing.assert_array_equal(chance[0].get_ydata(), r.chance.numpy().diagonal())
+        weak = r.p_values.diagonal() > 0.05
+        open_marks = [ln for ln in ax.lines if ln.get_label() == "p > 0.05"]
+        assert len(open_marks) == int(weak.any())
+        assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
+        assert overflow(ax.figure) == []
+    finally:
+        plt.close(ax.figure)
+    other = compare(mlp(0), mlp(1), batches(), layers_a=["0", "2"], layers_b=["2", "4", "0"], progress=False)
+    ax = other.plot_diagonal()
+    try:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0 / 2", "2 / 4"]  # min(2, 3) matched cells
+        assert len(ax.lines[0].get_ydata()) == 2
+    finally:
+        plt.close(ax.figure)

@@ -280,7 +280,8 @@ def compare(
         Several measures from one pass over the data (instead of ``measure``); the result is then a dict
         keyed by each measure as given (a name, or the object's ``id``).
     layers_a, layers_b : layer selection
-        Names, globs (``"blocks.*.attn.qkv"``), regexes, module types or callables; see
+        Names, globs (``"blocks.*.attn.qkv"``), indices (``-1``: the last row of :func:`list_layers`), regexes,
+        module types or callables; see
         :class:`Extractor`. ``layers_b`` defaults to ``layers_a``; ``layers`` sets both.
     layers : layer selection, or a mapping from model name to one
         For several models: one selection for all, or one per model.

@@ -32,7 +32,7 @@ from ..errors import (
 
 __all__ = ["Extractor", "LayerInfo", "eval_mode", "list_layers", "model_device", "pool_tokens"]
 
-LayerSelector = Union[str, "re.Pattern[str]", type, Callable[[str, nn.Module], bool]]
+LayerSelector = Union[str, int, "re.Pattern[str]", type, Callable[[str, nn.Module], bool]]
 LayerSpec = Union[LayerSelector, Sequence[LayerSelector]]
 Pool = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 POOLS = ("flatten", "mean", "cls", "mean_no_cls", "masked_mean")
@@ -84,7 +84,9 @@ def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[str]:
     names = [n for n in modules if n]
     items: Sequence[Any] = spec if isinstance(spec, (list, tuple)) else [spec]
     if not items:
-        raise LayerNotFoundError("no layers selected: pass a name, a glob, a regex, a module type or a callable")
+        raise LayerNotFoundError(
+            "no layers selected: pass a name, a glob, an index, a regex, a module type or a callable"
+        )
     selected: list[str] = []
     for item in items:
         if isinstance(item, str):
@@ -105,6 +107,15 @@ def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[str]:
                     f"{type(model).__name__} has no layer {item!r}; did you mean {_closest(item, names)}? "
                     "reprsim.list_layers(model) shows them all"
                 )
+        elif isinstance(item, int) and not isinstance(item, bool):
+            # the item-th module in list_layers order (every named module but the model itself), from the end when
+            # negative, as pytorch-cka's users write layers=[-1]
+            if not -len(names) <= item < len(names):
+                raise LayerNotFoundError(
+                    f"{type(model).__name__} has {len(names)} modules, so layer index {item} is out of range (from "
+                    f"{-len(names)} to {len(names) - 1}, in the order of reprsim.list_layers(model))"
+                )
+            matched = [names[item]]
         elif isinstance(item, re.Pattern):
             matched = [n for n in names if item.fullmatch(n)]
             if not matched:
@@ -119,8 +130,8 @@ def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[str]:
                 raise LayerNotFoundError("the layer-selecting callable accepted no module")
         else:
             raise InvalidParameterError(
-                f"a layer selector must be a name, a glob, a compiled regex, an nn.Module subclass or a "
-                f"callable (name, module) -> bool; got {item!r}"
+                f"a layer selector must be a name, a glob, an integer index, a compiled regex, an nn.Module subclass "
+                f"or a callable (name, module) -> bool; got {item!r}"
             )
         selected.extend(n for n in matched if n not in selected)
     return selected
@@ -356,11 +367,12 @@ class Extractor:
     ----------
     model : nn.Module
         Any PyTorch model. It is never moved, cast, or switched between train and eval modes here.
-    layers : str, re.Pattern, type, callable, or a sequence of them
+    layers : str, int, re.Pattern, type, callable, or a sequence of them
         Exact dotted names (``"blocks.3.attn.qkv"``), globs (``"blocks.*.attn.qkv"``: ``*`` stays within one
-        dotted level, ``**`` crosses levels), compiled regexes (full match), ``nn.Module`` subclasses, or
-        callables ``(name, module) -> bool``. Unknown names fail with the closest existing names;
-        :func:`list_layers` shows them all.
+        dotted level, ``**`` crosses levels), integer indices into the rows of :func:`list_layers` (every
+        named module in registration order; ``-1`` is the last), compiled regexes (full match),
+        ``nn.Module`` subclasses, or callables ``(name, module) -> bool``. Unknown names fail with the closest
+        existing names; :func:`list_layers` shows them all.
     capture : {"output", "input"}, default "output"
         Record what each module returns, or the first tensor it receives (forward pre-hook).
     select : int, str or callable, optional

@@ -351,6 +351,70 @@ class SimilarityResult:
                         fontsize=6, color="cyan")  # fmt: skip
         return ax
 
+    def plot_diagonal(self, ax: Any = None, *, title: str | None = None) -> Any:
+        """Line plot of the matched pairs, cell (i, i) for i < min(rows, columns): similarity by depth, as for
+        two runs of one architecture (needs matplotlib).
+
+        With intervals, a shaded band spans each cell's interval; with an exact-moment permutation null, a dashed
+        line marks each cell's chance level (the null mean); cells not significant at the test's α are drawn
+        as open circles. Tick labels are the layer name, or "a / b" where the two models' names differ.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw; a new figure by default.
+        title : str, optional
+            By default "model A vs model B, matched layers".
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import torch
+        >>> from reprsim import SimilarityResult
+        >>> r = SimilarityResult(torch.tensor([[0.9, 0.2], [0.3, 0.7]]), ["l1", "l2"], ["l1", "l2"],
+        ...                      {"measure": {"label": "linear CKA", "direction": "similarity"}})
+        >>> ax = r.plot_diagonal()
+        >>> [round(float(v), 2) for v in ax.lines[0].get_ydata()]
+        [0.9, 0.7]
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as exc:  # pragma: no cover - exercised only without the extra
+            raise ImportError("SimilarityResult.plot_diagonal needs matplotlib: pip install 'reprsim[plot]'") from exc
+        k = min(len(self.names_a), len(self.names_b))
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(4.0, 0.5 * k + 2.0), 3.5), layout="constrained")
+        m = self.measure
+        steps = np.arange(k)
+        values = self.to_numpy().diagonal()[:k]
+        colour = "C0"
+        if self.low is not None and self.high is not None:
+            level = float(self.metadata.get("ci", {}).get("confidence", 0.95))
+            low, high = self.low.numpy().diagonal()[:k], self.high.numpy().diagonal()[:k]
+            ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0, label=f"{level:.0%} interval")
+        ax.plot(steps, values, color=colour, marker="o", label=m.get("label", "value"))
+        if self.p_values is not None:
+            weak = self.p_values.numpy().diagonal()[:k] > self._alpha
+            if weak.any():
+                ax.plot(steps[weak], values[weak], linestyle="none", marker="o", markerfacecolor="white",
+                        markeredgecolor=colour, label=f"p > {self._alpha:g}")  # fmt: skip
+        if self.chance is not None:
+            ax.plot(steps, self.chance.numpy().diagonal()[:k], color="0.4", linestyle="--", label="chance (null mean)")
+        names = [a if a == b else f"{a} / {b}" for a, b in zip(self.names_a, self.names_b)]
+        ax.set_xticks(steps, names, fontsize=8, rotation=60 if k > 4 else 0, ha="right" if k > 4 else "center")
+        hint = "\n(lower = more similar)" if m.get("direction") == "distance" else ""
+        ax.set_ylabel(f"{m.get('label', 'value')}{hint}")
+        ax.set_xlabel("matched layers")
+        ax.set_title(title if title is not None else f"{self.model_a} vs {self.model_b}, matched layers")
+        if len(ax.get_legend_handles_labels()[0]) > 1:
+            ax.legend(fontsize=7)
+        return ax
+
     def save(self, path: str | Path) -> Path:
         """Write the result to ``path`` (a ``.npz`` file: matrix, names, JSON metadata; no pickle)."""
         path = _npz_path(path)
