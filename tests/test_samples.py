@@ -711,3 +711,77 @@ def test_rsa_inside_compare_ranks_each_layer_once(monkeypatch: pytest.MonkeyPatc
         for b in layers:
             expected = spearmanr(pdist(acts_a[a].numpy(), "correlation"), pdist(acts_b[b].numpy(), "correlation"))[0]
             assert abs(result[a, b] - expected) < 1e-10
+
+
+# -- the RDM itself ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"])
+def test_rdm_is_pdist_condensed_for_any_block(kind: str) -> None:
+    """Against scipy's pdist (the order squareform unpacks), on offset data, for strips of 1, 7 and all rows;
+    float32 tensors on offset and on quantised data agree to 1e-5 of the largest entry."""
+    from scipy.spatial.distance import pdist
+
+    from reprsim.measures import rdm
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(37, 6)) * rng.uniform(0.5, 2.0, size=6) + 4.0
+    metric = {"sqeuclidean_per_feature": "sqeuclidean"}.get(kind, kind)
+    expected = pdist(x, metric=metric) / (6 if kind == "sqeuclidean_per_feature" else 1)
+    for block in (1, 7, None):
+        got = rdm(x, kind=kind, block=block)
+        assert got.dtype == torch.float64
+        assert got.shape == (37 * 36 // 2,)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-10 * expected.max())
+    quantised = np.round(x * 4) / 4
+    for data in (x, quantised):
+        reference = pdist(data, metric=metric) / (6 if kind == "sqeuclidean_per_feature" else 1)
+        low = rdm(torch.tensor(data, dtype=torch.float32), kind=kind)
+        assert low.dtype == torch.float32
+        np.testing.assert_allclose(low.double().numpy(), reference, rtol=0, atol=1e-5 * reference.max())
+
+
+def test_rsa_is_the_correlation_of_the_two_rdms() -> None:
+    from scipy.stats import spearmanr
+
+    from reprsim.measures import rdm, rsa
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 5))
+    y = np.tanh(x @ rng.normal(size=(5, 3))) + 0.3 * rng.normal(size=(40, 3))
+    a, b = rdm(x).numpy(), rdm(y).numpy()
+    assert rsa(x, y, compare="pearson") == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-10)
+    assert rsa(x, y) == pytest.approx(spearmanr(a, b).statistic, abs=1e-10)
+
+
+def test_rdm_refuses_what_has_no_rdm() -> None:
+    from reprsim.measures import plot_rdm, rdm
+
+    with pytest.raises(InvalidParameterError, match=r"kind must be one of \('correlation'"):
+        rdm(np.ones((5, 3)), kind="manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ConstantRepresentationError):
+        rdm(np.ones((5, 3)))
+    with pytest.raises(InvalidParameterError, match=r"n\(n − 1\)/2 entries for some n ≥ 2; got 9"):
+        plot_rdm(np.zeros((3, 3)))
+    with pytest.raises(InvalidParameterError, match="labels has 2 entries for an RDM of 3 samples"):
+        plot_rdm(np.arange(3.0), labels=["a", "b"])
+
+
+def test_plot_rdm_shows_the_square_on_the_canvas() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.spatial.distance import squareform
+
+    from reprsim.measures import plot_rdm, rdm
+
+    from .figures import overflow
+
+    x = np.random.default_rng(5).normal(size=(12, 4))
+    d = rdm(x)
+    ax = plot_rdm(d, labels=[f"stimulus {i}" for i in range(12)])
+    try:
+        np.testing.assert_array_equal(ax.images[0].get_array(), squareform(d.numpy()))
+        assert overflow(ax.figure) == []
+    finally:
+        plt.close(ax.figure)

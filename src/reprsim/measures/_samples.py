@@ -24,7 +24,7 @@ from ..errors import (
     MemoryBudgetError,
     ReprsimWarning,
 )
-from ._base import Cache, Measure, NoTraceForm, cached, evaluate, register
+from ._base import Cache, Measure, NoTraceForm, as_result, cached, evaluate, measure_pair, register
 from ._cka import inner
 from ._linalg import check_variance
 from ._moments import Moments
@@ -52,7 +52,9 @@ __all__ = [
     "distance_correlation",
     "jaccard_knn",
     "mutual_knn",
+    "plot_rdm",
     "rank_similarity",
+    "rdm",
     "rsa",
     "second_order_cosine",
 ]
@@ -1136,6 +1138,108 @@ def rsa(
     1.0
     """
     return evaluate(RSA(rdm, compare, block, max_memory), x, y)
+
+
+def rdm(x: Any, *, kind: RDMKind = "correlation", block: int | None = None) -> Any:
+    """The representational dissimilarity matrix of ``x`` (n, p), condensed: its upper triangle (i < j), row by
+    row, n(n − 1)/2 entries, in the order of ``scipy.spatial.distance.pdist`` (``squareform`` unpacks it).
+
+    The RDM that :class:`RSA` compares, built in row strips into one preallocated triangle: memory is the
+    triangle (8 bytes per entry) plus one strip (``block`` rows × n), never the n × n square.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor, shape (n, p)
+    kind : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"}, default "correlation"
+        As :class:`RSA`'s ``rdm``: 1 − Pearson correlation of two samples' feature vectors (pdist's
+        "correlation"), 1 − cosine, the Euclidean distance, its square, or its square divided by the width
+        (rsatoolbox's "euclidean").
+    block : int, optional
+        Rows per strip.
+
+    Returns
+    -------
+    float64 CPU tensor when ``x`` is not a tensor; otherwise a tensor of ``x``'s dtype on its device. Entries are
+    computed in float64 and rounded once to that dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import rdm
+    >>> x = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    >>> rdm(x, kind="euclidean").tolist()
+    [5.0, 10.0, 5.0]
+    """
+    if kind not in RDM_KINDS:
+        raise InvalidParameterError(f"kind must be one of {RDM_KINDS}; got {kind!r}")
+    _check_block(block)
+    xt, _ = measure_pair(RSA(kind, "pearson", block), x, x)
+    n = xt.shape[0]
+    z, sq = _rdm_prepared(xt.detach(), kind, "x", torch.float64)
+    triangle = torch.empty(n * (n - 1) // 2, dtype=torch.float64, device=xt.device)
+    columns = torch.arange(n, device=xt.device)
+    at = 0
+    for r in strips(n, strip_rows(n, block)):
+        # row-major within the strip (pdist's order), unlike upper_entries' order, which RSA only needs to match
+        # between its two sides
+        entries = _rdm_rows(z, sq, r, kind)[columns[None, :] > columns[r, None]]
+        triangle[at : at + entries.numel()] = entries
+        at += entries.numel()
+    return as_result(triangle, xt.new_empty(0), x)
+
+
+def plot_rdm(dissimilarities: Any, ax: Any = None, *, labels: Any = None, title: str | None = None) -> Any:
+    """Image of a condensed RDM (as :func:`rdm` returns it), square, with the sample order kept (needs matplotlib).
+
+    Parameters
+    ----------
+    dissimilarities : array-like or tensor, shape (n(n − 1)/2,)
+        A condensed RDM; n ≤ 4,096 (a larger square is more pixels than a figure shows: plot a subset's RDM).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure by default.
+    labels : sequence of str, optional
+        One per sample, written on both axes (for up to 60 samples).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("plot_rdm needs matplotlib: pip install 'reprsim[plot]'") from exc
+    v = torch.as_tensor(dissimilarities).detach().to("cpu", torch.float64).flatten()
+    entries = v.numel()
+    n = round((1 + (1 + 8 * entries) ** 0.5) / 2)
+    if n * (n - 1) // 2 != entries or n < 2:
+        raise InvalidParameterError(
+            f"a condensed RDM has n(n − 1)/2 entries for some n ≥ 2; got {entries}. Pass what reprsim.measures.rdm "
+            "returns (or scipy's pdist), not the square matrix"
+        )
+    if n > 4096:
+        raise InvalidParameterError(
+            f"an RDM of {n} samples has more cells than a figure shows; plot the RDM of a subset, e.g. "
+            "rdm(x[:2000]) (or of class means)"
+        )
+    if labels is not None and len(labels) != n:
+        raise InvalidParameterError(f"labels has {len(labels)} entries for an RDM of {n} samples")
+    square = torch.zeros((n, n), dtype=torch.float64)
+    i, j = torch.triu_indices(n, n, offset=1)
+    square[i, j] = v
+    square[j, i] = v
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.8, 4.0), layout="constrained")
+    image = ax.imshow(square.numpy(), cmap="viridis", interpolation="nearest")
+    if labels is not None and n <= 60:
+        ax.set_xticks(range(n), [str(t) for t in labels], fontsize=6, rotation=90)
+        ax.set_yticks(range(n), [str(t) for t in labels], fontsize=6)
+    else:
+        ax.set_xlabel("sample")
+        ax.set_ylabel("sample")
+    ax.figure.colorbar(image, ax=ax, label="dissimilarity")
+    ax.set_title(title if title is not None else f"RDM of {n} samples")
+    return ax
 
 
 register("rsa", lambda: RSA())
