@@ -497,3 +497,28 @@ def test_diagonal_plot_draws_the_matched_cells_with_their_intervals_and_chance()
         assert len(ax.lines[0].get_ydata()) == 2
     finally:
         plt.close(ax.figure)
+
+
+def test_calibrated_heatmap_draws_the_calibrated_scores_on_a_fixed_scale() -> None:
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import overflow
+
+    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, measure="cka", permutations="moments", progress=False)
+    assert r.calibrated is not None
+    ax = r.plot(calibrated=True)
+    try:
+        image = ax.images[0]
+        np.testing.assert_array_equal(image.get_array(), r.calibrated.numpy())
+        assert image.get_clim() == (0.0, 1.0)
+        label = ax.figure.axes[-1].get_ylabel()
+        assert label.startswith("calibrated linear CKA")
+        assert "0: chance at α = 0.05" in label
+        assert overflow(ax.figure) == []
+    finally:
+        plt.close(ax.figure)
+    plain = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, measure="cka", progress=False)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="permutations='moments'"):
+        plain.plot(calibrated=True)

@@ -257,6 +257,7 @@ class SimilarityResult:
         vmax: float | None = None,
         annotate: bool | None = None,
         title: str | None = None,
+        calibrated: bool = False,
     ) -> Any:
         """Heatmap with model A's layers on the y axis and model B's on the x axis (needs matplotlib).
 
@@ -280,6 +281,12 @@ class SimilarityResult:
             Write each value in its cell; by default when the matrix has at most 12×12 entries.
         title : str, optional
             By default "model A vs model B".
+        calibrated : bool, default False
+            Draw each cell's score calibrated against its own permutation null instead of the measure (needs a
+            result of ``permutations=``): 0 where the cell does not beat its null's critical value at α, 1 at
+            the measure's bound, on a fixed 0–1 scale for similarities and distances alike (Gröger et al.
+            2026; see :class:`reprsim.inference.PermutationTest`). What remains bright is what chance
+            does not explain.
 
         Returns
         -------
@@ -289,15 +296,27 @@ class SimilarityResult:
             import matplotlib.pyplot as plt
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise ImportError("SimilarityResult.plot needs matplotlib: pip install 'reprsim[plot]'") from exc
-        m = self.measure
+        m = dict(self.measure)
+        if calibrated:
+            if self.calibrated is None:
+                raise InvalidParameterError(
+                    "calibrated=True draws the calibrated scores of a permutation test, which this result does not "
+                    "have: run compare(..., permutations='moments') (or a number of permutations)"
+                )
+            m["label"] = f"calibrated {m['label']} (0: chance at α = {self._alpha:g})"
+            m["direction"] = "similarity"
         distance = m["direction"] == "distance"
-        lo, hi = self.color_range(full=True)
+        lo, hi = (0.0, 1.0) if calibrated else self.color_range(full=True)
         vmin = lo if vmin is None else vmin
         vmax = hi if vmax is None else vmax
         if ax is None:
             size = (max(4.0, 0.45 * len(self.names_b) + 2.5), max(3.5, 0.4 * len(self.names_a) + 1.5))
             _, ax = plt.subplots(figsize=size, layout="constrained")
-        data = self.to_numpy()
+        data = (
+            self.calibrated.numpy().astype(np.float64)
+            if calibrated and self.calibrated is not None
+            else self.to_numpy()
+        )
         cmap = cmap if cmap is not None else ("magma_r" if distance else "magma")
         im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
         ax.set_yticks(range(len(self.names_a)), self.names_a, fontsize=8)
@@ -316,7 +335,7 @@ class SimilarityResult:
                     Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.55", linewidth=0)
                 )
             notes.append(f"hatched: p > {alpha:g}")
-        half = None if self.low is None or self.high is None else ((self.high - self.low) / 2).numpy()
+        half = None if calibrated or self.low is None or self.high is None else ((self.high - self.low) / 2).numpy()
         if half is not None and annotate:
             notes.append(f"± half of the {float(self.metadata.get('ci', {}).get('confidence', 0.95)):.0%} interval")
         if annotate:
@@ -344,7 +363,7 @@ class SimilarityResult:
         # the direction hint on a line of its own: one long line ran past the top of a short bar and the figure
         hint = "\n(lower = more similar)" if distance else ""
         bar = ax.figure.colorbar(im, ax=ax, label=f"{m['label']}{hint}")
-        if self.chance is not None and bool(torch.isfinite(self.chance).any()):
+        if not calibrated and self.chance is not None and bool(torch.isfinite(self.chance).any()):
             level = float(self.chance[torch.isfinite(self.chance)].mean())
             bar.ax.axhline(level, color="cyan", linewidth=1.5)
             bar.ax.text(0.5, level, "chance", transform=bar.ax.get_yaxis_transform(), ha="center", va="bottom",
