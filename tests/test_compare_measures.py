@@ -118,7 +118,7 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
     assert r.measure["id"] == "procrustes-angular"
     assert "angular Procrustes distance" in repr(r)
     ax = r.plot()
-    assert ax.figure.axes[-1].get_ylabel() == "angular Procrustes distance (lower = more similar)"
+    assert ax.figure.axes[-1].get_ylabel() == "angular Procrustes distance\n(lower = more similar)"
     assert ax.images[0].get_cmap().name == "magma_r"
     # the measure's declared range by default (a chance-level matrix does not fill the colour map); the data's
     # own range on request
