@@ -331,12 +331,12 @@ def test_folded_moments_equal_each_folds_own(seed: int, n: int, folds: int, cuts
                 np.testing.assert_allclose(state["cross.0"][f].numpy(), cross, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("folds", [1, 6])
-def test_moments_reject_a_bad_batch_unchanged(folds: int) -> None:
+@pytest.mark.parametrize(("folds", "fourth"), [(1, False), (6, False), (1, True), (6, True)])
+def test_moments_reject_a_bad_batch_unchanged(folds: int, fourth: bool) -> None:
     """Including values whose squares overflow: in a batch of eight, and alone in a one-row batch (or a fold's
     only row), which centres to zero but would still move the means by 1e200."""
     x, y = data(40, 4, 3, seed=11)
-    acc = reprsim.streaming.CrossMoments(folds=folds)
+    acc = reprsim.streaming.CrossMoments(folds=folds, fourth=fourth)
     acc.update(x[:17], y[:17])
     before = {k: v.clone() for k, v in acc._state.items()}
     huge = x[17:25].copy()

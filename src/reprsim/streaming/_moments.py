@@ -317,7 +317,10 @@ class CrossMoments(_Accumulator):
             if not layout.fourth and b > 0:
                 return Pending(self, dims, device, {**_deferred_folds(cast, self._dtype, self.folds, seen), "eps": eps})
             folds = (torch.arange(b, device=device) + seen) % self.folds if self.folds > 1 else None
-            return Pending(self, dims, device, {**chunk_state(cast, layout, folds), "eps": eps})
+            # the products are checked as they are (flags); the guard covers the shift of the means, which combining
+            # with the state applies later (a one-row batch's own products are all zero)
+            guard = _guard(cast, cast, self._dtype) if b > 0 else torch.zeros((), dtype=self._dtype, device=device)
+            return Pending(self, dims, device, {**chunk_state(cast, layout, folds), "eps": eps, "guard": guard})
 
     def update(self, x: Any, y: Any = None) -> None:
         """Add a batch: ``x`` and ``y`` each a tensor (b, ...) or a list of tensors (layers), same b samples."""
