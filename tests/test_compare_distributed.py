@@ -4,6 +4,7 @@ all the data; ranks that disagree or fail stop together instead of waiting."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,14 @@ def torchrun(case: str, ranks: int, out: Path) -> subprocess.CompletedProcess[st
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
 
 
-def check_equal(case: str, ranks: int, tmp_path: Path) -> dict[str, reprsim.SimilarityResult]:
+def check_equal(
+    case: str, ranks: int, tmp_path: Path, stderr: list[str] | None = None
+) -> dict[str, reprsim.SimilarityResult]:
+    """Each rank's results equal one process's; ``stderr`` receives what the ranks wrote there."""
     done = torchrun(case, ranks, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
+    if stderr is not None:
+        stderr.append(done.stderr)
     single = script.run(case, distributed=False)
     key = next(iter(single))
     runs = [
@@ -72,8 +78,13 @@ def test_a_rank_with_an_empty_shard_takes_part(tmp_path: Path) -> None:
 
 def test_sample_space_measures_gather_every_rank_s_rows(tmp_path: Path) -> None:
     # neighbours, RSA, distance correlation, RBF CKA and a permutation test on the rows of all 3 ranks, in stream
-    # order (so the seeded permutations and the jackknife's blocks are one process's)
-    check_equal("samples", 3, tmp_path)
+    # order (so the seeded permutations and the jackknife's blocks are one process's). With progress=True, rank 0
+    # alone shows the pass, the reduction (the moments and each of the 6 layers' gathered rows) and the results
+    stderr: list[str] = []
+    check_equal("samples", 3, tmp_path, stderr)
+    assert re.search(r"reduce: 100%.*\b7/7 ", stderr[0]), stderr[0][-2000:]
+    assert stderr[0].count("reduce: 100%") == 1  # one rank draws it
+    assert re.search(r"results: 100%", stderr[0])
 
 
 def test_a_distributed_sampler_shard(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
     rank = int(os.environ.get("RANK", "0"))
     if case in ("moments", "two"):
         return compare(a, b, batches(SIZES[case]), measures=MOMENTS, ci=0.9, blocks=5, **options)
-    if case == "samples":
+    if case == "samples":  # with progress bars under torchrun: rank 0 shows the reduction too
+        options["progress"] = distributed is not False
         return compare(a, b, batches(SIZES[case]), measures=SAMPLES, ci=0.9, blocks=4, permutations=30, **options)
     if case == "sampler":
         x = torch.cat(batches([48, 48, 48, 48]))  # 192 samples: the sampler's shards are even, nothing repeated

@@ -889,7 +889,7 @@ class _Comparison:
             began = time.perf_counter()
             agree_finished(d, error)  # the first collective: it also waits for the slowest rank
             arrived = time.perf_counter()
-            self._reduce(d)
+            self._reduce(d, progress)
             d.wait_seconds, d.reduce_seconds = arrived - began, time.perf_counter() - arrived
         if self.batches == 0:
             for writer in self.writers.values():
@@ -1113,8 +1113,10 @@ class _Comparison:
                 canonical.setdefault((self.run_of[n], k), f"{n}:{k}")
         return canonical
 
-    def _reduce(self, d: Distributed) -> None:
-        """Make every rank's state the state of all ranks' data (see :mod:`._distributed`)."""
+    def _reduce(self, d: Distributed, progress: bool = False) -> None:
+        """Make every rank's state the state of all ranks' data (see :mod:`._distributed`); with ``progress``,
+        rank 0 shows a bar, one step per state reduced (the moments, each minibatch accumulator, each layer's
+        gathered features), which can take seconds for wide layers or kept features."""
         canonical = self._canonical_slots()
         features = {
             canonical[slot]: [self.store.meta[slot][1], str(self.store.meta[slot][2]).removeprefix("torch.")]
@@ -1136,17 +1138,44 @@ class _Comparison:
         if local_rows == 0 and not self.keys:
             self.keys = {n: list(v) for n, v in first["keys"].items()}
             canonical = self._canonical_slots()
+        gathers = self.keep_features and not self.sources  # a store's rows are on disk for every rank to read
+        steps = range(int(self.use_moments) + len(self.minibatch) + (len(first["features"]) if gathers else 0))
+        bar = _progress(steps, progress and d.rank == 0 and len(steps) > 0, "reduce", "state")
+
+        def done(what: str) -> None:
+            if bar is not None:
+                bar.set_postfix_str(what, refresh=False)
+                bar.update(1)
+
+        try:
+            self._reduce_states(d, first, canonical, local_rows, gathers, done)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _reduce_states(
+        self,
+        d: Distributed,
+        first: dict[str, Any],
+        canonical: dict[Any, str],
+        local_rows: int,
+        gathers: bool,
+        done: Callable[[str], None],
+    ) -> None:
+        """The collectives of :meth:`_reduce`, in the order every rank runs them; ``done`` after each state."""
         if self.use_moments:
             if self.moments is None:
                 self.moments = self._new_moments()
             self.moments.all_reduce(d.group)
+            done("moments")
         order: torch.Tensor | None = None  # the batches' stream order, for per-batch records (one collective)
         for acc in self.minibatch.values():
             acc.all_reduce(d.group)
             if acc.records:
                 order = stream_order(d, d.batch_index) if order is None else order
                 acc._reorder_rows(order)
-        if self.keep_features and not self.sources:  # a store's rows are on disk for every rank to read
+            done("minibatch CKA")
+        if gathers:
             if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
                 own = torch.cat([torch.arange(s, s + rows) for s, rows in d.starts] or [torch.zeros(0).long()])
             else:
@@ -1162,6 +1191,7 @@ class _Comparison:
                     local = torch.empty(0, width, dtype=getattr(torch, dtype))
                 gathered.add(slot, name, gather_rows(d, local)[order.to(local.device)], 0)
                 self.store.read.clear()
+                done(name)
             self.store.close()
             self.store = gathered
 
