@@ -70,7 +70,7 @@ def _deferred(layers: Sequence[torch.Tensor], dtype: torch.dtype) -> dict[str, t
         "mean": torch.cat(means).unsqueeze(0),
         "guard": _guard(layers, centred, dtype),
     }
-    out.update({f"u.{l}": u for l, u in enumerate(centred)})
+    out.update({f"u.{l}": u.unsqueeze(0) for l, u in enumerate(centred)})  # one fold: (1, b, p)
     return out
 
 
@@ -340,8 +340,11 @@ class CrossMoments(_Accumulator):
         self._state["eps"] = eps
         # Second order only: Chan's update in place, M += M_b + (n_a n_b / n) δ_x δ_yᵀ, so a batch costs no copy
         # of the (possibly large) state. Same algebra as combine_states, which the fourth-order terms need.
-        # M_b is either held (a merge, a folded batch) or, for a batch prepared by _deferred, its centred rows,
-        # whose products then go straight into the state (addmm_): the cross blocks are never held twice.
+        # M_b is either held (a merge, a fourth-order chunk) or, for a batch prepared by _deferred or
+        # _deferred_folds, its centred rows fold by fold, (K, m, p), whose products go straight into the state: the
+        # cross blocks are never held twice. Either way the rank-one shift is one batched multiply of (K, p, 1)
+        # by (K, 1, q), written in place (an outer product would allocate a temporary as large as the block), and
+        # with rows it rides along as one more row per fold, so each block is read and written once per batch.
         s, c = self._state, contribution
         n_a, n_b = s["n"], c["n"]
         n = n_a + n_b
@@ -352,25 +355,16 @@ class CrossMoments(_Accumulator):
 
         def update(name: str, group_a: Sequence[int], group_b: Sequence[int], ia: Any, ib: Any) -> None:
             target = s[name]
-            if rows is not None and rows[0].ndim == 3:
-                # (K, m, p): every fold's centred rows (_deferred_folds). The rank-one correction rides along as
-                # one more row per fold, so each fold's block is read and written once per batch
-                ua = torch.cat([rows[l] for l in group_a], dim=-1) if len(group_a) > 1 else rows[group_a[0]]
-                ub = torch.cat([rows[l] for l in group_b], dim=-1) if len(group_b) > 1 else rows[group_b[0]]
-                ua = torch.cat([ua, scaled[:, ia].unsqueeze(1)], dim=1)
-                ub = torch.cat([ub, delta[:, ib].unsqueeze(1)], dim=1)
-                target.baddbmm_(ua.transpose(1, 2), ub)
-                return
+            shift_a, shift_b = scaled[:, ia].unsqueeze(1), delta[:, ib].unsqueeze(1)  # (K, 1, p), (K, 1, q)
             if rows is None:
                 target.add_(c[name])
-            else:
-                ua = torch.cat([rows[l] for l in group_a], dim=1) if len(group_a) > 1 else rows[group_a[0]]
-                ub = torch.cat([rows[l] for l in group_b], dim=1) if len(group_b) > 1 else rows[group_b[0]]
-                target[0].addmm_(ua.T, ub)
-            # rank-one corrections fold by fold: addr_ writes in place, where a batched outer product would
-            # allocate a temporary as large as the block
-            for k in range(layout.folds):
-                target[k].addr_(scaled[k, ia], delta[k, ib])
+                target.baddbmm_(shift_a.transpose(1, 2), shift_b)
+                return
+            ua, ub = (
+                torch.cat([rows[g[0]] if len(g) == 1 else torch.cat([rows[l] for l in g], dim=2), shift], dim=1)
+                for g, shift in ((group_a, shift_a), (group_b, shift_b))
+            )
+            target.baddbmm_(ua.transpose(1, 2), ub)
 
         for l in range(len(layout.widths)):
             update(f"m2.{l}", (l,), (l,), layout.cols(l), layout.cols(l))
