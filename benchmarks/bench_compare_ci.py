@@ -20,19 +20,10 @@ import argparse
 import statistics
 import time
 
-import timm
 import torch
 
 import reprsim
-
-BLOCKS = [f"blocks.{i}" for i in range(6)]
-
-
-def vit(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, depth=6, num_classes=10
-    ).eval()
+from bench_compare import BLOCKS, vit  # the same 6-block ViTs (this script's folder is on sys.path)
 
 
 def main() -> None:

@@ -585,6 +585,25 @@ def _numpy_permuted_cka(x: np.ndarray, y: np.ndarray, count: int, seed: int) -> 
     return out
 
 
+def check_tail_against_permutations(x: np.ndarray, y: np.ndarray, seed: int, design: str) -> tuple[np.ndarray, Any]:
+    """At the 0.95, 0.99 and 0.999 quantiles of 10⁵ exact permutations of linear CKA, the fitted Pearson III
+    tail's p-value is within 4 Monte Carlo standard errors (sqrt(p(1 − p)/10⁵)) of the permutations' own.
+    Returns the permuted values and the null's moments."""
+    from reprsim.inference._analytic import pearson3_sf
+    from reprsim.measures import get_measure
+    from reprsim.measures._traces import pair_moments
+
+    m = get_measure("cka")
+    null = pair_moments(m.null_trace(torch.tensor(x)), m.null_trace(torch.tensor(y)))
+    drawn = _numpy_permuted_cka(x, y, 100_000, seed=seed)
+    for level in (0.05, 0.01, 0.001):
+        value = float(np.quantile(drawn, 1 - level))
+        frequency = float(np.mean(drawn >= value))
+        error = math.sqrt(frequency * (1 - frequency) / 100_000)
+        assert abs(pearson3_sf(value, null) - frequency) <= 4 * error, (design, level)
+    return drawn, null
+
+
 DESIGNS = {
     "gaussian": lambda rng, n: (rng.normal(size=(n, 6)), rng.normal(size=(n, 4))),
     "heavy-tailed (t5)": lambda rng, n: (rng.standard_t(5, size=(n, 6)), rng.standard_t(5, size=(n, 4))),
@@ -608,20 +627,7 @@ WIDE_DESIGNS = {
 def test_moment_p_values_at_layer_widths_of_tens(design: str) -> None:
     """The same tail check at widths of tens (the null is narrower and less skewed there): within 4 Monte Carlo
     standard errors of 10⁵ exact permutations at p = 0.05, 0.01 and 0.001."""
-    from reprsim.inference._analytic import pearson3_sf
-    from reprsim.measures import get_measure
-    from reprsim.measures._traces import pair_moments
-
-    rng = np.random.default_rng(20261204)
-    x, y = WIDE_DESIGNS[design](rng, 150)
-    m = get_measure("cka")
-    null = pair_moments(m.null_trace(torch.tensor(x)), m.null_trace(torch.tensor(y)))
-    drawn = _numpy_permuted_cka(x, y, 100_000, seed=8)
-    for level in (0.05, 0.01, 0.001):
-        value = float(np.quantile(drawn, 1 - level))
-        frequency = float(np.mean(drawn >= value))
-        error = math.sqrt(frequency * (1 - frequency) / 100_000)
-        assert abs(pearson3_sf(value, null) - frequency) <= 4 * error, (design, level)
+    check_tail_against_permutations(*WIDE_DESIGNS[design](np.random.default_rng(20261204), 150), 8, design)
 
 
 @pytest.mark.parametrize("design", sorted(DESIGNS))
@@ -630,18 +636,11 @@ def test_moment_p_values_are_within_monte_carlo_error_of_100000_permutations(des
     Monte Carlo standard errors of the permutations' own (sqrt(p(1 − p)/10⁵): 1e-4 at p = 0.001)."""
     from reprsim.inference._analytic import pearson3_sf
     from reprsim.measures import get_measure
-    from reprsim.measures._traces import pair_moments
 
     rng = np.random.default_rng(20261203)
     x, y = DESIGNS[design](rng, 150)
+    drawn, null = check_tail_against_permutations(x, y, 7, design)
     m = get_measure("cka")
-    null = pair_moments(m.null_trace(torch.tensor(x)), m.null_trace(torch.tensor(y)))
-    drawn = _numpy_permuted_cka(x, y, 100_000, seed=7)
-    for level in (0.05, 0.01, 0.001):
-        value = float(np.quantile(drawn, 1 - level))
-        frequency = float(np.mean(drawn >= value))
-        error = math.sqrt(frequency * (1 - frequency) / 100_000)
-        assert abs(pearson3_sf(value, null) - frequency) <= 4 * error, (design, level)
     # the same through the public function: a moments test at the data's own CKA
     test = permutation_test(x, y, "cka", method="moments")
     assert test.method == "moments"

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from .._precision import full_precision_matmul
+from .._pyplot import pyplot
 from .._validation import check_bool, check_int, format_bytes
 from ..errors import (
     ConstantRepresentationError,
@@ -1205,10 +1206,7 @@ def plot_rdm(dissimilarities: Any, ax: Any = None, *, labels: Any = None, title:
     -------
     matplotlib.axes.Axes
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("plot_rdm needs matplotlib: pip install 'reprsim[plot]'") from exc
+    plt = pyplot("plot_rdm")
     v = torch.as_tensor(dissimilarities).detach().to("cpu", torch.float64).flatten()
     entries = v.numel()
     n = round((1 + (1 + 8 * entries) ** 0.5) / 2)

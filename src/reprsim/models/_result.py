@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._pyplot import pyplot
 from ..errors import InvalidParameterError, ShapeMismatchError
 
 __all__ = ["SimilarityResult"]
@@ -292,10 +293,7 @@ class SimilarityResult:
         -------
         matplotlib.axes.Axes
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # pragma: no cover - exercised only without the extra
-            raise ImportError("SimilarityResult.plot needs matplotlib: pip install 'reprsim[plot]'") from exc
+        plt = pyplot("SimilarityResult.plot")
         m = dict(self.measure)
         if calibrated:
             if self.calibrated is None:
@@ -401,10 +399,7 @@ class SimilarityResult:
         >>> [round(float(v), 2) for v in ax.lines[0].get_ydata()]
         [0.9, 0.7]
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # pragma: no cover - exercised only without the extra
-            raise ImportError("SimilarityResult.plot_diagonal needs matplotlib: pip install 'reprsim[plot]'") from exc
+        plt = pyplot("SimilarityResult.plot_diagonal")
         k = min(len(self.names_a), len(self.names_b))
         if ax is None:
             _, ax = plt.subplots(figsize=(max(4.0, 0.5 * k + 2.0), 3.5), layout="constrained")
