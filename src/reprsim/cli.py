@@ -20,7 +20,8 @@ COMPARE_EXAMPLES = """examples:
   reprsim compare acts.store --measure cka_unbiased          (every layer of one store against every other)
 
 inputs: activation store folders (written by reprsim.StoreWriter or compare(..., stores=...)), or .npy,
-.npz and .safetensors files with one (n, width) array per layer. Stores with sample IDs must hold the same
+.npz, .safetensors, .h5/.hdf5 (needs h5py) and .mat files (needs scipy; v7.3 needs h5py) with one (n, width)
+array per layer. Stores with sample IDs must hold the same
 IDs in the same order, unless --align reorders the second by ID; files without IDs are matched by position.
 
 exit codes: 0 success, 2 usage error, 3 missing optional dependency, 4 input error (the message names the
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "info",
         help="list what stored activations hold (layers, widths, dtypes, samples, IDs)",
         description="List the layers, widths, dtypes, sample count and sample IDs of activation stores or "
-        ".npy/.npz/.safetensors files, after checking them (an incomplete or truncated store is an error).",
+        ".npy/.npz/.safetensors/.hdf5/.mat files, after checking them (an incomplete or truncated store is an error).",
         epilog="example: reprsim info run1/vit.store",
     )
     info.add_argument("paths", nargs="+", type=Path, metavar="STORE")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 def _add_compare(commands: Any) -> None:
     compare = commands.add_parser(
         "compare",
-        help="compare stored activations layer by layer (stores, .npy, .npz, .safetensors)",
+        help="compare stored activations layer by layer (stores, .npy, .npz, .safetensors, .hdf5, .mat)",
         description="Compare two sets of stored activations layer by layer, reading each file once in chunks "
         "(memory flat in the number of samples). Prints one table per measure; --out saves the results and "
         "a heatmap.",
@@ -151,6 +152,9 @@ def _info(paths: list[Path]) -> int:
             print(f"reprsim info: {exc}", file=sys.stderr)
             status = EXIT_INPUT
             continue
+        except ImportError as exc:  # an HDF5 or MATLAB file without its optional reader
+            print(f"reprsim info: {exc}", file=sys.stderr)
+            return EXIT_MISSING
         print(("\n" if i else "") + repr(store))
     return status
 
@@ -193,6 +197,9 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except OSError as exc:
         print(f"reprsim compare: cannot read {exc.filename or args.a}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_INPUT
+    except ImportError as exc:  # an HDF5 or MATLAB file without its optional reader
+        print(f"reprsim compare: {exc}", file=sys.stderr)
+        return EXIT_MISSING
     for name, result in results.items():
         if len(results) > 1:
             print(f"\n{name}:")

@@ -13,7 +13,7 @@ language); nothing is ever unpickled. A writer killed mid-run leaves no manifest
 shorter or longer than the manifest says is refused, so a truncated store is never read as shorter data.
 Loose files are read too: a ``.npy`` (one layer, named after the file), a ``.npz`` (one array per layer) or a
 ``.safetensors`` file (one tensor per layer, parsed here without the safetensors package); an array named
-``sample_ids`` in the last two holds the sample IDs.
+``sample_ids`` in the last two holds the sample IDs. HDF5 and MATLAB files are read in ``_formats``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import struct
 import unicodedata
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, Callable, Union
 
 import numpy as np
 import torch
@@ -517,20 +517,28 @@ def _describe_pool(pool: Any, layer: str) -> Any:
 @dataclass(frozen=True)
 class _Array:
     """Where one layer's (rows, width) data live: at ``offset`` in ``file`` (a .npy layer file, an uncompressed
-    .npz member, a safetensors tensor), or, for a compressed .npz member, in ``member`` of the archive ``file``,
-    after ``offset`` bytes of its .npy header (decompressed as it is read)."""
+    .npz member, a safetensors tensor, a contiguous HDF5 dataset), or, for a compressed .npz member, in
+    ``member`` of the archive ``file``, after ``offset`` bytes of its .npy header (decompressed as it is read),
+    or, for data no byte offset describes (a chunked HDF5 dataset, a .mat variable), ``source(start, stop)``
+    returns rows ``start:stop``."""
 
     file: Path
     offset: int
     width: int
     dtype: np.dtype[Any]
     member: str | None = None
+    source: Callable[[int, int], np.ndarray[Any, Any]] | None = field(default=None, compare=False)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the data lie at ``offset`` in ``file`` as one C-order block (a memory map can read them)."""
+        return self.member is None and self.source is None
 
 
 class ActivationStore:
     """A read-only view of stored activations: an activation store folder, or a ``.npy``/``.npz``/
-    ``.safetensors`` file; open one with :func:`open_store`. Nothing is read until asked for (only headers
-    when opened), so opening and listing never cost more than the headers.
+    ``.safetensors``/``.h5``/``.hdf5``/``.mat`` file; open one with :func:`open_store`. Nothing is read until
+    asked for (only headers when opened), so opening and listing never cost more than the headers.
 
     Attributes
     ----------
@@ -548,7 +556,7 @@ class ActivationStore:
     pools : dict
         Each layer's pooling, where recorded.
     kind : str
-        ``"store"``, ``"npy"``, ``"npz"`` or ``"safetensors"``.
+        ``"store"``, ``"npy"``, ``"npz"``, ``"safetensors"``, ``"hdf5"`` or ``"mat"``.
     """
 
     def __init__(
@@ -618,6 +626,8 @@ class ActivationStore:
         start = max(0, min(start, stop))
         a = self._arrays[layer]
         row = a.width * a.dtype.itemsize
+        if a.source is not None:
+            return self._convert(layer, a.source(start, stop))
         out = np.empty((stop - start, a.width), dtype=a.dtype)
         if a.member is not None:
             out.data.cast("B")[:] = self._member_bytes(a, layer, start * row, (stop - start) * row)
@@ -636,16 +646,16 @@ class ActivationStore:
     def rows(self, layer: str, index: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """The rows ``index`` (any order) of ``layer``."""
         self._check_layer(layer)
-        if self._arrays[layer].member is not None:
+        if not self._arrays[layer].mapped:
             return np.array(self.read(layer)[index])
         return self._convert(layer, np.asarray(self.array(layer, convert=False)[index]))
 
     def array(self, layer: str, *, convert: bool = True) -> np.ndarray[Any, Any]:
-        """All of ``layer`` as a read-only memory map (no read until used; decompressed into memory for a
-        compressed .npz member)."""
+        """All of ``layer`` as a read-only memory map (no read until used; read into memory for a compressed
+        .npz member, a chunked HDF5 dataset or a .mat variable)."""
         self._check_layer(layer)
         a = self._arrays[layer]
-        if a.member is not None:
+        if not a.mapped:
             return self.read(layer)
         mapped = np.memmap(a.file, dtype=a.dtype, mode="r", offset=a.offset, shape=(self.samples, a.width))
         return self._convert(layer, mapped) if convert else mapped
@@ -657,7 +667,7 @@ class ActivationStore:
         if order is not None:
             return torch.from_numpy(self.rows(layer, order))
         a = self._arrays[layer]
-        if a.member is not None or layer in self._stored:
+        if not a.mapped or layer in self._stored:
             return torch.from_numpy(self.read(layer))
         return torch.from_numpy(
             np.memmap(a.file, dtype=a.dtype, mode="c", offset=a.offset, shape=(self.samples, a.width))
@@ -731,7 +741,8 @@ class ActivationStore:
 def open_store(path: PathLike) -> ActivationStore:
     """Open stored activations for reading: an activation store folder (written by :class:`StoreWriter`,
     :func:`reprsim.compare` with ``stores=``, or any program that writes the documented format), or a
-    ``.npy`` / ``.npz`` / ``.safetensors`` file with one array per layer.
+    ``.npy`` / ``.npz`` / ``.safetensors`` / ``.h5`` / ``.hdf5`` / ``.mat`` file with one array per layer
+    (HDF5 needs h5py: ``pip install 'reprsim[hdf5]'``; MATLAB files need ``'reprsim[mat]'``).
 
     Only headers are read: every file is checked against the manifest (shape, dtype, size) and every header
     against the bytes its file holds before anything else is read; an incomplete, truncated or inconsistent
@@ -763,9 +774,13 @@ def open_store(path: PathLike) -> ActivationStore:
         return _open_npz(p)
     if suffix == ".safetensors":
         return _open_safetensors(p)
+    if suffix in (".h5", ".hdf5", ".mat"):
+        from ._formats import open_hdf5, open_mat
+
+        return open_mat(p) if suffix == ".mat" else open_hdf5(p)
     raise StoreError(
-        f"{printable(str(p))!r} is neither an activation store folder nor a .npy, .npz or .safetensors file; "
-        "write activations with reprsim.StoreWriter, np.save / np.savez, or safetensors"
+        f"{printable(str(p))!r} is neither an activation store folder nor a .npy, .npz, .safetensors, .h5/.hdf5 "
+        "or .mat file; write activations with reprsim.StoreWriter, np.save / np.savez, or safetensors"
     )
 
 
