@@ -1,7 +1,7 @@
 """Gram matrices and their centring: :func:`linear_gram`, :func:`rbf_gram`, :func:`center_gram`.
 
 Pure, differentiable torch functions on ``(n, features)`` inputs; they follow the input's device and dtype.
-HSIC and CKA, which consume these Grams, live in :mod:`reprsim._cka`.
+HSIC and CKA, which consume these Grams, live in :mod:`reprsim.measures._cka`.
 """
 
 from __future__ import annotations

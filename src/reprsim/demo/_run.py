@@ -1,9 +1,10 @@
 """The miniature seed study, end to end: data, pretraining, fine-tuning, analyses A1–A5, figures, report.
 
 Every number in the report comes from reprsim's own functions (:func:`reprsim.compare`,
-:func:`reprsim.separability`, :func:`reprsim.logistic_probe`, :func:`reprsim.prediction_agreement`); the
-criteria that decide whether a finding of Shekhar et al. (2022) is reproduced are in this file, with their
-history (:data:`CRITERIA_HISTORY`): the sizes were fixed before the first run; the intervals were added later.
+:func:`reprsim.probes.separability`, :func:`reprsim.probes.logistic_probe`,
+:func:`reprsim.probes.prediction_agreement`); the criteria that decide whether a finding of Shekhar et al. (2022)
+is reproduced are in this file, with their history (:data:`CRITERIA_HISTORY`): the sizes were fixed before the
+first run; the intervals were added later.
 """
 
 from __future__ import annotations

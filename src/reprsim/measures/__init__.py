@@ -1,13 +1,14 @@
-"""Similarity measures: one module per family, each a measure class (metadata + its value from streamed cross
-moments) and a functional form on two arrays.
+"""Similarity measures: one private module per family, each with measure classes (metadata, and the value from
+streamed moments, per-batch records or every sample, as the class's ``stream`` declares) and functional forms
+on two arrays, all exported here.
 
 =====================  ===========================================================================
-``cka``                linear and RBF CKA, HSIC (:func:`cka`, :class:`CKA`)
-``procrustes``         orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
-``cca``                canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
-``predictivity``       ridge / least-squares R², in-sample or cross-validated
-``samples``            mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
-                       distance correlation, RSA (every sample, blockwise)
+``_cka``               linear, RBF and minibatch CKA, HSIC (:func:`cka`, :class:`CKA`, :func:`cka_matrix`)
+``_procrustes``        orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
+``_cca``               canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
+``_predictivity``      ridge / least-squares R², in-sample or cross-validated
+``_samples``           mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
+                       distance correlation, RSA and its RDMs (every sample, blockwise)
 =====================  ===========================================================================
 
 Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "procrustes", "cca"]``);

@@ -650,7 +650,7 @@ def cka_matrix(
     Notes
     -----
     Memory is O((len(xs) + len(ys)) · n²); for datasets too large for that, stream batches into
-    :class:`reprsim.MinibatchCKAMatrix`.
+    :class:`reprsim.streaming.MinibatchCKAMatrix`.
 
     Examples
     --------

@@ -190,7 +190,7 @@ def upper_sq_distances(xc: Prepared, sq: torch.Tensor, rows: slice) -> torch.Ten
 
     ``xc`` is column-centred and ``sq`` its squared row norms: d² = ‖a‖² + ‖b‖² − 2a·b from one product, clamped
     at 0; where that is below its own rounding (duplicates, near-duplicates) the entry is recomputed from the
-    difference, so equal rows are exactly 0 apart (as :func:`reprsim.squared_distances`).
+    difference, so equal rows are exactly 0 apart (as :func:`reprsim._kernels.squared_distances`).
     """
     cols = slice(rows.start, xc.shape[0])
     total = sq[rows, None] + sq[None, cols]
@@ -278,7 +278,7 @@ def _select(
 
 def triangle_median(xc: Prepared, sq: torch.Tensor, rows: int) -> torch.Tensor:
     """The median of all n² squared distances (the zero diagonal included, NumPy's mean of the two middle values
-    for an even count), exactly, without holding them: the convention of :func:`reprsim.median_sigma`."""
+    for an even count), exactly, without holding them: the convention of :func:`reprsim._kernels.median_sigma`."""
     n = xc.shape[0]
     m = n * n
     wanted = [(m + 1) // 2] if m % 2 == 1 else [m // 2, m // 2 + 1]

@@ -4,8 +4,9 @@ Runs each distinct model once per batch (a model compared with itself, or with s
 again) and streams every layer into the accumulators that the requested measures need: one
 :class:`~reprsim.streaming.CrossMoments` for all moment-based measures (one set of moments per layer, one
 cross co-moment per compared pair), one :class:`~reprsim.streaming.MinibatchCKAMatrix` per pair and kernel for
-minibatch CKA. Nothing proportional to the dataset is kept. Measures reach this module only through the
-measure protocol (:class:`~reprsim.measures.Measure`). Models may be put in eval mode for
+minibatch CKA, and, for sample-space measures only, every row of the layers they need (in memory, or spilled to a
+temporary file beyond ``feature_memory``). Measures reach this module through the measure protocol
+(:class:`~reprsim.measures.Measure`), routed by the ``stream`` each declares. Models may be put in eval mode for
 the duration; every module's ``training`` flag is restored afterwards, also after an exception. Models are
 never moved or cast: batches are moved to each model's device instead.
 """

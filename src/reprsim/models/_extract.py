@@ -4,7 +4,7 @@ An :class:`Extractor` runs one forward pass per call with forward hooks on the s
 returns ``{layer name: (batch, features) tensor}``: the tensor picked out of each module's output (or input),
 detached and pooled. Hooks live only for the duration of the call and are removed in a ``finally``, so an
 exception in the forward never leaves them behind; the model is never moved, cast, or switched between train
-and eval here. Similarity arithmetic lives elsewhere (:mod:`reprsim._compare` feeds these dicts into the
+and eval here. Similarity arithmetic lives elsewhere (:mod:`reprsim.models._compare` feeds these dicts into the
 accumulators).
 """
 

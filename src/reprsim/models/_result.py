@@ -1,7 +1,7 @@
 """The result of a model comparison: :class:`SimilarityResult` (matrix, layer names, metadata; plot; save/load).
 
 Saved as one ``.npz`` file holding the matrix, the layer names and a JSON string of metadata, and loaded with
-``allow_pickle=False``: nothing is ever unpickled. matplotlib is imported only inside :meth:`plot`.
+``allow_pickle=False``: nothing is ever unpickled. matplotlib is imported only inside :meth:`SimilarityResult.plot`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The analyses of Shekhar et al. (2022) beyond CKA: how linearly / locally separable the classes are in a layer
 (:func:`knn_accuracy`, :class:`RidgeProbe`, :func:`logistic_probe`) and how alike two models' predictions are
 (:func:`prediction_agreement`). Pure torch on (n, features) tensors, on their device; running models over data
-lives in :mod:`reprsim._separability`.
+lives in :mod:`reprsim.probes._separability`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For each selected layer and each token pooling, kNN accuracy (and optionally a ridge-probe accuracy) of a
 test set against a train set, with one forward pass per batch however many poolings are scored. Built on
-:class:`reprsim.Extractor` and the functions of :mod:`reprsim._analysis`.
+:class:`reprsim.Extractor` and the functions of :mod:`reprsim.probes._probes`.
 """
 
 from __future__ import annotations
