@@ -551,7 +551,7 @@ def test_knn_accuracy_bad_inputs() -> None:
         (
             lambda: reprsim.probes.knn_accuracy((x, y), x, y, k=2.5),
             reprsim.errors.InvalidParameterError,
-            "k must be a positive",
+            "k must be an integer; got 2.5",
         ),
         (lambda: reprsim.probes.knn_accuracy((x, y), x, y, topk=(0,)), reprsim.errors.InvalidParameterError, "topk"),
         (
@@ -597,9 +597,9 @@ def test_logistic_probe_bad_inputs() -> None:
 def test_prediction_agreement_bad_inputs() -> None:
     s = torch.randn(10, 4)
     cases = [
-        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(-3,)), "ks must be a positive"),
-        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(0,)), "ks must be a positive"),
-        (lambda: reprsim.probes.prediction_agreement(s, s, chunk=0), "chunk must be a positive"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(-3,)), "every entry of ks must be an integer ≥ 1"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(0,)), "every entry of ks must be an integer ≥ 1"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, chunk=0), "chunk must be an integer ≥ 1; got 0"),
         (lambda: reprsim.probes.prediction_agreement(s, s, torch.full((10,), 4)), "labels go up to 4"),
     ]
     for call, message in cases:

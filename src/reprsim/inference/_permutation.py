@@ -38,10 +38,11 @@ from .._validation import (
     check_int,
     check_probability,
     check_same_device,
+    check_same_samples,
     check_seed,
     is_integer,
 )
-from ..errors import InsufficientSamplesError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
+from ..errors import InsufficientSamplesError, InvalidParameterError, ReprsimWarning
 from ..measures._base import Measure, NoTraceForm, evaluate_validated, get_measure, on_arrays, prepared_side
 from ..measures._moments import Fourth, Moments
 from ..measures._traces import LinearTrace, NullMoments, TraceSide, combined_side, pair_moments
@@ -319,12 +320,8 @@ def _layers(v: Any, name: str) -> list[torch.Tensor]:
 def _checked_layers(xs: list[torch.Tensor], ys: list[torch.Tensor], need: int) -> list[torch.Tensor]:
     """Every layer validated once (same samples, one device, finite, enough rows), in one common dtype."""
     named = {f"x[{i}]": t for i, t in enumerate(xs)} | {f"y[{j}]": t for j, t in enumerate(ys)}
-    n = xs[0].shape[0]
+    n = check_same_samples(named)
     for name, t in named.items():
-        if t.shape[0] != n:
-            raise ShapeMismatchError(
-                f"every layer must hold the same samples; {name} has {t.shape[0]} rows where x[0] has {n}"
-            )
         check_finite(t, name)
     check_same_device(named)
     if n < need:

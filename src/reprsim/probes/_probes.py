@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._precision import full_precision_matmul
-from .._validation import as_matrix, check_finite
+from .._validation import as_matrix, check_finite, check_int, check_real, is_integer
 from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
 from ..streaming._protocol import _Accumulator, shifted_cross_sum
 
@@ -67,25 +67,19 @@ def _chunks(train: TrainSet) -> Iterable[tuple[Any, Any]]:
     return train
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidParameterError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
 def _positive_ints(values: Any, name: str) -> list[int]:
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+    if is_integer(values):
         values = (values,)
     if not isinstance(values, Sequence) or isinstance(values, str) or not values:
         raise InvalidParameterError(f"{name} must be a non-empty sequence of positive integers; got {values!r}")
-    return [_positive_int(v, f"every entry of {name}") for v in values]
+    return [check_int(v, f"every entry of {name}", minimum=1) for v in values]
 
 
 def _num_classes(value: Any, largest: int, name: str = "the labels") -> int:
     """``num_classes`` checked against the largest label seen (None: one more than it)."""
     if value is None:
         return largest + 1
-    c = _positive_int(value, "num_classes")
+    c = check_int(value, "num_classes", minimum=1)
     if largest >= c:
         raise InvalidParameterError(
             f"num_classes={c} allows labels 0..{c - 1} but {name} go up to {largest}; pass a larger "
@@ -149,11 +143,10 @@ def knn_accuracy(
         raise InvalidParameterError(f"metric must be 'cosine' or 'euclidean'; got {metric!r}")
     if weighting not in ("temperature", "uniform"):
         raise InvalidParameterError(f"weighting must be 'temperature' or 'uniform'; got {weighting!r}")
-    k = _positive_int(k, "k")
+    k = check_int(k, "k", minimum=1)
     topk = _positive_ints(topk, "topk")
-    test_chunk = _positive_int(test_chunk, "test_chunk")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise InvalidParameterError(f"temperature must be a positive finite number; got {temperature!r}")
+    test_chunk = check_int(test_chunk, "test_chunk", minimum=1)
+    temperature = check_real(temperature, "temperature", low=0.0, low_open=True)
     xt = _features(test_features, "test_features")
     if xt.shape[0] == 0:
         raise InsufficientSamplesError("test_features holds no samples; kNN accuracy needs at least one")
@@ -237,12 +230,8 @@ class RidgeProbe(_Accumulator):
 
     def __init__(self, num_classes: int, alpha: float = 1.0, dtype: torch.dtype = torch.float64) -> None:
         super().__init__(dtype)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise InvalidParameterError(f"num_classes must be an integer of at least 2; got {num_classes!r}")
-        if not (isinstance(alpha, (int, float)) and alpha >= 0 and math.isfinite(alpha)):
-            raise InvalidParameterError(f"alpha must be a non-negative finite number; got {alpha!r}")
-        self.num_classes = int(num_classes)
-        self.alpha = float(alpha)
+        self.num_classes = check_int(num_classes, "num_classes", minimum=2)
+        self.alpha = check_real(alpha, "alpha", low=0.0)
         self._add_state("n", lambda d: (), "sum")
         self._add_state("shift", lambda d: (d[0],), "frame")
         self._add_state("sx", lambda d: (d[0],), "sum")
@@ -377,7 +366,7 @@ def logistic_probe(
     """
     if not (isinstance(C, (int, float)) and C > 0 and math.isfinite(C)):
         raise InvalidParameterError(f"C must be a positive finite number; got {C!r}")
-    max_iter = _positive_int(max_iter, "max_iter")
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
     x = _features(train_features, "train_features", dtype=torch.float64)
     y = _labels(train_labels, x.shape[0], "train_labels", x.device)
     xt = _features(test_features, "test_features", dtype=torch.float64).to(x.device)
@@ -478,7 +467,7 @@ def prediction_agreement(
     {'n': 2, 'top1_agreement': 1.0, 'f1_agreement': 1.0, 'kendall_tau_top3': 1.0}
     """
     ks = _positive_ints(ks, "ks")
-    chunk = _positive_int(chunk, "chunk")
+    chunk = check_int(chunk, "chunk", minimum=1)
     for name, scores in (("scores_a", scores_a), ("scores_b", scores_b)):
         shape = tuple(scores.shape) if hasattr(scores, "shape") else np.shape(scores)
         if len(shape) != 2:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import torch
 
-from .._validation import as_matrix
+from .._validation import as_matrix, check_same_samples
 from ..errors import (
     DeviceMismatchError,
     IncompatibleStateError,
@@ -513,13 +513,8 @@ def batch_layers(values: Sequence[Any], names: Sequence[str]) -> tuple[list[torc
     tensors = [as_matrix(v, nm).detach() for v, nm in zip(values, names)]
     if not tensors:
         raise ShapeMismatchError("update needs at least one representation on each side; got none")
-    b, device = tensors[0].shape[0], tensors[0].device
+    b, device = check_same_samples(dict(zip(names, tensors))), tensors[0].device
     for name, t in zip(names, tensors):
-        if t.shape[0] != b:
-            raise ShapeMismatchError(
-                f"every representation in a batch must hold the same samples; {names[0]} has {b} rows "
-                f"but {name} has {t.shape[0]} (shape {tuple(t.shape)})"
-            )
         if t.device != device:
             raise DeviceMismatchError(f"{names[0]} is on {device} but {name} is on {t.device}; use one device")
     return tensors, b, tensors[0].new_empty(0)
@@ -528,11 +523,7 @@ def batch_layers(values: Sequence[Any], names: Sequence[str]) -> tuple[list[torc
 def _coerce_batch(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     xt = as_matrix(x, "x").detach()
     yt = as_matrix(y, "y").detach()
-    if xt.shape[0] != yt.shape[0]:
-        raise ShapeMismatchError(
-            f"x and y must hold the same samples; this batch has {xt.shape[0]} rows in x "
-            f"(shape {tuple(xt.shape)}) and {yt.shape[0]} in y (shape {tuple(yt.shape)})"
-        )
+    check_same_samples({"x": xt, "y": yt})
     if xt.device != yt.device:
         raise DeviceMismatchError(f"x is on {xt.device} but y is on {yt.device}; move both to one device")
     return xt, yt
