@@ -76,6 +76,15 @@ def test_compare_files_one_side_with_intervals_and_a_chosen_plot(folder: Path, t
     assert within.stdout.count("blocks.") >= 4
 
 
+def test_without_a_measure_the_default_rule_picks_it_and_says_so(folder: Path) -> None:
+    # as compare() and compare_stores(): exact CKA here (16 and 8 features), named on stderr
+    done = cli("compare", "x.npy", "y.npy", "--quiet", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert "measure: cka (every pooled width is at most 8,192); --measure names another" in done.stderr
+    cka = ref.cka(np.load(folder / "x.npy"), np.load(folder / "y.npy"), "linear")
+    assert f"{cka:.3f}" in done.stdout
+
+
 def test_info_lists_layers_and_refuses_broken_stores(folder: Path, tmp_path: Path) -> None:
     done = cli("info", "a.store", "x.npy", cwd=folder)
     assert done.returncode == 0, done.stderr

@@ -15,7 +15,7 @@ from torch import nn
 
 import reprsim
 from reprsim import Extractor, SimilarityResult, compare, list_layers
-from reprsim.errors import LayerNotFoundError, MultipleCallsError
+from reprsim.errors import InvalidParameterError, LayerNotFoundError, MultipleCallsError
 from reprsim.measures import CKA
 from reprsim.streaming import MinibatchCKAMatrix
 
@@ -100,15 +100,70 @@ def test_compare_equals_hand_written_loop_and_cka_matrix() -> None:
     torch.testing.assert_close(
         unbiased.matrix, reprsim.cka_matrix(list(a.values()), list(b.values()), unbiased=True), rtol=0, atol=1e-10
     )
-    one_batch = compare(net, other, [torch.cat(data)], layers_a=LAYERS, progress=False)
+    one_batch = compare(net, other, [torch.cat(data)], layers_a=LAYERS, measure="cka_minibatch", progress=False)
     torch.testing.assert_close(
         one_batch.matrix, reprsim.cka_matrix(list(a.values()), list(b.values()), unbiased=True), rtol=0, atol=1e-10
     )
     acc = MinibatchCKAMatrix()
     for lo in range(0, 256, 32):
         acc.update([v[lo : lo + 32] for v in a.values()], [v[lo : lo + 32] for v in b.values()])
-    streamed = compare(net, other, data, layers_a=LAYERS, progress=False)
+    streamed = compare(net, other, data, layers_a=LAYERS, measure="cka_minibatch", progress=False)
     torch.testing.assert_close(streamed.matrix, acc.compute(), rtol=0, atol=1e-12)
+
+
+def wide_mlp(seed: int) -> nn.Sequential:
+    """A hidden layer of 8,200 features: more than the 8,192 that exact moments take."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(10, 8200), nn.Tanh(), nn.Linear(8200, 3)).double()
+
+
+def test_the_default_measure_is_exact_cka_where_widths_allow_and_minibatch_beyond(tmp_path: Path) -> None:
+    # narrow layers: exact linear CKA, against the functional form on every activation
+    net, other = mlp(0), mlp(1)
+    data = batches()
+    a, b = hand_extract(net, LAYERS, data), hand_extract(other, LAYERS, data)
+    narrow = compare(net, other, data, layers_a=LAYERS, progress=False)
+    torch.testing.assert_close(narrow.matrix, reprsim.cka_matrix(list(a.values()), list(b.values())), rtol=0,
+                               atol=1e-10)  # fmt: skip
+    assert narrow.measure["id"] == "cka"
+    assert narrow.metadata["default_measure"] == "cka (every pooled width is at most 8,192)"
+    # one layer beyond 8,192: minibatch CKA for every cell, against the accumulator fed by hand
+    wa, wb = wide_mlp(0), wide_mlp(1)
+    data = batches(n=96)
+    a, b = hand_extract(wa, ["0", "1", "2"], data), hand_extract(wb, ["0", "1", "2"], data)
+    acc = MinibatchCKAMatrix()
+    for lo in range(0, 96, 32):
+        acc.update([v[lo : lo + 32] for v in a.values()], [v[lo : lo + 32] for v in b.values()])
+    wide = compare(wa, wb, data, layers_a=["0", "1", "2"], progress=False)
+    torch.testing.assert_close(wide.matrix, acc.compute(), rtol=0, atol=1e-12)
+    assert wide.measure["id"] == "cka-minibatch-linear"
+    assert wide.metadata["default_measure"] == (
+        "cka_minibatch (model A:0 has 8,200 features after pooling, more than exact CKA's 8,192)"
+    )
+    # narrow enough, but 20 blocks of exact moments for an interval would not fit in memory: minibatch CKA too
+    torch.manual_seed(3)
+    ma, mb = nn.Sequential(nn.Linear(10, 3500), nn.Tanh()).double(), nn.Sequential(nn.Linear(10, 3500)).double()
+    held = compare(ma, mb, data, layers_a=["0"], layers_b=["0"], ci=0.9, progress=False)
+    assert held.metadata["default_measure"] == (
+        "cka_minibatch (exact CKA's moments for these layers, with 20 blocks for the interval, would take "
+        "5.5 GiB, more than 4.0 GiB)"
+    )
+    with pytest.raises(InvalidParameterError, match=r"permutations= needs exact CKA.*8,200 features.*pool="):
+        compare(wa, wb, data, layers_a=["0"], permutations=9, progress=False)
+    # a named measure is never replaced: exact CKA on the wide layer is refused, naming the fix
+    with pytest.raises(InvalidParameterError, match=r"limit 8192.*cka_minibatch"):
+        compare(wa, wb, data, layers_a=["0"], measure="cka", progress=False)
+    # the stored counterpart and the CLI follow the same rule
+    with reprsim.StoreWriter(tmp_path / "a") as w:
+        w.write({"narrow": a["2"], "wide": a["0"]})
+    with reprsim.StoreWriter(tmp_path / "b") as w:
+        w.write({"narrow": b["2"]})
+    stored = reprsim.compare_stores(tmp_path / "a", tmp_path / "b", layers_a=["narrow"], progress=False)
+    assert stored.metadata["default_measure"].startswith("cka (")
+    assert float(stored["narrow", "narrow"]) == pytest.approx(float(reprsim.cka(a["2"], b["2"])), abs=1e-12)
+    stored = reprsim.compare_stores(tmp_path / "a", tmp_path / "b", chunk_rows=32, progress=False)
+    assert stored.metadata["default_measure"].startswith("cka_minibatch (a:wide has 8,200 features")
+    torch.testing.assert_close(stored.matrix[:, 0], acc.compute()[[2, 0], 2], rtol=0, atol=1e-12)
 
 
 def test_cnn_channel_permutation_gives_one_and_mean_pooling() -> None:
@@ -419,7 +474,7 @@ def test_nan_activations_are_named_by_model_and_layer() -> None:
     with torch.no_grad():
         net[2].bias[0] = float("nan")
     with pytest.raises(reprsim.errors.NonFiniteError, match=r"model A: layers \['2', '3', '4'\] produced NaN"):
-        compare(net, mlp(1), batches(), layers_a=LAYERS, progress=False)
+        compare(net, mlp(1), batches(), layers_a=LAYERS, measure="cka_minibatch", progress=False)
 
 
 def test_extractor_transform_runs_inside_the_hook() -> None:

@@ -76,6 +76,16 @@ def test_a_rank_with_an_empty_shard_takes_part(tmp_path: Path) -> None:
     check_equal("two", 3, tmp_path)
 
 
+def test_the_default_measure_is_chosen_alike_on_every_rank(tmp_path: Path) -> None:
+    # a layer of 9,000 features: minibatch CKA, also on rank 2, which sees no batch and learns the choice
+    single = check_equal("default", 3, tmp_path)
+    assert single["default"].metadata["default_measure"].startswith("cka_minibatch (model A:1 has 9,000 features")
+    for rank in range(3):
+        got = reprsim.SimilarityResult.load(tmp_path / f"rank{rank}-default.npz")
+        assert got.metadata["default_measure"] == single["default"].metadata["default_measure"]
+        assert got.measure["id"] == "cka-minibatch-linear"
+
+
 def test_sample_space_measures_gather_every_rank_s_rows(tmp_path: Path) -> None:
     # neighbours, RSA, distance correlation, RBF CKA and a permutation test on the rows of all 3 ranks, in stream
     # order (so the seeded permutations and the jackknife's blocks are one process's). With progress=True, rank 0

@@ -466,7 +466,7 @@ def test_compare_uncertainty_options_are_checked() -> None:
     net = mlp(0)
     data_ = batches(n=64)
     with pytest.raises(InvalidParameterError, match="has no permutation test"):
-        compare(net, None, data_, layers_a=["1"], permutations=10, progress=False)
+        compare(net, None, data_, layers_a=["1"], measure="cka_minibatch", permutations=10, progress=False)
     # among other measures, minibatch CKA is left untested with the reason; the others are tested
     with pytest.warns(ReprsimWarning, match=r"\['cka_minibatch'\] is not tested"):
         out = compare(net, None, data_, layers_a=["1", "3"], measures=["cka", "cka_minibatch"], permutations="moments",

@@ -37,7 +37,7 @@ def test_timm_vit_sublayers(images: list[torch.Tensor]) -> None:
     a, b = tiny_vit(0), tiny_vit(1)
     table = {i.name: i for i in list_layers(a, images[0])}
     assert table["blocks.0.attn.qkv"].output_shape == (16, 17, 3 * 192)  # 16 patches + CLS
-    r = compare(a, b, images, layers_a=SUBLAYERS, pool="mean_no_cls", progress=False)
+    r = compare(a, b, images, layers_a=SUBLAYERS, pool="mean_no_cls", measure="cka_minibatch", progress=False)
     expected_names = [f"blocks.{i}.attn.qkv" for i in range(4)] + [f"blocks.{i}.norm1" for i in range(4)]
     expected_names += [f"blocks.{i}.mlp.fc1" for i in range(4)]
     assert r.names_a == expected_names
@@ -46,7 +46,7 @@ def test_timm_vit_sublayers(images: list[torch.Tensor]) -> None:
     # Before the first attention, the CLS token is cls_token + pos_embed: the same for every image. Its
     # CKA is undefined, and reported as such rather than as a number.
     with pytest.warns(reprsim.ReprsimWarning, match=r"model A:blocks.0.attn.qkv, model A:blocks.0.norm1.*NaN"):
-        self_r = compare(a, None, images, layers_a=SUBLAYERS, pool="cls", progress=False)
+        self_r = compare(a, None, images, layers_a=SUBLAYERS, pool="cls", measure="cka_minibatch", progress=False)
     diag = np.diag(self_r.to_numpy())
     assert np.isnan(diag[[0, 4]]).all()
     np.testing.assert_allclose(np.delete(diag, [0, 4]), 1.0, atol=1e-6)
@@ -62,7 +62,7 @@ def test_timm_vit_compare_equals_hand_written_loop(images: list[torch.Tensor]) -
             fa = a.forward_intermediates(x, indices=4, norm=False, output_fmt="NLC", intermediates_only=True)
             fb = b.forward_intermediates(x, indices=4, norm=False, output_fmt="NLC", intermediates_only=True)
             acc.update([f.mean(dim=1) for f in fa], [f.mean(dim=1) for f in fb])
-    r = compare(a, b, images, layers_a=blocks, pool="mean_no_cls", progress=False)
+    r = compare(a, b, images, layers_a=blocks, pool="mean_no_cls", measure="cka_minibatch", progress=False)
     torch.testing.assert_close(r.matrix, acc.compute(), rtol=0, atol=1e-6)
 
 
@@ -118,7 +118,7 @@ def test_minilm_against_perturbed_copy_with_masked_mean(minilm: tuple[object, to
             if "encoder.layer.3" in name or "encoder.layer.4" in name or "encoder.layer.5" in name:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     data = tokenized(tokenizer, padding=True)
-    r = compare(bert, noisy, data, layers_a=LAYERS, pool="masked_mean", progress=False)
+    r = compare(bert, noisy, data, layers_a=LAYERS, pool="masked_mean", measure="cka_minibatch", progress=False)
     diag = np.diag(r.to_numpy())
     np.testing.assert_allclose(diag[:3], 1.0, atol=1e-5)  # untouched layers are identical
     assert diag[5] < diag[3] + 1e-9

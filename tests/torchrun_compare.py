@@ -40,6 +40,12 @@ def net(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 6)).double()
 
 
+def wide(seed: int) -> nn.Module:
+    """A layer of 9,000 features: more than exact CKA's moments allow, so the default measure is minibatch CKA."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 9000), nn.Tanh(), nn.Linear(9000, 5)).double()
+
+
 def batches(sizes: list[int], seed: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, 8, generator=g, dtype=torch.float64) for b in sizes]
@@ -85,6 +91,12 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
     if case == "dictmask":  # dict batches whose first entry (the mask) agrees but whose inputs differ on rank 1
         data = [{"attention_mask": torch.ones(x.shape[0], 4), "x": x} for x in batches(SIZES["two"], seed=rank)]
         return compare(_Masked(a), _Masked(b), data, measures=["cka"], **{**options, "layers": ["net.1"]})
+    if case == "default":  # no measure named and a layer too wide for exact CKA: minibatch CKA on every rank,
+        # the one without data too (2 batches over 3 ranks), which learns the choice from the others
+        wide_a, wide_b = wide(0), wide(1)
+        result = reprsim.compare(wide_a, wide_b, batches(SIZES["two"]), layers=["1", "2"], progress=False,
+                                 distributed=distributed)  # fmt: skip
+        return {"default": result}
     if case == "failure":  # rank 1 meets a batch with NaN
         data = batches(SIZES["moments"])
         data[1][3, 2] = float("nan")

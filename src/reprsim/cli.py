@@ -76,7 +76,9 @@ def _add_compare(commands: Any) -> None:
         "--measure",
         action="append",
         metavar="NAME",
-        help='a measure, repeatable (default: cka); `python -c "import reprsim; '
+        help="a measure, repeatable (default: exact CKA, or minibatch CKA where a layer is wider than 8,192 or "
+        "the moments would not fit in 4 GiB); "
+        '`python -c "import reprsim; '
         'print(reprsim.measures.available_measures())"` lists them',
     )
     compare.add_argument("--layers-a", nargs="+", metavar="LAYER", help="A's layers: names or globs (default: all)")
@@ -164,7 +166,7 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .measures import available_measures, get_measure
     from .models import compare_stores
 
-    names = args.measure or ["cka"]
+    names = args.measure or []  # none: the default measure, chosen from the layers' widths as compare() does
     for name in names:
         try:
             get_measure(name)
@@ -178,10 +180,11 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"reprsim compare: a measure is named twice in {names}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        results = compare_stores(
+        found = compare_stores(
             args.a,
             args.b,
-            measures=names,
+            measure=None,
+            measures=names or None,
             layers_a=args.layers_a,
             layers_b=args.layers_b,
             align=args.align,
@@ -200,6 +203,11 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ImportError as exc:  # an HDF5 or MATLAB file without its optional reader
         print(f"reprsim compare: {exc}", file=sys.stderr)
         return EXIT_MISSING
+    if names:
+        results = found
+    else:
+        results = {found.measure["id"]: found}
+        print(f"measure: {found.metadata['default_measure']}; --measure names another", file=sys.stderr)
     for name, result in results.items():
         if len(results) > 1:
             print(f"\n{name}:")

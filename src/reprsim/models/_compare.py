@@ -272,11 +272,15 @@ def compare(
         E.g. a DataLoader. A batch is a tensor, an ``(inputs, labels, ...)`` tuple whose first element is fed
         to the model, or a dict passed as keyword arguments (so ``attention_mask`` reaches a Hugging Face
         model and ``pool="masked_mean"``). Batches are moved to each model's device.
-    measure : str or Measure, default "cka_minibatch"
+    measure : str or Measure, optional
         The measure: a name from :func:`reprsim.measures.available_measures` (``"cka"``, ``"procrustes"``,
-        ``"cca"``, ...) or a configured object (``reprsim.measures.ShapeMetric(alpha=0.5)``). The default,
-        minibatch CKA (Nguyen et al. 2021), works for any layer width; moment-based measures (every other
-        one) stream exact statistics of the whole dataset and need pooled widths up to 8192.
+        ``"cca"``, ...) or a configured object (``reprsim.measures.ShapeMetric(alpha=0.5)``). Moment-based
+        measures (every one but minibatch CKA and the sample-space ones) stream exact statistics of the whole
+        dataset and need pooled widths up to 8,192. **Default**, the same rule in :func:`compare_stores` and
+        ``reprsim compare``: exact linear CKA (``"cka"``) where its moments fit (every compared layer's pooled
+        width at most 8,192, and the moments, kept per block with ``ci``, within 4 GiB), minibatch CKA
+        (``"cka_minibatch"``, Nguyen et al. 2021, which works for any width) otherwise. It is chosen at the
+        first batch, and the result's ``metadata["default_measure"]`` says which and why.
     measures : sequence of str or Measure, optional
         Several measures from one pass over the data (instead of ``measure``); the result is then a dict
         keyed by each measure as given (a name, or the object's ``id``).
@@ -505,6 +509,7 @@ def compare(
         dist=dist,
         stores=stores,
         sample_ids=sample_ids,
+        default_measure=measure is None and measures is None,
     ).run(data, eval_models=eval, progress=progress)
     single = measures is None
     shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
@@ -540,7 +545,7 @@ def _measures(measure: MeasureSpec | None, measures: Sequence[MeasureSpec] | Non
         if not specs:
             raise InvalidParameterError("measures= is empty; name at least one measure")
     else:
-        specs = [measure if measure is not None else "cka_minibatch"]
+        specs = [measure if measure is not None else "cka"]  # the default; see DEFAULT_RULE
     out: dict[str, Measure] = {}
     for s in specs:
         m = get_measure(s)
@@ -699,47 +704,29 @@ class _Comparison:
         dist: Distributed | None = None,
         stores: Mapping[str, Any] | None = None,
         sample_ids: Callable[[Any], Any] | None = None,
+        default_measure: bool = False,
     ) -> None:
         if feature_memory is not None:
             feature_memory = check_int(
                 feature_memory, "feature_memory", minimum=0, hint="bytes, or None never to spill"
             )
         used = [n for n in models if any(n in p for p in pairs)]
-        self.measures = measures
-        moment = [m for m in measures.values() if m.stream == "moments"]
-        self.minibatch_configs = list(
-            dict.fromkeys(_minibatch_key(m) for m in measures.values() if m.stream == "minibatch")
-        )
-        self.fourth = any(m.fourth for m in moment)
-        self.folds = max((m.folds for m in moment), default=1)
-        self.use_moments = bool(moment)
-        self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
         self.uncertainty = uncertainty if uncertainty is not None else _Uncertainty()
+        #: what every rank must have asked for (the default measure is chosen later, from the pooled widths)
+        self.requested: Any = (
+            "the default measure"
+            if default_measure
+            else sorted((k, m.id, repr(m.describe())) for k, m in measures.items())
+        )
+        #: while True, the default measure waits for the first batch's pooled widths (see _choose_default)
+        self.default_pending = default_measure
+        #: why the default measure is the one it is, for the results' metadata
+        self.default_choice: str | None = None
+        self.grams_next = False  # build Grams inside the hooks from the next batch on (see _choose_default)
+        self.pairs = pairs
+        self._use(measures)
+        moment = self.use_moments
         u = self.uncertainty
-        if u.ci is not None:
-            if u.blocks is not None and self.folds > 1 and u.blocks != self.folds:
-                raise InvalidParameterError(
-                    f"a cross-validated measure keeps {self.folds} folds, which are also the jackknife's blocks: "
-                    f"pass blocks={self.folds} (or leave blocks unset)"
-                )
-            u.blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
-            if moment:
-                self.folds = u.blocks
-        #: measures the permutation test leaves out, with the reason (minibatch CKA is defined over batches)
-        self.untested: dict[str, str] = {}
-        if u.permutations is not None:
-            bad = [k for k, m in measures.items() if m.stream == "minibatch"]
-            why = "minibatch CKA is defined over batches, not over samples: it has no permutation test"
-            if bad and len(bad) == len(measures):
-                raise InvalidParameterError(f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with permutations=")
-            if bad:  # test the others; these results say why they have no p-values
-                self.untested = {k: why for k in bad}
-                warnings.warn(
-                    f"{bad} {'is' if len(bad) == 1 else 'are'} not tested ({why}); the other measures are, and "
-                    "'cka' or 'cka_unbiased' would be",
-                    ReprsimWarning,
-                    stacklevel=3,
-                )
         # sample-space measures and permutation tests need every sample's pooled features
         self.keep_features = bool(self.sample_measures) or u.permutations is not None
         # sample-space measures need every sample's pooled features, n × width per layer: in memory up to
@@ -763,7 +750,6 @@ class _Comparison:
         self.last_rows = 0
         self.widths: dict[tuple[int, int], dict[str, int]] = {}
         self.models = {n: m for n, m in models.items() if isinstance(m, nn.Module)}
-        self.pairs = pairs
         self.config = {"pool": _pool_name(pool), "capture": capture}
         self.runs: dict[tuple[int, int], Extractor] = {}
         self.run_adapter: dict[tuple[int, int], Adapter | None] = {}
@@ -806,9 +792,6 @@ class _Comparison:
                         f"move it with .to({str(target)!r}) first, or leave device=None"
                     )
                 self.run_device[key] = target
-        records = u.ci is not None  # per-batch records for the jackknife over batches
-        self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2], records=records)
-                          for p in pairs for c in self.minibatch_configs}  # fmt: skip
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
         self.expected_samples: int | None = None  # set by run() where the data say how many samples they hold
         self.slots: dict[tuple[tuple[int, int], str], int] = {}
@@ -838,6 +821,79 @@ class _Comparison:
             wanted = set(self.layer_names[name])
             self.keys[name] = [k for k in acts if k.split("#")[0] in wanted]
         return self.keys[name]
+
+    def _use(self, measures: dict[str, Measure]) -> None:
+        """Set up for ``measures``: which accumulators the pass feeds, the folds the moments keep (the jackknife's
+        blocks with ``ci``), and which measures the permutation test leaves out."""
+        self.measures = measures
+        moment = [m for m in measures.values() if m.stream == "moments"]
+        self.minibatch_configs = list(
+            dict.fromkeys(_minibatch_key(m) for m in measures.values() if m.stream == "minibatch")
+        )
+        self.fourth = any(m.fourth for m in moment)
+        self.folds = max((m.folds for m in moment), default=1)
+        self.use_moments = bool(moment)
+        self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
+        u = self.uncertainty
+        records = u.ci is not None  # per-batch records for the jackknife over batches
+        self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2], records=records)
+                          for p in self.pairs for c in self.minibatch_configs}  # fmt: skip
+        if u.ci is not None:
+            if u.blocks is not None and self.folds > 1 and u.blocks != self.folds:
+                raise InvalidParameterError(
+                    f"a cross-validated measure keeps {self.folds} folds, which are also the jackknife's blocks: "
+                    f"pass blocks={self.folds} (or leave blocks unset)"
+                )
+            u.blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
+            if moment:
+                self.folds = u.blocks
+        #: measures the permutation test leaves out, with the reason (minibatch CKA is defined over batches)
+        self.untested: dict[str, str] = {}
+        if u.permutations is not None:
+            bad = [k for k, m in measures.items() if m.stream == "minibatch"]
+            why = "minibatch CKA is defined over batches, not over samples: it has no permutation test"
+            if bad and len(bad) == len(measures):
+                raise InvalidParameterError(f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with permutations=")
+            if bad:  # test the others; these results say why they have no p-values
+                self.untested = {k: why for k in bad}
+                warnings.warn(
+                    f"{bad} {'is' if len(bad) == 1 else 'are'} not tested ({why}); the other measures are, and "
+                    "'cka' or 'cka_unbiased' would be",
+                    ReprsimWarning,
+                    stacklevel=4,
+                )
+
+    def _choose_default(self, widths: Mapping[tuple[str, str], int]) -> None:
+        """The measure when none is named, the same in compare(), compare_stores() and ``reprsim compare``:
+        exact linear CKA (set up already) where its moments fit, i.e. every pooled width (``(model, layer)`` to
+        width) is at most EXACT_MAX_WIDTH and the moments, with the jackknife's blocks under ``ci``, take at most
+        FOLD_MEMORY; minibatch CKA otherwise. Every rank with data decides alike (their widths agree); a rank
+        without data adopts the first one's choice in :meth:`_reduce`."""
+        self.default_pending = False
+        (model, layer), width = max(widths.items(), key=lambda kv: kv[1])
+        slots = {(self.run_of[m], k): w for (m, k), w in widths.items()}
+        need = self._moment_bytes(slots)
+        if width <= EXACT_MAX_WIDTH and need <= FOLD_MEMORY:
+            self.default_choice = f"cka (every pooled width is at most {EXACT_MAX_WIDTH:,})"
+            return
+        if width > EXACT_MAX_WIDTH:
+            why = f"{model}:{layer} has {width:,} features after pooling, more than exact CKA's {EXACT_MAX_WIDTH:,}"
+        else:
+            blocks = f", with {self.folds} blocks for the interval," if self.folds > 1 else ""
+            why = (
+                f"exact CKA's moments for these layers{blocks} would take {format_bytes(need)}, more than "
+                f"{format_bytes(FOLD_MEMORY)}"
+            )
+        self.default_choice = f"cka_minibatch ({why})"
+        if self.uncertainty.permutations is not None:
+            raise InvalidParameterError(
+                f"permutations= needs exact CKA, but the default measure for these layers is minibatch CKA ({why}), "
+                "which has no permutation test: pool tokens (pool='mean' or 'cls') or select fewer, narrower layers"
+            )
+        self._use({"cka": get_measure("cka_minibatch")})
+        # as when minibatch CKA is named: after this batch, each layer's Gram is built inside its hook, so no
+        # wide activation outlives its layer (this batch's were captured whole, to measure their widths)
+        self.grams_next = bool(self.runs) and not (self.keep_features or self.sources or self.writers)
 
     def run(
         self, data: Iterable[Any], *, eval_models: bool, progress: bool
@@ -948,6 +1004,8 @@ class _Comparison:
             raise ShapeMismatchError(f"the models produced different batch sizes {sorted(sizes)} for one batch")
         for name in {n for p in self.pairs for n in p}:
             self._keys_for(name, acts[self.run_of[name]])
+        if self.default_pending:
+            self._choose_default({(m, k): t.reshape(t.shape[0], -1).shape[1] for m, k, t in self._named_layers(acts)})
         # Every check of the batch (NaN/inf in any layer, overflow in any statistic) shares one host
         # synchronisation, and nothing is added before all pass: a rejected batch changes no state.
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]] = []
@@ -983,6 +1041,10 @@ class _Comparison:
         self.last_rows = sizes.pop()
         self.samples += self.last_rows
         self.batches += 1
+        if self.grams_next:
+            self.grams_next, self.grams_in_hook = False, True
+            for key, extractor in self.runs.items():
+                extractor.transform = self._gram_transform(key)
 
     def _named_layers(
         self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]
@@ -1087,17 +1149,21 @@ class _Comparison:
                                 f"batch since the data hold {n} samples: {exc}"
                             ) from exc
 
-    def _check_fold_memory(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
-        """Per-block (or per-fold) moments cost G copies of the moments: refuse more than FOLD_MEMORY at the first
-        batch, before any of it is allocated (blocks=10⁴ took 8.9 GiB)."""
-        if self.folds < 2:
-            return
+    def _moment_bytes(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> int:
+        """The float64 moments of these layers (each layer's own, each pair's cross ones), for every fold kept."""
         per_fold = sum(w * w for w in widths.values())
         for a, b in self.pairs:
             wa = sum(widths[(self.run_of[a], k)] for k in self.keys[a])
             wb = sum(widths[(self.run_of[b], k)] for k in self.keys[b])
             per_fold += wa * wb
-        need = 8 * self.folds * per_fold
+        return 8 * max(self.folds, 1) * per_fold
+
+    def _check_fold_memory(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
+        """Per-block (or per-fold) moments cost G copies of the moments: refuse more than FOLD_MEMORY at the first
+        batch, before any of it is allocated (blocks=10⁴ took 8.9 GiB)."""
+        if self.folds < 2:
+            return
+        need = self._moment_bytes(widths)
         if need > FOLD_MEMORY:
             raise MemoryBudgetError(
                 f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {format_bytes(need)} for these "
@@ -1125,11 +1191,11 @@ class _Comparison:
             if slot in self.store.meta
         }
         u = self.uncertainty
-        options = repr((sorted((k, m.id, repr(m.describe())) for k, m in self.measures.items()), self.pairs,
+        options = repr((self.requested, self.pairs,
                         self.layer_names, (u.ci, u.blocks, u.permutations, u.alpha, u.seed), d.shard,
                         self.keep_features, self.config))  # fmt: skip
         mine = {"options": options, "keys": self.keys, "batches": self.batches, "features": features,
-                "fingerprints": d.checked_prints(),
+                "fingerprints": d.checked_prints(), "default": self.default_choice,
                 "widths": {f"{m}:{l}": w for (m, l), w in self.pooled_widths.items()}}  # fmt: skip
         first = agree_description(d, mine)
         local_rows = self.samples
@@ -1139,6 +1205,9 @@ class _Comparison:
         if local_rows == 0 and not self.keys:
             self.keys = {n: list(v) for n, v in first["keys"].items()}
             canonical = self._canonical_slots()
+        if self.default_pending and first["default"] is not None:  # this rank saw no data: the others chose
+            self._use({"cka": get_measure(first["default"].split()[0])})
+            self.default_pending, self.default_choice = False, first["default"]
         gathers = self.keep_features and not self.sources  # a store's rows are on disk for every rank to read
         steps = range(int(self.use_moments) + len(self.minibatch) + (len(first["features"]) if gathers else 0))
         bar = _progress(steps, progress and d.rank == 0 and len(steps) > 0, "reduce", "state")
@@ -1326,6 +1395,7 @@ class _Comparison:
             "model_a": a,
             "model_b": b,
             "measure": measure.describe(),
+            **({"default_measure": self.default_choice} if self.default_choice is not None else {}),
             **({"features": self.store.describe()} if self.keep_features else {}),
             **self.config,
             **({"distributed": self.dist.describe()} if self.dist is not None else {}),

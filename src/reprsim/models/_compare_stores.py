@@ -112,8 +112,8 @@ def compare_stores(
     a, b : path or ActivationStore
         The two sides. ``b`` None compares ``a``'s layers with each other.
     measure, measures
-        As in :func:`compare` (default ``"cka_minibatch"``, whose batches are then the chunks: pass
-        ``chunk_rows`` to choose them).
+        As in :func:`compare`, with the same default: exact CKA where its moments fit (layers at most 8,192
+        wide), else minibatch CKA, whose batches are then the chunks (pass ``chunk_rows`` to choose them).
     layers_a, layers_b : name, glob, regex or list of those, optional
         Which stored layers to compare (default all; ``layers_b`` defaults to ``layers_a`` when ``b`` is None).
     align : bool, default False
@@ -186,6 +186,7 @@ def compare_stores(
         feature_memory=None,
         uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
         dist=dist,
+        default_measure=measure is None and measures is None,
     )
     # one entry per distinct store, reading the union of the layers its sides select
     sides: dict[tuple[int, int], tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
