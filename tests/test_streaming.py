@@ -47,6 +47,19 @@ def state_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
 # -- LinearCKA -------------------------------------------------------------------------------------------
 
 
+def test_linear_cka_shares_the_moment_state_not_the_cross_moments_interface() -> None:
+    # it holds one pair and computes CKA: lists of layers and other measures are CrossMoments' job
+    acc = LinearCKA()
+    assert isinstance(acc, reprsim.streaming.Accumulator)
+    assert not isinstance(acc, reprsim.streaming.CrossMoments)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"one pair.*use CrossMoments"):
+        acc.update([x, x], x)
+    assert acc.num_samples == 0  # refused before anything changed
+    acc.update(x, 2 * x)
+    assert acc.compute() == pytest.approx(1.0, abs=1e-12)
+
+
 @pytest.mark.parametrize("unbiased", [False, True])
 @settings(max_examples=30, deadline=None)
 @given(

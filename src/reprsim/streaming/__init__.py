@@ -3,7 +3,7 @@ checkpoints (``state_dict``, loadable with ``torch.load(weights_only=True)``), m
 all-reduces over torch.distributed.
 
 - :class:`CrossMoments`: exact cross moments of any number of layers, serving every moment-based measure.
-- :class:`LinearCKA`: exact streaming linear CKA (a :class:`CrossMoments` for one pair).
+- :class:`LinearCKA`: exact streaming linear CKA of one pair (the state of :class:`CrossMoments`).
 - :class:`MinibatchCKA`, :class:`MinibatchCKAMatrix`: minibatch CKA of Nguyen et al. (2021), any kernel.
 """
 

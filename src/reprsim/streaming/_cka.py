@@ -31,18 +31,19 @@ from ..measures._cka import (
     unbiased_moment_terms,
     zero_diagonal_grams,
 )
-from ._moments import CrossMoments
+from ._moments import _MomentState
 from ._protocol import Dims, Pending, _Accumulator, _coerce_batch, batch_layers
 
 __all__ = ["LinearCKA", "MinibatchCKA", "MinibatchCKAMatrix"]
 
 
-class LinearCKA(CrossMoments):
+class LinearCKA(_MomentState):
     """Exact streaming linear CKA: after any sequence of batches, equal to :func:`reprsim.cka` on their
     concatenation.
 
-    A :class:`CrossMoments` for one pair of representations whose :meth:`compute` is linear CKA: the state is
-    the sample count, means and centred co-moments XcᵀXc, YcᵀYc, XcᵀYc (and, for the unbiased estimator, the
+    The state of :class:`CrossMoments` for one pair of representations (it shares that state's arithmetic, not
+    its interface: one tensor per side, and :meth:`compute` is linear CKA): the sample count, means and centred
+    co-moments XcᵀXc, YcᵀYc, XcᵀYc (and, for the unbiased estimator, the
     row-norm moments), merged with the parallel update of Chan et al., so memory is O(p² + q² + pq) whatever
     the number of samples and a large common offset of the features costs no accuracy.
 
@@ -91,15 +92,23 @@ class LinearCKA(CrossMoments):
     def _config(self) -> dict[str, Any]:
         return {"unbiased": self.unbiased, "dtype": str(self._dtype)}
 
+    def prepare(self, x: Any, y: Any = None, *, checked: bool = False, start: int | None = None) -> Pending:
+        """A batch's contribution, checked, to :meth:`commit` later (see :class:`Pending`): ``x`` and ``y`` one
+        tensor each, (b, ...), the same b samples."""
+        if isinstance(x, (list, tuple)) or isinstance(y, (list, tuple)):
+            raise InvalidParameterError(
+                "LinearCKA compares one pair of representations (one tensor per side); for lists of layers use "
+                "CrossMoments, whose compute_matrix('cka') gives every pair"
+            )
+        xt, yt = _coerce_batch(x, y)
+        return super().prepare(xt, yt, checked=checked, start=start)
+
     def update(self, x: Any, y: Any = None) -> None:
         """Add a batch: ``x`` of shape (b, ...) and ``y`` of shape (b, ...), the same b samples in order."""
-        xt, yt = _coerce_batch(x, y)
-        super().update(xt, yt)
+        self._update(x, y)
 
-    def compute(self, measure: Any = None) -> float:
+    def compute(self) -> float:
         """CKA of everything seen so far, as a Python float."""
-        if measure is not None:
-            raise InvalidParameterError("LinearCKA computes CKA; use CrossMoments for other measures")
         self._require_samples(4 if self.unbiased else 2, f"{'unbiased' if self.unbiased else 'biased'} CKA")
         m = self.moments()
         value = CKA(unbiased=self.unbiased).from_moments(m)

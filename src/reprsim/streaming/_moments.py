@@ -139,35 +139,10 @@ def _as_layers(v: Any, side: str) -> tuple[list[Any], bool]:
     return [v], False
 
 
-class CrossMoments(_Accumulator):
-    """Exact streaming cross moments of representations, from which any moment-based measure is computed.
-
-    Feed batches of two sides, each one tensor or a list of tensors (layers), with the same samples in the
-    same order; then compute any measure (CKA, Procrustes, shape metrics, the CCA family, predictivity) for
-    every pair of an x-layer and a y-layer. Memory is O(Σp² + Σp·Σq) whatever the number of samples.
-
-    Parameters
-    ----------
-    fourth : bool, default False
-        Also keep the row-norm moments that unbiased linear CKA needs (O(p + q) more per layer pair).
-    folds : int, default 1
-        Keep one set of moments per fold (sample i of the stream, counted on this process, belongs to fold
-        i mod folds), which cross-validated measures need.
-    dtype : {torch.float64, torch.float32}, default torch.float64
-        The state's dtype; batches of any floating dtype are accepted.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from reprsim.measures import Procrustes, procrustes
-    >>> from reprsim.streaming import CrossMoments
-    >>> x, y = torch.randn(1000, 16, dtype=torch.float64), torch.randn(1000, 8, dtype=torch.float64)
-    >>> acc = CrossMoments()
-    >>> for xb, yb in zip(x.split(100), y.split(100)):
-    ...     acc.update(xb, yb)
-    >>> abs(acc.compute("procrustes") - float(procrustes(x, y))) < 1e-12
-    True
-    """
+class _MomentState(_Accumulator):
+    """The state and its arithmetic, shared by :class:`CrossMoments` (any layers, any moment measure) and
+    :class:`~reprsim.streaming.LinearCKA` (one pair, CKA): the sample count, means and centred co-moments of
+    every layer and every compared pair, per fold, merged with Chan et al.'s parallel update."""
 
     _version = 3
     _readable = (2,)  # version 2 had no "eps" entry: its data are taken to be float64
@@ -322,8 +297,7 @@ class CrossMoments(_Accumulator):
             guard = _guard(cast, cast, self._dtype) if b > 0 else torch.zeros((), dtype=self._dtype, device=device)
             return Pending(self, dims, device, {**chunk_state(cast, layout, folds), "eps": eps, "guard": guard})
 
-    def update(self, x: Any, y: Any = None) -> None:
-        """Add a batch: ``x`` and ``y`` each a tensor (b, ...) or a list of tensors (layers), same b samples."""
+    def _update(self, x: Any, y: Any = None) -> None:
         pending = self.prepare(x, y)
         if pending.contribution["n"].sum() == 0:
             return  # an empty batch adds nothing
@@ -396,7 +370,7 @@ class CrossMoments(_Accumulator):
     def layout(self) -> Layout:
         """The layers' widths and the blocks of cross moments (after the first batch)."""
         if self._dims is None:
-            raise IncompatibleStateError("CrossMoments has seen no batch yet, so its layers are not known")
+            raise IncompatibleStateError(f"{type(self).__name__} has seen no batch yet, so its layers are not known")
         return self._layout(self._dims)
 
     @full_precision_matmul
@@ -457,6 +431,41 @@ class CrossMoments(_Accumulator):
             parts = [remove_part(total, fold(self._state, g), layout) for g in range(layout.folds)]
             self._derived["left_out"] = (key, parts)
         return self._derived["left_out"][1]  # type: ignore[no-any-return]
+
+
+class CrossMoments(_MomentState):
+    """Exact streaming cross moments of representations, from which any moment-based measure is computed.
+
+    Feed batches of two sides, each one tensor or a list of tensors (layers), with the same samples in the
+    same order; then compute any measure (CKA, Procrustes, shape metrics, the CCA family, predictivity) for
+    every pair of an x-layer and a y-layer. Memory is O(Σp² + Σp·Σq) whatever the number of samples.
+
+    Parameters
+    ----------
+    fourth : bool, default False
+        Also keep the row-norm moments that unbiased linear CKA needs (O(p + q) more per layer pair).
+    folds : int, default 1
+        Keep one set of moments per fold (sample i of the stream, counted on this process, belongs to fold
+        i mod folds), which cross-validated measures need.
+    dtype : {torch.float64, torch.float32}, default torch.float64
+        The state's dtype; batches of any floating dtype are accepted.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from reprsim.measures import Procrustes, procrustes
+    >>> from reprsim.streaming import CrossMoments
+    >>> x, y = torch.randn(1000, 16, dtype=torch.float64), torch.randn(1000, 8, dtype=torch.float64)
+    >>> acc = CrossMoments()
+    >>> for xb, yb in zip(x.split(100), y.split(100)):
+    ...     acc.update(xb, yb)
+    >>> abs(acc.compute("procrustes") - float(procrustes(x, y))) < 1e-12
+    True
+    """
+
+    def update(self, x: Any, y: Any = None) -> None:
+        """Add a batch: ``x`` and ``y`` each a tensor (b, ...) or a list of tensors (layers), same b samples."""
+        self._update(x, y)
 
     def _values(
         self,
