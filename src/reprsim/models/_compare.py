@@ -705,6 +705,8 @@ class _Comparison:
         stores: Mapping[str, Any] | None = None,
         sample_ids: Callable[[Any], Any] | None = None,
         default_measure: bool = False,
+        features: Any = None,
+        notes: Mapping[str, Any] | None = None,
     ) -> None:
         if feature_memory is not None:
             feature_memory = check_int(
@@ -730,8 +732,8 @@ class _Comparison:
         # sample-space measures and permutation tests need every sample's pooled features
         self.keep_features = bool(self.sample_measures) or u.permutations is not None
         # sample-space measures need every sample's pooled features, n × width per layer: in memory up to
-        # feature_memory bytes in all, then in memory-mapped temporary files
-        self.store = _FeatureStore(feature_memory)
+        # feature_memory bytes in all, then in memory-mapped temporary files (or, from stores, read from them)
+        self.store = features if features is not None else _FeatureStore(feature_memory)
         self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
         self.layer_stats: dict[tuple[tuple[int, int], str], tuple[float, float]] = {}
         # large per-layer results (RSA's ranked triangles) kept for the other pairs a layer is in, up to this much
@@ -767,6 +769,7 @@ class _Comparison:
             # One run per (model object, input adapter): a model under two names, or compared with itself, is run
             # once per batch, capturing the union of the layers its names select.
             self.run_of = {n: (id(models[n]), id(adapters.get(n))) for n in used}
+        self.config.update(notes or {})  # what the caller records about its inputs (the stores' paths)
         for n in used if not stored else ():
             key = self.run_of[n]
             union = [l for m in used if self.run_of[m] == key for l in self.layer_names[m]]

@@ -171,6 +171,11 @@ def compare_stores(
     target = torch.device(device) if device is not None else torch.device("cpu")
     specs = {na: layers_a, nb: layers_b if layers_b is not None else layers_a}
     dist = setup(distributed, "batches", ())
+    # each store is one run of the comparison, keyed (id(store), 0); its rows in the first store's sample order
+    rows_of = {(id(sb), 0): (sb, order), (id(sa), 0): (sa, None)}
+    notes: dict[str, Any] = {"stores": {na: str(sa.path), nb: str(sb.path)}}
+    if order is not None:
+        notes["aligned"] = "the second store's rows were reordered by sample ID"
     comparison = _Comparison(
         {na: sa, nb: sb},
         specs,
@@ -187,6 +192,8 @@ def compare_stores(
         uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
         dist=dist,
         default_measure=measure is None and measures is None,
+        features=_StoredFeatures(rows_of, target),
+        notes=notes,
     )
     # one entry per distinct store, reading the union of the layers its sides select
     sides: dict[tuple[int, int], tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
@@ -202,10 +209,6 @@ def compare_stores(
         chunk_rows = max(1024, CHUNK_BYTES // widest)
     else:
         chunk_rows = check_int(chunk_rows, "chunk_rows", minimum=1)
-    comparison.store = _StoredFeatures({k: (s, o) for k, (s, _, o) in sides.items()}, target)  # type: ignore[assignment]
-    comparison.config["stores"] = {na: str(sa.path), nb: str(sb.path)}
-    if order is not None:
-        comparison.config["aligned"] = "the second store's rows were reordered by sample ID"
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     data = _Chunks([(k, s, layers, o) for k, (s, layers, o) in sides.items()], chunk_rows, target, rank, world)
     results = comparison.run(data, eval_models=False, progress=progress)
