@@ -70,7 +70,17 @@ from ._distributed import (
     shard_loader,
     stream_order,
 )
-from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch, resolve_layers
+from ._extract import (
+    Extractor,
+    LayerSpec,
+    Pool,
+    eval_mode,
+    exclusive,
+    model_device,
+    module_of,
+    move_batch,
+    resolve_layers,
+)
 from ._result import SimilarityResult
 from ._store import ActivationStore, StoreWriter
 
@@ -822,7 +832,7 @@ class _Comparison:
         """Activation keys of ``name``'s layers (``layer#k`` keys when each call is recorded)."""
         if name not in self.keys:
             wanted = set(self.layer_names[name])
-            self.keys[name] = [k for k in acts if k.split("#")[0] in wanted]
+            self.keys[name] = [k for k in acts if module_of(k) in wanted]
         return self.keys[name]
 
     def _use(self, measures: dict[str, Measure]) -> None:
@@ -1292,11 +1302,11 @@ class _Comparison:
                 run_keys = list(acts[key])
                 if self.grams_in_hook:
                     built = [acts[key][k] for k in run_keys]
-                    widths = {k.split("#")[0]: w for k, w in self.widths[key].items()}
+                    widths = {module_of(k): w for k, w in self.widths[key].items()}
                 else:
                     flat = {k: acts[key][k].reshape(acts[key][k].shape[0], -1) for k in run_keys}
                     built = [batch_gram(flat[k], config[0], config[1], config[2], k) for k in run_keys]
-                    widths = {k.split("#")[0]: flat[k].shape[1] for k in run_keys}
+                    widths = {module_of(k): flat[k].shape[1] for k in run_keys}
                 g = zero_diagonals_(torch.stack(built))
                 if g.shape[-1] < 4:
                     raise InsufficientSamplesError(
@@ -1318,11 +1328,11 @@ class _Comparison:
             g, run_keys, widths = stacked[key]
             keys = self.keys[name]
             for k in keys:
-                self._check_width(name, k, widths[k.split("#")[0]], f"{tuple(g.shape[1:])} Grams")
+                self._check_width(name, k, widths[module_of(k)], f"{tuple(g.shape[1:])} Grams")
             idx = [run_keys.index(k) for k in keys]
             grams[name] = (
                 g if idx == list(range(len(run_keys))) else g[idx],
-                tuple(widths[k.split("#")[0]] for k in keys),
+                tuple(widths[module_of(k)] for k in keys),
             )
         out = []
         for a, b in self.pairs:

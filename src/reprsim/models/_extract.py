@@ -519,10 +519,20 @@ class Extractor:
         out: dict[str, torch.Tensor] = {}
         for name, recs in records.items():
             if self.calls == "each" and len(recs) > 1:
-                out.update({f"{name}#{i}": r for i, r in enumerate(recs)})
+                out.update({call_key(name, i): r for i, r in enumerate(recs)})
             else:
                 out[name] = recs[0]
         return out
+
+
+def call_key(module: str, call: int) -> str:
+    """The key of one call of a module that ran several times in a forward pass (``calls="each"``)."""
+    return f"{module}#{call}"
+
+
+def module_of(key: str) -> str:
+    """The module a captured key belongs to: the key itself, or the module of one of its calls."""
+    return key.split("#")[0]
 
 
 @dataclasses.dataclass(frozen=True)

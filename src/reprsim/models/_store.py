@@ -39,7 +39,7 @@ import torch
 from .._validation import as_matrix, check_bool
 from .._version import __version__
 from ..errors import InvalidParameterError, LayerNotFoundError, ShapeMismatchError, StoreError
-from ._extract import _closest, _glob_to_regex
+from ._extract import _closest, _glob_to_regex, module_of
 from ._files import (
     NpyHeader,
     check_name,
@@ -508,7 +508,7 @@ class StoreWriter:
 
 def _describe_pool(pool: Any, layer: str) -> Any:
     if isinstance(pool, Mapping):
-        pool = pool.get(layer.split("#")[0])
+        pool = pool.get(module_of(layer))
     if pool is None or isinstance(pool, str):
         return pool
     return getattr(pool, "__name__", repr(pool))
