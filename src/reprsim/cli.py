@@ -21,8 +21,11 @@ COMPARE_EXAMPLES = """examples:
 
 inputs: activation store folders (written by reprsim.StoreWriter or compare(..., stores=...)), or .npy,
 .npz, .safetensors, .h5/.hdf5 (needs h5py) and .mat files (needs scipy; v7.3 needs h5py) with one (n, width)
-array per layer. Stores with sample IDs must hold the same
-IDs in the same order, unless --align reorders the second by ID; files without IDs are matched by position.
+array per layer. Stores with sample IDs must hold the same IDs in the same order, unless --align reorders the
+second by ID; files without IDs are matched by position.
+
+measure: without --measure, exact CKA where its moments fit, else minibatch CKA (the rule compare() follows);
+the choice is printed.
 
 exit codes: 0 success, 2 usage error, 3 missing optional dependency, 4 input error (the message names the
 file and the fix), 1 anything else."""

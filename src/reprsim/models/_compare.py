@@ -555,7 +555,7 @@ def _measures(measure: MeasureSpec | None, measures: Sequence[MeasureSpec] | Non
         if not specs:
             raise InvalidParameterError("measures= is empty; name at least one measure")
     else:
-        specs = [measure if measure is not None else "cka"]  # the default; see DEFAULT_RULE
+        specs = [measure if measure is not None else "cka"]  # the default, revised at the first batch (_choose_default)
     out: dict[str, Measure] = {}
     for s in specs:
         m = get_measure(s)
