@@ -12,6 +12,7 @@ import pytest
 
 import reprsim
 from reprsim import StoreWriter
+from reprsim.cli import main
 from tests import reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,3 +211,24 @@ def test_info_escapes_control_characters(tmp_path: Path) -> None:
     assert "\x1b" not in done.stdout
     assert "\\x1b" in done.stdout
     assert "a\\tb" in done.stdout
+
+
+def test_cli_version_and_help_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"reprsim {reprsim.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "reprsim demo --quick --out demo-out" in capsys.readouterr().out
+
+
+def test_demo_without_its_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 3
+    assert "the demo needs matplotlib: pip install 'reprsim[demo]'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from torch import nn
 
 import reprsim
 from reprsim import Extractor, SimilarityResult, compare, list_layers
-from reprsim.errors import InvalidParameterError, LayerNotFoundError, MultipleCallsError
+from reprsim.errors import InvalidParameterError, LayerNotFoundError, MultipleCallsError, ShapeMismatchError
 from reprsim.measures import CKA
 from reprsim.streaming import MinibatchCKAMatrix
 
@@ -577,3 +578,71 @@ def test_calibrated_heatmap_draws_the_calibrated_scores_on_a_fixed_scale() -> No
     plain = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, measure="cka", progress=False)
     with pytest.raises(reprsim.errors.InvalidParameterError, match="permutations='moments'"):
         plain.plot(calibrated=True)
+
+
+# -- what a newcomer meets in the first hour (issue 25): errors with the fix, progress ----------------------
+
+
+class Tokens(nn.Module):
+    """(b, T, 4) with T from the input's width: a transformer whose batches are padded to different lengths."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, None].expand(-1, -1, 4).contiguous()
+
+
+@pytest.mark.parametrize("measure", ["cka_minibatch", "cka", "mutual_knn"])
+def test_per_batch_padding_with_flatten_names_the_layer_and_the_fix(measure: str) -> None:
+    model = nn.Sequential(Tokens(), nn.Identity())
+    data = [torch.randn(16, 12), torch.randn(16, 15)]  # 12 tokens, then 15
+    with pytest.raises(ShapeMismatchError, match=r"layer '1' has 60 features after pooling in this batch but 48") as e:
+        compare(model, None, data, layers_a=["1"], measure=measure, progress=False)
+    assert "pool='masked_mean'" in str(e.value)
+    assert "pad every batch to one length" in str(e.value)
+
+
+def test_a_bare_tensor_as_data_is_refused_with_the_fix() -> None:
+    net = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(InvalidParameterError, match=r"data is one array of shape \(64, 8\).*torch.split\(x, 128\)"):
+        compare(net, None, torch.randn(64, 8), layers_a=["0"], progress=False)
+
+
+def test_progress_without_tqdm_prints_a_plain_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reprsim.models import _compare
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
+    bar = _compare._progress([1, 2, 3], True, "compare")
+    assert isinstance(bar, _compare._PlainProgress)
+    bar.set_postfix_str("1,000 samples/s")
+    bar.last -= 11.0  # ten seconds have passed
+    bar.update(2)
+    assert "compare: 2/3 batches 1,000 samples/s" in capsys.readouterr().err
+
+
+def test_the_work_after_the_pass_shows_progress_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """Intervals, permutation tests and sample-space measures run after the pass's bar reached 100%: a second
+    bar counts the results."""
+    pytest.importorskip("tqdm")
+    compare(mlp(0), mlp(1), batches(n=64), layers_a=["1", "3"], measures=["cka", "mutual_knn"], ci=0.9,
+            progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "compare" in err
+    assert "results" in err
+    assert "2/2" in err  # one pair, two measures
+    compare(mlp(0), mlp(1), batches(n=64), layers_a=["1"], measure="cka", progress=True)
+    assert "results" not in capsys.readouterr().err  # nothing slow after the pass: no second bar
+
+
+def test_heatmap_colours_span_the_data_and_names_print_whole() -> None:
+    r = reprsim.SimilarityResult(
+        torch.tensor([[0.12, 0.21], [0.15, 0.18]], dtype=torch.float64),
+        ["blocks.0", "blocks.11.attn.qkv"],
+        ["blocks.0", "blocks.11.mlp.fc1"],
+        {"model_a": "A", "model_b": "B"},
+    )
+    assert r.color_range() == pytest.approx((0.12, 0.21))
+    text = repr(r)
+    for name in ("blocks.11.attn.qkv", "blocks.11.mlp.fc1"):
+        assert name in text
+    assert np.isclose(float(r["blocks.11.attn.qkv", "blocks.11.mlp.fc1"]), 0.18)

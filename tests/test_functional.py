@@ -311,3 +311,38 @@ def test_half_precision_is_accepted_as_input_and_refused_as_the_dtype_computed_i
                 reprsim.cka(x16, y16, unbiased=unbiased, dtype=dtype)
     with pytest.raises(reprsim.errors.InvalidParameterError, match=r"dtype must be a torch dtype .*'float32' \(str\)"):
         reprsim.cka(x, y, dtype="float32")  # type: ignore[arg-type]
+
+
+# -- arrays from other frameworks ---------------------------------------------------------------------------
+
+
+class DLPackOnly:
+    """What JAX, CuPy or TensorFlow arrays offer: the DLPack protocol, and no NumPy or torch type."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    def __dlpack__(self, **kwargs: object) -> object:
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._a.__dlpack_device__()  # type: ignore[no-any-return]
+
+
+class ArrayOnly:
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return self._a
+
+
+def test_arrays_from_other_frameworks_are_read_without_a_copy() -> None:
+    from reprsim._validation import as_matrix
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 6)), rng.normal(size=(50, 4))
+    t = as_matrix(DLPackOnly(x), "x")
+    assert t.data_ptr() == x.__array_interface__["data"][0]  # shared memory
+    for fn in (reprsim.cka, reprsim.procrustes, reprsim.mutual_knn):
+        assert fn(DLPackOnly(x), ArrayOnly(y)) == pytest.approx(fn(x, y), abs=1e-12)

@@ -18,6 +18,7 @@ from reprsim.errors import (
     DeviceMismatchError,
     IncompatibleStateError,
     InsufficientSamplesError,
+    InvalidParameterError,
     NonFiniteError,
     ShapeMismatchError,
 )
@@ -560,3 +561,9 @@ def test_unbiased_cka_of_a_state_with_10_to_the_15_samples() -> None:
     state["n"] = torch.tensor([200 * scale], dtype=torch.float64)
     big = LinearCKA(unbiased=True).load_state_dict({**sd, "state": state})
     assert abs(big.compute() - ref.cka(x, y)) < 1e-6
+
+
+def test_minibatch_matrix_refuses_arrays_where_lists_of_layers_belong() -> None:
+    x = torch.randn(32, 6)
+    with pytest.raises(InvalidParameterError, match=r"xs is one array of shape \(32, 6\).*update\(\[x\], \[y\]\)"):
+        MinibatchCKAMatrix().update(x, x)  # type: ignore[arg-type]
