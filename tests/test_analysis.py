@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import kendalltau
+from torch import nn
 
+import reprsim
 from reprsim.errors import IncompatibleStateError, InsufficientSamplesError
 from reprsim.probes import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement
 
@@ -135,3 +137,184 @@ def test_prediction_agreement_is_symmetric_and_handles_ties() -> None:
     assert ab == ba
     expected = np.mean([kendalltau(a[i].numpy(), b[i].numpy()).statistic for i in range(2)])
     assert ab["all"]["kendall_tau_top4"] == pytest.approx(expected, abs=1e-12)
+
+
+# -- separability per pooling, the ridge probe's accuracy and refits, clear errors (from the review of 0.2) --------
+
+
+class _Tokens(nn.Module):
+    """(batch, tokens, 4) inputs → (batch, tokens, 6) token features, per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.proj(x))
+
+
+def test_separability_with_pools_of_different_widths_matches_each_pooling_alone() -> None:
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(5, 3, 4, generator=g)  # 5 classes, 3 tokens
+    y = torch.arange(150) % 5
+    x = centres[y] + 1.2 * torch.randn(150, 3, 4, generator=g)
+    train = list(zip(x[:100].split(25), y[:100].split(25)))
+    test = list(zip(x[100:].split(25), y[100:].split(25)))
+    pools = ["mean", "flatten", "cls"]  # widths 6, 18, 6
+    got = reprsim.probes.separability(model, train, test, layers=["act"], pool=pools, k=7, probe=True)
+    with torch.no_grad():
+        ftr, fte = model(x[:100]), model(x[100:])
+    for p in pools:
+        a, b = reprsim.pool_tokens(ftr, p), reprsim.pool_tokens(fte, p)
+        expected = reprsim.probes.knn_accuracy((a, y[:100]), b, y[100:], k=7, topk=(1, 5), num_classes=5)
+        probe = reprsim.probes.RidgeProbe(num_classes=5)
+        probe.update(a, y[:100])
+        expected["probe"] = probe.accuracy(b, y[100:])
+        assert got[p]["act"] == expected, p
+    assert len({got[p]["act"]["top1"] for p in pools}) > 1  # the poolings really score differently
+
+
+def _ridge_reference(x: np.ndarray, y: np.ndarray, classes: int, alpha: float) -> np.ndarray:
+    """Weights of ridge regression on ±1 one-vs-all targets with an unpenalised intercept (centred data)."""
+    t = -np.ones((len(y), classes))
+    t[np.arange(len(y)), y] = 1.0
+    xc, tc = x - x.mean(0), t - t.mean(0)
+    return np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ tc)
+
+
+def test_ridge_probe_with_a_huge_common_offset() -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 3
+    z = rng.normal(size=(400, 5)) + 2.0 * np.eye(3, 5)[y]
+    x = 1e6 + 1e-3 * z  # the review's case: 0% accuracy from raw sums
+    probe = reprsim.probes.RidgeProbe(num_classes=3, alpha=1e-8)
+    for lo in range(0, 400, 64):
+        probe.update(x[lo : lo + 64], y[lo : lo + 64])
+    w, _ = probe.fit()
+    np.testing.assert_allclose(w.numpy(), _ridge_reference(1e-3 * z, y, 3, 1e-8), rtol=1e-6)
+    clean = reprsim.probes.RidgeProbe(num_classes=3, alpha=1e-8 / 1e-6)  # the same problem without offset and scale
+    clean.update(z, y)
+    assert probe.accuracy(x, y) == clean.accuracy(z, y) > 0.8
+
+
+def test_ridge_probe_refits_after_every_change_of_state() -> None:
+    rng = np.random.default_rng(1)
+    xa, ya = rng.normal(size=(100, 4)), rng.integers(0, 2, 100)
+    xb, yb = rng.normal(size=(100, 4)) + 1.0, rng.integers(0, 2, 100)
+
+    def weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return _ridge_reference(x, y, 2, 1.0)
+
+    a = reprsim.probes.RidgeProbe(2)
+    a.update(xa, ya)
+    a.predict(xa)  # fitted on A
+    b = reprsim.probes.RidgeProbe(2)
+    b.update(xb, yb)
+    a.merge(b)
+    np.testing.assert_allclose(a.fit()[0].numpy(), weights(np.vstack([xa, xb]), np.concatenate([ya, yb])))
+    scores_merged = a.decision_function(xa)
+    a.load_state_dict(b.state_dict())
+    np.testing.assert_allclose(a.fit()[0].numpy(), weights(xb, yb))
+    assert not torch.allclose(a.decision_function(xa), scores_merged)
+    a.reset()
+    with pytest.raises(reprsim.errors.IncompatibleStateError, match="seen no samples"):
+        a.predict(xa)
+
+
+def _xy(n: int = 20, d: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, d, generator=g), torch.arange(n) % 2
+
+
+def test_knn_accuracy_bad_inputs() -> None:
+    x, y = _xy()
+    cases = [
+        (
+            lambda: reprsim.probes.knn_accuracy((x[:0], y[:0]), x, y, k=3),
+            reprsim.errors.InsufficientSamplesError,
+            "got 0",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x, y, k=3, num_classes=1),
+            reprsim.errors.InvalidParameterError,
+            "up to 1",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x, y, k=2.5),
+            reprsim.errors.InvalidParameterError,
+            "k must be an integer; got 2.5",
+        ),
+        (lambda: reprsim.probes.knn_accuracy((x, y), x, y, topk=(0,)), reprsim.errors.InvalidParameterError, "topk"),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x[:0], y[:0], k=3),
+            reprsim.errors.InsufficientSamplesError,
+            "no samples",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x, y, test_chunk=0),
+            reprsim.errors.InvalidParameterError,
+            "test_chunk",
+        ),
+        (
+            lambda: reprsim.probes.knn_accuracy((x, y), x[:, :2], y, k=3),
+            reprsim.errors.ShapeMismatchError,
+            "dimensions",
+        ),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    as_list = reprsim.probes.knn_accuracy([x, y], x, y, k=3, topk=(1,))  # a list works like a tuple
+    assert as_list == reprsim.probes.knn_accuracy((x, y), x, y, k=3, topk=(1,))
+
+
+def test_logistic_probe_bad_inputs() -> None:
+    x, y = _xy()
+    cases = [
+        (lambda: reprsim.probes.logistic_probe(x[:0], y[:0], x, y), reprsim.errors.InsufficientSamplesError, "got 0"),
+        (lambda: reprsim.probes.logistic_probe(x, y, x[:, :2], y), reprsim.errors.ShapeMismatchError, "dimensions"),
+        (
+            lambda: reprsim.probes.logistic_probe(x, y, x, y, num_classes=1),
+            reprsim.errors.InvalidParameterError,
+            "up to 1",
+        ),
+        (lambda: reprsim.probes.logistic_probe(x, y, x, y, C=0.0), reprsim.errors.InvalidParameterError, "C must be"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_prediction_agreement_bad_inputs() -> None:
+    s = torch.randn(10, 4)
+    cases = [
+        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(-3,)), "every entry of ks must be an integer ≥ 1"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, ks=(0,)), "every entry of ks must be an integer ≥ 1"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, chunk=0), "chunk must be an integer ≥ 1; got 0"),
+        (lambda: reprsim.probes.prediction_agreement(s, s, torch.full((10,), 4)), "labels go up to 4"),
+    ]
+    for call, message in cases:
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=message):
+            call()
+    with pytest.raises(reprsim.errors.ShapeMismatchError, match=r"\(samples, classes\) matrix"):
+        reprsim.probes.prediction_agreement(s.reshape(10, 2, 2), s.reshape(10, 2, 2))
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="no samples"):
+        reprsim.probes.prediction_agreement(s[:0], s[:0])
+
+
+def test_separability_and_ridge_probe_bad_inputs() -> None:
+    x, y = _xy()
+    model = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="got 0 and"):
+        reprsim.probes.separability(model, [], [(x, y)], layers=["0"], pool="flatten", k=3)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 1"):
+        reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], pool="flatten", k=3, num_classes=1)
+    probe = reprsim.probes.RidgeProbe(2)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 2"):
+        probe.update(x, y + 1)
+    probe.update(x, y)
+    with pytest.raises(reprsim.errors.ShapeMismatchError, match="trained on 3"):
+        probe.predict(x[:, :2])

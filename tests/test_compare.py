@@ -19,6 +19,7 @@ from reprsim import Extractor, SimilarityResult, compare, list_layers
 from reprsim.errors import InvalidParameterError, LayerNotFoundError, MultipleCallsError, ShapeMismatchError
 from reprsim.measures import CKA
 from reprsim.streaming import MinibatchCKAMatrix
+from tests import reference as ref
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -646,3 +647,201 @@ def test_heatmap_colours_span_the_data_and_names_print_whole() -> None:
     for name in ("blocks.11.attn.qkv", "blocks.11.mlp.fc1"):
         assert name in text
     assert np.isclose(float(r["blocks.11.attn.qkv", "blocks.11.mlp.fc1"]), 0.18)
+
+
+# -- captured activations, one model in two threads, result files, NaN from a model (from the review of 0.2) -------
+
+
+def _ref_cka(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ref.cka(a.double().numpy(), b.double().numpy())
+
+
+def test_inplace_relu_after_linear_does_not_rewrite_the_recorded_activation() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(inplace=True), nn.Linear(12, 3)).eval()
+    x = torch.randn(200, 6)
+    with torch.no_grad():
+        h = model[0](x)
+        r = torch.relu(h)
+    expected = _ref_cka(h, r)
+    assert expected < 0.95  # the two really differ; an aliased capture reports 1.0
+    acts = Extractor(model, ["0", "1"])(x)
+    torch.testing.assert_close(acts["0"], h, rtol=0, atol=0)
+    res = compare(model, model, [x[:100], x[100:]], layers_a=["0", "1"], measure="cka", progress=False)
+    assert abs(res["0", "1"] - expected) < 1e-6
+
+
+def test_input_capture_of_an_inplace_module_keeps_the_input() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True))
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        h = model[0](x)
+    acts = Extractor(model, ["1"], capture="input")(x)
+    assert bool((acts["1"] < 0).any())  # the pre-ReLU values, not the rectified ones
+    torch.testing.assert_close(acts["1"], h, rtol=0, atol=0)
+
+
+class _Doubles(nn.Module):
+    """Writes into its child's output after the child returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        out.mul_(2.0).add_(1.0)
+        return out
+
+
+@pytest.mark.parametrize("pool", ["flatten", "cls", lambda t: t[:, :3]])
+def test_module_output_modified_in_place_by_its_parent(pool: object) -> None:
+    model = _Doubles()
+    x = torch.randn(8, 2, 5)  # (batch, tokens, features) so that "cls" is a view
+    with torch.no_grad():
+        inner = model.inner(x)
+    got = Extractor(model, ["inner"], pool=pool)(x)["inner"]  # type: ignore[arg-type]
+    expected = reprsim.pool_tokens(inner, pool)  # type: ignore[arg-type]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_torchvision_resnet_inplace_relu_and_residual_add() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(24, 3, 12, 12)
+    with torch.no_grad():
+        bn1 = model.bn1(model.conv1(x))
+        relu = torch.relu(bn1)
+        block = model.layer1[0]
+        stem = model.maxpool(relu)
+        o = block.relu(block.bn1(block.conv1(stem)))
+        bn2 = block.bn2(block.conv2(o))  # BasicBlock then does `out += identity` and an in-place ReLU
+        out = torch.relu(bn2 + stem)
+    layers = ["bn1", "relu", "layer1.0.bn2", "layer1.0"]
+    res = compare(model, model, [x[:12], x[12:]], layers_a=layers, measure="cka", progress=False)
+    truth = {"bn1": bn1, "relu": relu, "layer1.0.bn2": bn2, "layer1.0": out}
+    for a in layers:
+        for b in layers:
+            assert abs(res[a, b] - _ref_cka(truth[a], truth[b])) < 1e-6, (a, b)
+    assert res["bn1", "relu"] < 0.9999  # 1.000 when bn1 was read after the in-place ReLU
+
+
+class _Gate(nn.Module):
+    """Blocks its first forward until released, so a second call can be made while the first is inside."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        self.release.wait(timeout=30)
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("second", ["compare", "extractor", "separability"])
+def test_concurrent_calls_on_one_model_are_refused_and_flags_survive(second: str) -> None:
+    import threading
+
+    model = _Gate()
+    model.train()
+    data = [torch.randn(16, 4) for _ in range(2)]
+    out: dict[str, object] = {}
+
+    def first() -> None:
+        out["result"] = compare(model, model, data, layers_a=["lin"], progress=False)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert model.entered.wait(timeout=30)
+    labelled = [(d, torch.arange(16) % 2) for d in data]
+    calls = {
+        "compare": lambda: compare(model, model, data, layers_a=["lin"], progress=False),
+        "extractor": lambda: Extractor(model, ["lin"])(data[0]),
+        "separability": lambda: reprsim.probes.separability(model, labelled, labelled, layers=["lin"], pool="flatten"),
+    }
+    try:
+        with pytest.raises(reprsim.errors.ConcurrentUseError, match="already being run by a reprsim call in another"):
+            calls[second]()
+    finally:
+        model.release.set()
+        t.join(timeout=60)
+    assert model.training  # restored by the first call; the refused one changed nothing
+    assert all(m.training for m in model.modules())
+    assert out["result"]["lin", "lin"] == pytest.approx(1.0, abs=1e-12)  # type: ignore[index]
+    compare(model, model, data, layers_a=["lin"], progress=False)  # free again afterwards
+
+
+def _result() -> reprsim.SimilarityResult:
+    m = torch.tensor([[1.0, 0.25]], dtype=torch.float64)
+    return reprsim.SimilarityResult(m, ["a"], ["b", "c"], {"model_a": "A", "model_b": "B"})
+
+
+def test_result_save_and_load_with_the_same_name(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    for name in ("plain", "with.dots", "ends.npz"):
+        written = _result().save(base / name)
+        loaded = reprsim.SimilarityResult.load(base / name)
+        assert written.name.endswith(".npz")
+        assert loaded["a", "c"] == 0.25
+
+
+def test_result_load_of_files_that_are_not_results(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    good = _result().save(base / "good")
+    (base / "text.npz").write_text("not an archive")
+    (base / "empty.npz").write_bytes(b"")
+    (base / "truncated.npz").write_bytes(good.read_bytes()[:200])
+    np.save(base / "array.npy", np.eye(2))
+    np.savez(base / "other.npz", weights=np.eye(2))
+    cases = {
+        "text.npz": "not a readable .npz archive",
+        "empty.npz": "not a readable .npz archive",
+        "truncated.npz": "not a readable|truncated or damaged",
+        "array.npy": "single array",
+        "other.npz": "lacks",
+    }
+    for name, message in cases.items():
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=message):
+            reprsim.SimilarityResult.load(base / name)
+    with pytest.raises(FileNotFoundError, match="no result file"):
+        reprsim.SimilarityResult.load(base / "missing")
+
+
+def test_result_repr_of_empty_and_bad_metadata() -> None:
+    empty = reprsim.SimilarityResult(torch.zeros((0, 0)), [], [], {})
+    assert repr(empty) == "SimilarityResult(model A [0 layers] x model B [0 layers], similarity)"
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="metadata must be a mapping"):
+        reprsim.SimilarityResult(torch.zeros((1, 1)), ["a"], ["b"], ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+class _NanAfter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x)) * torch.nan
+
+
+@pytest.mark.parametrize("measure", ["cka", "cka_unbiased", "cka_minibatch", "procrustes"])
+def test_nan_from_a_model_names_model_and_layer(measure: str) -> None:
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _NanAfter()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    model, other = Wrap(), nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(reprsim.errors.NonFiniteError, match=r"model A.*body"):
+        compare(model, other, [torch.randn(8, 3)], layers_a=["body"], layers_b=["0"], measure=measure, progress=False)

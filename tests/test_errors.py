@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import reprsim
-from reprsim import ReprsimError, ReprsimWarning
+from reprsim import ReprsimError, ReprsimWarning, cka
 from reprsim.errors import (
     ConstantRepresentationError,
     DeviceMismatchError,
@@ -16,6 +16,7 @@ from reprsim.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
+from reprsim.streaming import LinearCKA
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(20, 5))
@@ -215,3 +216,59 @@ def test_numpy_integers_and_generators_are_accepted_as_their_python_kin() -> Non
     assert torch.equal(layers, reprsim.cka_matrix([X, Y]))
     assert reprsim.measures.get_measure("CKA") == reprsim.measures.get_measure("cka")  # names ignore case
     np.testing.assert_array_equal(reprsim.pool_tokens(np.ones((2, 3, 4)), "mean").numpy(), np.ones((2, 4)))
+
+
+# -- bandwidths, rbf_gram, sparse and meta inputs (from the review of 0.2) -----------------------------------------
+
+
+def test_explicit_sigma_with_out_of_range_values_is_a_clear_error() -> None:
+    x = np.random.default_rng(0).normal(size=(10, 3)) * 1e200
+    with pytest.raises(
+        reprsim.errors.InvalidParameterError, match=r"squared distances leave the range of torch\.float64"
+    ):
+        cka(x, x, kernel="rbf", sigma=1.0)
+
+
+def test_rbf_gram_bad_samples() -> None:
+    with pytest.raises(reprsim.errors.NonFiniteError, match="1 NaN"):
+        reprsim.rbf_gram(np.array([[0.0], [np.nan], [1.0]]))
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="at least 2 samples"):
+        reprsim.rbf_gram(np.ones((1, 3)))
+    with pytest.raises(reprsim.errors.InsufficientSamplesError, match="holds no samples"):
+        reprsim.rbf_gram(np.ones((0, 3)))
+    assert float(reprsim.rbf_gram(np.ones((1, 3)), sigma=1.0)[0, 0]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("sigma", "message"),
+    [
+        (1e300, "too large: its square overflows"),
+        (1e-300, "too small: its square underflows"),
+        ("1.0", "must be a positive real number"),
+        ("wide", "must be a positive real number"),
+        (float("nan"), "positive finite bandwidth"),
+        (True, "must be a positive real number"),
+    ],
+)
+def test_bad_sigma(sigma: object, message: str) -> None:
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    for call in (
+        lambda: reprsim.rbf_gram(x, sigma=sigma),  # type: ignore[arg-type]
+        lambda: cka(x, x, kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
+        lambda: reprsim.streaming.MinibatchCKA(kernel="rbf", sigma=sigma),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(reprsim.errors.InvalidParameterError, match=message):
+            call()
+
+
+def test_sparse_and_meta_inputs_get_clear_errors() -> None:
+    x = torch.randn(10, 4)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"sparse_coo tensor.*to_dense"):
+        cka(x.to_sparse(), x)
+    meta = torch.empty(10, 4, device="meta")
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
+        cka(meta, meta)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
+        reprsim.cka_matrix([meta])
+    with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
+        LinearCKA().update(meta, meta)

@@ -346,3 +346,23 @@ def test_arrays_from_other_frameworks_are_read_without_a_copy() -> None:
     assert t.data_ptr() == x.__array_interface__["data"][0]  # shared memory
     for fn in (reprsim.cka, reprsim.procrustes, reprsim.mutual_knn):
         assert fn(DLPackOnly(x), ArrayOnly(y)) == pytest.approx(fn(x, y), abs=1e-12)
+
+
+# -- hsic on uncentred Grams of offset features (from the review of 0.2) -------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_hsic_of_raw_grams_with_a_common_offset(unbiased: bool, offset: float) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 8))
+    y = np.tanh(x @ rng.normal(size=(8, 5))) + 0.3 * rng.normal(size=(60, 5))
+    h = ref.hsic_unbiased if unbiased else ref.hsic_biased
+    expected = h(ref.linear_kernel(x), ref.linear_kernel(y))  # the reference centres the features first
+    k, l = reprsim.linear_gram(torch.tensor(x + offset)), reprsim.linear_gram(torch.tensor(y + offset))
+    got = float(reprsim.hsic(k, l, unbiased=unbiased))
+    assert abs(got - expected) <= 1e-10 * abs(expected)
+    # and it agrees with cka_from_grams on the same Grams
+    cka_ref = ref.cka_from_kernels(ref.linear_kernel(x), ref.linear_kernel(y), unbiased)
+    selfs = [float(reprsim.hsic(g, g, unbiased=unbiased)) for g in (k, l)]
+    assert abs(got / np.sqrt(selfs[0] * selfs[1]) - cka_ref) < 1e-10

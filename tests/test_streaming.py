@@ -567,3 +567,73 @@ def test_minibatch_matrix_refuses_arrays_where_lists_of_layers_belong() -> None:
     x = torch.randn(32, 6)
     with pytest.raises(InvalidParameterError, match=r"xs is one array of shape \(32, 6\).*update\(\[x\], \[y\]\)"):
         MinibatchCKAMatrix().update(x, x)  # type: ignore[arg-type]
+
+
+# -- state dicts validated before the swap, empty batches, overflow messages (from the review of 0.2) --------------
+
+
+def _bad_state_dicts(good: dict) -> dict[str, tuple[dict, str]]:
+    import copy
+
+    def edit(fn: object) -> dict:
+        d = copy.deepcopy(good)
+        fn(d)  # type: ignore[operator]
+        return d
+
+    return {
+        "wrong shape": (edit(lambda d: d["state"].__setitem__("m2.0", torch.zeros(1, 2, 2))), "has shape"),
+        "negative n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor([-3.0]))), "non-negative integer"),
+        "nan n": (edit(lambda d: d["state"].__setitem__("n", torch.tensor([float("nan")]))), "NaN or infinite"),
+        "dims disagree": (edit(lambda d: d.__setitem__("dims", [1, 4, 3])), "has shape"),
+        "dims none, state full": (edit(lambda d: d.__setitem__("dims", None)), "inconsistent"),
+        "bad dims": (edit(lambda d: d.__setitem__("dims", ["a", 2])), "non-negative integers"),
+        "old version": (edit(lambda d: d.__setitem__("version", 0)), "format version 0"),
+        "no version": (edit(lambda d: d.pop("version")), "format version None"),
+        "not a tensor": (edit(lambda d: d["state"].__setitem__("mean", [1.0, 2.0, 3.0])), "must be a floating-point"),
+        "missing entry": (edit(lambda d: d["state"].pop("cross.0")), "needs"),
+        "not a mapping": ([1, 2], "not a reprsim state dict"),  # type: ignore[dict-item]
+    }
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_a_rejected_state_dict_leaves_the_accumulator_untouched(unbiased: bool) -> None:
+    rng = np.random.default_rng(0)
+    good_source = LinearCKA(unbiased=unbiased)
+    good_source.update(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)))
+    good = good_source.state_dict()
+    target = LinearCKA(unbiased=unbiased)
+    target.update(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)))
+    before, value = target.state_dict(), target.compute()
+    for case, (bad, message) in _bad_state_dicts(good).items():
+        with pytest.raises(reprsim.errors.IncompatibleStateError, match=message):
+            target.load_state_dict(bad)
+        after = target.state_dict()
+        assert after["dims"] == before["dims"], case
+        assert all(torch.equal(after["state"][k], v) for k, v in before["state"].items()), case
+        assert target.compute() == value, case
+    target.load_state_dict(good)  # and a good one still loads
+    assert target.compute() == good_source.compute()
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_cka_accepts_an_empty_batch_first_and_later(unbiased: bool) -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(30, 3))
+    acc = LinearCKA(unbiased=unbiased)
+    acc.update(x[:0], y[:0])
+    assert acc.num_samples == 0
+    acc.update(x[:10], y[:10])
+    acc.update(x[10:10], y[10:10])
+    acc.update(x[10:], y[10:])
+    assert abs(acc.compute() - ref.cka(x, y, unbiased=unbiased)) <= 1e-10
+
+
+def test_overflow_message_depends_on_the_state_dtype() -> None:
+    big = np.full((8, 2), 1e300) * np.arange(1, 9)[:, None]
+    acc = LinearCKA()
+    with pytest.raises(reprsim.errors.NonFiniteError, match="Rescale the inputs") as info:
+        acc.update(big, big)
+    assert "dtype=torch.float64" not in str(info.value)
+    large = 3e30 * np.arange(1, 9)[:, None] * np.ones((8, 2))  # finite in float32, its squares are not
+    with pytest.raises(reprsim.errors.NonFiniteError, match=r"Use dtype=torch\.float64"):
+        LinearCKA(dtype=torch.float32).update(large, np.arange(8.0))
