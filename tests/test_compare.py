@@ -20,11 +20,7 @@ from reprsim.errors import InvalidParameterError, LayerNotFoundError, MultipleCa
 from reprsim.measures import CKA
 from reprsim.streaming import MinibatchCKAMatrix
 from tests import reference as ref
-
-
-def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+from tests.toys import batches, hand_extract, mlp
 
 
 def rotated_copy(net: nn.Sequential) -> nn.Sequential:
@@ -36,29 +32,6 @@ def rotated_copy(net: nn.Sequential) -> nn.Sequential:
         other[0].weight.copy_(q @ net[0].weight)
         other[0].bias.copy_(q @ net[0].bias)
     return other
-
-
-def batches(n: int = 256, size: int = 32, dim: int = 10, seed: int = 1) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(size, dim, generator=g, dtype=torch.float64) for _ in range(n // size)]
-
-
-def hand_extract(model: nn.Module, names: list[str], data: list[Any]) -> dict[str, torch.Tensor]:
-    """All activations of ``names`` over ``data`` with plain forward hooks, flattened and concatenated."""
-    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    mods = dict(model.named_modules())
-    handles = [
-        mods[n].register_forward_hook(lambda m, i, o, n=n: got[n].append(o.detach().reshape(o.shape[0], -1)))
-        for n in names
-    ]
-    try:
-        with torch.no_grad():
-            for b in data:
-                model(b)
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: torch.cat(v) for n, v in got.items()}
 
 
 LAYERS = ["0", "1", "2", "3", "4"]

@@ -16,7 +16,7 @@ from reprsim.errors import InvalidParameterError, RankDeficientError
 from reprsim.measures import CCA, CKA, Predictivity, ShapeMetric, get_measure
 from reprsim.streaming import MinibatchCKAMatrix
 
-from .test_compare import batches, hand_extract, mlp
+from .toys import batches, hand_extract, mlp
 
 LAYERS = ["1", "3", "4"]  # widths 16, 12, 3 at full rank (layer 0, Linear(10, 16), has rank 10)
 MEASURES = [

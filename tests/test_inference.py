@@ -393,7 +393,7 @@ def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path
     from reprsim import SimilarityResult, compare
     from reprsim.inference import bootstrap, jackknife
 
-    from .test_compare import batches, hand_extract, mlp
+    from .toys import batches, hand_extract, mlp
 
     net, other = mlp(0), mlp(1)
     data_ = batches(n=160)
@@ -461,7 +461,7 @@ def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path
 def test_compare_uncertainty_options_are_checked() -> None:
     from reprsim import compare
 
-    from .test_compare import batches, mlp
+    from .toys import batches, mlp
 
     net = mlp(0)
     data_ = batches(n=64)
@@ -489,7 +489,7 @@ def test_compare_refuses_more_blocks_than_samples_before_the_cost() -> None:
     """blocks=10⁴ on 64 samples took 620 s and 8.9 GiB: the jackknife needs a sample per block."""
     from reprsim import compare
 
-    from .test_compare import batches, mlp
+    from .toys import batches, mlp
 
     net = mlp(0)
     with pytest.raises(InvalidParameterError, match="blocks=10000 exceeds the 64 samples of data"):
@@ -748,7 +748,7 @@ def test_the_exact_moment_tests_observed_matrix_is_the_cka_of_every_cell(unbiase
 def test_compare_uses_the_exact_moment_null_per_cell() -> None:
     from reprsim import compare
 
-    from .test_compare import batches, hand_extract, mlp
+    from .toys import batches, hand_extract, mlp
 
     net, other = mlp(0), mlp(1)
     data_ = batches(n=128)

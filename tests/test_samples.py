@@ -36,7 +36,7 @@ from reprsim.measures import (
 )
 
 from . import reference_measures as rm
-from .test_compare import batches, hand_extract, mlp
+from .toys import batches, hand_extract, mlp
 
 
 def data(n: int = 150, p: int = 6, q: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
