@@ -121,7 +121,7 @@ def test_the_default_measure_is_exact_cka_where_widths_allow_and_minibatch_beyon
     held = compare(ma, mb, data, layers_a=["0"], layers_b=["0"], ci=0.9, progress=False)
     assert held.metadata["default_measure"] == (
         "cka_minibatch (exact CKA's moments for these layers, with 20 blocks for the interval, would take "
-        "5.5 GiB, more than 4.0 GiB)"
+        "5.48 GiB, more than 4 GiB)"
     )
     with pytest.raises(InvalidParameterError, match=r"permutations= needs exact CKA.*8,200 features.*pool="):
         compare(wa, wb, data, layers_a=["0"], permutations=9, progress=False)

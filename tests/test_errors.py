@@ -272,3 +272,13 @@ def test_sparse_and_meta_inputs_get_clear_errors() -> None:
         reprsim.cka_matrix([meta])
     with pytest.raises(reprsim.errors.InvalidParameterError, match="meta tensor"):
         LinearCKA().update(meta, meta)
+
+
+def test_sizes_in_messages_keep_three_digits_so_a_size_over_a_limit_never_prints_as_the_limit() -> None:
+    from reprsim._validation import format_bytes
+
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(4 * 2**30) == "4 GiB"
+    assert format_bytes(4.02 * 2**30) == "4.02 GiB"  # one decimal printed both as "4.0 GiB"
+    assert format_bytes(3.4 * 2**20) == "3.4 MiB"
+    assert format_bytes(1500 * 2**30) == "1,500 GiB"

@@ -637,3 +637,15 @@ def test_overflow_message_depends_on_the_state_dtype() -> None:
     large = 3e30 * np.arange(1, 9)[:, None] * np.ones((8, 2))  # finite in float32, its squares are not
     with pytest.raises(reprsim.errors.NonFiniteError, match=r"Use dtype=torch\.float64"):
         LinearCKA(dtype=torch.float32).update(large, np.arange(8.0))
+
+
+def test_a_state_dict_whose_dims_cannot_be_cross_moments_is_refused_naming_why() -> None:
+    acc = reprsim.streaming.CrossMoments()
+    acc.update(torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64))
+    state = acc.state_dict()
+    with pytest.raises(IncompatibleStateError, match=r"dims \[1\] do not describe a CrossMoments: no layers"):
+        reprsim.streaming.CrossMoments().load_state_dict({**state, "dims": [1]})
+    paired = reprsim.streaming.CrossMoments(blocks=[([0], [1])])
+    paired.update([torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)])
+    with pytest.raises(IncompatibleStateError, match="its blocks name layers beyond these widths"):
+        reprsim.streaming.CrossMoments(blocks=[([0], [1])]).load_state_dict({**paired.state_dict(), "dims": [0, 3]})

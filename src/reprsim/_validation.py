@@ -347,10 +347,12 @@ def _hinted(hint: str) -> str:
 
 
 def format_bytes(nbytes: float) -> str:
-    """``nbytes`` for a message: "512 B", "3.4 MiB", "12.8 GiB"."""
+    """``nbytes`` for a message, to three significant digits: "512 B", "3.4 MiB", "4.02 GiB" (so that a size
+    just over a limit does not print as the limit itself)."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if nbytes >= size:
-            return f"{nbytes / size:.1f} {unit}"
+            value = nbytes / size
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
     return f"{nbytes:.0f} B"
 
 

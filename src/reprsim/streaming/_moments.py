@@ -35,7 +35,7 @@ from ..measures._moments import (
     remove_part,
     shift_state,
 )
-from ._protocol import Dims, Pending, _Accumulator, _StateSpec, batch_layers
+from ._protocol import Dims, DimsError, Pending, _Accumulator, _StateSpec, batch_layers
 
 __all__ = ["CrossMoments"]
 
@@ -186,10 +186,10 @@ class _MomentState(_Accumulator):
 
     def _specs_for(self, dims: Dims) -> dict[str, _StateSpec]:
         if len(dims) < 2:
-            raise IndexError("no layers")
-        shapes = self._layout(dims).shapes()
+            raise DimsError("no layers")
         if self._blocks is not None and any(l >= len(dims) - 1 for a, b in self._blocks for l in (*a, *b)):
-            raise IndexError("blocks name layers beyond dims")
+            raise DimsError("its blocks name layers beyond these widths")
+        shapes = self._layout(dims).shapes()
 
         def fixed(s: tuple[int, ...]) -> Callable[[Dims], tuple[int, ...]]:
             return lambda _d: s
@@ -281,7 +281,7 @@ class _MomentState(_Accumulator):
             try:
                 layout.shapes()
                 self._specs_for(dims)
-            except IndexError as exc:
+            except (DimsError, IndexError) as exc:  # IndexError: the layout indexing a width the batch lacks
                 raise ShapeMismatchError(f"the blocks {self._blocks} name layers this batch does not have") from exc
             cast = [t.to(self._dtype) for t in tensors]
             eps = torch.full((1,), max(float(torch.finfo(t.dtype).eps) for t in tensors), dtype=self._dtype,

@@ -29,6 +29,13 @@ from ..errors import (
 __all__ = ["Accumulator", "Pending", "shifted_cross_sum"]
 
 _Self = TypeVar("_Self", bound="_Accumulator")
+
+
+class DimsError(Exception):
+    """Raised by an accumulator's ``_specs_for`` when ``dims`` cannot describe its state (too few entries, or
+    layers its configuration names that ``dims`` lacks); callers turn it into the user-facing error."""
+
+
 Dims = tuple[int, ...]
 
 
@@ -230,9 +237,11 @@ class _Accumulator:
         try:
             for spec in self._specs_for(tuple(dims)).values():
                 spec.shape(tuple(dims))
-        except IndexError as exc:
+        except DimsError as exc:
+            raise IncompatibleStateError(f"dims {list(dims)} do not describe a {type(self).__name__}: {exc}") from exc
+        except IndexError as exc:  # a shape rule indexing past the entries it was given
             raise IncompatibleStateError(
-                f"dims {list(dims)} do not describe a {self.__class__.__name__} (too few entries)"
+                f"dims {list(dims)} do not describe a {type(self).__name__} (too few entries)"
             ) from exc
         return tuple(int(d) for d in dims)
 
