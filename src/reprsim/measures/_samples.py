@@ -26,7 +26,7 @@ from ..errors import (
     ReprsimWarning,
 )
 from ._base import Cache, Measure, NoTraceForm, as_result, cached, evaluate, measure_pair, register
-from ._cka import inner
+from ._cka import inner, unbiased_hsic_from_terms
 from ._linalg import check_variance
 from ._moments import Moments
 from ._strips import (
@@ -353,9 +353,8 @@ def _sparse_hsic(idx: torch.Tensor, p: torch.Tensor, q: torch.Tensor, unbiased: 
     col_p = torch.zeros(n, dtype=p.dtype, device=p.device).index_add_(0, cols, pv)
     col_q = torch.zeros(n, dtype=q.dtype, device=q.device).index_add_(0, cols, qv)
     sp, sq = row_p.sum(), row_q.sum()
-    if unbiased:
-        value = t1 + sp * sq / ((n - 1) * (n - 2)) - 2.0 * (col_p @ row_q) / (n - 2)
-        return value / (n * (n - 3))
+    if unbiased:  # the masks exclude self, so P and Q have zero diagonals, as Song et al.'s estimator needs
+        return unbiased_hsic_from_terms(t1, sp, sq, col_p @ row_q, n)
     return t1 - (row_p @ col_q + col_p @ row_q) / n + sp * sq / n**2
 
 
