@@ -14,7 +14,6 @@ scipy.io gives them for a v5 file (so one array saved in either version reads th
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -84,12 +83,21 @@ class _Loaded:
 
 
 def _layer_shape(name: str, shape: tuple[int, ...], where: str) -> tuple[int, int]:
-    if len(shape) < 1:
-        raise StoreError(f"{where}: {printable(name)!r} is a scalar; each layer needs one row per sample")
-    width = math.prod(shape[1:])
-    if shape[0] == 0 or width == 0:
+    """(rows, width) of a layer, as for any array file; a dataset or variable without rows is refused too."""
+    from ._store import _layer_array
+
+    n, width = _layer_array(name, shape, where)
+    if n == 0:
         raise StoreError(f"{where}: {printable(name)!r} has shape {shape}: it is empty")
-    return shape[0], width
+    return n, width
+
+
+def _check_matlab_class(name: str, matlab_class: str, where: str) -> None:
+    if matlab_class not in _MATLAB_FLOAT:
+        raise StoreError(
+            f"{where}: variable {printable(name)!r} is of MATLAB class {printable(matlab_class)!r}; layers must be "
+            f"double or single arrays (sample IDs go in a variable named {IDS_KEY!r})"
+        )
 
 
 def _float_dtype(dtype: np.dtype[Any], name: str, where: str) -> np.dtype[Any]:
@@ -157,14 +165,9 @@ def open_hdf5(path: Path, kind: str = "hdf5") -> ActivationStore:
                 continue
             shape = tuple(int(s) for s in data.shape)
             if matlab:
-                matlab_class = _matlab_class(data)
                 if data.attrs.get("MATLAB_empty"):
                     raise StoreError(f"{where}: variable {printable(name)!r} is empty")
-                if matlab_class not in _MATLAB_FLOAT:
-                    raise StoreError(
-                        f"{where}: variable {printable(name)!r} is of MATLAB class {printable(matlab_class)!r}; "
-                        f"layers must be double or single arrays (sample IDs go in a variable named {IDS_KEY!r})"
-                    )
+                _check_matlab_class(name, _matlab_class(data), where)
                 shape = shape[::-1]  # MATLAB's (n, ...) order
             n, width = _layer_shape(name, shape, where)
             dtype = _float_dtype(data.dtype, name, where)
@@ -228,11 +231,8 @@ def open_mat(path: Path) -> ActivationStore:
 
     for name, _, matlab_class in variables:
         check_name(name, where, "variable name")
-        if name != IDS_KEY and matlab_class not in _MATLAB_FLOAT:
-            raise StoreError(
-                f"{where}: variable {printable(name)!r} is of MATLAB class {printable(matlab_class)!r}; layers must "
-                f"be double or single arrays (sample IDs go in a variable named {IDS_KEY!r})"
-            )
+        if name != IDS_KEY:
+            _check_matlab_class(name, matlab_class, where)
     layers = [(name, tuple(int(s) for s in shape), c) for name, shape, c in variables if name != IDS_KEY]
     per_sample = len(layers) > 1 and all(len(s) == 2 and s[0] == 1 for _, s, _ in layers)
     if per_sample and len({s for _, s, _ in layers}) == 1 and len({c for _, _, c in layers}) == 1:
