@@ -160,6 +160,12 @@ def test_files_that_cannot_be_layers_are_refused_naming_the_dataset(tmp_path: Pa
         handle.truncate(handle.seek(0, 2) - 100)
     with pytest.raises(StoreError, match=r"cut\.h5.*truncated"):
         open_store(tmp_path / "cut.h5")
+    outside = tmp_path / "outside.bin"
+    x.astype("<f8").tofile(outside)
+    with h5py.File(tmp_path / "external.h5", "w") as f:  # a path in the file names data elsewhere
+        f.create_dataset("features", shape=x.shape, dtype="<f8", external=[(str(outside), 0, x.nbytes)])
+    with pytest.raises(StoreError, match=r"'features' keeps its data in other files"):
+        open_store(tmp_path / "external.h5")
     (tmp_path / "text.hdf5").write_text("not hdf5")
     with pytest.raises(StoreError, match="not a readable HDF5 file"):
         open_store(tmp_path / "text.hdf5")

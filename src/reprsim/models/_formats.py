@@ -163,6 +163,11 @@ def open_hdf5(path: Path, kind: str = "hdf5") -> ActivationStore:
                 else:
                     ids = _ids(raw, where)
                 continue
+            if data.external or data.is_virtual:  # raw data in other files, which a path could name anywhere
+                raise StoreError(
+                    f"{where}: dataset {printable(name)!r} keeps its data in other files (HDF5 external or virtual "
+                    "storage); reprsim reads only the file it is given: copy the data into it (h5repack)"
+                )
             shape = tuple(int(s) for s in data.shape)
             if matlab:
                 if data.attrs.get("MATLAB_empty"):
@@ -196,7 +201,7 @@ def _matlab_class(data: Any) -> str:
 def _contiguous_offset(data: Any) -> int | None:
     """The byte offset of a dataset's data when they lie in the file as one C-order block (contiguous layout,
     no filters, not external, allocated), else None."""
-    if data.chunks is not None or data.compression is not None or data.external:
+    if data.chunks is not None or data.compression is not None:  # external data were refused before
         return None
     offset = data.id.get_offset()
     return int(offset) if offset is not None else None
