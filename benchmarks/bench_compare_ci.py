@@ -45,7 +45,7 @@ def main() -> None:
             reprsim.compare(a, b, data, **options)
             plain.append(time.perf_counter() - start)
             start = time.perf_counter()
-            reprsim.compare(a, b, data, ci=0.95, **options)
+            reprsim.compare(a, b, data, uncertainty=reprsim.Uncertainty(ci=0.95), **options)
             with_ci.append(time.perf_counter() - start)
         ratio = statistics.median(c / p for p, c in zip(plain, with_ci))
         print(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import reprsim
-from reprsim import Extractor, SimilarityResult, compare, list_layers
+from reprsim import Extractor, SimilarityResult, Uncertainty, compare, list_layers
 from reprsim.errors import InvalidParameterError, LayerNotFoundError, MultipleCallsError, ShapeMismatchError
 from reprsim.measures import CKA
 from reprsim.streaming import MinibatchCKAMatrix
@@ -118,13 +118,13 @@ def test_the_default_measure_is_exact_cka_where_widths_allow_and_minibatch_beyon
     # narrow enough, but 20 blocks of exact moments for an interval would not fit in memory: minibatch CKA too
     torch.manual_seed(3)
     ma, mb = nn.Sequential(nn.Linear(10, 3500), nn.Tanh()).double(), nn.Sequential(nn.Linear(10, 3500)).double()
-    held = compare(ma, mb, data, layers_a=["0"], layers_b=["0"], ci=0.9, progress=False)
+    held = compare(ma, mb, data, layers_a=["0"], layers_b=["0"], uncertainty=Uncertainty(ci=0.9), progress=False)
     assert held.metadata["default_measure"] == (
         "cka_minibatch (exact CKA's moments for these layers, with 20 blocks for the interval, would take "
         "5.48 GiB, more than 4 GiB)"
     )
     with pytest.raises(InvalidParameterError, match=r"permutations= needs exact CKA.*8,200 features.*pool="):
-        compare(wa, wb, data, layers_a=["0"], permutations=9, progress=False)
+        compare(wa, wb, data, layers_a=["0"], uncertainty=Uncertainty(permutations=9), progress=False)
     # a named measure is never replaced: exact CKA on the wide layer is refused, naming the fix
     with pytest.raises(InvalidParameterError, match=r"limit 8192.*cka_minibatch"):
         compare(wa, wb, data, layers_a=["0"], measure="cka", progress=False)
@@ -465,8 +465,8 @@ def test_extractor_transform_runs_inside_the_hook() -> None:
     ("measure", "layers", "extras"),
     [
         ("procrustes", ["0"], {}),
-        ("procrustes", ["0", "2"], {"ci": 0.9, "permutations": 99}),
-        ("cka", LAYERS, {"ci": 0.9, "permutations": "moments"}),
+        ("procrustes", ["0", "2"], {"uncertainty": Uncertainty(ci=0.9, permutations=99)}),
+        ("cka", LAYERS, {"uncertainty": Uncertainty(ci=0.9, permutations="moments")}),
         ("rsa", LAYERS, {}),
     ],
     ids=["distance-1x1", "distance-2x2-ci-p", "cka-ci-p", "rsa"],
@@ -502,7 +502,13 @@ def test_diagonal_plot_draws_the_matched_cells_with_their_intervals_and_chance()
     from .figures import overflow
 
     r = compare(
-        mlp(0), mlp(1), batches(), layers_a=LAYERS, measure="cka", ci=0.9, permutations="moments", progress=False
+        mlp(0),
+        mlp(1),
+        batches(),
+        layers_a=LAYERS,
+        measure="cka",
+        uncertainty=Uncertainty(ci=0.9, permutations="moments"),
+        progress=False,
     )
     ax = r.plot_diagonal()
     try:
@@ -536,7 +542,15 @@ def test_calibrated_heatmap_draws_the_calibrated_scores_on_a_fixed_scale() -> No
 
     from .figures import overflow
 
-    r = compare(mlp(0), mlp(1), batches(), layers_a=LAYERS, measure="cka", permutations="moments", progress=False)
+    r = compare(
+        mlp(0),
+        mlp(1),
+        batches(),
+        layers_a=LAYERS,
+        measure="cka",
+        uncertainty=Uncertainty(permutations="moments"),
+        progress=False,
+    )
     assert r.calibrated is not None
     ax = r.plot(calibrated=True)
     try:
@@ -598,8 +612,8 @@ def test_the_work_after_the_pass_shows_progress_too(capsys: pytest.CaptureFixtur
     """Intervals, permutation tests and sample-space measures run after the pass's bar reached 100%: a second
     bar counts the results."""
     pytest.importorskip("tqdm")
-    compare(mlp(0), mlp(1), batches(n=64), layers_a=["1", "3"], measures=["cka", "mutual_knn"], ci=0.9,
-            progress=True)  # fmt: skip
+    compare(mlp(0), mlp(1), batches(n=64), layers_a=["1", "3"], measures=["cka", "mutual_knn"],
+            uncertainty=Uncertainty(ci=0.9), progress=True)  # fmt: skip
     err = capsys.readouterr().err
     assert "compare" in err
     assert "results" in err

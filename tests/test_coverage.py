@@ -3,8 +3,8 @@
 Moment measures (linear CKA biased and unbiased, NBS, the Procrustes angle, mean CCA, predictivity): Gaussian
 designs with closed-form population values (tests/coverage_sim.py), n ∈ {100, 400}, p ∈ {2, 10, 50}, q = p/2,
 200 data sets per cell shared by the six measures; 95% delete-a-block jackknife intervals (20 blocks) from the
-streamed per-block moments, checked equal to the functional form and to ``compare(ci=)`` on the first data sets
-of every cell. Minibatch CKA: the jackknife over batches, 2 to 10 batches. The documented failures are tested
+streamed per-block moments, checked equal to the functional form and to ``compare(uncertainty=...)`` on the first
+data sets of every cell. Minibatch CKA: the jackknife over batches, 2 to 10 batches. The documented failures are tested
 too: biased estimators' intervals do not cover the population value at p = 50, and say so. Sample-space measures
 (no closed form): each by its declared resampling, against the estimator's mean over the data sets.
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from reprsim import compare
+from reprsim import Uncertainty, compare
 from reprsim.inference import Interval, bootstrap, jackknife
 
 from .coverage_sim import MOMENT_MEASURES, minibatch_coverage, moment_coverage, sample_coverage
@@ -54,7 +54,7 @@ def _compare_intervals(x: np.ndarray, y: np.ndarray) -> dict[str, tuple[float, f
         layers_a=["0"],
         layers_b=["0"],
         measures=list(MOMENT_MEASURES),
-        ci=0.95,
+        uncertainty=Uncertainty(ci=0.95),
         progress=False,
     )
     return {m: (float(out[m].low[0, 0]), float(out[m].high[0, 0])) for m in MOMENT_MEASURES}
@@ -75,7 +75,7 @@ def test_jackknife_intervals_of_moment_measures_cover_their_documented_target(n:
             for m, ci in intervals.items():
                 _same_interval(bootstrap(x, y, m), ci, f"bootstrap {m}")
                 _same_interval(jackknife(x, y, m), ci, f"jackknife {m}")
-        if seen[0] == 0:  # and so does compare(ci=) over a stream of batches
+        if seen[0] == 0:  # and so does compare(uncertainty=...) over a stream of batches
             for m, ends in _compare_intervals(x, y).items():
                 _same_interval(ends, intervals[m], f"compare {m}")
         seen[0] += 1

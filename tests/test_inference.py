@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
+from reprsim import Uncertainty
 from reprsim.errors import InvalidParameterError, ReprsimWarning, ShapeMismatchError
 from reprsim.inference import permutation_test
 from reprsim.measures import RSA, Predictivity
@@ -386,7 +387,7 @@ def test_stream_interval_errors() -> None:
         stream_interval(one, method="normal")  # type: ignore[arg-type]
 
 
-# -- compare(ci=..., permutations=...) and SimilarityResult ----------------------------------------------------
+# -- compare(uncertainty=Uncertainty(...)) and SimilarityResult ----------------------------------------------------
 
 
 def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path: Any) -> None:
@@ -404,10 +405,7 @@ def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path
         data_,
         layers_a=layers,
         measures=["cka", "mutual_knn"],
-        ci=0.9,
-        blocks=8,
-        permutations=30,
-        seed=2,
+        uncertainty=Uncertainty(ci=0.9, blocks=8, permutations=30, seed=2),
         progress=False,
     )
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
@@ -433,7 +431,9 @@ def test_compare_attaches_intervals_and_permutation_tests_to_every_cell(tmp_path
     assert out["mutual_knn"].metadata["ci"] == {
         "confidence": 0.9, "method": "half-sample", "resamples": 100, "target": "expectation"
     }  # fmt: skip
-    mb = compare(net, other, data_, layers_a=layers, measure="cka_minibatch", ci=0.9, progress=False)
+    mb = compare(
+        net, other, data_, layers_a=layers, measure="cka_minibatch", uncertainty=Uncertainty(ci=0.9), progress=False
+    )
     assert mb.metadata["ci"]["method"] == "jackknife over batches"
     assert mb.metadata["ci"]["batches"] == 5
     assert bool((mb.low <= mb.matrix).all())
@@ -466,23 +466,90 @@ def test_compare_uncertainty_options_are_checked() -> None:
     net = mlp(0)
     data_ = batches(n=64)
     with pytest.raises(InvalidParameterError, match="has no permutation test"):
-        compare(net, None, data_, layers_a=["1"], measure="cka_minibatch", permutations=10, progress=False)
+        compare(
+            net,
+            None,
+            data_,
+            layers_a=["1"],
+            measure="cka_minibatch",
+            uncertainty=Uncertainty(permutations=10),
+            progress=False,
+        )
     # among other measures, minibatch CKA is left untested with the reason; the others are tested
     with pytest.warns(ReprsimWarning, match=r"\['cka_minibatch'\] is not tested"):
-        out = compare(net, None, data_, layers_a=["1", "3"], measures=["cka", "cka_minibatch"], permutations="moments",
-                      progress=False)  # fmt: skip
+        out = compare(net, None, data_, layers_a=["1", "3"], measures=["cka", "cka_minibatch"],
+                      uncertainty=Uncertainty(permutations="moments"), progress=False)  # fmt: skip
     assert out["cka"].p_values is not None
     assert out["cka_minibatch"].p_values is None
     assert out["cka_minibatch"].metadata["permutation"]["method"] is None
     assert "defined over batches" in out["cka_minibatch"].metadata["permutation"]["reason"]
     with pytest.raises(InvalidParameterError, match=r"ci must be a finite number in \(0, 1\)"):
-        compare(net, None, data_, layers_a=["1"], measure="cka", ci=95, progress=False)
+        compare(net, None, data_, layers_a=["1"], measure="cka", uncertainty=Uncertainty(ci=95), progress=False)
     with pytest.raises(InvalidParameterError, match="blocks= sets the jackknife of ci="):
-        compare(net, None, data_, layers_a=["1"], measure="cka", blocks=5, progress=False)
+        compare(net, None, data_, layers_a=["1"], measure="cka", uncertainty=Uncertainty(blocks=5), progress=False)
     with pytest.raises(InvalidParameterError, match="pass blocks=3"):
         compare(
-            net, None, data_, layers_a=["1"], measures=["cka", Predictivity(folds=3)], ci=0.9, blocks=5, progress=False
+            net,
+            None,
+            data_,
+            layers_a=["1"],
+            measures=["cka", Predictivity(folds=3)],
+            uncertainty=Uncertainty(ci=0.9, blocks=5),
+            progress=False,
         )
+
+
+def test_uncertainty_is_one_checked_frozen_value_and_the_old_keywords_name_it(tmp_path: Any) -> None:
+    """compare() and compare_stores() take intervals and tests as one Uncertainty value; the keywords of 0.2
+    (ci=, blocks=, permutations=, alpha=, seed=) are refused with the replacement, their values filled in."""
+    import dataclasses
+
+    from reprsim import StoreWriter, compare, compare_stores
+
+    from .toys import batches, mlp
+
+    net, data_ = mlp(0), batches(n=64)
+    u = Uncertainty(ci=0.9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        u.ci = 0.5  # type: ignore[misc]
+    # one value serves several comparisons: the default blocks are filled in per run, the value is not changed
+    first = compare(net, None, data_, layers_a=["1", "3"], measure="cka", uncertainty=u, progress=False)
+    again = compare(net, None, data_, layers_a=["1", "3"], measure="cka", uncertainty=u, progress=False)
+    assert u.blocks is None
+    assert first.metadata["ci"]["blocks"] == 20
+    assert first.low is not None
+    assert again.low is not None
+    torch.testing.assert_close(first.low, again.low, rtol=0, atol=0)
+    # Uncertainty() asks for values only, as None does
+    plain = compare(net, None, data_, layers_a=["1", "3"], measure="cka", progress=False)
+    empty = compare(net, None, data_, layers_a=["1", "3"], measure="cka", uncertainty=Uncertainty(), progress=False)
+    torch.testing.assert_close(plain.matrix, empty.matrix, rtol=0, atol=0)
+    torch.testing.assert_close(plain.matrix, first.matrix, rtol=0, atol=1e-12)  # per-block sums round differently
+    assert empty.low is None
+    assert empty.p_values is None
+    for bad, message in (
+        (dict(permutations=0), "permutations must be"),
+        (dict(permutations="moment"), "permutations must be"),
+        (dict(ci=0.9, alpha=1.5), "alpha must be a finite number in"),
+        (dict(ci=0.9, seed=-1), "seed must be"),
+        (dict(ci=0.9, blocks=1), "blocks must be"),
+    ):
+        with pytest.raises(InvalidParameterError, match=message):
+            Uncertainty(**bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"uncertainty= takes an Uncertainty .* got float"):
+        compare(net, None, data_, layers_a=["1"], uncertainty=0.95, progress=False)  # type: ignore[call-overload]
+    with pytest.raises(InvalidParameterError) as caught:
+        compare(net, None, data_, layers_a=["1"], ci=0.95, seed=3, progress=False)  # type: ignore[call-overload]
+    assert "instead of ci=, seed=, pass uncertainty=reprsim.Uncertainty(ci=0.95, seed=3)" in str(caught.value)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['confidence'\]"):
+        compare(net, None, data_, layers_a=["1"], confidence=0.95, progress=False)  # type: ignore[call-overload]
+    with StoreWriter(tmp_path / "s") as w:
+        w.write({"x": np.random.default_rng(0).normal(size=(40, 3))})
+    with pytest.raises(InvalidParameterError, match=r"instead of permutations=, pass uncertainty=reprsim\.Uncertainty"):
+        compare_stores(tmp_path / "s", permutations=99, progress=False)
+    stored = compare_stores(tmp_path / "s", uncertainty=Uncertainty(permutations=19, seed=1), progress=False)
+    assert stored.p_values is not None
+    assert stored.metadata["permutation"]["permutations"] == 19
 
 
 def test_compare_refuses_more_blocks_than_samples_before_the_cost() -> None:
@@ -493,16 +560,32 @@ def test_compare_refuses_more_blocks_than_samples_before_the_cost() -> None:
 
     net = mlp(0)
     with pytest.raises(InvalidParameterError, match="blocks=10000 exceeds the 64 samples of data"):
-        compare(net, None, batches(n=64), layers_a=["1"], measure="cka", ci=0.9, blocks=10_000, progress=False)
+        compare(
+            net,
+            None,
+            batches(n=64),
+            layers_a=["1"],
+            measure="cka",
+            uncertainty=Uncertainty(ci=0.9, blocks=10_000),
+            progress=False,
+        )
     # a stream of unknown length: refused once its samples are counted, before any interval is computed
     stream = (b for b in batches(n=64))
     with pytest.raises(InvalidParameterError, match="blocks=100 exceeds the 64 samples seen"):
-        compare(net, None, stream, layers_a=["1"], measure="procrustes", ci=0.9, blocks=100, progress=False)
+        compare(
+            net,
+            None,
+            stream,
+            layers_a=["1"],
+            measure="procrustes",
+            uncertainty=Uncertainty(ci=0.9, blocks=100),
+            progress=False,
+        )
     # and blocks whose copies of the moments would not fit are refused at the first batch
     wide = torch.nn.Sequential(torch.nn.Linear(10, 4000)).double()
     with pytest.raises(InvalidParameterError, match=r"5000 blocks \(or folds\) keep 5000 sets of moments"):
-        compare(wide, None, (b for b in batches(n=64)), layers_a=["0"], measure="cka", ci=0.9, blocks=5000,
-                progress=False)  # fmt: skip
+        compare(wide, None, (b for b in batches(n=64)), layers_a=["0"], measure="cka",
+                uncertainty=Uncertainty(ci=0.9, blocks=5000), progress=False)  # fmt: skip
 
 
 def test_batch_jackknife_of_a_layers_matrix_matches_per_cell_leave_one_batch_out() -> None:
@@ -753,8 +836,8 @@ def test_compare_uses_the_exact_moment_null_per_cell() -> None:
     net, other = mlp(0), mlp(1)
     data_ = batches(n=128)
     layers = ["1", "3"]
-    out = compare(net, other, data_, layers_a=layers, measures=["cka", "cka_unbiased"], permutations="moments",
-                  progress=False)  # fmt: skip
+    out = compare(net, other, data_, layers_a=layers, measures=["cka", "cka_unbiased"],
+                  uncertainty=Uncertainty(permutations="moments"), progress=False)  # fmt: skip
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
     for key in ("cka", "cka_unbiased"):
         test = permutation_test([a[k] for k in layers], [b[k] for k in layers], key, method="moments")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import reprsim
-from reprsim import StoreWriter, compare, compare_stores, open_store
+from reprsim import StoreWriter, Uncertainty, compare, compare_stores, open_store
 from reprsim.errors import LayerNotFoundError, ShapeMismatchError, StoreError
 from tests import reference as ref
 from tests import reference_measures as refm
@@ -296,8 +296,8 @@ def test_compare_writes_stores_that_give_back_the_same_numbers(tmp_path: Path) -
                for start, b in ((0, 30), (30, 25), (55, 40))]  # fmt: skip
     a, b = net(0), net(1)
     measures = ["cka", "procrustes", "rsa"]
-    direct = compare(a, b, batches, layers=["1", "3", "4"], measures=measures, progress=False, ci=0.9, blocks=5,
-                     stores=(tmp_path / "a", tmp_path / "b"),
+    direct = compare(a, b, batches, layers=["1", "3", "4"], measures=measures, progress=False,
+                     uncertainty=Uncertainty(ci=0.9, blocks=5), stores=(tmp_path / "a", tmp_path / "b"),
                      sample_ids=lambda batch: [f"s{int(i)}" for i in batch[1]])  # fmt: skip
     sa, sb = open_store(tmp_path / "a"), open_store(tmp_path / "b")
     assert sa.model == "model A"
@@ -306,7 +306,9 @@ def test_compare_writes_stores_that_give_back_the_same_numbers(tmp_path: Path) -
     assert sa.sample_ids[31] == "s31"
     with torch.no_grad():
         np.testing.assert_array_equal(sb.read("4"), torch.cat([b(bt[0]) for bt in batches]).numpy())
-    stored = compare_stores(tmp_path / "a", tmp_path / "b", measures=measures, progress=False, ci=0.9, blocks=5)
+    stored = compare_stores(
+        tmp_path / "a", tmp_path / "b", measures=measures, progress=False, uncertainty=Uncertainty(ci=0.9, blocks=5)
+    )
     for m in measures:
         np.testing.assert_allclose(stored[m].to_numpy(), direct[m].to_numpy(), rtol=0, atol=1e-12)
         assert stored[m].low is not None

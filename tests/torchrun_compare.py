@@ -56,10 +56,19 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
     options: dict[str, Any] = {"layers": ["1", "3", "4"], "progress": False, "distributed": distributed}
     rank = int(os.environ.get("RANK", "0"))
     if case in ("moments", "two"):
-        return compare(a, b, batches(SIZES[case]), measures=MOMENTS, ci=0.9, blocks=5, **options)
+        return compare(
+            a, b, batches(SIZES[case]), measures=MOMENTS, uncertainty=reprsim.Uncertainty(ci=0.9, blocks=5), **options
+        )
     if case == "samples":  # with progress bars under torchrun: rank 0 shows the reduction too
         options["progress"] = distributed is not False
-        return compare(a, b, batches(SIZES[case]), measures=SAMPLES, ci=0.9, blocks=4, permutations=30, **options)
+        return compare(
+            a,
+            b,
+            batches(SIZES[case]),
+            measures=SAMPLES,
+            uncertainty=reprsim.Uncertainty(ci=0.9, blocks=4, permutations=30),
+            **options,
+        )
     if case == "sampler":
         x = torch.cat(batches([48, 48, 48, 48]))  # 192 samples: the sampler's shards are even, nothing repeated
         dataset = TensorDataset(x)
@@ -72,8 +81,8 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
     if case == "stores":  # two stores written by write_stores(); each rank reads every other chunk
         folder = Path(os.environ["REPRSIM_TEST_STORES"])
         return reprsim.compare_stores(folder / "a", folder / "b", measures=["cka", "procrustes", "cka_minibatch",
-                                      "mutual_knn"], chunk_rows=45, ci=0.9, blocks=4, progress=False,
-                                      distributed=distributed)  # fmt: skip
+                                      "mutual_knn"], chunk_rows=45, uncertainty=reprsim.Uncertainty(ci=0.9, blocks=4),
+                                      progress=False, distributed=distributed)  # fmt: skip
     if case == "loader":  # a shuffled DataLoader without a seed: rank 0's order is used, each rank loads its share
         dataset = _Counting(torch.cat(batches([48, 48, 48, 48, 30])))
         loader = DataLoader(dataset, batch_size=32, shuffle=distributed is not False)

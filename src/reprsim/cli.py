@@ -167,7 +167,7 @@ def _info(paths: list[Path]) -> int:
 def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .errors import InvalidParameterError, ReprsimError
     from .measures import available_measures, get_measure
-    from .models import compare_stores
+    from .models import Uncertainty, compare_stores
 
     names = args.measure or []  # none: the default measure, chosen from the layers' widths as compare() does
     for name in names:
@@ -193,8 +193,7 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             align=args.align,
             chunk_rows=args.chunk_rows,
             progress=not args.quiet,
-            ci=args.ci,
-            permutations=args.permutations,
+            uncertainty=Uncertainty(ci=args.ci, permutations=args.permutations),
         )
     except ReprsimError as exc:
         print(f"reprsim compare: {exc}", file=sys.stderr)

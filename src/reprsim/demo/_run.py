@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from .. import Extractor, SimilarityResult, compare
+from .. import Extractor, SimilarityResult, Uncertainty, compare
 from ..errors import InvalidParameterError
 from ..probes import logistic_probe, prediction_agreement, separability
 from ..streaming import MinibatchCKAMatrix
@@ -208,7 +208,7 @@ def diagonal(r: SimilarityResult) -> list[float]:
 
 
 def half_diagonal(r: SimilarityResult) -> list[float]:
-    """Half the width of each diagonal cell's interval (compare(ci=...)): the "±" of the report's tables."""
+    """Half the width of each diagonal cell's interval (``Uncertainty(ci=...)``): the "±" of the report's tables."""
     if r.low is None or r.high is None:
         return [math.nan] * min(r.matrix.shape)
     return [float(v) / 2 for v in torch.diagonal(r.high - r.low)]
@@ -388,8 +388,7 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
         layers_a=blocks,
         model_names=(label_c, label_m),
         measure="cka_minibatch",  # the study's measure, named: its criteria were fixed with it
-        ci=LEVEL,
-        seed=s.seed,
+        uncertainty=Uncertainty(ci=LEVEL, seed=s.seed),
         progress=False,
     )
     a1.save(out / "a1_blocks.npz")
@@ -403,8 +402,7 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
             layers_a=blocks,
             model_names=(label_c, "contrastive (seed 2)"),
             measure="cka_minibatch",
-            ci=LEVEL,
-            seed=s.seed,
+            uncertainty=Uncertainty(ci=LEVEL, seed=s.seed),
             progress=False,
         )
         results["A1"]["control_diagonal"] = diagonal(control)
@@ -442,8 +440,7 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
         model_names=(label_c, label_m),
         pool="flatten",
         measure="cka_minibatch",
-        ci=LEVEL,
-        seed=s.seed,
+        uncertainty=Uncertainty(ci=LEVEL, seed=s.seed),
         progress=False,
     )
     a2.save(out / "a2_sublayers.npz")
@@ -530,8 +527,8 @@ def run_demo(settings: DemoSettings, log: Log = print) -> Path:
             (label_m, "MAE FT"),
             ("contrastive FT", label_m),
         ]
-        a5_res = compare(four, data=test_batches, layers=blocks, pairs=pairs, measure="cka_minibatch", ci=LEVEL,
-                         seed=s.seed, progress=False)  # fmt: skip
+        a5_res = compare(four, data=test_batches, layers=blocks, pairs=pairs, measure="cka_minibatch",
+                         uncertainty=Uncertainty(ci=LEVEL, seed=s.seed), progress=False)  # fmt: skip
         a5 = {
             f"{a} vs {b}": {"diagonal": diagonal(r), "half": half_diagonal(r), "mean": mean(diagonal(r))}
             for (a, b), r in a5_res.items()

@@ -14,13 +14,13 @@ never moved or cast: batches are moved to each model's device instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
 
 import numpy as np
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from typing_extensions import TypedDict, Unpack
 
-from .._validation import check_bool, check_int, check_probability, check_seed, format_bytes, is_integer
+from .._validation import check_bool, check_int, format_bytes
 from .._version import __version__
 from ..errors import (
     DeviceMismatchError,
@@ -81,6 +81,7 @@ from ._extract import (
     move_batch,
     resolve_layers,
 )
+from ._options import Uncertainty, checked_uncertainty, migration_error
 from ._result import SimilarityResult
 from ._store import ActivationStore, StoreWriter
 
@@ -136,16 +137,6 @@ def _pool_name(pool: Any) -> Any:
 
 MeasureSpec = Union[str, Measure]
 #: compare's keyword arguments before 0.2, and what replaces each.
-_REMOVED = {
-    "estimator": "measure='cka_minibatch' (the old default), measure='cka' (estimator='exact') or "
-    "measure='cka_unbiased' (estimator='exact_unbiased')",
-    "kernel": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf')",
-    "sigma": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf', sigma=...)",
-    "median_fraction": "measure=reprsim.measures.CKA(estimator='minibatch', kernel='rbf', median_fraction=...)",
-    "names": "model_names=(...) (the models' names; layer names are the result's names_a and names_b)",
-}
-
-
 #: The most memory large per-layer results (RSA's ranked RDM triangles) may take while a comparison runs.
 CACHE_MEMORY = 2 * 2**30
 #: The most memory the per-block (or per-fold) copies of the moments may take (ci= with blocks=G keeps G copies).
@@ -174,11 +165,7 @@ class CompareOptions(TypedDict, total=False):
     stop_early: bool
     progress: bool
     feature_memory: int | None
-    ci: float | None
-    blocks: int | None
-    permutations: int | Literal["moments"] | None
-    alpha: float
-    seed: int
+    uncertainty: Uncertainty | None
     stores: Mapping[str, Any] | Sequence[Any] | None
     sample_ids: Callable[[Any], Any] | None
     distributed: bool | None
@@ -257,11 +244,7 @@ def compare(
     stop_early: bool = False,
     progress: bool = True,
     feature_memory: int | None = FEATURE_MEMORY,
-    ci: float | None = None,
-    blocks: int | None = None,
-    permutations: int | Literal["moments"] | None = None,
-    alpha: float = 0.05,
-    seed: int = 0,
+    uncertainty: Uncertainty | None = None,
     stores: Mapping[str, Any] | Sequence[Any] | None = None,
     sample_ids: Callable[[Any], Any] | None = None,
     distributed: bool | None = None,
@@ -325,29 +308,10 @@ def compare(
         layer's features go to a memory-mapped temporary file (deleted when ``compare`` returns), read back one
         layer at a time. ``None`` never spills; ``0`` always does. The result's metadata says which happened,
         under ``features``.
-    ci : float, optional
-        Attach a confidence interval at this level (e.g. 0.95) to every cell (``result.low``/``result.high``),
-        from the same single pass: exact moment measures by a delete-a-block jackknife over ``blocks`` blocks
-        of samples (index % blocks; the moments are then kept per block, ``blocks`` times their memory),
-        minibatch CKA by the jackknife over its batches, sample-space measures by 100 half-samples without
-        replacement of their kept features (the same half-samples for every cell; 100 evaluations per cell).
-        Each measure's ``describe()["resampling"]`` names its scheme and ``metadata["ci"]["target"]`` what the
-        intervals estimate (the population value, or the estimator's expectation at this n); see
-        docs/uncertainty.md.
-    blocks : int, optional
-        Blocks of the jackknife; by default 20, or the folds of a cross-validated measure in the run.
-    permutations : int, optional
-        Also run a permutation test with this many permutations of model B's samples (the same permutation for
-        all its layers): ``result.p_values`` and ``result.calibrated`` per cell, and in
-        ``metadata["permutation"]`` the test of the best cell (corrected for the search over all cells) and of
-        the mean. It needs every sample's pooled features, which are kept as for the sample-space measures
-        (see ``feature_memory``); minibatch CKA has no permutation test (use ``"cka"`` or ``"cka_unbiased"``):
-        among other measures it is left untested with a warning, and its ``metadata["permutation"]`` gives the
-        reason.
-    alpha : float, default 0.05
-        Level of the permutation test's calibrated scores and of the significance marks.
-    seed : int, default 0
-        Seeds the permutations and the half-samples.
+    uncertainty : Uncertainty, optional
+        Confidence intervals (``Uncertainty(ci=0.95)``), a permutation test (``Uncertainty(permutations=1000)``),
+        or both, from the same single pass; see :class:`Uncertainty`. A permutation test needs every sample's
+        pooled features, which are kept as for the sample-space measures (see ``feature_memory``).
     stores : mapping of model name to path, or (path_a, path_b), optional
         Also write each named model's pooled layers to an activation store as the batches stream (memory flat
         in n; see :class:`StoreWriter`), for later comparisons without the model (:func:`compare_stores`, the
@@ -397,13 +361,8 @@ def compare(
     (['cka', 'procrustes'], 'distance')
     """
     if removed:
-        known = {k: _REMOVED[k] for k in removed if k in _REMOVED}
-        if known:
-            raise InvalidParameterError(
-                "compare()'s keywords changed in reprsim 0.2: "
-                + "; ".join(f"instead of {k}=, pass {v}" for k, v in known.items())
-            )
-        raise TypeError(f"compare() got unexpected keyword arguments {sorted(removed)}")
+        migration_error("compare", removed)
+    uncertainty = checked_uncertainty(uncertainty)
     chosen = _measures(measure, measures)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         raise InvalidParameterError(
@@ -489,7 +448,8 @@ def compare(
                 raise InvalidParameterError(f"pair {tuple(pair)!r} names {n!r}, which is not among {list(models)}")
 
     count = _known_samples(data)
-    if ci is not None and blocks is not None and is_integer(blocks) and count is not None and int(blocks) > count:
+    blocks = uncertainty.blocks
+    if blocks is not None and count is not None and blocks > count:
         raise InvalidParameterError(
             f"blocks={blocks} exceeds the {count} samples of data: a jackknife leaves out one block of samples at a "
             "time, so it needs at least one sample per block; pass blocks ≤ the sample count"
@@ -515,7 +475,7 @@ def compare(
         device=device,
         stop_early=stop_early,
         feature_memory=feature_memory,
-        uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
+        uncertainty=uncertainty,
         dist=dist,
         stores=stores,
         sample_ids=sample_ids,
@@ -585,31 +545,6 @@ Slot = tuple[tuple[int, int], str]
 HALF_SAMPLES = 100
 #: Permutations of the Monte Carlo test that answers when permutations="moments" cannot (the reason is reported).
 FALLBACK_PERMUTATIONS = 999
-
-
-@dataclass
-class _Uncertainty:
-    """compare's interval and permutation-test options, checked."""
-
-    ci: float | None = None
-    blocks: int | None = None
-    permutations: int | str | None = None
-    alpha: float = 0.05
-    seed: int = 0
-
-    @classmethod
-    def checked(
-        cls, ci: float | None, blocks: int | None, permutations: int | str | None, alpha: float, seed: int
-    ) -> _Uncertainty:
-        if ci is not None:
-            ci = check_probability(ci, "ci", "a confidence level, e.g. 0.95")
-        if blocks is not None:
-            blocks = check_int(blocks, "blocks", minimum=2, hint="the number of jackknife blocks")
-        if blocks is not None and ci is None:
-            raise InvalidParameterError("blocks= sets the jackknife of ci=; pass ci=0.95 too (or drop blocks)")
-        if permutations is not None and permutations != "moments":
-            permutations = check_int(permutations, "permutations", minimum=1, hint="or 'moments' for the exact null")
-        return cls(ci, blocks, permutations, check_probability(alpha, "alpha", "e.g. 0.05"), check_seed(seed))
 
 
 class _FeatureStore:
@@ -710,7 +645,7 @@ class _Comparison:
         device: torch.device | str | None,
         stop_early: bool,
         feature_memory: int | None = FEATURE_MEMORY,
-        uncertainty: _Uncertainty | None = None,
+        uncertainty: Uncertainty | None = None,
         dist: Distributed | None = None,
         stores: Mapping[str, Any] | None = None,
         sample_ids: Callable[[Any], Any] | None = None,
@@ -723,7 +658,7 @@ class _Comparison:
                 feature_memory, "feature_memory", minimum=0, hint="bytes, or None never to spill"
             )
         used = [n for n in models if any(n in p for p in pairs)]
-        self.uncertainty = uncertainty if uncertainty is not None else _Uncertainty()
+        self.uncertainty = uncertainty if uncertainty is not None else Uncertainty()
         #: what every rank must have asked for (the default measure is chosen later, from the pooled widths)
         self.requested: Any = (
             "the default measure"
@@ -857,16 +792,19 @@ class _Comparison:
                     f"a cross-validated measure keeps {self.folds} folds, which are also the jackknife's blocks: "
                     f"pass blocks={self.folds} (or leave blocks unset)"
                 )
-            u.blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
+            blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
+            u = self.uncertainty = dataclasses.replace(u, blocks=blocks)  # the default made explicit
             if moment:
-                self.folds = u.blocks
+                self.folds = blocks
         #: measures the permutation test leaves out, with the reason (minibatch CKA is defined over batches)
         self.untested: dict[str, str] = {}
         if u.permutations is not None:
             bad = [k for k, m in measures.items() if m.stream == "minibatch"]
             why = "minibatch CKA is defined over batches, not over samples: it has no permutation test"
             if bad and len(bad) == len(measures):
-                raise InvalidParameterError(f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with permutations=")
+                raise InvalidParameterError(
+                    f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with Uncertainty(permutations=...)"
+                )
             if bad:  # test the others; these results say why they have no p-values
                 self.untested = {k: why for k in bad}
                 warnings.warn(

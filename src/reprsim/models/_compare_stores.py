@@ -11,8 +11,9 @@ import torch
 
 from .._validation import check_bool, check_int
 from ..errors import InvalidParameterError
-from ._compare import MeasureSpec, _Comparison, _measures, _Uncertainty
+from ._compare import MeasureSpec, _Comparison, _measures
 from ._distributed import SkippedBatch, setup
+from ._options import Uncertainty, checked_uncertainty, migration_error
 from ._store import ActivationStore, alignment, as_store, chunks
 
 __all__ = ["compare_stores"]
@@ -94,12 +95,9 @@ def compare_stores(
     model_names: tuple[str, str] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
-    ci: float | None = None,
-    blocks: int | None = None,
-    permutations: int | str | None = None,
-    alpha: float = 0.05,
-    seed: int = 0,
+    uncertainty: Uncertainty | None = None,
     distributed: bool | None = None,
+    **removed: Any,
 ) -> Any:
     """Compare stored activations layer by layer, reading each file once in chunks (memory flat in n).
 
@@ -126,7 +124,7 @@ def compare_stores(
         The sides' names in the result; by default each store's recorded model, or its file name.
     device : torch.device or str, optional
         Where the statistics are computed (default CPU).
-    progress, ci, blocks, permutations, alpha, seed
+    progress, uncertainty
         As in :func:`compare`.
     distributed : bool, optional
         Under torchrun (detected when None), each rank reads every world_size-th chunk and the ranks'
@@ -154,7 +152,10 @@ def compare_stores(
     >>> result.names_a, result.names_b, round(result["fc", "fc"], 6)
     (['fc', 'relu'], ['fc'], 1.0)
     """
+    if removed:
+        migration_error("compare_stores", removed)
     chosen = _measures(measure, measures)
+    uncertainty = checked_uncertainty(uncertainty)
     align = check_bool(align, "align")
     progress = check_bool(progress, "progress")
     sa = as_store(a, "a")
@@ -189,7 +190,7 @@ def compare_stores(
         device=None,
         stop_early=False,
         feature_memory=None,
-        uncertainty=_Uncertainty.checked(ci, blocks, permutations, alpha, seed),
+        uncertainty=uncertainty,
         dist=dist,
         default_measure=measure is None and measures is None,
         features=_StoredFeatures(rows_of, target),

@@ -43,10 +43,11 @@ class SimilarityResult:
         permutation test, ``metadata["permutation"]`` (permutations, alpha, seed, and the test of the best cell
         and of the mean, each with observed, p_value, threshold, calibrated).
     low, high : torch.Tensor, optional
-        Each cell's confidence interval (``compare(..., ci=0.95)``).
+        Each cell's confidence interval (``compare(..., uncertainty=Uncertainty(ci=0.95))``).
     p_values : torch.Tensor, optional
-        Each cell's add-one permutation p-value (``compare(..., permutations=K)``; not corrected for the number
-        of cells: ``metadata["permutation"]["best"]`` is the corrected test of the best cell).
+        Each cell's add-one permutation p-value (``compare(..., uncertainty=Uncertainty(permutations=K))``; not
+        corrected for the number of cells: ``metadata["permutation"]["best"]`` is the corrected test of the best
+        cell).
     calibrated : torch.Tensor, optional
         Each cell's calibrated score (0 where not significant at ``metadata["permutation"]["alpha"]``).
     bias : torch.Tensor, optional
@@ -299,7 +300,8 @@ class SimilarityResult:
             if self.calibrated is None:
                 raise InvalidParameterError(
                     "calibrated=True draws the calibrated scores of a permutation test, which this result does not "
-                    "have: run compare(..., permutations='moments') (or a number of permutations)"
+                    "have: run compare(..., uncertainty=Uncertainty(permutations='moments')) (or a number of "
+                    "permutations)"
                 )
             m["label"] = f"calibrated {m['label']} (0: chance at α = {self._alpha:g})"
             m["direction"] = "similarity"
