@@ -210,9 +210,8 @@ def test_module_called_twice_is_rejected_or_recorded_per_call() -> None:
     torch.testing.assert_close(acts["block#0"], first.detach())
     torch.testing.assert_close(acts["block#1"], model.block(torch.relu(first)).detach())
     torch.testing.assert_close(Extractor(model, ["block"], calls="last")(x)["block"], acts["block#1"])
-    result = compare(
-        model, None, [torch.randn(8, 6) for _ in range(3)], layers_a=["block"], calls="each", progress=False
-    )
+    each = Extractor(model, ["block"], calls="each")
+    result = compare(each, None, [torch.randn(8, 6) for _ in range(3)], progress=False)
     assert result.names_a == ["block#0", "block#1"]
 
 
@@ -287,7 +286,7 @@ def test_stop_early_skips_later_layers_and_gives_the_same_result() -> None:
     last = []
     net[4].register_forward_hook(lambda *a: last.append(1))
     data = batches()
-    early = compare(net, mlp(1), data, layers_a=["0", "2"], stop_early=True, progress=False)
+    early = compare(Extractor(net, ["0", "2"], stop_early=True), mlp(1), data, layers_b=["0", "2"], progress=False)
     assert not last  # the final Linear of net never ran
     full = compare(net, mlp(1), data, layers_a=["0", "2"], progress=False)
     torch.testing.assert_close(early.matrix, full.matrix, rtol=0, atol=0)
@@ -344,8 +343,67 @@ def test_inputs_adapters_feed_each_model_its_own_preprocessing() -> None:
     with torch.no_grad():
         scaled[0].weight.mul_(0.5)  # expects inputs twice as large
     data = batches()
-    r = compare(net, scaled, data, layers_a=LAYERS, inputs_b=lambda b: b * 2, progress=False)
+    r = compare(net, Extractor(scaled, LAYERS, inputs=lambda b: b * 2), data, layers_a=LAYERS, progress=False)
     np.testing.assert_allclose(np.diag(r.to_numpy()), 1.0, atol=1e-12)
+
+
+def test_extractors_carry_their_own_settings_and_share_a_forward_pass_when_they_agree() -> None:
+    """compare() takes Extractor objects for models with their own extraction settings; extractors of one model
+    with the same settings share one forward pass per batch, and different settings run it separately."""
+    net, data = mlp(0), batches(n=96)
+    runs: list[int] = []
+    net.register_forward_hook(lambda *a: runs.append(1))
+    # the input of layer "2" is the output of layer "1": two settings of one model, so two forwards per batch
+    out = compare(
+        {"relu out": Extractor(net, ["1"]), "linear in": Extractor(net, ["2"], capture="input")},
+        data=data,
+        measure="cka",
+        progress=False,
+    )
+    assert len(runs) == 2 * len(data)
+    assert out[("relu out", "linear in")].matrix.item() == pytest.approx(1.0, abs=1e-12)
+    assert out[("relu out", "linear in")].metadata["capture"] == {"relu out": "output", "linear in": "input"}
+    # the same settings (here, those of the bare-module sugar): one forward per batch, the union of the layers
+    runs.clear()
+    shared = compare(Extractor(net, ["0", "2"]), net, data, layers_b=["4"], measure="cka", progress=False)
+    assert len(runs) == len(data)
+    acts = hand_extract(net, ["0", "2", "4"], data)
+    for i, la in enumerate(["0", "2"]):
+        want = ref.cka(acts[la].numpy(), acts["4"].numpy())
+        assert float(shared.matrix[i, 0]) == pytest.approx(want, abs=1e-12)
+    assert shared.metadata["pool"] == "flatten"
+    # an Extractor's transform runs before the Grams that minibatch CKA builds inside the hooks
+    other = mlp(1)
+    absolute = compare(
+        Extractor(net, LAYERS, transform=lambda name, t: t.abs()),
+        other,
+        data,
+        layers_b=LAYERS,
+        measure="cka_minibatch",
+        progress=False,
+    )
+    a, b = hand_extract(net, LAYERS, data), hand_extract(other, LAYERS, data)
+    by_hand = MinibatchCKAMatrix()
+    for rows in torch.split(torch.arange(96), 32):
+        by_hand.update([a[k][rows].abs() for k in LAYERS], [b[k][rows] for k in LAYERS])
+    torch.testing.assert_close(absolute.matrix, by_hand.compute(), rtol=0, atol=1e-12)
+
+
+def test_extractor_settings_are_given_once() -> None:
+    net, data = mlp(0), batches(n=64)
+    with pytest.raises(InvalidParameterError, match=r"'model A' is an Extractor, which selects its own layers"):
+        compare(Extractor(net, ["0"]), net, data, layers_a=["2"], progress=False)
+    with pytest.raises(InvalidParameterError, match=r"'b' is an Extractor, which selects its own layers"):
+        compare({"a": net, "b": Extractor(net, ["0"])}, data=data, layers={"a": ["0"], "b": ["2"]}, progress=False)
+    with pytest.raises(InvalidParameterError, match=r"pool= applies to bare modules, and every model here is an"):
+        compare(Extractor(net, ["0"]), Extractor(mlp(1), ["0"]), data, pool="mean", progress=False)
+    with pytest.raises(InvalidParameterError, match=r"no layers selected for 'model B'"):
+        compare(Extractor(net, ["0"]), mlp(1), data, progress=False)
+    with pytest.raises(InvalidParameterError) as caught:
+        compare(net, None, data, layers_a=["0"], capture="input", inputs_b=torch.neg, progress=False)  # type: ignore[call-overload]
+    message = str(caught.value)
+    assert "instead of capture=, pass the model as reprsim.Extractor(model, layers, capture='input')" in message
+    assert "instead of inputs_b=, pass model_b as reprsim.Extractor(model, layers, inputs=<the adapter>)" in message
 
 
 def test_tuple_and_dict_batches() -> None:
@@ -399,6 +457,56 @@ def test_exact_estimator_refuses_huge_widths_and_old_keywords() -> None:
         compare(net, None, [torch.randn(8, 4)], layers_a=["0"], measure="cka", progress=False)
     with pytest.raises(reprsim.errors.InvalidParameterError, match="instead of kernel=, pass"):
         compare(net, None, [torch.randn(8, 4)], layers_a=["0"], kernel="rbf", progress=False)
+
+
+def test_runtime_is_one_checked_frozen_value_and_changes_no_number(tmp_path: Path) -> None:
+    """Devices, eval mode, feature memory and torchrun settings are one Runtime value: checked where written,
+    refused under their old keywords with the replacement, and without effect on the numbers."""
+    import dataclasses
+
+    from reprsim import Runtime, StoreWriter, compare_stores
+
+    net, other, data = mlp(0), mlp(1), batches(n=96)
+    r = Runtime(device="cpu", feature_memory=0)
+    assert r.device == torch.device("cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.eval = False  # type: ignore[misc]
+    plain = compare(net, other, data, layers_a=LAYERS, measures=["cka", "rsa"], progress=False)
+    # features spilled to disk at once, batches sent to the CPU explicitly: the same numbers to the last digit
+    spilled = compare(net, other, data, layers_a=LAYERS, measures=["cka", "rsa"], runtime=r, progress=False)
+    for key in ("cka", "rsa"):
+        torch.testing.assert_close(plain[key].matrix, spilled[key].matrix, rtol=0, atol=0)
+    assert spilled["rsa"].metadata["features"].startswith("spilled to memory-mapped temporary files")
+    for bad, message in (
+        (dict(device="nope"), "device must be a torch device"),
+        (dict(eval=1), "eval must be"),
+        (dict(feature_memory=-1), "feature_memory must be an integer ≥ 0"),
+        (dict(distributed="yes"), "distributed must be True, False or None"),
+        (dict(shard="rows"), "shard must be 'auto', 'batches' or 'data'"),
+    ):
+        with pytest.raises(InvalidParameterError, match=message):
+            Runtime(**bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"runtime= takes a Runtime .* got str"):
+        compare(net, None, data, layers_a=["1"], runtime="cpu", progress=False)  # type: ignore[call-overload]
+    with pytest.raises(InvalidParameterError) as caught:
+        compare(net, None, data, layers_a=["1"], device="cpu", feature_memory=0, ci=0.9, progress=False)  # type: ignore[call-overload]
+    message = str(caught.value)
+    assert (
+        "instead of device=, feature_memory=, pass runtime=reprsim.Runtime(device='cpu', feature_memory=0)" in message
+    )
+    assert "instead of ci=, pass uncertainty=reprsim.Uncertainty(ci=0.9)" in message
+    with StoreWriter(tmp_path / "s") as w:
+        w.write({"x": np.random.default_rng(0).normal(size=(40, 3))})
+    with pytest.raises(
+        InvalidParameterError, match=r"instead of device=, pass runtime=reprsim\.Runtime\(device='cpu'\)"
+    ):
+        compare_stores(tmp_path / "s", device="cpu", progress=False)
+    with pytest.raises(
+        InvalidParameterError, match=r"Runtime's \['eval', 'feature_memory'\] concern models and batches"
+    ):
+        compare_stores(tmp_path / "s", runtime=Runtime(eval=False, feature_memory=0), progress=False)
+    stored = compare_stores(tmp_path / "s", runtime=Runtime(device="cpu", distributed=False), progress=False)
+    assert stored.matrix.device == torch.device("cpu")
 
 
 def test_rbf_minibatch_compare_runs() -> None:

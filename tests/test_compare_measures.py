@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from reprsim import SimilarityResult, compare
+from reprsim import Extractor, SimilarityResult, compare
 from reprsim.errors import InvalidParameterError, RankDeficientError
 from reprsim.measures import CCA, CKA, Predictivity, ShapeMetric, get_measure
 from reprsim.streaming import MinibatchCKAMatrix
@@ -39,19 +39,8 @@ def comparison_of(models: dict[str, nn.Module], pairs: list[tuple[str, str]], me
     """compare()'s internal streaming object, to look at its accumulators (flattened tokens, every layer)."""
     from reprsim.models._compare import _Comparison, _measures
 
-    return _Comparison(
-        models,
-        dict.fromkeys(models, LAYERS),
-        {},
-        pairs,
-        measures=_measures(None, measures),
-        pool="flatten",
-        capture="output",
-        select=None,
-        calls="error",
-        device=None,
-        stop_early=False,
-    )
+    extractors = {n: Extractor(m, LAYERS, pool="flatten") for n, m in models.items()}
+    return _Comparison(extractors, {}, pairs, measures=_measures(None, measures), device=None)
 
 
 def key(m: object) -> str:

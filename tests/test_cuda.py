@@ -102,7 +102,7 @@ def test_several_models_and_mixed_devices() -> None:
 def test_compare_device_argument_refuses_to_move_a_model() -> None:
     a, b = models()
     with pytest.raises(reprsim.errors.DeviceMismatchError, match=r"never moves a model"):
-        compare(a, b, batches(), layers=["head"], device="cuda", progress=False)
+        compare(a, b, batches(), layers=["head"], runtime=reprsim.Runtime(device="cuda"), progress=False)
 
 
 def test_extractor_returns_activations_on_the_models_device() -> None:

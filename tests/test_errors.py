@@ -165,12 +165,14 @@ BOUNDARY = {
         "model_names must be two non-empty strings",
     ),
     "compare device 'nope'": (
-        lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], device="nope", progress=False),
+        lambda: reprsim.compare(
+            _NET, _NET, _BATCHES, layers_a=["0"], runtime=reprsim.Runtime(device="nope"), progress=False
+        ),
         "device must be a torch device",
     ),
-    "compare inputs_a=3": (
-        lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], inputs_a=3, progress=False),
-        "must be a function of a batch",
+    "Extractor inputs=3": (
+        lambda: reprsim.Extractor(_NET, ["0"], inputs=3),  # type: ignore[arg-type]
+        "inputs must be a function of a batch",
     ),
     "Extractor(3)": (lambda: reprsim.Extractor(3, ["0"]), "Extractor takes an nn.Module; got int"),
     "pool_tokens of a dict": (lambda: reprsim.pool_tokens({"a": 1}, "mean"), "pool_tokens takes a tensor"),

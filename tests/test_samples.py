@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from reprsim import cka, compare
+from reprsim import Runtime, cka, compare
 from reprsim.errors import (
     ConstantRepresentationError,
     InsufficientSamplesError,
@@ -482,7 +482,7 @@ def test_compare_spills_features_to_memory_mapped_files_beyond_the_budget(
         data=data_,
         layers=layers,
         measures=["mutual_knn", "distance_correlation"],
-        feature_memory=budget,
+        runtime=Runtime(feature_memory=budget),
         progress=False,
     )
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
@@ -506,7 +506,15 @@ def test_feature_store_refuses_a_changing_width_and_a_bad_budget() -> None:
     net = mlp(0)
     varying = [torch.randn(8, 10), torch.randn(8, 10)]
     with pytest.raises(InvalidParameterError, match="feature_memory must be an integer ≥ 0"):
-        compare(net, None, varying, layers_a=["1"], measure="mutual_knn", feature_memory=-1, progress=False)
+        compare(
+            net,
+            None,
+            varying,
+            layers_a=["1"],
+            measure="mutual_knn",
+            runtime=Runtime(feature_memory=-1),
+            progress=False,
+        )
 
     class Tokens(nn.Module):  # the token count follows the batch: 3 tokens, then 4
         def forward(self, x: torch.Tensor) -> torch.Tensor:

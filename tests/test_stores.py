@@ -358,8 +358,8 @@ def test_compare_stores_on_each_device(tmp_path: Path, device: str) -> None:
     x, y, _ = data()
     write(tmp_path / "a", {"x": x.astype(np.float32)})
     write(tmp_path / "b", {"y": y.astype(np.float32)})
-    out = compare_stores(tmp_path / "a", tmp_path / "b", measures=["cka", "cka_minibatch", "rsa"], device=device,
-                         chunk_rows=100, progress=False)  # fmt: skip
+    out = compare_stores(tmp_path / "a", tmp_path / "b", measures=["cka", "cka_minibatch", "rsa"],
+                         runtime=reprsim.Runtime(device=device), chunk_rows=100, progress=False)  # fmt: skip
     x32, y32 = x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)
     assert out["cka"].matrix.item() == pytest.approx(ref.cka(x32, y32, "linear"), abs=1e-10)
     expected = ref.minibatch_cka([x32[s : s + 100] for s in range(0, 300, 100)],

@@ -53,7 +53,11 @@ def batches(sizes: list[int], seed: int = 1) -> list[torch.Tensor]:
 
 def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.SimilarityResult]:
     a, b = net(0), net(1)
-    options: dict[str, Any] = {"layers": ["1", "3", "4"], "progress": False, "distributed": distributed}
+    options: dict[str, Any] = {
+        "layers": ["1", "3", "4"],
+        "progress": False,
+        "runtime": reprsim.Runtime(distributed=distributed),
+    }
     rank = int(os.environ.get("RANK", "0"))
     if case in ("moments", "two"):
         return compare(
@@ -82,7 +86,7 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         folder = Path(os.environ["REPRSIM_TEST_STORES"])
         return reprsim.compare_stores(folder / "a", folder / "b", measures=["cka", "procrustes", "cka_minibatch",
                                       "mutual_knn"], chunk_rows=45, uncertainty=reprsim.Uncertainty(ci=0.9, blocks=4),
-                                      progress=False, distributed=distributed)  # fmt: skip
+                                      progress=False, runtime=reprsim.Runtime(distributed=distributed))  # fmt: skip
     if case == "loader":  # a shuffled DataLoader without a seed: rank 0's order is used, each rank loads its share
         dataset = _Counting(torch.cat(batches([48, 48, 48, 48, 30])))
         loader = DataLoader(dataset, batch_size=32, shuffle=distributed is not False)
@@ -104,7 +108,7 @@ def run(case: str, *, distributed: bool | None = None) -> dict[str, reprsim.Simi
         # the one without data too (2 batches over 3 ranks), which learns the choice from the others
         wide_a, wide_b = wide(0), wide(1)
         result = reprsim.compare(wide_a, wide_b, batches(SIZES["two"]), layers=["1", "2"], progress=False,
-                                 distributed=distributed)  # fmt: skip
+                                 runtime=reprsim.Runtime(distributed=distributed))  # fmt: skip
         return {"default": result}
     if case == "failure":  # rank 1 meets a batch with NaN
         data = batches(SIZES["moments"])
@@ -141,8 +145,9 @@ def write_stores(folder: Path) -> None:
     """The stores of case "stores": a model's pooled layers and another's, 310 samples, string IDs."""
     a, b = net(0), net(1)
     data = [(x, [f"s{i}-{j}" for j in range(x.shape[0])]) for i, x in enumerate(batches(SIZES["samples"] * 2))]
-    reprsim.compare(a, b, data, layers=["1", "3", "4"], measure="cka", progress=False, distributed=False,
-                    stores=(folder / "a", folder / "b"), sample_ids=lambda batch: batch[1])  # fmt: skip
+    reprsim.compare(a, b, data, layers=["1", "3", "4"], measure="cka", progress=False,
+                    runtime=reprsim.Runtime(distributed=False), stores=(folder / "a", folder / "b"),
+                    sample_ids=lambda batch: batch[1])  # fmt: skip
 
 
 def compare(a: nn.Module, b: nn.Module, data: Any, *, measures: list[Any], **options: Any) -> Any:

@@ -5,7 +5,7 @@ activation stores on disk (:class:`StoreWriter`, :func:`open_store`) and their c
 from ._compare import compare
 from ._compare_stores import compare_stores
 from ._extract import Extractor, LayerInfo, list_layers, pool_tokens
-from ._options import Uncertainty
+from ._options import Runtime, Uncertainty
 from ._result import SimilarityResult
 from ._store import ActivationStore, StoreWriter, open_store
 
@@ -13,6 +13,7 @@ __all__ = [
     "ActivationStore",
     "Extractor",
     "LayerInfo",
+    "Runtime",
     "SimilarityResult",
     "StoreWriter",
     "Uncertainty",

@@ -5,7 +5,7 @@ again) and streams every layer into the accumulators that the requested measures
 :class:`~reprsim.streaming.CrossMoments` for all moment-based measures (one set of moments per layer, one
 cross co-moment per compared pair), one :class:`~reprsim.streaming.MinibatchCKAMatrix` per pair and kernel for
 minibatch CKA, and, for sample-space measures only, every row of the layers they need (in memory, or spilled to a
-temporary file beyond ``feature_memory``). Measures reach this module through the measure protocol
+temporary file beyond ``Runtime.feature_memory``). Measures reach this module through the measure protocol
 (:class:`~reprsim.measures.Measure`), routed by the ``stream`` each declares. Models may be put in eval mode for
 the duration; every module's ``training`` flag is restored afterwards, also after an exception. Models are
 never moved or cast: batches are moved to each model's device instead.
@@ -21,14 +21,14 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, Union, overload
+from typing import Any, Union, overload
 
 import numpy as np
 import torch
 from torch import nn
 from typing_extensions import TypedDict, Unpack
 
-from .._validation import check_bool, check_int, format_bytes
+from .._validation import check_bool, format_bytes
 from .._version import __version__
 from ..errors import (
     DeviceMismatchError,
@@ -58,7 +58,6 @@ from ..measures._cka import CKA, batch_gram, zero_diagonals_
 from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
 from ._distributed import (
     Distributed,
-    Shard,
     agree_description,
     agree_finished,
     all_sum,
@@ -79,9 +78,8 @@ from ._extract import (
     model_device,
     module_of,
     move_batch,
-    resolve_layers,
 )
-from ._options import Uncertainty, checked_uncertainty, migration_error
+from ._options import FEATURE_MEMORY, Runtime, Uncertainty, checked_runtime, checked_uncertainty, migration_error
 from ._result import SimilarityResult
 from ._store import ActivationStore, StoreWriter
 
@@ -141,8 +139,6 @@ MeasureSpec = Union[str, Measure]
 CACHE_MEMORY = 2 * 2**30
 #: The most memory the per-block (or per-fold) copies of the moments may take (ci= with blocks=G keeps G copies).
 FOLD_MEMORY = 4 * 2**30
-#: Default bytes of pooled features that compare keeps in memory for sample-space measures before spilling.
-FEATURE_MEMORY = 2 * 2**30
 
 
 class CompareOptions(TypedDict, total=False):
@@ -151,31 +147,20 @@ class CompareOptions(TypedDict, total=False):
     layers_a: LayerSpec | None
     layers_b: LayerSpec | None
     layers: LayerSpec | Mapping[str, LayerSpec] | None
-    pool: Pool | Mapping[str, Pool]
-    capture: Literal["output", "input"]
-    select: Any
-    calls: Literal["error", "each", "first", "last"]
-    inputs_a: Adapter | None
-    inputs_b: Adapter | None
-    inputs: Mapping[str, Adapter] | None
+    pool: Pool | Mapping[str, Pool] | None
     pairs: Sequence[tuple[str, str]] | None
     model_names: tuple[str, str]
-    device: torch.device | str | None
-    eval: bool
-    stop_early: bool
     progress: bool
-    feature_memory: int | None
     uncertainty: Uncertainty | None
+    runtime: Runtime | None
     stores: Mapping[str, Any] | Sequence[Any] | None
     sample_ids: Callable[[Any], Any] | None
-    distributed: bool | None
-    shard: Shard
 
 
 @overload
 def compare(
-    model_a: nn.Module,
-    model_b: nn.Module | None,
+    model_a: nn.Module | Extractor,
+    model_b: nn.Module | Extractor | None,
     data: Iterable[Any],
     *,
     measure: MeasureSpec | None = None,
@@ -186,8 +171,8 @@ def compare(
 
 @overload
 def compare(
-    model_a: nn.Module,
-    model_b: nn.Module | None,
+    model_a: nn.Module | Extractor,
+    model_b: nn.Module | Extractor | None,
     data: Iterable[Any],
     *,
     measure: None = None,
@@ -198,7 +183,7 @@ def compare(
 
 @overload
 def compare(
-    model_a: Mapping[str, nn.Module],
+    model_a: Mapping[str, nn.Module | Extractor],
     model_b: None = None,
     *,
     data: Iterable[Any],
@@ -210,7 +195,7 @@ def compare(
 
 @overload
 def compare(
-    model_a: Mapping[str, nn.Module],
+    model_a: Mapping[str, nn.Module | Extractor],
     model_b: None = None,
     *,
     data: Iterable[Any],
@@ -221,7 +206,7 @@ def compare(
 
 
 def compare(
-    model_a: nn.Module | Mapping[str, nn.Module],
+    model_a: nn.Module | Extractor | Mapping[str, nn.Module | Extractor],
     model_b: Any = None,
     data: Iterable[Any] | None = None,
     *,
@@ -230,37 +215,28 @@ def compare(
     layers_a: LayerSpec | None = None,
     layers_b: LayerSpec | None = None,
     layers: LayerSpec | Mapping[str, LayerSpec] | None = None,
-    pool: Pool | Mapping[str, Pool] = "flatten",
-    capture: Literal["output", "input"] = "output",
-    select: Any = None,
-    calls: Literal["error", "each", "first", "last"] = "error",
-    inputs_a: Adapter | None = None,
-    inputs_b: Adapter | None = None,
-    inputs: Mapping[str, Adapter] | None = None,
+    pool: Pool | Mapping[str, Pool] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     model_names: tuple[str, str] = ("model A", "model B"),
-    device: torch.device | str | None = None,
-    eval: bool = True,
-    stop_early: bool = False,
     progress: bool = True,
-    feature_memory: int | None = FEATURE_MEMORY,
     uncertainty: Uncertainty | None = None,
+    runtime: Runtime | None = None,
     stores: Mapping[str, Any] | Sequence[Any] | None = None,
     sample_ids: Callable[[Any], Any] | None = None,
-    distributed: bool | None = None,
-    shard: Shard = "auto",
     **removed: Any,
 ) -> Any:
     """Compare two models (or every pair of several) layer by layer over a dataset, streaming.
 
     Parameters
     ----------
-    model_a, model_b : nn.Module
-        The models. ``model_b`` None (or the same object as ``model_a``) compares ``model_a`` with itself,
-        running it once per batch. Instead of two models, ``model_a`` may be a mapping of names to models
-        (e.g. ``compare({"moco": m1, "dino": m2, "mae": m3}, data=loader, layers=...)``, the data then passed
-        by keyword): every model runs once per batch and every pair is compared (existing libraries run two
-        forwards per pair).
+    model_a, model_b : nn.Module or Extractor
+        The models: each a bare module, whose layers and pooling come from ``layers``/``pool``, or an
+        :class:`Extractor` that carries its own (layers, pooling, which tensor to capture and select, repeated
+        calls, stopping early, an input adapter). ``model_b`` None (or the same object as ``model_a``) compares
+        ``model_a`` with itself, running it once per batch. Instead of two models, ``model_a`` may be a mapping
+        of names to models (e.g. ``compare({"moco": m1, "dino": m2, "mae": m3}, data=loader, layers=...)``, the
+        data then passed by keyword): every model runs once per batch and every pair is compared (existing
+        libraries run two forwards per pair).
     data : iterable of batches
         E.g. a DataLoader. A batch is a tensor, an ``(inputs, labels, ...)`` tuple whose first element is fed
         to the model, or a dict passed as keyword arguments (so ``attention_mask`` reaches a Hugging Face
@@ -278,40 +254,29 @@ def compare(
         Several measures from one pass over the data (instead of ``measure``); the result is then a dict
         keyed by each measure as given (a name, or the object's ``id``).
     layers_a, layers_b : layer selection
-        Names, globs (``"blocks.*.attn.qkv"``), indices (``-1``: the last row of :func:`list_layers`), regexes,
-        module types or callables; see
-        :class:`Extractor`. ``layers_b`` defaults to ``layers_a``; ``layers`` sets both.
+        The layers of a bare ``model_a`` / ``model_b``: names, globs (``"blocks.*.attn.qkv"``), indices (``-1``:
+        the last row of :func:`list_layers`), regexes, module types or callables; see :class:`Extractor`.
+        ``layers_b`` defaults to ``layers_a``; ``layers`` sets both. An Extractor's layers are its own: naming
+        them again here is refused.
     layers : layer selection, or a mapping from model name to one
-        For several models: one selection for all, or one per model.
-    pool : str, callable, or a mapping from layer name to either, default "flatten"
-        Token / spatial pooling before similarity; see :func:`pool_tokens`.
-    capture, select, calls, stop_early
-        As in :class:`Extractor`.
-    inputs_a, inputs_b : callable, optional
-        Adapt a batch before it is fed to model A / B, when the two need different preprocessing of the
-        same samples (``inputs`` maps model names to adapters for several models).
+        For several models: one selection for every bare module, or one per model name.
+    pool : str, callable, or a mapping from layer name to either, optional
+        Token / spatial pooling of the bare modules' layers before similarity (default ``"flatten"``); see
+        :func:`pool_tokens`. An Extractor pools as it was told.
     pairs : sequence of (name, name), optional
         With several models, which pairs to compare; by default every pair once, in mapping order.
     model_names : (str, str), default ("model A", "model B")
         Names of the two models in the result (axis labels of the heatmap; layer names are the result's
         ``names_a``/``names_b``).
-    device : torch.device or str, optional
-        Where batches go; by default each model's own device. Models are never moved.
-    eval : bool, default True
-        Run the models in eval mode for the duration (dropout off, batch-norm statistics frozen); each
-        module's ``training`` flag is restored afterwards.
     progress : bool, default True
         Show a progress bar with samples/s when tqdm is installed.
-    feature_memory : int or None, default 2 GiB
-        Sample-space measures (neighbours, RSA, distance correlation, RBF CKA) need every sample's pooled
-        features (n × width per layer). They are kept in memory up to this many bytes in all; beyond, every
-        layer's features go to a memory-mapped temporary file (deleted when ``compare`` returns), read back one
-        layer at a time. ``None`` never spills; ``0`` always does. The result's metadata says which happened,
-        under ``features``.
     uncertainty : Uncertainty, optional
         Confidence intervals (``Uncertainty(ci=0.95)``), a permutation test (``Uncertainty(permutations=1000)``),
         or both, from the same single pass; see :class:`Uncertainty`. A permutation test needs every sample's
-        pooled features, which are kept as for the sample-space measures (see ``feature_memory``).
+        pooled features, which are kept as for the sample-space measures (see ``Runtime(feature_memory=...)``).
+    runtime : Runtime, optional
+        Where and how the comparison runs: the device batches go to, eval mode, the memory kept for pooled
+        features, torchrun; see :class:`Runtime`. None of it changes a number.
     stores : mapping of model name to path, or (path_a, path_b), optional
         Also write each named model's pooled layers to an activation store as the batches stream (memory flat
         in n; see :class:`StoreWriter`), for later comparisons without the model (:func:`compare_stores`, the
@@ -320,21 +285,6 @@ def compare(
     sample_ids : callable, optional
         ``sample_ids(batch)`` returns the batch's sample IDs (integers or strings) for the stores; by default
         rows are numbered from 0 in data order.
-    distributed : bool, optional
-        Under torchrun (or any initialised ``torch.distributed`` group of several processes, detected when
-        None), each rank runs its share of the batches and the ranks' statistics are all-reduced before the
-        measures are computed, so every rank returns the result of one process on all the data. Sample-space
-        measures and permutation tests gather every rank's pooled features to every rank (n × width per layer
-        on each); the permutations of a test are shared out among the ranks. ``False`` keeps each rank on its
-        own. When torchrun launched the script and no group exists, compare initialises one (gloo; NCCL for
-        CUDA tensors). See the scaling guide in the docs.
-    shard : {"auto", "batches", "data"}, default "auto"
-        How the ranks split ``data``: ``"batches"``, each rank runs the forward pass of every world_size-th
-        batch (a ``DataLoader`` is split by index, so each rank loads only its own batches, in rank 0's order;
-        any other iterable must yield the same batches on every rank, which is checked; exact equality with
-        one process, including folds and resampling order); ``"data"``, ``data`` is already this rank's shard
-        (a DataLoader with a ``DistributedSampler``, which ``"auto"`` detects; note that the sampler repeats
-        samples to even out the shards unless the dataset divides evenly).
 
     Returns
     -------
@@ -363,6 +313,7 @@ def compare(
     if removed:
         migration_error("compare", removed)
     uncertainty = checked_uncertainty(uncertainty)
+    runtime = checked_runtime(runtime)
     chosen = _measures(measure, measures)
     if isinstance(data, (torch.Tensor, np.ndarray)):
         raise InvalidParameterError(
@@ -378,33 +329,38 @@ def compare(
             )
         if data is None:
             raise InvalidParameterError("compare(models, data=...) needs the data")
-        models = dict(model_a)
-        bad = [k for k, v in models.items() if not isinstance(k, str) or not isinstance(v, nn.Module)]
+        given = dict(model_a)
+        bad = [k for k, v in given.items() if not isinstance(k, str) or not isinstance(v, (nn.Module, Extractor))]
         if bad:
-            raise InvalidParameterError(f"a mapping of models maps names (str) to nn.Modules; not so for {bad}")
-        if len(models) < 2 and pairs is None:
+            raise InvalidParameterError(
+                f"a mapping of models maps names (str) to nn.Modules or Extractors; not so for {bad}"
+            )
+        if len(given) < 2 and pairs is None:
             raise InvalidParameterError("compare needs at least two models in the mapping (or explicit pairs)")
         spec = layers if layers is not None else layers_a
-        specs = dict(spec) if isinstance(spec, Mapping) else dict.fromkeys(models, spec)
-        adapters = dict(inputs or {})
-        todo = (
-            list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(models) for b in list(models)[i + 1 :]]
-        )
+        specs: dict[str, Any]
+        if isinstance(spec, Mapping):
+            specs, named = dict(spec), set(spec)
+        else:
+            specs, named = dict.fromkeys(given, spec), set()
+        todo = list(pairs) if pairs is not None else [(a, b) for i, a in enumerate(given) for b in list(given)[i + 1 :]]
         multi = True
     else:
-        if not isinstance(model_a, nn.Module) or data is None:
+        if not isinstance(model_a, (nn.Module, Extractor)) or data is None:
             raise InvalidParameterError(
                 "call compare(model_a, model_b, data, layers_a=...) or "
                 "compare({'name': model, ...}, data=data, layers=...)"
             )
-        if model_b is not None and not isinstance(model_b, nn.Module):
-            raise InvalidParameterError(f"model_b must be an nn.Module or None; got {type(model_b).__name__}")
+        if model_b is not None and not isinstance(model_b, (nn.Module, Extractor)):
+            raise InvalidParameterError(
+                f"model_b must be an nn.Module, an Extractor or None; got {type(model_b).__name__}"
+            )
         if pairs is not None:
             raise InvalidParameterError(
                 "pairs= chooses which of several models to compare; with two models there is one pair. Pass a "
-                "mapping of models (compare({'a': m1, 'b': m2, 'c': m3}, data=..., pairs=[('a', 'c')])) or drop pairs"
+                "mapping of models (compare({'a': m1, 'b': m2, 'c': m3}, data=..., pairs=[('a', 'c')])) or drop "
+                "pairs"
             )
-        b = model_a if model_b is None else model_b
         if (
             not isinstance(model_names, (tuple, list))
             or len(model_names) != 2
@@ -414,38 +370,29 @@ def compare(
         na, nb = model_names
         if na == nb:
             raise InvalidParameterError(f"the two models need different model_names; got {model_names}")
-        models = {na: model_a, nb: b}
+        given = {na: model_a, nb: model_a if model_b is None else model_b}
         sa = layers_a if layers_a is not None else layers
         sb = layers_b if layers_b is not None else sa
         specs = {na: sa, nb: sb}
-        adapters = {k: v for k, v in ((na, inputs_a), (nb, inputs_b)) if v is not None}
+        # the sides whose layers were named for them alone (an Extractor there is told its layers twice)
+        named = {n for n, own in ((na, layers_a), (nb, layers_b)) if own is not None}
         todo = [(na, nb)]
         multi = False
-    for name in models:
-        if specs.get(name) is None:
-            raise InvalidParameterError(f"no layers selected for {name!r}: pass layers_a= (and layers_b=) or layers=")
-    for name, adapter in adapters.items():
-        if not callable(adapter):
-            raise InvalidParameterError(
-                f"the input adapter of {name!r} must be a function of a batch; got {type(adapter).__name__}"
-            )
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise InvalidParameterError(
-                f"device must be a torch device such as 'cpu' or 'cuda:0' (or None for each model's own); got "
-                f"{device!r}"
-            ) from exc
-    eval = check_bool(eval, "eval")
+    extractors = {n: _extractor(n, m, specs.get(n), n in named, pool) for n, m in given.items()}
+    if all(isinstance(m, Extractor) for m in given.values()):
+        for keyword, value in (("pool", pool), ("layers", layers)):
+            if value is not None:
+                raise InvalidParameterError(
+                    f"{keyword}= applies to bare modules, and every model here is an Extractor, which has its own "
+                    f"(Extractor(model, layers, pool=...)); drop {keyword}="
+                )
     progress = check_bool(progress, "progress")
-    stop_early = check_bool(stop_early, "stop_early")
     for pair in todo:
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise InvalidParameterError(f"pairs= holds (name, name) pairs; got {pair!r}")
         for n in pair:
-            if n not in models:
-                raise InvalidParameterError(f"pair {tuple(pair)!r} names {n!r}, which is not among {list(models)}")
+            if n not in extractors:
+                raise InvalidParameterError(f"pair {tuple(pair)!r} names {n!r}, which is not among {list(extractors)}")
 
     count = _known_samples(data)
     blocks = uncertainty.blocks
@@ -454,36 +401,61 @@ def compare(
             f"blocks={blocks} exceeds the {count} samples of data: a jackknife leaves out one block of samples at a "
             "time, so it needs at least one sample per block; pass blocks ≤ the sample count"
         )
-    dist = setup(distributed, shard, data)
+    dist = setup(runtime.distributed, runtime.shard, data)
     if stores is not None and not isinstance(stores, Mapping):
         paths = list(stores)
         if multi or len(paths) != 2:
             raise InvalidParameterError(
                 "stores= is a mapping of model name to path (or, for two models, a pair (path_a, path_b))"
             )
-        stores = dict(zip(models, paths))
+        stores = dict(zip(extractors, paths))
     results = _Comparison(
-        models,
-        specs,
-        adapters,
+        extractors,
+        {},
         todo,
         measures=chosen,
-        pool=pool,
-        capture=capture,
-        select=select,
-        calls=calls,
-        device=device,
-        stop_early=stop_early,
-        feature_memory=feature_memory,
+        device=runtime.device,
+        feature_memory=runtime.feature_memory,
         uncertainty=uncertainty,
         dist=dist,
         stores=stores,
         sample_ids=sample_ids,
         default_measure=measure is None and measures is None,
-    ).run(data, eval_models=eval, progress=progress)
+    ).run(data, eval_models=runtime.eval, progress=progress)
     single = measures is None
     shaped = {p: (next(iter(r.values())) if single else r) for p, r in results.items()}
     return shaped if multi else shaped[todo[0]]
+
+
+def _extractor(name: str, model: nn.Module | Extractor, spec: Any, named: bool, pool: Any) -> Extractor:
+    """What compare runs for one model: an Extractor as given, or one built from a bare module's layers and
+    pooling (compare's sugar)."""
+    if isinstance(model, Extractor):
+        if named:
+            raise InvalidParameterError(
+                f"{name!r} is an Extractor, which selects its own layers {model.layers}; drop the layers named for "
+                "it here (or pass the bare module)"
+            )
+        return model
+    if spec is None:
+        raise InvalidParameterError(f"no layers selected for {name!r}: pass layers_a= (and layers_b=) or layers=")
+    return Extractor(model, spec, pool=pool if pool is not None else "flatten")
+
+
+def _settings(e: Extractor) -> tuple[Any, ...]:
+    """What makes two extractors of one model capture differently (values compared by equality where they are
+    plain, by identity where they are functions or mappings)."""
+    plain = (str, bool, int, type(None))
+    return tuple(
+        v if isinstance(v, plain) else id(v)
+        for v in (e.capture, e.select, e.pool, e.calls, e.stop_early, e.no_grad, e.transform, e.inputs)
+    )
+
+
+def _one_or_each(values: Mapping[str, Any]) -> Any:
+    """One value when every model has the same, else the mapping of model name to value (for the metadata)."""
+    distinct = list({repr(v): v for v in values.values()}.values())
+    return distinct[0] if len(distinct) == 1 else dict(values)
 
 
 def _known_samples(data: Any) -> int | None:
@@ -632,18 +604,12 @@ class _Comparison:
 
     def __init__(
         self,
-        models: Mapping[str, nn.Module | ActivationStore],
+        models: Mapping[str, Extractor | ActivationStore],
         specs: dict[str, Any],
-        adapters: dict[str, Adapter],
         pairs: list[tuple[str, str]],
         *,
         measures: dict[str, Measure],
-        pool: Any,
-        capture: Literal["output", "input"],
-        select: Any,
-        calls: Literal["error", "each", "first", "last"],
         device: torch.device | str | None,
-        stop_early: bool,
         feature_memory: int | None = FEATURE_MEMORY,
         uncertainty: Uncertainty | None = None,
         dist: Distributed | None = None,
@@ -653,10 +619,6 @@ class _Comparison:
         features: Any = None,
         notes: Mapping[str, Any] | None = None,
     ) -> None:
-        if feature_memory is not None:
-            feature_memory = check_int(
-                feature_memory, "feature_memory", minimum=0, hint="bytes, or None never to spill"
-            )
         used = [n for n in models if any(n in p for p in pairs)]
         self.uncertainty = uncertainty if uncertainty is not None else Uncertainty()
         #: what every rank must have asked for (the default measure is chosen later, from the pooled widths)
@@ -696,10 +658,15 @@ class _Comparison:
         self.sample_ids = sample_ids
         self.last_rows = 0
         self.widths: dict[tuple[int, int], dict[str, int]] = {}
-        self.models = {n: m for n, m in models.items() if isinstance(m, nn.Module)}
-        self.config = {"pool": _pool_name(pool), "capture": capture}
+        extractors = {n: m for n, m in models.items() if isinstance(m, Extractor)}
+        self.models = {n: e.model for n, e in extractors.items()}
+        #: each model's pooling (in the metadata, the stores it writes, and the hint when a width changes)
+        self.pool_of = {n: _pool_name(e.pool) for n, e in extractors.items() if n in used}
+        captures = {n: e.capture for n, e in extractors.items() if n in used}
+        self.config = {"pool": _one_or_each(self.pool_of), "capture": _one_or_each(captures)}
         self.runs: dict[tuple[int, int], Extractor] = {}
-        self.run_adapter: dict[tuple[int, int], Adapter | None] = {}
+        #: the transform each run's Extractor was given (the Gram transform, when used, is applied after it)
+        self.run_transform: dict[tuple[int, int], Callable[[str, torch.Tensor], torch.Tensor] | None] = {}
         self.run_device: dict[tuple[int, int], torch.device] = {}
         self.sources: dict[tuple[int, int], ActivationStore] = {}
         stored = {n: m for n, m in models.items() if isinstance(m, ActivationStore)}
@@ -710,36 +677,44 @@ class _Comparison:
             self.sources = {self.run_of[n]: stored[n] for n in used}
             self.config = {"pool": {n: stored[n].pools for n in used}, "capture": "stored"}
         else:
-            self.layer_names = {n: resolve_layers(self.models[n], specs[n]) for n in used}
-            # One run per (model object, input adapter): a model under two names, or compared with itself, is run
-            # once per batch, capturing the union of the layers its names select.
-            self.run_of = {n: (id(models[n]), id(adapters.get(n))) for n in used}
+            self.layer_names = {n: list(extractors[n].layers) for n in used}
+            # One run per model object and extraction settings: a model under two names, or compared with
+            # itself, is run once per batch, capturing the union of the layers its names select.
+            settings: list[tuple[Any, ...]] = []
+            self.run_of = {}
+            for n in used:
+                setting = _settings(extractors[n])
+                if setting not in settings:
+                    settings.append(setting)
+                self.run_of[n] = (id(extractors[n].model), settings.index(setting))
         self.config.update(notes or {})  # what the caller records about its inputs (the stores' paths)
         for n in used if not stored else ():
             key = self.run_of[n]
-            union = [l for m in used if self.run_of[m] == key for l in self.layer_names[m]]
-            union = list(dict.fromkeys(union))
-            if key not in self.runs:
-                transform = self._gram_transform(key) if self.grams_in_hook else None
-                self.runs[key] = Extractor(
-                    self.models[n],
-                    union,
-                    capture=capture,
-                    select=select,
-                    pool=pool,
-                    calls=calls,
-                    stop_early=stop_early,
-                    transform=transform,
+            if key in self.runs:
+                continue
+            union = list(dict.fromkeys(l for m in used if self.run_of[m] == key for l in self.layer_names[m]))
+            given = extractors[n]
+            self.run_transform[key] = given.transform
+            self.runs[key] = Extractor(
+                given.model,
+                union,
+                capture=given.capture,
+                select=given.select,
+                pool=given.pool,
+                calls=given.calls,
+                stop_early=given.stop_early,
+                no_grad=given.no_grad,
+                transform=self._gram_transform(key) if self.grams_in_hook else given.transform,
+                inputs=given.inputs,
+            )
+            own = model_device(given.model)
+            target = torch.device(device) if device is not None else own
+            if device is not None and any(t.device != target for t in given.model.parameters()):
+                raise DeviceMismatchError(
+                    f"{n!r} has parameters on {own} but Runtime(device={str(target)!r}); compare never moves a "
+                    f"model: move it with .to({str(target)!r}) first, or leave the device unset"
                 )
-                self.run_adapter[key] = adapters.get(n)
-                own = model_device(self.models[n])
-                target = torch.device(device) if device is not None else own
-                if device is not None and any(t.device != target for t in self.models[n].parameters()):
-                    raise DeviceMismatchError(
-                        f"{n!r} has parameters on {own} but device={str(target)!r}; compare never moves a model: "
-                        f"move it with .to({str(target)!r}) first, or leave device=None"
-                    )
-                self.run_device[key] = target
+            self.run_device[key] = target
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
         self.expected_samples: int | None = None  # set by run() where the data say how many samples they hold
         self.slots: dict[tuple[tuple[int, int], str], int] = {}
@@ -756,8 +731,9 @@ class _Comparison:
                 raise InvalidParameterError(f"stores= names {unknown}, which are not among the models {used}")
             if sample_ids is not None and not callable(sample_ids):
                 raise InvalidParameterError("sample_ids must be a function of a batch that returns its sample IDs")
-            pools = self.config["pool"]
-            self.writers = {n: StoreWriter(path, model=n, pool=pools) for n, path in stores.items() if path is not None}
+            self.writers = {
+                n: StoreWriter(path, model=n, pool=self.pool_of[n]) for n, path in stores.items() if path is not None
+            }
         elif sample_ids is not None:
             raise InvalidParameterError(
                 "sample_ids= names the rows of the stores that stores= writes; pass stores= too"
@@ -943,9 +919,7 @@ class _Comparison:
             return dict(batch)
         acts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         for key, extractor in self.runs.items():
-            moved = move_batch(batch, self.run_device[key])
-            adapter = self.run_adapter[key]
-            acts[key] = extractor(moved, model_inputs=None if adapter is None else adapter(moved))
+            acts[key] = extractor(move_batch(batch, self.run_device[key]))
         return acts
 
     def _step(self, batch: Any, start: int | None = None) -> None:
@@ -1031,7 +1005,7 @@ class _Comparison:
         seen = self.pooled_widths.setdefault((model, layer), width)
         if width == seen:
             return
-        how = self.config["pool"]
+        how = self.pool_of.get(model)
         hint = (
             "with pool='flatten' this happens when the token count varies between batches (padding to each "
             "batch's longest sequence): use pool='masked_mean' (or 'mean', 'cls'), or pad every batch to one length"
@@ -1217,10 +1191,15 @@ class _Comparison:
             self.store = gathered
 
     def _gram_transform(self, key: tuple[int, int]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+        """The transform that turns each pooled layer of run ``key`` into its Gram inside the hook, after the
+        transform the run's Extractor was given (if any)."""
         widths = self.widths.setdefault(key, {})
         kernel, sigma, median_fraction = self.minibatch_configs[0]
+        given = self.run_transform.get(key)
 
         def transform(layer: str, pooled: torch.Tensor) -> torch.Tensor:
+            if given is not None:
+                pooled = given(layer, pooled)
             widths[layer] = pooled.shape[1]
             return batch_gram(pooled, kernel, sigma, median_fraction, layer)
 

@@ -13,7 +13,7 @@ from .._validation import check_bool, check_int
 from ..errors import InvalidParameterError
 from ._compare import MeasureSpec, _Comparison, _measures
 from ._distributed import SkippedBatch, setup
-from ._options import Uncertainty, checked_uncertainty, migration_error
+from ._options import Runtime, Uncertainty, checked_runtime, checked_uncertainty, migration_error
 from ._store import ActivationStore, alignment, as_store, chunks
 
 __all__ = ["compare_stores"]
@@ -93,10 +93,9 @@ def compare_stores(
     align: bool = False,
     chunk_rows: int | None = None,
     model_names: tuple[str, str] | None = None,
-    device: torch.device | str | None = None,
     progress: bool = True,
     uncertainty: Uncertainty | None = None,
-    distributed: bool | None = None,
+    runtime: Runtime | None = None,
     **removed: Any,
 ) -> Any:
     """Compare stored activations layer by layer, reading each file once in chunks (memory flat in n).
@@ -122,15 +121,14 @@ def compare_stores(
         Rows per chunk; by default about 64 MiB of the widest selected layer.
     model_names : (str, str), optional
         The sides' names in the result; by default each store's recorded model, or its file name.
-    device : torch.device or str, optional
-        Where the statistics are computed (default CPU).
     progress, uncertainty
         As in :func:`compare`.
-    distributed : bool, optional
-        Under torchrun (detected when None), each rank reads every world_size-th chunk and the ranks'
-        statistics are all-reduced, so every rank returns the one-process result having read 1/N of the files
-        (sample-space measures read the layers they need from the files on every rank). ``False``: each rank
-        compares everything alone.
+    runtime : Runtime, optional
+        Of its fields, two apply here: ``device``, where the statistics are computed (default CPU), and
+        ``distributed``: under torchrun (detected when None), each rank reads every world_size-th chunk and the
+        ranks' statistics are all-reduced, so every rank returns the one-process result having read 1/N of the
+        files (sample-space measures read the layers they need from the files on every rank); ``False``, each
+        rank compares everything alone. The others concern models and batches, and are refused when set.
 
     Returns
     -------
@@ -156,6 +154,13 @@ def compare_stores(
         migration_error("compare_stores", removed)
     chosen = _measures(measure, measures)
     uncertainty = checked_uncertainty(uncertainty)
+    runtime = checked_runtime(runtime)
+    inapplicable = [f for f in ("eval", "feature_memory", "shard") if getattr(runtime, f) != getattr(Runtime(), f)]
+    if inapplicable:
+        raise InvalidParameterError(
+            f"compare_stores reads stored activations: Runtime's {inapplicable} concern models and batches and do not "
+            "apply here (it runs no model, reads kept features from the files and shards by chunk); drop them"
+        )
     align = check_bool(align, "align")
     progress = check_bool(progress, "progress")
     sa = as_store(a, "a")
@@ -169,9 +174,9 @@ def compare_stores(
         na, nb = model_names
         if na == nb:
             raise InvalidParameterError(f"the two sides need different model_names; got {model_names}")
-    target = torch.device(device) if device is not None else torch.device("cpu")
+    target = torch.device(runtime.device if runtime.device is not None else "cpu")
     specs = {na: layers_a, nb: layers_b if layers_b is not None else layers_a}
-    dist = setup(distributed, "batches", ())
+    dist = setup(runtime.distributed, "batches", ())
     # each store is one run of the comparison, keyed (id(store), 0); its rows in the first store's sample order
     rows_of = {(id(sb), 0): (sb, order), (id(sa), 0): (sa, None)}
     notes: dict[str, Any] = {"stores": {na: str(sa.path), nb: str(sb.path)}}
@@ -180,15 +185,9 @@ def compare_stores(
     comparison = _Comparison(
         {na: sa, nb: sb},
         specs,
-        {},
         [(na, nb)],
         measures=chosen,
-        pool=None,
-        capture="output",
-        select=None,
-        calls="error",
         device=None,
-        stop_early=False,
         feature_memory=None,
         uncertainty=uncertainty,
         dist=dist,

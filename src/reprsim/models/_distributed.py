@@ -90,11 +90,8 @@ def _torchrun_env() -> bool:
 
 
 def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distributed | None:
-    """The run's process group (initialising it from torchrun's environment if nobody has), or None."""
-    if distributed is not None and not isinstance(distributed, bool):
-        raise InvalidParameterError(f"distributed must be True, False or None (automatic); got {distributed!r}")
-    if shard not in ("auto", "batches", "data"):
-        raise InvalidParameterError(f"shard must be 'auto', 'batches' or 'data'; got {shard!r}")
+    """The run's process group (initialising it from torchrun's environment if nobody has), or None.
+    ``distributed`` and ``shard`` come checked by :class:`~reprsim.models._options.Runtime`."""
     if distributed is False:
         return None
     import torch.distributed as dist
@@ -108,8 +105,8 @@ def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distribu
     if not (available and dist.is_initialized()):
         if distributed:
             raise InvalidParameterError(
-                "distributed=True needs torch.distributed: launch the script with torchrun --nproc_per_node=N, "
-                "or call torch.distributed.init_process_group(...) on every rank first"
+                "Runtime(distributed=True) needs torch.distributed: launch the script with torchrun "
+                "--nproc_per_node=N, or call torch.distributed.init_process_group(...) on every rank first"
             )
         return None
     world = dist.get_world_size()
@@ -119,7 +116,8 @@ def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distribu
     if mode == "batches" and _distributed_sampler(data) is not None:
         raise InvalidParameterError(
             "shard='batches' splits one stream of batches between the ranks, but this DataLoader's "
-            "DistributedSampler already gives each rank its own shard: pass shard='data' (or leave shard='auto')"
+            "DistributedSampler already gives each rank its own shard: pass runtime=Runtime(shard='data') (or "
+            "leave shard='auto')"
         )
     if mode == "auto":
         mode = "data" if _distributed_sampler(data) is not None else "batches"
@@ -131,8 +129,8 @@ def setup(distributed: bool | None, shard: Any, data: Iterable[Any]) -> Distribu
                 warnings.warn(
                     f"the DistributedSampler repeats {total - size} samples so that every rank gets the same number "
                     "(drop_last=False): they are counted twice, and the result differs from one process on the "
-                    "dataset. For an exact result, pass a plain DataLoader with shard='batches' (each rank then "
-                    "runs every world_size-th batch)",
+                    "dataset. For an exact result, pass a plain DataLoader with Runtime(shard='batches') (each rank "
+                    "then runs every world_size-th batch)",
                     ReprsimWarning,
                     stacklevel=4,
                 )
@@ -275,7 +273,8 @@ def agree_description(d: Distributed, mine: dict[str, Any]) -> dict[str, Any]:
             f"ranks 0 and {r} iterated different data (batch {where} differs, or their numbers of batches: "
             f"{len(a)} and {len(b)}); with shard='batches' every rank must iterate the same batches in the same "
             "order. A shuffled DataLoader needs a shared seed (DataLoader(..., generator=torch.Generator()"
-            ".manual_seed(0))); or give each rank its own shard (a DistributedSampler, or shard='data')"
+            ".manual_seed(0))); or give each rank its own shard (a DistributedSampler, or "
+            "runtime=Runtime(shard='data'))"
         )
     options = {r: e["options"] for r, e in enumerate(every)}
     if any(o != options[0] for o in options.values()):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_bool
 from ..errors import (
     ConcurrentUseError,
     InvalidParameterError,
@@ -332,7 +333,8 @@ def batch_inputs(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (batch[0],), {}
     raise InvalidParameterError(
         f"a batch must be a tensor, an (inputs, labels, ...) tuple or a dict of model keyword arguments; got "
-        f"{type(batch).__name__}. Pass inputs_a=/inputs_b= to adapt other batch formats"
+        f"{type(batch).__name__}. Give the model an adapter, Extractor(model, layers, inputs=...), for other "
+        "batch formats"
     )
 
 
@@ -394,6 +396,10 @@ class Extractor:
         Applied inside the hook, right after pooling; what it returns is recorded instead. Reducing each
         activation there (e.g. to the n×n Gram a minibatch CKA accumulator needs) frees it before the next
         layer runs, which saves the allocator fresh memory on every layer.
+    inputs : callable, optional
+        Adapts each batch before it is fed to the model (``inputs(batch)`` is what the model receives), when two
+        models compared on the same samples need different preprocessing. The attention mask that
+        ``pool="masked_mean"`` reads still comes from the batch itself.
 
     Examples
     --------
@@ -418,6 +424,7 @@ class Extractor:
         stop_early: bool = False,
         no_grad: bool = True,
         transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+        inputs: Callable[[Any], Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameterError(f"Extractor takes an nn.Module; got {type(model).__name__}")
@@ -433,9 +440,12 @@ class Extractor:
         self.select = select
         self.pool = pool
         self.calls = calls
-        self.stop_early = stop_early
-        self.no_grad = no_grad
+        self.stop_early = check_bool(stop_early, "stop_early")
+        self.no_grad = check_bool(no_grad, "no_grad")
         self.transform = transform
+        if inputs is not None and not callable(inputs):
+            raise InvalidParameterError(f"inputs must be a function of a batch; got {type(inputs).__name__}")
+        self.inputs = inputs
         if isinstance(pool, Mapping):
             missing = [n for n in self.layers if n not in pool]
             if missing:
@@ -455,9 +465,12 @@ class Extractor:
         """Run the model on ``batch`` and return ``{layer: (batch, features)}`` in selection order.
 
         ``model_inputs``, when given, is what is passed to the model instead of ``batch`` (``batch`` still
-        supplies the attention mask for ``masked_mean``).
+        supplies the attention mask for ``masked_mean``); by default it is ``inputs(batch)`` when the extractor
+        has an ``inputs`` adapter.
         """
         mask = attention_mask_of(batch)
+        if model_inputs is None and self.inputs is not None:
+            model_inputs = self.inputs(batch)
         args, kwargs = batch_inputs(batch if model_inputs is None else model_inputs)
         records: dict[str, list[torch.Tensor]] = {n: [] for n in self.layers}
         expected = set(self.layers)
