@@ -793,3 +793,82 @@ def test_plot_rdm_shows_the_square_on_the_canvas() -> None:
         assert overflow(ax.figure) == []
     finally:
         plt.close(ax.figure)
+
+
+# -- one rule for every squared distance -----------------------------------------------------------------
+
+
+def twins_with_an_offset(dtype: torch.dtype) -> torch.Tensor:
+    """Features with a large common offset in which rows 0, 7 and 19 are one sample and rows 3 and 25 another:
+    data on which the expansion ‖a‖² + ‖b‖² − 2a·b leaves rounding residue between twins (in float32, 2⁻¹¹
+    between rows 0 and 7, before the rule)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 384, generator=g, dtype=torch.float64) * 3.0 + 50.0
+    x = x.to(dtype)
+    x[7] = x[0]
+    x[19] = x[0]
+    x[25] = x[3]
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_squared_distance_follows_one_rule(dtype: torch.dtype) -> None:
+    from reprsim._kernels import squared_distances
+    from reprsim.measures._strips import column_centred, sq_distance_rows, upper_sq_distances
+
+    x = twins_with_an_offset(dtype)
+    n = x.shape[0]
+    x64 = x.to(torch.float64)
+    reference = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)  # from the differences, in float64
+    z = column_centred(x)
+    sq = z.sq_norms()
+    strips = {
+        "dense": squared_distances(x),
+        "rows": torch.cat([sq_distance_rows(z, sq, slice(s, min(n, s + 5))) for s in range(0, n, 5)]),
+        "upper": torch.cat(
+            [torch.cat([torch.zeros(1, s), upper_sq_distances(z, sq, slice(s, s + 1))], dim=1) for s in range(n)]
+        ),
+    }
+    strips["upper"] = strips["upper"].to(dtype)
+    strips["upper"] = torch.triu(strips["upper"]) + torch.triu(strips["upper"], 1).T
+    # elsewhere, the expansion's rounding: a few ε of ‖a‖² + ‖b‖², the scale below which entries are recomputed
+    scale = 64.0 * torch.finfo(dtype).eps * 2.0 * float(sq.max())
+    for name, d2 in strips.items():
+        assert d2.dtype == dtype, name
+        # the diagonal and duplicates exactly 0
+        assert torch.all(d2.diagonal() == 0), name
+        for i, j in ((0, 7), (0, 19), (7, 19), (3, 25)):
+            assert d2[i, j] == 0, (name, i, j)
+            assert d2[j, i] == 0, (name, i, j)
+        np.testing.assert_allclose(d2.to(torch.float64).numpy(), reference.numpy(), rtol=0, atol=scale, err_msg=name)
+
+
+def test_twins_are_ties_in_an_rdm_and_zero_apart_in_distance_correlation() -> None:
+    from reprsim.measures import rdm
+
+    x = twins_with_an_offset(torch.float32)
+    n = x.shape[0]
+    square = torch.zeros(n, n)
+    i, j = torch.triu_indices(n, n, 1)
+    square[i, j] = rdm(x, kind="euclidean")
+    assert float(square[0, 7]) == float(square[0, 19]) == float(square[7, 19]) == float(square[3, 25]) == 0.0
+    # distance correlation of float32 twins against the float64 formula: no √ε residue from the twins
+    y = torch.tanh(x - 50.0) * 3.0 + 50.0
+    expected = rm.distance_correlation(x.to(torch.float64).numpy(), y.to(torch.float64).numpy(), False)
+    assert float(distance_correlation(x, y)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_row_norm_helper_accumulates_in_float64() -> None:
+    from reprsim.measures._strips import row_norms
+
+    g = torch.Generator().manual_seed(9)
+    low_rank = torch.randn(300, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 2000, generator=g).double()
+    quantised = torch.round(low_rank * 4.0) / 4.0 + 1000.0  # offset, low rank, quantised
+    x = quantised.to(torch.float32)
+    x64 = x.to(torch.float64).numpy()
+    squares = (x64 * x64).sum(axis=1)
+    np.testing.assert_allclose(row_norms(x, squared=True).numpy(), squares, rtol=1e-14)
+    np.testing.assert_allclose(row_norms(x).numpy(), np.sqrt(squares), rtol=1e-14)
+    kept = row_norms(x, squared=True, dtype=torch.float32)
+    assert kept.dtype == torch.float32
+    np.testing.assert_allclose(kept.numpy(), squares, rtol=2**-24)  # rounded once, not accumulated in float32

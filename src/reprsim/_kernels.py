@@ -6,6 +6,7 @@ HSIC and CKA, which consume these Grams, live in :mod:`reprsim.measures._cka`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,20 +46,63 @@ def linear_gram(x: Any) -> torch.Tensor:
     return xt @ xt.T
 
 
+#: Entries per chunk of the near-zero scan of :func:`distances_from_products` (its temporaries stay this small).
+SCAN_ENTRIES = 1 << 22
+
+
+def distances_from_products(
+    product: torch.Tensor,
+    sq: torch.Tensor,
+    rows: slice,
+    cols: slice,
+    rows_of: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Squared Euclidean distances from samples ``rows`` to samples ``cols``, the one rule every distance in
+    reprsim follows.
+
+    ``product`` holds the inner products of those rows with those columns (of column-centred data: distances are
+    translation invariant, and centring keeps the expansion from cancelling when the features share a large
+    offset), ``sq`` every sample's squared norm, and ``rows_of(index)`` returns the centred rows ``index``. The
+    expansion ‖a‖² + ‖b‖² − 2a·b is built in ``product``'s memory (out of place when it carries a gradient) and
+    clamped at 0. Where it is below its own rounding (64 ε (‖a‖² + ‖b‖²): duplicates and near-duplicates) the
+    entry is recomputed from the difference of the rows, and the diagonal (the same sample) is exactly 0: equal
+    rows are exactly 0 apart, so ties in an RDM are ties and a median bandwidth over duplicated data is 0 rather
+    than a rounding residue, and a square root does not magnify the residue to √ε.
+    """
+    sq_rows, sq_cols = sq[rows], sq[cols]
+    inplace = not (product.requires_grad and torch.is_grad_enabled())
+    if inplace:
+        d2 = product.mul_(-2.0).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0.0)
+    else:
+        d2 = (product * -2.0 + sq_rows[:, None] + sq_cols[None, :]).clamp_min(0.0)
+    bound = 64.0 * torch.finfo(d2.dtype).eps
+    found_i, found_j = [], []
+    chunk = max(1, SCAN_ENTRIES // max(1, d2.shape[1]))
+    for start in range(0, d2.shape[0], chunk):
+        part = slice(start, min(d2.shape[0], start + chunk))
+        near = d2[part] <= bound * (sq_rows[part, None] + sq_cols[None, :])
+        i, j = torch.nonzero(near, as_tuple=True)
+        found_i.append(i + start)
+        found_j.append(j)
+    i, j = torch.cat(found_i), torch.cat(found_j)
+    if i.numel():
+        exact = ((rows_of(i + rows.start) - rows_of(j + cols.start)) ** 2).sum(dim=1).to(d2.dtype)
+        d2 = d2.index_put_((i, j), exact) if inplace else d2.index_put((i, j), exact)
+    # the diagonal: a sample's difference with itself is exactly 0 (also when the scan above missed it)
+    first, last = max(rows.start, cols.start), min(rows.stop, cols.stop)
+    if first < last:
+        same = torch.arange(first, last, device=d2.device)
+        zeros = torch.zeros(last - first, dtype=d2.dtype, device=d2.device)
+        index = (same - rows.start, same - cols.start)
+        d2 = d2.index_put_(index, zeros) if inplace else d2.index_put(index, zeros)
+    return d2
+
+
 def squared_distances(x: torch.Tensor) -> torch.Tensor:
-    """Matrix of squared Euclidean distances between the rows of ``x``; exactly 0 between equal rows."""
-    # Distances are translation invariant; centring first keeps ‖a‖² + ‖b‖² − 2a·b from cancelling
-    # catastrophically when the features have a large common offset.
+    """Matrix of squared Euclidean distances between the rows of ``x`` (see :func:`distances_from_products`)."""
     xc = x - x.mean(dim=0, keepdim=True)
-    sq = (xc * xc).sum(dim=1)
-    total = sq[:, None] + sq[None, :]
-    d2 = (total - 2.0 * (xc @ xc.T)).clamp_min(0.0)
-    # Where the expansion is below its own rounding error (always on the diagonal, and between equal or
-    # nearly equal rows) recompute from the differences: equal rows are then exactly 0 apart, so a median
-    # bandwidth over mostly duplicate data is 0 rather than a rounding residue.
-    rows, cols = torch.nonzero(d2 <= 64.0 * torch.finfo(x.dtype).eps * total, as_tuple=True)
-    exact = ((xc[rows] - xc[cols]) ** 2).sum(dim=1)
-    return d2.index_put((rows, cols), exact)
+    every = slice(0, x.shape[0])
+    return distances_from_products(xc @ xc.T, (xc * xc).sum(dim=1), every, every, lambda index: xc[index])
 
 
 def median_sigma(d2: torch.Tensor, median_fraction: float = 1.0) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ..errors import ConstantRepresentationError, InvalidParameterError, Reprsim
 from ._base import Cache, Measure, NoTraceForm, as_result, evaluate, register
 from ._linalg import check_variance
 from ._moments import Moments
-from ._strips import column_centred, rbf_hsic_terms, strip_rows, triangle_median
+from ._strips import column_centred, rbf_hsic_terms, row_norms, strip_rows, triangle_median
 from ._traces import DENSE_NULL_MAX, TraceSide, dense_side, linear_side
 
 __all__ = ["CKA", "cka", "cka_from_grams", "cka_matrix", "hsic"]
@@ -519,16 +519,10 @@ def _gram_inner_products(
     return totals[0], totals[1], totals[2]
 
 
-def _row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared norm of every row, a strip at a time so no temporary is the size of ``x``."""
-    r = _strip_rows(x.shape[0], x.device)
-    return torch.cat([(c * c).sum(dim=1) for c in (x[i : i + r] for i in range(0, x.shape[0], r))])
-
-
 def _linear_cka_sample_space(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> torch.Tensor:
     """Linear CKA from the n×n Grams' inner products (for widths larger than the sample count)."""
     xc, yc = _centered(x), _centered(y)
-    a, b = _row_norms(xc), _row_norms(yc)  # diag(Xc Xcᵀ), diag(Yc Ycᵀ)
+    a, b = (row_norms(t, squared=True, dtype=t.dtype) for t in (xc, yc))  # diag(Xc Xcᵀ), diag(Yc Ycᵀ)
     sx, sy = a.sum(), b.sum()  # positive: check_pair rejected constant inputs (a zero would show as NaN below)
     shifts = None
     if unbiased:

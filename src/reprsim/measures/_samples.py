@@ -34,6 +34,7 @@ from ._strips import (
     Prepared,
     column_centred,
     normalised_centred,
+    row_norms,
     sq_distance_rows,
     strip_rows,
     strips,
@@ -319,15 +320,6 @@ def _gathered_values(
     return out
 
 
-def _row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Float64 row norms (n,), a strip of rows at a time (no float64 copy of x); all-zero rows were refused by
-    the neighbour search already."""
-    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    for r in strips(x.shape[0], max(1, STRIP_BYTES // (8 * max(1, x.shape[1])))):
-        out[r] = torch.linalg.vector_norm(x[r].to(torch.float64), dim=1)
-    return out
-
-
 def _member(idx: torch.Tensor, of: torch.Tensor) -> torch.Tensor:
     """(n, k) boolean: whether idx[i, a] is among of[i, :]."""
     return (idx.unsqueeze(2) == of.unsqueeze(1)).any(dim=2)
@@ -434,8 +426,8 @@ class CKNNA(Measure):
         own = not self.unbiased
         ix, iy = _neighbour_sets(x, y, self.k, self.kernel, self.block, cache_x, cache_y, include_self=own)
         # kernel values at the neighbours, from the raw rows (and their norms, for the cosine): no n × p copy
-        nx = cached(cache_x, ("norms",), lambda: _row_norms(x)) if self.kernel == "cosine" else None
-        ny = cached(cache_y, ("norms",), lambda: _row_norms(y)) if self.kernel == "cosine" else None
+        nx = cached(cache_x, ("norms",), lambda: row_norms(x)) if self.kernel == "cosine" else None
+        ny = cached(cache_y, ("norms",), lambda: row_norms(y)) if self.kernel == "cosine" else None
         key = ("kernel_at_neighbours", self.k, self.kernel, own)
         kx = cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.block, nx))
         ly = cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.block, ny))
@@ -504,8 +496,8 @@ class SecondOrderCosine(Measure):
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         ix, iy = _neighbour_sets(x, y, self.k, "cosine", self.block, cache_x, cache_y)
-        nx = cached(cache_x, ("norms",), lambda: _row_norms(x))
-        ny = cached(cache_y, ("norms",), lambda: _row_norms(y))
+        nx = cached(cache_x, ("norms",), lambda: row_norms(x))
+        ny = cached(cache_y, ("norms",), lambda: row_norms(y))
         union = torch.cat([ix, iy], dim=1)
         weight = torch.cat([torch.ones_like(ix, dtype=torch.bool), ~_member(iy, ix)], dim=1).to(torch.float64)
         a = _gathered_values(x, union, "halfsq", self.block, nx)
@@ -580,7 +572,7 @@ def _distances(x: Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
     product in the data's dtype.
 
     The square root magnifies the rounding of ‖a‖² + ‖b‖² − 2a·b near zero (about √ε·‖a‖ for twins), so the
-    diagonal, where the distance is exactly 0, is set to 0 rather than computed.
+    diagonal and near-duplicates are computed from differences (see :func:`sq_distance_rows`).
     """
     return sq_distance_rows(x, sq, rows).sqrt_().to(torch.float64)
 
@@ -677,7 +669,8 @@ class DistanceCorrelation(Measure):
     def null_trace(self, t: torch.Tensor) -> TraceSide:
         n = t.shape[0]
         _dense_null(n, "distance correlation")
-        d = torch.cdist(t.to(torch.float64), t.to(torch.float64))
+        z = column_centred(t.to(torch.float64))  # the distances of from_samples, by the same rule
+        d = _distances(z, z.sq_norms(), slice(0, n))
         return dense_side(d, "u" if self.unbiased else "double", "identity" if self.unbiased else "sqrt")
 
 

@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from .._kernels import distances_from_products
 from .._validation import check_int
 
 __all__ = [
     "STRIP_BYTES",
     "Prepared",
     "rbf_hsic_terms",
+    "row_norms",
     "sq_distance_rows",
     "strip_rows",
     "strips",
@@ -135,7 +137,7 @@ class Prepared:
 
     def sq_norms(self) -> torch.Tensor:
         """‖z_i‖² of every prepared row, block by block, accumulated in float64, returned in ``dtype``."""
-        return torch.cat([b.to(torch.float64).square().sum(dim=1) for b in self.blocks()]).to(self.dtype)
+        return torch.cat([row_norms(b, squared=True) for b in self.blocks()]).to(self.dtype)
 
     def column_means(self) -> torch.Tensor:
         """The mean of the prepared rows (float64), block by block."""
@@ -172,6 +174,16 @@ def column_centred(x: torch.Tensor, dtype: torch.dtype | None = None) -> Prepare
     return Prepared(x, dtype, col_shift=x.mean(dim=0, dtype=torch.float64).to(dtype))
 
 
+def row_norms(x: torch.Tensor, *, squared: bool = False, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """‖x_i‖ (or ‖x_i‖² with ``squared``) of every row, the one row-norm helper: a strip of rows at a time in
+    float64 (never a float64 copy of ``x``), returned in ``dtype``."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for r in strips(x.shape[0], max(1, STRIP_BYTES // (8 * max(1, x.shape[1])))):
+        wide = x[r].to(torch.float64)
+        out[r] = wide.square().sum(dim=1) if squared else torch.linalg.vector_norm(wide, dim=1)
+    return out.to(dtype)
+
+
 def strip_rows(n: int, block: int | None) -> int:
     """Rows per strip: ``block`` when given, else as many as fit :data:`STRIP_BYTES` in float64."""
     if block is not None:
@@ -185,31 +197,18 @@ def strips(n: int, rows: int) -> Iterator[slice]:
 
 
 def upper_sq_distances(xc: Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
-    """(len(rows), n − rows.start): squared distances from the samples ``rows`` to the samples ``rows.start:``
-    (the caller keeps the strict upper triangle, j > i, with :func:`upper_entries`).
-
-    ``xc`` is column-centred and ``sq`` its squared row norms: d² = ‖a‖² + ‖b‖² − 2a·b from one product, clamped
-    at 0; where that is below its own rounding (duplicates, near-duplicates) the entry is recomputed from the
-    difference, so equal rows are exactly 0 apart (as :func:`reprsim._kernels.squared_distances`).
-    """
+    """(len(rows), n − rows.start): squared distances from the samples ``rows`` of the column-centred ``xc`` to
+    the samples ``rows.start:`` (the caller keeps the strict upper triangle, j > i, with :func:`upper_entries`),
+    by :func:`reprsim._kernels.distances_from_products`."""
     cols = slice(rows.start, xc.shape[0])
-    total = sq[rows, None] + sq[None, cols]
-    d2 = (total - 2.0 * xc.products(rows, cols)).clamp_(min=0.0)
-    i, j = torch.nonzero(d2 <= 64.0 * torch.finfo(xc.dtype).eps * total, as_tuple=True)
-    if i.numel():
-        d2[i, j] = ((xc.rows(i + rows.start) - xc.rows(j + rows.start)) ** 2).sum(dim=1)
-    return d2
+    return distances_from_products(xc.products(rows, cols), sq, rows, cols, xc.rows)
 
 
-def sq_distance_rows(z: torch.Tensor | Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
-    """(len(rows), n): squared distances ‖a‖² + ‖b‖² − 2a·b from the samples ``rows`` of the (centred) ``z`` to
-    every sample, built in the one product's memory, clamped at 0, with the diagonal exactly 0."""
-    n = z.shape[0]
-    product = z.products(rows, slice(0, n)) if isinstance(z, Prepared) else z[rows] @ z.T
-    d2 = product.mul_(-2.0).add_(sq[None, :]).add_(sq[rows, None]).clamp_(min=0.0)
-    local = torch.arange(rows.stop - rows.start, device=z.device)
-    d2[local, local + rows.start] = 0.0
-    return d2
+def sq_distance_rows(z: Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
+    """(len(rows), n): squared distances from the samples ``rows`` of the column-centred ``z`` to every sample,
+    by :func:`reprsim._kernels.distances_from_products` (built in the one product's memory)."""
+    every = slice(0, z.shape[0])
+    return distances_from_products(z.products(rows, every), sq, rows, every, z.rows)
 
 
 def upper_entries(strip: torch.Tensor, rows: slice, first_col: int = 0) -> torch.Tensor:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._strips import row_norms
+
 __all__ = [
     "DenseTrace",
     "LinearTrace",
@@ -463,7 +465,7 @@ def dense_side(k: torch.Tensor, how: str, transform: str = "identity") -> TraceS
     if how == "double":
         a = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
         norm = float(a.square().sum().sqrt())
-        spread = _spread(a.square().sum(dim=1))
+        spread = _spread(row_norms(a, squared=True))
         a, tr = shifted(a)
         return TraceSide(DenseTrace(a), norm, tr, transform, spread=spread)
     eye = torch.eye(n, dtype=torch.bool, device=k.device)
@@ -476,7 +478,7 @@ def dense_side(k: torch.Tensor, how: str, transform: str = "identity") -> TraceS
         off = k.masked_fill(eye, 0.0)
         a = (off - off.sum() / (n * (n - 1))).masked_fill(eye, 0.0)
     return TraceSide(
-        DenseTrace(a), float(a.square().sum().sqrt()), 0.0, transform, spread=_spread(a.square().sum(dim=1))
+        DenseTrace(a), float(a.square().sum().sqrt()), 0.0, transform, spread=_spread(row_norms(a, squared=True))
     )
 
 
