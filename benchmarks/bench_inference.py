@@ -4,7 +4,7 @@ Usage: ``python benchmarks/bench_inference.py [--n 10000] [--p 768] [--permutati
 [--moments-only]``. Prints markdown tables. Data are float64 Gaussian with a nonlinear dependence; one CKA is
 ``reprsim.cka`` on the same arrays (median of 3).
 
-The exact-moment null (``method="moments"``) is timed for one pair against one CKA, and for every cell of a
+The exact-moment null (``permutations="moments"``) is timed for one pair against one CKA, and for every cell of a
 layers × layers matrix of full-width layers against computing that matrix (``reprsim.cka_matrix``); its p-values
 and critical values are set beside 1,000 Monte Carlo permutations of a weakly dependent pair. The Monte Carlo
 test's time per permutation is set against its floor, one p × n × q product.
@@ -88,27 +88,27 @@ def moments_section(x: torch.Tensor, one: float, args: argparse.Namespace) -> No
     g = torch.Generator().manual_seed(1)
     # a weakly dependent pair, so that the p-value is neither 1 nor 1/(K + 1)
     weak = torch.randn(n, p, generator=g, dtype=torch.float64) + 0.012 * torch.tanh(x)
-    print('| exact-moment null (`method="moments"`) | time (s) | ratio |')
+    print('| exact-moment null (`permutations="moments"`) | time (s) | ratio |')
     print("|---|---|---|")
-    t = timed(lambda: permutation_test(x, weak, "cka", method="moments"), repeats=3)
+    t = timed(lambda: permutation_test(x, weak, "cka", permutations="moments"), repeats=3)
     print(f"| one pair, linear CKA | {t:.2f} | {t / one:.1f}× one CKA ({one:.2f} s) |")
     layers = args.layers
     xs = [torch.tanh(x * (0.5 + i / layers)) for i in range(layers)]
     ys = [torch.tanh(weak * (0.5 + j / layers)) + 0.1 * x for j in range(layers)]
     matrix, test = alternating(
-        lambda: feature_space_matrix(xs, ys), lambda: permutation_test(xs, ys, "cka", method="moments")
+        lambda: feature_space_matrix(xs, ys), lambda: permutation_test(xs, ys, "cka", permutations="moments")
     )
     print(
         f"| {layers} × {layers} layers of width {p}: p-values of every cell, Holm's, the best cell's | {test:.1f} | "
         f"{test / matrix:.2f}× the matrix itself ({matrix:.1f} s, in feature space) |"
     )
-    test = timed(lambda: permutation_test(xs, ys, "cka", method="moments", aggregate="mean"), repeats=1)
+    test = timed(lambda: permutation_test(xs, ys, "cka", permutations="moments", aggregate="mean"), repeats=1)
     print(
         f'| the same with `aggregate="mean"` (the null of the mean needs the layers side by side) | {test:.1f} | '
         f"{test / matrix:.2f}× the matrix itself |"
     )
     k = args.permutations
-    exact = permutation_test(x, weak, "cka", method="moments")
+    exact = permutation_test(x, weak, "cka", permutations="moments")
     mc = permutation_test(x, weak, "cka", permutations=k, seed=0)
     se = (mc.p_value * (1 - mc.p_value) / k) ** 0.5
     print(

@@ -15,6 +15,6 @@ print(f"RBF CKA        {cka(x, y, kernel='rbf'):.3f}")
 print(f"Procrustes     {procrustes(x, y):.3f} rad")  # angular distance: 0 means equal up to rotation and scale
 print(f"mean CCA rho   {cca(x, y):.3f}")
 print(cka_matrix([x, y, rng.normal(size=(500, 8))]))  # every pair, one matrix product
-test = permutation_test(x, y, "cka", method="moments")  # more than the two shapes alone would give?
+test = permutation_test(x, y, "cka", permutations="moments")  # more than the two shapes alone would give?
 p = "< 0.001" if test.p_value < 1e-3 else f"= {test.p_value:.3f}"  # the fitted tail is checked to 1e-3
 print(f"permutation p {p}, calibrated score {test.calibrated:.3f}")

@@ -9,6 +9,7 @@ import pkgutil
 import re
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -94,6 +95,100 @@ def test_same_keyword_for_the_same_idea() -> None:
     assert (r.model_a, r.model_b, r.names_a) == ("a", "b", ["0"])
     with pytest.raises(InvalidParameterError, match=r"model_names=\(\.\.\.\)"):
         reprsim.compare(net, None, data, layers_a=["0"], names=("a", "b"), progress=False)
+
+
+#: Records the library returns (their fields are read, not passed): outside the keyword vocabulary.
+RESULT_RECORDS = {"LayerInfo", "SimilarityResult", "Interval", "PermutationTest", "Moments", "Pending"}
+
+
+def public_keywords() -> dict[str, list[tuple[str, object]]]:
+    """Every keyword of every public function, constructor and method: {keyword: [(where, annotation), ...]}."""
+    import typing
+
+    found: dict[str, list[tuple[str, object]]] = {}
+    seen: set[int] = set()
+    for ns in ("reprsim", "reprsim.measures", "reprsim.streaming", "reprsim.inference", "reprsim.probes"):
+        module = importlib.import_module(ns)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if id(obj) in seen or name in RESULT_RECORDS or isinstance(obj, ModuleType):
+                continue
+            seen.add(id(obj))
+            if inspect.isclass(obj):
+                if issubclass(obj, BaseException):
+                    continue
+                targets = [(name, obj.__init__)] + [
+                    (f"{name}.{m}", f) for m, f in vars(obj).items() if not m.startswith("_") and inspect.isfunction(f)
+                ]
+            elif callable(obj):
+                targets = [(name, obj)]
+            else:
+                continue
+            for where, f in targets:
+                hints = typing.get_type_hints(f)
+                for p in inspect.signature(f).parameters.values():
+                    if p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                        continue
+                    found.setdefault(p.name, []).append((f"{ns}.{where}", hints.get(p.name)))
+    return found
+
+
+def vocabulary(annotation: object) -> frozenset[object] | None:
+    """The values a Literal annotation allows (through unions and aliases), or None when it is not one."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return frozenset(typing.get_args(annotation))
+    values: set[object] = set()
+    literal = False
+    for arg in typing.get_args(annotation):
+        inner = vocabulary(arg)
+        if inner is not None:
+            values |= inner
+            literal = True
+    return frozenset(values) if literal else None
+
+
+def keyword_conflicts() -> dict[str, list[str]]:
+    """Keywords used with two vocabularies: two Literal value sets that share no value, or a Literal in one
+    signature and a number in another."""
+    conflicts: dict[str, list[str]] = {}
+    for keyword, uses in public_keywords().items():
+        sets = [(where, vocabulary(a)) for where, a in uses]
+        literal = [(where, v) for where, v in sets if v is not None]
+        numbers = [where for where, a in uses if vocabulary(a) is None and a in (int, float, int | None, float | None)]
+        found = [
+            f"{wa} {sorted(map(str, va))} vs {wb} {sorted(map(str, vb))}"
+            for i, (wa, va) in enumerate(literal)
+            for wb, vb in literal[i + 1 :]
+            if va is not None and vb is not None and not va & vb
+        ]
+        if literal and numbers:
+            found.append(f"{literal[0][0]} takes names, {numbers[0]} a number")
+        if found:
+            conflicts[keyword] = found
+    return conflicts
+
+
+def test_one_vocabulary_per_keyword() -> None:
+    """One name per idea: a keyword's values come from one vocabulary across the whole public API."""
+    uses = public_keywords()
+    assert len(uses) > 100  # the walk reaches the API (functions, constructors, methods)
+    assert {"kernel", "neighbours", "reduce", "pool", "measure"} <= set(uses)
+    assert keyword_conflicts() == {}
+
+
+def test_the_keyword_vocabulary_check_finds_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above on a public API with kernel= in CKNNA's old vocabulary next to CKA's."""
+
+    def cknna_before(x: object, *, kernel: Literal["cosine", "inner_product"] = "cosine") -> None:
+        """CKNNA's signature in 0.2."""
+
+    monkeypatch.setattr(reprsim, "cknna_before", cknna_before, raising=False)
+    monkeypatch.setattr(reprsim, "__all__", [*reprsim.__all__, "cknna_before"])
+    conflicts = keyword_conflicts()
+    assert "kernel" in conflicts
+    assert any("cknna_before" in c and "reprsim.cka" in c for c in conflicts["kernel"]), conflicts["kernel"]
 
 
 def test_no_positional_argument_changes_meaning() -> None:

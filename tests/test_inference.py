@@ -5,6 +5,7 @@ p-values under independence, small ones under dependence, and the layers × laye
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -725,7 +726,7 @@ def test_moment_p_values_are_within_monte_carlo_error_of_100000_permutations(des
     drawn, null = check_tail_against_permutations(x, y, 7, design)
     m = get_measure("cka")
     # the same through the public function: a moments test at the data's own CKA
-    test = permutation_test(x, y, "cka", method="moments")
+    test = permutation_test(x, y, "cka", permutations="moments")
     assert test.method == "moments"
     assert test.null.numel() == 0
     assert test.null_moments is not None
@@ -737,7 +738,7 @@ def test_moment_p_values_are_within_monte_carlo_error_of_100000_permutations(des
 
 def test_moments_critical_value_and_calibrated_score_agree_with_many_permutations() -> None:
     x, y = data(n=120, strength=0.25, seed=5)
-    exact = permutation_test(x, y, "cka", method="moments", alpha=0.05)
+    exact = permutation_test(x, y, "cka", permutations="moments", alpha=0.05)
     drawn = permutation_test(x, y, "cka", permutations=20_000, alpha=0.05, seed=1)
     assert exact.threshold == pytest.approx(drawn.threshold, rel=0.01)
     assert exact.calibrated == pytest.approx(drawn.calibrated, abs=0.01)
@@ -750,25 +751,34 @@ def test_moments_fall_back_to_monte_carlo_with_the_reason() -> None:
 
     x, y = data(n=25)
     with pytest.warns(ReprsimWarning, match=r"n = 25 < 30"):
-        small = permutation_test(x, y, "cka", method="moments", permutations=99)
+        small = permutation_test(x, y, "cka", permutations="moments")
     assert small.method == "monte_carlo"
     assert small.note is not None
     assert "n = 25 < 30" in small.note
-    assert small.null.numel() == 99
+    assert "Monte Carlo with 999 permutations" in small.note
+    assert small.null.numel() == 999  # as compare() falls back
     x, y = data(n=100)
     with pytest.warns(ReprsimWarning, match="not a trace statistic"):
-        other = permutation_test(x, y, "procrustes", method="moments", permutations=49)
+        other = permutation_test(x, y, "procrustes", permutations="moments")
     assert other.method == "monte_carlo"
     rng = np.random.default_rng(0)
     heavy = rng.exponential(size=(100, 3)) ** 3  # a few rows dominate the Gram
     with pytest.warns(ReprsimWarning, match="a few samples dominate"):
-        lumpy = permutation_test(heavy, y, "cka", method="moments", permutations=49)
+        lumpy = permutation_test(heavy, y, "cka", permutations="moments")
     assert lumpy.method == "monte_carlo"
-    silent = permutation_test(x, y, "procrustes", method="auto", permutations=49)  # no warning for "auto"
-    assert silent.method == "monte_carlo"
-    assert permutation_test(x, y, "cka", method="auto").method == "moments"
-    with pytest.raises(InvalidParameterError, match="method must be"):
-        permutation_test(x, y, "cka", method="exact")  # type: ignore[arg-type]
+    assert permutation_test(x, y, "cka", permutations="moments").method == "moments"
+    with pytest.raises(InvalidParameterError, match="permutations must be a number K, 'moments'"):
+        permutation_test(x, y, "cka", permutations="exact")
+    # 0.2's method= names the permutations= that replaces it, value by value
+    for method, instead in (
+        ("moments", "permutations='moments'"),
+        ("auto", "permutations='moments' (a warning"),
+        ("monte_carlo", "permutations=K"),
+    ):
+        with pytest.raises(InvalidParameterError, match=re.escape(f"instead of method={method!r}, pass {instead}")):
+            permutation_test(x, y, "cka", method=method)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        permutation_test(x, y, "cka", permutation=10)
 
 
 def test_holm_adjusted_p_values_follow_the_step_down_definition() -> None:
@@ -796,16 +806,16 @@ def test_layer_matrices_from_moments_best_cell_by_holm_and_the_exact_mean() -> N
     x = rng.normal(size=(90, 5))
     xs = [x, np.tanh(x[:, :3])]
     ys = [x[:, :2] + rng.normal(size=(90, 2)), rng.normal(size=(90, 4))]
-    best = permutation_test(xs, ys, "cka", method="moments", aggregate="best")
+    best = permutation_test(xs, ys, "cka", permutations="moments", aggregate="best")
     assert best.cell_p_values is not None
     assert best.cell_p_values_holm is not None
     assert best.matrix is not None
     assert best.p_value == pytest.approx(min(1.0, 4 * float(best.cell_p_values.min())), rel=1e-12)
     for i in range(2):
         for j in range(2):
-            alone = permutation_test(xs[i], ys[j], "cka", method="moments")
+            alone = permutation_test(xs[i], ys[j], "cka", permutations="moments")
             assert float(best.cell_p_values[i, j]) == pytest.approx(alone.p_value, rel=1e-12, abs=1e-300)
-    mean = permutation_test(xs, ys, "cka", method="moments", aggregate="mean")
+    mean = permutation_test(xs, ys, "cka", permutations="moments", aggregate="mean")
     drawn = permutation_test(xs, ys, "cka", permutations=4000, aggregate="mean", seed=3)
     assert mean.observed == pytest.approx(float(best.matrix.mean()), abs=1e-12)
     assert mean.null_moments is not None
@@ -821,7 +831,7 @@ def test_the_exact_moment_tests_observed_matrix_is_the_cka_of_every_cell(unbiase
     x = rng.normal(size=(70, 6))
     xs = [x + 50.0, np.tanh(x[:, :3]) * 1e-3, rng.normal(size=(70, 9))]
     ys = [x[:, :2] @ rng.normal(size=(2, 5)) + rng.normal(size=(70, 5)) - 7.0, rng.normal(size=(70, 4))]
-    test = permutation_test(xs, ys, "cka_unbiased" if unbiased else "cka", method="moments")
+    test = permutation_test(xs, ys, "cka_unbiased" if unbiased else "cka", permutations="moments")
     assert test.matrix is not None
     for i, a in enumerate(xs):
         for j, b in enumerate(ys):
@@ -840,7 +850,7 @@ def test_compare_uses_the_exact_moment_null_per_cell() -> None:
                   uncertainty=Uncertainty(permutations="moments"), progress=False)  # fmt: skip
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
     for key in ("cka", "cka_unbiased"):
-        test = permutation_test([a[k] for k in layers], [b[k] for k in layers], key, method="moments")
+        test = permutation_test([a[k] for k in layers], [b[k] for k in layers], key, permutations="moments")
         r = out[key]
         torch.testing.assert_close(r.p_values, test.cell_p_values)
         assert test.cell_null_moments is not None

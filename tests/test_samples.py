@@ -302,10 +302,10 @@ def test_cknna_matches_the_dense_platonic_definition(kernel: str, unbiased: bool
     x, y = data(120, 6, 4)
     want = rm.cknna(x, y, k, kernel, unbiased)
     for block in (None, 7, 120):
-        got = cknna(x, y, k=k, kernel=kernel, unbiased=unbiased, block=block)  # type: ignore[arg-type]
+        got = cknna(x, y, k=k, neighbours=kernel, unbiased=unbiased, block=block)  # type: ignore[arg-type]
         assert abs(got - want) < 1e-10, block
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-    got32 = cknna(xt, yt, k=k, kernel=kernel, unbiased=unbiased)  # type: ignore[arg-type]
+    got32 = cknna(xt, yt, k=k, neighbours=kernel, unbiased=unbiased)  # type: ignore[arg-type]
     assert abs(float(got32) - rm.cknna(xt.double().numpy(), yt.double().numpy(), k, kernel, unbiased)) < 1e-5
 
 
@@ -349,8 +349,15 @@ def test_cknna_and_rank_errors() -> None:
     with pytest.raises(InsufficientSamplesError, match="k = 12 neighbours need at least k \\+ 1 = 13"):
         cknna(x, y, k=12)
     assert np.isfinite(cknna(x, y, k=12, unbiased=False))  # self included: n ≥ k suffices
-    with pytest.raises(InvalidParameterError, match="kernel must be 'cosine' or 'inner_product'"):
-        CKNNA(kernel="euclidean")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=r"neighbours must be 'cosine' or 'inner_product'.*define none"):
+        CKNNA(neighbours="euclidean")
+    # kernel= is CKA's; CKNNA's similarity is named as in the other k-NN measures, and the old name says so
+    for old in (lambda: CKNNA(kernel="inner_product"), lambda: cknna(x, y, k=3, kernel="inner_product")):
+        with pytest.raises(InvalidParameterError, match=r"kernel= is now neighbours= \(neighbours='inner_product'\)"):
+            old()
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['kernels'\\]"):
+        CKNNA(kernels="cosine")
+    assert CKNNA(neighbours="inner_product").id == "cknna-k10-ip"
     with pytest.raises(InvalidParameterError, match="k must be an integer ≥ 1"):
         RankSimilarity(k=0)
     zero = x.copy()

@@ -14,7 +14,7 @@ fourth-order measures, three row-norm sums) changes, X's and Y's own moments and
 computed once; for sample-space measures X's neighbour sets are found once.
 
 Measures that are trace statistics tr(A Π B Πᵀ) (linear and RBF CKA, HSIC-based, distance correlation, Pearson
-and Spearman RSA) also have an exact-moment null (``method="moments"``): the first three moments of the measure
+and Spearman RSA) also have an exact-moment null (``permutations="moments"``): the first three moments of the measure
 over all n! permutations are exact (:mod:`reprsim.measures._traces`) and a Pearson type III fitted to them gives
 p-values, critical values and calibrated scores without drawing a permutation (:mod:`._analytic`).
 """
@@ -51,7 +51,8 @@ from ._analytic import pearson3_quantile, pearson3_sf
 __all__ = ["PermutationTest", "holm", "permutation_test", "summary"]
 
 Aggregate = Literal["best", "mean"]
-Method = Literal["monte_carlo", "moments", "auto"]
+#: Permutations of the Monte Carlo test that answers when permutations="moments" cannot (the reason is reported).
+FALLBACK_PERMUTATIONS = 999
 #: Below this many samples the permutation distribution is too discrete for a fitted Pearson type III tail.
 MIN_MOMENT_SAMPLES = 30
 #: Beyond this skewness the fitted gamma is J-shaped (shape < 1) and its tail is not trusted.
@@ -106,7 +107,7 @@ class PermutationTest:
         fitted Pearson type III tail (then ``null`` is empty and the p-value is the tail probability, not the
         add-one count).
     null_moments : (float, float, float) or None
-        The null's mean, standard deviation and skewness for one pair: exact with ``method="moments"``, from the
+        The null's mean, standard deviation and skewness for one pair: exact with ``permutations="moments"``, from the
         drawn values otherwise.
     cell_null_moments : torch.Tensor or None
         For layers × layers tests, each cell's (mean, sd, skewness), (layers of x, layers of y, 3).
@@ -331,16 +332,34 @@ def _checked_layers(xs: list[torch.Tensor], ys: list[torch.Tensor], need: int) -
 
 
 @full_precision_matmul
+def _moved_method(given: dict[str, Any]) -> None:
+    """permutation_test's ``method=`` before 0.3, refused with the ``permutations=`` that replaces it; any other
+    unknown keyword as Python would refuse it."""
+    if "method" in given:
+        method = given["method"]
+        instead = {
+            "monte_carlo": "permutations=K (a number of random permutations, as before)",
+            "moments": "permutations='moments'",
+            "auto": "permutations='moments' (a warning, which warnings.filterwarnings silences, says when it falls "
+            "back to Monte Carlo)",
+        }.get(method, "permutations='moments' or a number K")
+        raise InvalidParameterError(
+            f"permutation_test's method= is now part of permutations=, as in reprsim.Uncertainty: instead of "
+            f"method={method!r}, pass {instead}"
+        )
+    raise TypeError(f"permutation_test() got unexpected keyword arguments {sorted(given)}")
+
+
 def permutation_test(
     x: Any,
     y: Any,
     measure: str | Measure = "cka",
     *,
-    permutations: int | Any = 1000,
+    permutations: int | Literal["moments"] | Any = 1000,
     alpha: float = 0.05,
     aggregate: Aggregate = "best",
     seed: int = 0,
-    method: Method = "monte_carlo",
+    **removed: Any,
 ) -> PermutationTest:
     """Permutation test of a measure: is x's and y's similarity more than their shapes alone produce?
 
@@ -351,10 +370,19 @@ def permutation_test(
         every layer of y), for a test of the aggregate over the layers × layers matrix.
     measure : str or Measure, default "cka"
         Any measure defined on two arrays (a registry name or a configured object).
-    permutations : int or array of shape (K, n), default 1000
-        K, the number of random permutations of y's rows (the same permutation for all of y's layers); or the
-        K permutations themselves, one row order per row (e.g. restricted to exchangeable groups of samples,
-        or another package's draws to reproduce its null).
+    permutations : int, "moments", or array of shape (K, n), default 1000
+        The null, named as in :class:`~reprsim.Uncertainty`. K, the number of random permutations of y's rows
+        (the same permutation for all of y's layers; the add-one p-value is exact for any K); or the K
+        permutations themselves, one row order per row (e.g. restricted to exchangeable groups of samples, or
+        another package's draws to reproduce its null). ``"moments"``: the exact mean, variance and skewness of
+        the measure over all n! permutations and a Pearson type III tail fitted to them, for trace statistics
+        (linear and RBF CKA, distance correlation, Pearson and Spearman RSA); the cost of about one evaluation
+        per layer, whatever the precision asked of the p-value. Where the fitted tail is not trusted (n < 30, a
+        skewness beyond 2, a measure without the trace form, RBF or RDM forms beyond n = 4096) it falls back to
+        Monte Carlo with 999 permutations, as :func:`~reprsim.compare` does, and says why (a
+        :class:`~reprsim.ReprsimWarning` and ``note``). For layers, the aggregate "best" is then corrected by
+        Holm (its Monte Carlo test uses the null of the best cell itself, which no moment formula gives);
+        "mean" is a trace statistic too.
     alpha : float, default 0.05
         Level of the critical value τ and of the calibrated score.
     aggregate : {"best", "mean"}, default "best"
@@ -364,17 +392,6 @@ def permutation_test(
         Seeds a CPU ``torch.Generator``; the k-th permutation is its k-th ``torch.randperm(n)``, so a given seed
         draws the same permutations as any code that draws them so (e.g. the ``calibrated-similarity``
         package with that generator).
-    method : {"monte_carlo", "moments", "auto"}, default "monte_carlo"
-        ``"monte_carlo"``: K random permutations and the add-one p-value (exact for any K). ``"moments"``: the
-        exact mean, variance and skewness of the measure over all n! permutations and a Pearson type III tail
-        fitted to them, for trace statistics (linear and RBF CKA, distance correlation, Pearson and Spearman
-        RSA); the cost of about one evaluation per layer, whatever the precision asked of the p-value. Where
-        the fitted tail is not trusted (n < 30, a skewness beyond 2, a measure without the trace form, RBF or
-        RDM forms beyond n = 4096) it falls back to Monte Carlo with ``permutations`` and says why (a
-        :class:`~reprsim.ReprsimWarning` and ``note``). ``"auto"``: moments where available, silently Monte Carlo
-        elsewhere. For layers, the aggregate "best" is corrected by Holm (its Monte Carlo test uses the null of
-        the best cell itself, which no moment formula gives); "mean" is a trace statistic too.
-
     Returns
     -------
     PermutationTest
@@ -406,18 +423,23 @@ def permutation_test(
     seed = check_seed(seed)
     if aggregate not in ("best", "mean"):
         raise InvalidParameterError(f"aggregate must be 'best' (the most similar cell) or 'mean'; got {aggregate!r}")
-    if method not in ("monte_carlo", "moments", "auto"):
-        raise InvalidParameterError(f"method must be 'monte_carlo', 'moments' or 'auto'; got {method!r}")
+    if removed:
+        _moved_method(removed)
     m = on_arrays(get_measure(measure), "permutation tests take a measure of whole arrays (e.g. 'cka')")
     layered = isinstance(x, (list, tuple)) or isinstance(y, (list, tuple))
     note = None
-    if method != "monte_carlo":
+    if isinstance(permutations, str):
+        if permutations != "moments":
+            raise InvalidParameterError(
+                f"permutations must be a number K, 'moments' (the exact-moment null) or a (K, n) array of row "
+                f"orders; got {permutations!r}"
+            )
         try:
             return moments_test(x, y, m, float(alpha), aggregate, layered)
         except NoTraceForm as exc:
-            note = f"Monte Carlo with {permutations if is_integer(permutations) else 'the given'} permutations: {exc}"
-            if method == "moments":
-                warnings.warn(f"the exact-moment null is not used: {exc}; {note}", ReprsimWarning, stacklevel=2)
+            note = f"Monte Carlo with {FALLBACK_PERMUTATIONS} permutations: {exc}"
+            warnings.warn(f"the exact-moment null is not used: {exc}; {note}", ReprsimWarning, stacklevel=2)
+            permutations = FALLBACK_PERMUTATIONS
     observed, null = null_values(x, y, m, permutations, seed)
     test = assemble(observed, null, m, float(alpha), aggregate, layered)
     return dataclasses.replace(test, note=note) if note is not None else test

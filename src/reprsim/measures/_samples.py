@@ -350,7 +350,15 @@ def _sparse_hsic(idx: torch.Tensor, p: torch.Tensor, q: torch.Tensor, unbiased: 
     return t1 - (row_p @ col_q + col_p @ row_q) / n + sp * sq / n**2
 
 
-Kernel = Literal["cosine", "inner_product"]
+def _moved_kernel(given: dict[str, Any], function: str) -> None:
+    """CKNNA's ``kernel=`` before 0.3: refused with its new name; any other unknown keyword as Python would."""
+    if "kernel" in given:
+        raise InvalidParameterError(
+            f"{function}'s kernel= is now neighbours= (neighbours={given['kernel']!r}), the name the k-NN measures "
+            "give the similarity that ranks the neighbours; kernel= is CKA's (linear or RBF)"
+        )
+    if given:
+        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(given)}")
 
 
 class CKNNA(Measure):
@@ -366,10 +374,11 @@ class CKNNA(Measure):
     ----------
     k : int, default 10
         Neighbours per sample.
-    kernel : {"cosine", "inner_product"}, default "cosine"
+    neighbours : {"cosine", "inner_product"}, default "cosine"
+        The similarity that ranks the neighbours, as in the other k-NN measures, and here also the kernel:
         K = XXᵀ of the L2-normalised rows (the platonic-rep pipeline normalises features first) or of the raw
-        rows; the same kernel ranks the neighbours. No other pre-processing (platonic-rep's optional outlier
-        clipping) is applied.
+        rows. Euclidean neighbours define no kernel and are refused. No other pre-processing (platonic-rep's
+        optional outlier clipping) is applied.
     unbiased : bool, default True
         True (platonic-rep's default): self excluded from the neighbours, Song et al.'s unbiased HSIC (n ≥ 4).
         False: a sample may be its own neighbour, biased HSIC tr(KHLH).
@@ -393,13 +402,24 @@ class CKNNA(Measure):
     range = (-1.0, 1.0)
     invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
 
-    def __init__(self, k: int = 10, kernel: Kernel = "cosine", unbiased: bool = True, block: int | None = None) -> None:
+    def __init__(
+        self,
+        k: int = 10,
+        neighbours: Neighbours = "cosine",
+        unbiased: bool = True,
+        block: int | None = None,
+        **removed: Any,
+    ) -> None:
+        _moved_kernel(removed, "CKNNA")
         k = _check_k(k)
         _check_block(block)
         unbiased = check_bool(unbiased, "unbiased")
-        if kernel not in ("cosine", "inner_product"):
-            raise InvalidParameterError(f"kernel must be 'cosine' or 'inner_product'; got {kernel!r}")
-        self.k, self.kernel, self.unbiased, self.block = k, kernel, bool(unbiased), block
+        if neighbours not in ("cosine", "inner_product"):
+            raise InvalidParameterError(
+                f"CKNNA's neighbours must be 'cosine' or 'inner_product' (the similarity is also its kernel; "
+                f"Euclidean distances define none); got {neighbours!r}"
+            )
+        self.k, self.neighbours, self.unbiased, self.block = k, neighbours, bool(unbiased), block
         self.min_samples = 4 if self.unbiased else 2
         # the unbiased HSIC's 1ᵀK̃L̃1 term differs from 1ᵀL̃K̃1 for the masked kernels, which are not symmetric
         self.symmetric = not self.unbiased
@@ -408,7 +428,7 @@ class CKNNA(Measure):
     def id(self) -> str:
         return (
             f"cknna-k{self.k}"
-            + ("-ip" if self.kernel == "inner_product" else "")
+            + ("-ip" if self.neighbours == "inner_product" else "")
             + ("" if self.unbiased else "-biased")
         )
 
@@ -417,18 +437,18 @@ class CKNNA(Measure):
         return f"CKNNA (k = {self.k})"
 
     def config(self) -> dict[str, Any]:
-        return {"k": self.k, "kernel": self.kernel, "unbiased": self.unbiased}
+        return {"k": self.k, "neighbours": self.neighbours, "unbiased": self.unbiased}
 
     @full_precision_matmul
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         own = not self.unbiased
-        ix, iy = _neighbour_sets(x, y, self.k, self.kernel, self.block, cache_x, cache_y, include_self=own)
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.block, cache_x, cache_y, include_self=own)
         # kernel values at the neighbours, from the raw rows (and their norms, for the cosine): no n × p copy
-        nx = cached(cache_x, ("norms",), lambda: row_norms(x)) if self.kernel == "cosine" else None
-        ny = cached(cache_y, ("norms",), lambda: row_norms(y)) if self.kernel == "cosine" else None
-        key = ("kernel_at_neighbours", self.k, self.kernel, own)
+        nx = cached(cache_x, ("norms",), lambda: row_norms(x)) if self.neighbours == "cosine" else None
+        ny = cached(cache_y, ("norms",), lambda: row_norms(y)) if self.neighbours == "cosine" else None
+        key = ("kernel_at_neighbours", self.k, self.neighbours, own)
         kx = cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.block, nx))
         ly = cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.block, ny))
         both = _member(ix, iy).to(torch.float64)
@@ -721,9 +741,10 @@ def cknna(
     y: Any,
     *,
     k: int = 10,
-    kernel: Kernel = "cosine",
+    neighbours: Neighbours = "cosine",
     unbiased: bool = True,
     block: int | None = None,
+    **removed: Any,
 ) -> Any:
     """Centered kernel nearest-neighbour alignment of Huh et al. (2024); see :class:`CKNNA`.
 
@@ -735,7 +756,8 @@ def cknna(
     >>> round(cknna(x, 3 * x, k=10), 10)
     1.0
     """
-    return evaluate(CKNNA(k, kernel, unbiased, block), x, y)
+    _moved_kernel(removed, "cknna")
+    return evaluate(CKNNA(k, neighbours, unbiased, block), x, y)
 
 
 def second_order_cosine(x: Any, y: Any, *, k: int = 10, block: int | None = None) -> Any:

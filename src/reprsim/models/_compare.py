@@ -42,7 +42,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..inference._interval import half_matrix, jackknife_matrix
-from ..inference._permutation import PermutationTest, assemble, moments_tests, null_values
+from ..inference._permutation import FALLBACK_PERMUTATIONS, PermutationTest, assemble, moments_tests, null_values
 from ..inference._stream import batch_jackknife_matrix
 from ..measures._base import (
     BUDGET,
@@ -515,8 +515,6 @@ Slot = tuple[tuple[int, int], str]
 
 #: Half-samples for the intervals of sample-space measures in compare (the same ones for every cell).
 HALF_SAMPLES = 100
-#: Permutations of the Monte Carlo test that answers when permutations="moments" cannot (the reason is reported).
-FALLBACK_PERMUTATIONS = 999
 
 
 class _FeatureStore:
