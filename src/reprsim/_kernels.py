@@ -1,7 +1,9 @@
-"""Gram matrices and their centring: :func:`linear_gram`, :func:`rbf_gram`, :func:`center_gram`.
+"""Gram matrices and their centring: :func:`linear_gram`, :func:`rbf_gram`, :func:`center_gram`; and the one
+rule by which every squared distance in reprsim is built, :func:`distances_from_products`.
 
 Pure, differentiable torch functions on ``(n, features)`` inputs; they follow the input's device and dtype.
-HSIC and CKA, which consume these Grams, live in :mod:`reprsim.measures._cka`.
+HSIC and CKA, which consume these Grams, live in :mod:`reprsim.measures._cka`; the strips that build distances
+without the n × n square, in :mod:`reprsim.measures._strips`.
 """
 
 from __future__ import annotations
@@ -46,10 +48,6 @@ def linear_gram(x: Any) -> torch.Tensor:
     return xt @ xt.T
 
 
-#: Entries per chunk of the near-zero scan of :func:`distances_from_products` (its temporaries stay this small).
-SCAN_ENTRIES = 1 << 22
-
-
 def distances_from_products(
     product: torch.Tensor,
     sq: torch.Tensor,
@@ -75,26 +73,29 @@ def distances_from_products(
         d2 = product.mul_(-2.0).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0.0)
     else:
         d2 = (product * -2.0 + sq_rows[:, None] + sq_cols[None, :]).clamp_min(0.0)
-    bound = 64.0 * torch.finfo(d2.dtype).eps
-    found_i, found_j = [], []
-    chunk = max(1, SCAN_ENTRIES // max(1, d2.shape[1]))
-    for start in range(0, d2.shape[0], chunk):
-        part = slice(start, min(d2.shape[0], start + chunk))
-        near = d2[part] <= bound * (sq_rows[part, None] + sq_cols[None, :])
-        i, j = torch.nonzero(near, as_tuple=True)
-        found_i.append(i + start)
-        found_j.append(j)
-    i, j = torch.cat(found_i), torch.cat(found_j)
-    if i.numel():
-        exact = ((rows_of(i + rows.start) - rows_of(j + cols.start)) ** 2).sum(dim=1).to(d2.dtype)
-        d2 = d2.index_put_((i, j), exact) if inplace else d2.index_put((i, j), exact)
-    # the diagonal: a sample's difference with itself is exactly 0 (also when the scan above missed it)
+    # the diagonal (a sample's difference with itself) is exactly 0; it is held at +inf while the rows are
+    # searched for entries below the expansion's rounding
     first, last = max(rows.start, cols.start), min(rows.stop, cols.stop)
+    diagonal = None
     if first < last:
         same = torch.arange(first, last, device=d2.device)
+        diagonal = (same - rows.start, same - cols.start)
+        inf = torch.full((last - first,), torch.inf, dtype=d2.dtype, device=d2.device)
+        d2 = d2.index_put_(diagonal, inf) if inplace else d2.index_put(diagonal, inf)
+    if d2.numel():
+        # one read of the strip (each row's smallest entry against a bound the rule's own cannot exceed), then
+        # the rule's exact test only in the rows that may hold an entry below it: duplicates, near-duplicates
+        bound = 64.0 * torch.finfo(d2.dtype).eps
+        candidates = torch.nonzero(d2.amin(dim=1) <= bound * (sq_rows + sq_cols.max())).flatten()
+        if candidates.numel():
+            near = d2[candidates] <= bound * (sq_rows[candidates, None] + sq_cols[None, :])
+            k, j = torch.nonzero(near, as_tuple=True)
+            i = candidates[k]
+            exact = ((rows_of(i + rows.start) - rows_of(j + cols.start)) ** 2).sum(dim=1).to(d2.dtype)
+            d2 = d2.index_put_((i, j), exact) if inplace else d2.index_put((i, j), exact)
+    if diagonal is not None:
         zeros = torch.zeros(last - first, dtype=d2.dtype, device=d2.device)
-        index = (same - rows.start, same - cols.start)
-        d2 = d2.index_put_(index, zeros) if inplace else d2.index_put(index, zeros)
+        d2 = d2.index_put_(diagonal, zeros) if inplace else d2.index_put(diagonal, zeros)
     return d2
 
 
