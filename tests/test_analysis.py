@@ -11,7 +11,7 @@ from scipy.stats import kendalltau
 from torch import nn
 
 import reprsim
-from reprsim.errors import IncompatibleStateError, InsufficientSamplesError
+from reprsim.errors import IncompatibleStateError, InsufficientSamplesError, InvalidParameterError
 from reprsim.probes import RidgeProbe, knn_accuracy, logistic_probe, prediction_agreement
 
 sklearn = pytest.importorskip("sklearn")
@@ -65,7 +65,7 @@ def test_knn_temperature_weighting_and_top5(digits: tuple[np.ndarray, ...]) -> N
 def test_ridge_probe_matches_sklearn_and_streams(digits: tuple[np.ndarray, ...], alpha: float) -> None:
     xtr, ytr, xte, yte = digits
     ref = RidgeClassifier(alpha=alpha).fit(xtr, ytr)
-    probe = RidgeProbe(num_classes=10, alpha=alpha)
+    probe = RidgeProbe(num_classes=10, ridge=alpha)
     for i in range(0, 1200, 128):
         probe.update(xtr[i : i + 128], ytr[i : i + 128])
     w, b = probe.fit()
@@ -83,6 +83,15 @@ def test_ridge_probe_matches_sklearn_and_streams(digits: tuple[np.ndarray, ...],
     torch.testing.assert_close(loaded.fit()[0], w, rtol=0, atol=1e-10)
     with pytest.raises(IncompatibleStateError, match="configurations differ"):
         RidgeProbe(10, alpha + 1).merge(a)
+    # a checkpoint written before 0.3 (format version 1), whose configuration named the penalty "alpha", loads
+    old = a.state_dict()
+    old["version"] = 1
+    old["config"] = {"num_classes": 10, "alpha": alpha, "dtype": "torch.float64"}
+    torch.testing.assert_close(RidgeProbe(10, alpha).load_state_dict(old).fit()[0], w, rtol=0, atol=1e-10)
+    with pytest.raises(IncompatibleStateError, match="configurations differ"):
+        RidgeProbe(10, alpha + 1).load_state_dict(old)
+    with pytest.raises(InvalidParameterError, match=r"alpha= is now ridge= \(ridge=0.5\)"):
+        RidgeProbe(10, alpha=0.5)
 
 
 def test_logistic_probe_matches_sklearn(digits: tuple[np.ndarray, ...]) -> None:
@@ -190,12 +199,12 @@ def test_ridge_probe_with_a_huge_common_offset() -> None:
     y = np.arange(400) % 3
     z = rng.normal(size=(400, 5)) + 2.0 * np.eye(3, 5)[y]
     x = 1e6 + 1e-3 * z  # the review's case: 0% accuracy from raw sums
-    probe = reprsim.probes.RidgeProbe(num_classes=3, alpha=1e-8)
+    probe = reprsim.probes.RidgeProbe(num_classes=3, ridge=1e-8)
     for lo in range(0, 400, 64):
         probe.update(x[lo : lo + 64], y[lo : lo + 64])
     w, _ = probe.fit()
     np.testing.assert_allclose(w.numpy(), _ridge_reference(1e-3 * z, y, 3, 1e-8), rtol=1e-6)
-    clean = reprsim.probes.RidgeProbe(num_classes=3, alpha=1e-8 / 1e-6)  # the same problem without offset and scale
+    clean = reprsim.probes.RidgeProbe(num_classes=3, ridge=1e-8 / 1e-6)  # the same problem without offset and scale
     clean.update(z, y)
     assert probe.accuracy(x, y) == clean.accuracy(z, y) > 0.8
 
@@ -312,6 +321,23 @@ def test_separability_and_ridge_probe_bad_inputs() -> None:
         reprsim.probes.separability(model, [], [(x, y)], layers=["0"], pool="flatten", k=3)
     with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 1"):
         reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], pool="flatten", k=3, num_classes=1)
+    with pytest.raises(reprsim.errors.InvalidParameterError, match=r"probe_alpha= is now probe_ridge= \(probe_ridge=2"):
+        reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], probe=True, probe_alpha=2.0)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        reprsim.probes.separability(model, [(x, y)], [(x, y)], layers=["0"], probe_lambda=2.0)
+    # the penalty reaches the probe: its accuracy is scikit-learn's RidgeClassifier's with that alpha, for a
+    # penalty strong enough to change the predictions (random labels on random features)
+    xs, ys = _xy(60, 8)
+    ys = torch.randint(0, 2, (60,), generator=torch.Generator().manual_seed(1))
+    net = nn.Sequential(nn.Linear(8, 8))
+    feats = net(xs).detach().double().numpy()
+    scores = {}
+    for ridge in (1e-3, 200.0):
+        got = reprsim.probes.separability(net, [(xs, ys)], [(xs, ys)], layers=["0"], pool="flatten", k=3,
+                                          probe=True, probe_ridge=ridge)["flatten"]["0"]["probe"]  # fmt: skip
+        scores[ridge] = RidgeClassifier(alpha=ridge).fit(feats, ys.numpy()).score(feats, ys.numpy())
+        assert got == pytest.approx(scores[ridge], abs=1e-12), ridge
+    assert scores[1e-3] != scores[200.0]
     probe = reprsim.probes.RidgeProbe(2)
     with pytest.raises(reprsim.errors.InvalidParameterError, match="up to 2"):
         probe.update(x, y + 1)

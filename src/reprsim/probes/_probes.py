@@ -203,7 +203,7 @@ class RidgeProbe(_Accumulator):
 
     Exact and mergeable like the CKA accumulators: ``update`` adds a batch's XᵀX, XᵀY and column sums
     (targets are one-vs-all ±1, as in scikit-learn's RidgeClassifier); ``fit`` solves
-    ``(Xcᵀ Xc + α I) W = Xcᵀ Yc`` with an unpenalised intercept. ``merge``, ``state_dict``, ``to`` and
+    ``(Xcᵀ Xc + λ I) W = Xcᵀ Yc`` with an unpenalised intercept. ``merge``, ``state_dict``, ``to`` and
     ``all_reduce`` work as for :class:`LinearCKA`. The sums are taken relative to the first sample seen, so
     features with a large common offset (1e6 with a spread of 1e-3, say) keep their digits; any change of the
     state (another batch, merge, load, reset, all_reduce) makes the next prediction refit.
@@ -211,8 +211,9 @@ class RidgeProbe(_Accumulator):
     Parameters
     ----------
     num_classes : int
-    alpha : float, default 1.0
-        Ridge penalty.
+    ridge : float, default 1.0
+        Ridge penalty λ, named as in :class:`~reprsim.measures.Predictivity` (scikit-learn's ``alpha``). State
+        dicts saved before 0.3, whose configuration says ``alpha``, load.
     dtype : torch.dtype, default torch.float64
 
     Examples
@@ -228,10 +229,22 @@ class RidgeProbe(_Accumulator):
     1.0
     """
 
-    def __init__(self, num_classes: int, alpha: float = 1.0, dtype: torch.dtype = torch.float64) -> None:
+    _version = 2
+    _readable = (1,)  # version 1 named the penalty "alpha"
+
+    def __init__(
+        self, num_classes: int, ridge: float = 1.0, dtype: torch.dtype = torch.float64, **removed: Any
+    ) -> None:
+        if "alpha" in removed:
+            raise InvalidParameterError(
+                f"RidgeProbe's alpha= is now ridge= (ridge={removed['alpha']!r}), the name reprsim gives the ridge "
+                "penalty everywhere (Predictivity, CCA); alpha= is a test's level"
+            )
+        if removed:
+            raise TypeError(f"RidgeProbe() got unexpected keyword arguments {sorted(removed)}")
         super().__init__(dtype)
         self.num_classes = check_int(num_classes, "num_classes", minimum=2)
-        self.alpha = check_real(alpha, "alpha", low=0.0)
+        self.ridge = check_real(ridge, "ridge", low=0.0)
         self._add_state("n", lambda d: (), "sum")
         self._add_state("shift", lambda d: (d[0],), "frame")
         self._add_state("sx", lambda d: (d[0],), "sum")
@@ -241,7 +254,12 @@ class RidgeProbe(_Accumulator):
         self._fitted: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _config(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "alpha": self.alpha, "dtype": str(self._dtype)}
+        return {"num_classes": self.num_classes, "ridge": self.ridge, "dtype": str(self._dtype)}
+
+    def _upgrade_config(self, version: int, config: dict[str, Any]) -> dict[str, Any]:
+        if version == 1 and "alpha" in config:
+            config["ridge"] = config.pop("alpha")
+        return config
 
     def _shift_state(self, state: dict[str, torch.Tensor], frame: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         d = frame["shift"] - state["shift"]
@@ -293,7 +311,7 @@ class RidgeProbe(_Accumulator):
             cxx = s["sxx"] - n * torch.outer(mu, mu)
             cxy = s["sxy"] - n * torch.outer(mu, my)
             eye = torch.eye(cxx.shape[0], dtype=cxx.dtype, device=cxx.device)
-            w = torch.linalg.solve(cxx + self.alpha * eye, cxy)
+            w = torch.linalg.solve(cxx + self.ridge * eye, cxy)
             self._fitted = (self._generation, w, s["shift"] + mu, my)
         return self._fitted[1], self._fitted[2], self._fitted[3]
 

@@ -66,9 +66,10 @@ def separability(
     metric: str = "cosine",
     temperature: float = 0.07,
     probe: bool = False,
-    probe_alpha: float = 1.0,
+    probe_ridge: float = 1.0,
     num_classes: int | None = None,
     device: torch.device | str | None = None,
+    **removed: Any,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """kNN (and ridge-probe) accuracy of every selected layer, for each token pooling.
 
@@ -85,6 +86,8 @@ def separability(
         As in :func:`reprsim.probes.knn_accuracy` (DINO's weighted 20-NN by default).
     probe : bool, default False
         Also fit a :class:`reprsim.probes.RidgeProbe` per layer and pooling on the train set.
+    probe_ridge : float, default 1.0
+        Its ridge penalty (``RidgeProbe(ridge=...)``).
     num_classes : int, optional
         By default one more than the largest label.
     device : optional
@@ -110,6 +113,13 @@ def separability(
     >>> res["flatten"]["2"]["top1"]
     1.0
     """
+    if "probe_alpha" in removed:
+        raise InvalidParameterError(
+            f"separability's probe_alpha= is now probe_ridge= (probe_ridge={removed['probe_alpha']!r}), as "
+            "RidgeProbe(ridge=...)"
+        )
+    if removed:
+        raise TypeError(f"separability() got unexpected keyword arguments {sorted(removed)}")
     pools = [pool] if isinstance(pool, str) else list(pool)
     if not pools:
         raise InvalidParameterError("pool must name at least one pooling")
@@ -150,7 +160,7 @@ def separability(
                 num_classes=c,
             )
             if probe:
-                rp = RidgeProbe(num_classes=c, alpha=probe_alpha)
+                rp = RidgeProbe(num_classes=c, ridge=probe_ridge)
                 rp.update(xtr, train_y)
                 res["probe"] = rp.accuracy(xte, test_y)
             out[p][name] = res

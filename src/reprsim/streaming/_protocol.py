@@ -205,6 +205,7 @@ class _Accumulator:
             raise IncompatibleStateError("a state dict's config and state must be mappings")
         if version != self._version:
             state = self._upgrade(int(version), dict(state))
+            config = self._upgrade_config(int(version), dict(config))
         self._check_compatible(str(kind), config, "load")
         if dims is None:
             if state:
@@ -225,6 +226,10 @@ class _Accumulator:
     def _upgrade(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
         """A state saved in an older format version (one of :attr:`_readable`), in the current format."""
         return state  # pragma: no cover - only accumulators with older readable versions override it
+
+    def _upgrade_config(self, version: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The configuration of a state saved in an older format version, as the current version writes it."""
+        return config
 
     def _check_invariants(self, state: Mapping[str, torch.Tensor], dims: Dims) -> None:
         """Refuse a loaded state that no stream of data could have produced (negative sums of squares, sums that
