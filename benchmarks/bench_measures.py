@@ -170,7 +170,7 @@ PEER_CODE = {
         "f = lambda x, y: g(torch.from_numpy(x), torch.from_numpy(y), 10)"
     ),
     ("cknna", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cknna(x, y, k=10)",
-    ("cka_rbf", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cka(x, y, kernel='rbf', block=256)",
+    ("cka_rbf", "reprsim"): "import reprsim; f = lambda x, y: reprsim.cka(x, y, kernel='rbf', chunk_rows=256)",
 }
 
 RUNNER = """

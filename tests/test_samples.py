@@ -69,11 +69,11 @@ def test_distance_correlation_matches_the_dense_reference(unbiased: bool) -> Non
 @pytest.mark.parametrize("block", [1, 7, 64, 149, 150, 1000])
 def test_blockwise_equals_dense_for_every_block_size(block: int) -> None:
     x, y = data()
-    assert mutual_knn(x, y, k=7, block=block) == mutual_knn(x, y, k=7, block=10_000)
-    assert jaccard_knn(x, y, k=7, block=block) == jaccard_knn(x, y, k=7, block=10_000)
+    assert mutual_knn(x, y, k=7, chunk_rows=block) == mutual_knn(x, y, k=7, chunk_rows=10_000)
+    assert jaccard_knn(x, y, k=7, chunk_rows=block) == jaccard_knn(x, y, k=7, chunk_rows=10_000)
     for unbiased in (False, True):
         dense = rm.distance_correlation(x, y, unbiased)
-        assert abs(distance_correlation(x, y, unbiased=unbiased, block=block) - dense) < 1e-10
+        assert abs(distance_correlation(x, y, unbiased=unbiased, chunk_rows=block) - dense) < 1e-10
 
 
 def test_ties_and_duplicates_have_a_defined_answer() -> None:
@@ -103,8 +103,28 @@ def test_degenerate_inputs_are_clear_errors() -> None:
     assert 0.0 <= mutual_knn(zero, y, k=3, neighbours="inner_product") <= 1.0
     with pytest.raises(ConstantRepresentationError, match="x is constant: its 10 samples"):
         distance_correlation(np.ones((10, 2)), y)
-    with pytest.raises(InvalidParameterError, match="block must be an integer ≥ 1"):
-        distance_correlation(x, y, block=0)
+    with pytest.raises(InvalidParameterError, match="chunk_rows must be an integer ≥ 1"):
+        distance_correlation(x, y, chunk_rows=0)
+    # 0.2's block= names chunk_rows=, for every sample-space measure, functional form and class
+    from reprsim.measures import CKA, SecondOrderCosine, rdm
+
+    old = [
+        lambda: distance_correlation(x, y, block=8),
+        lambda: mutual_knn(x, y, k=3, block=8),
+        lambda: rsa(x, y, block=8),
+        lambda: rdm(x, block=8),
+        lambda: cka(x, y, kernel="rbf", block=8),
+        lambda: CKA(kernel="rbf", block=8),
+        lambda: RSA(block=8),
+        lambda: DistanceCorrelation(block=8),
+        lambda: MutualKNN(block=8),
+        lambda: SecondOrderCosine(block=8),
+    ]
+    for call in old:
+        with pytest.raises(InvalidParameterError, match=r"block= is now chunk_rows= \(chunk_rows=8\)"):
+            call()
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['blocks'\\]"):
+        rsa(x, y, blocks=8)
 
 
 def test_known_values() -> None:
@@ -159,24 +179,25 @@ def test_sample_measures_on_the_device(device: str) -> None:
     """The same numbers on CPU and CUDA, strips on the inputs' device."""
     x, y = data(120, 5, 3)
     xt, yt = torch.tensor(x, device=device), torch.tensor(y, device=device)
-    got = mutual_knn(xt, yt, k=5, block=17)
+    got = mutual_knn(xt, yt, k=5, chunk_rows=17)
     assert got.device.type == device
     assert float(got) == pytest.approx(rm.mutual_knn(x, y, 5), abs=1e-12)
     assert float(jaccard_knn(xt, yt, k=5, neighbours="euclidean")) == pytest.approx(
         rm.jaccard_knn(x, y, 5, "euclidean"), abs=1e-12
     )
     for unbiased in (False, True):
-        value = distance_correlation(xt, yt, unbiased=unbiased, block=33)
+        value = distance_correlation(xt, yt, unbiased=unbiased, chunk_rows=33)
         assert abs(float(value) - rm.distance_correlation(x, y, unbiased)) < 1e-10
         assert (
-            abs(float(cknna(xt, yt, k=6, unbiased=unbiased, block=19)) - rm.cknna(x, y, 6, "cosine", unbiased)) < 1e-10
+            abs(float(cknna(xt, yt, k=6, unbiased=unbiased, chunk_rows=19)) - rm.cknna(x, y, 6, "cosine", unbiased))
+            < 1e-10
         )
-    assert abs(float(second_order_cosine(xt, yt, k=4, block=23)) - rm.second_order_cosine(x, y, 4)) < 1e-10
+    assert abs(float(second_order_cosine(xt, yt, k=4, chunk_rows=23)) - rm.second_order_cosine(x, y, 4)) < 1e-10
     assert abs(float(rank_similarity(xt, yt, k=4)) - rm.rank_similarity(x, y, 4)) < 1e-12
     from . import reference as ref
 
     for unbiased in (False, True):
-        got = cka(xt, yt, kernel="rbf", unbiased=unbiased, block=31)
+        got = cka(xt, yt, kernel="rbf", unbiased=unbiased, chunk_rows=31)
         assert got.device.type == device
         assert abs(float(got) - ref.cka(x, y, "rbf", unbiased)) < 1e-10
 
@@ -197,7 +218,7 @@ def test_rsa_matches_scipy_on_the_upper_triangles(rdm: str, how: str) -> None:
         a, b = a / x.shape[1], b / y.shape[1]
     want = (pearsonr if how == "pearson" else spearmanr)(a, b)[0]
     for block in (None, 1, 13, 80):
-        assert abs(rsa(x, y, rdm=rdm, compare=how, block=block) - want) < 1e-10, block
+        assert abs(rsa(x, y, rdm=rdm, compare=how, chunk_rows=block) - want) < 1e-10, block
 
 
 def test_rsa_spearman_gives_ties_their_average_rank() -> None:
@@ -302,7 +323,7 @@ def test_cknna_matches_the_dense_platonic_definition(kernel: str, unbiased: bool
     x, y = data(120, 6, 4)
     want = rm.cknna(x, y, k, kernel, unbiased)
     for block in (None, 7, 120):
-        got = cknna(x, y, k=k, neighbours=kernel, unbiased=unbiased, block=block)  # type: ignore[arg-type]
+        got = cknna(x, y, k=k, neighbours=kernel, unbiased=unbiased, chunk_rows=block)  # type: ignore[arg-type]
         assert abs(got - want) < 1e-10, block
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     got32 = cknna(xt, yt, k=k, neighbours=kernel, unbiased=unbiased)  # type: ignore[arg-type]
@@ -313,9 +334,9 @@ def test_cknna_matches_the_dense_platonic_definition(kernel: str, unbiased: bool
 def test_second_order_cosine_and_rank_similarity_match_resi(k: int) -> None:
     x, y = data(110, 5, 4, seed=2)
     for block in (None, 9, 110):
-        assert abs(second_order_cosine(x, y, k=k, block=block) - rm.second_order_cosine(x, y, k)) < 1e-10
+        assert abs(second_order_cosine(x, y, k=k, chunk_rows=block) - rm.second_order_cosine(x, y, k)) < 1e-10
         for neighbours in ("cosine", "euclidean"):
-            got = rank_similarity(x, y, k=k, neighbours=neighbours, block=block)  # type: ignore[arg-type]
+            got = rank_similarity(x, y, k=k, neighbours=neighbours, chunk_rows=block)  # type: ignore[arg-type]
             assert abs(got - rm.rank_similarity(x, y, k, neighbours)) < 1e-12
 
 
@@ -378,7 +399,7 @@ def test_rsa_kendall_matches_scipy_tau_b(rdm: str) -> None:
     ints = rng.integers(0, 3, size=(35, 3)).astype(float)  # many ties, in each RDM and jointly
     other = ints + rng.integers(0, 2, size=(35, 3))
     want = kendalltau(pdist(ints, "sqeuclidean"), pdist(other, "sqeuclidean")).statistic
-    assert abs(rsa(ints, other, rdm="sqeuclidean", compare="kendall", block=4) - want) < 1e-12
+    assert abs(rsa(ints, other, rdm="sqeuclidean", compare="kendall", chunk_rows=4) - want) < 1e-12
 
 
 def test_discordant_pair_count_on_small_vectors() -> None:
@@ -404,10 +425,10 @@ def test_blockwise_rbf_cka_equals_the_dense_reference(unbiased: bool, sigma: flo
     x, y = data(101, 6, 3, seed=12)
     want = ref.cka(x + 50.0, y, "rbf", unbiased, sigma, median_fraction=0.8)
     for block in (1, 7, 64, 101, 500):  # 7 and 64 do not divide 101
-        got = cka(x + 50.0, y, kernel="rbf", unbiased=unbiased, sigma=sigma, median_fraction=0.8, block=block)
+        got = cka(x + 50.0, y, kernel="rbf", unbiased=unbiased, sigma=sigma, median_fraction=0.8, chunk_rows=block)
         assert abs(got - want) < 1e-10, block
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
-    got32 = cka(torch.tensor(x32), torch.tensor(y32), kernel="rbf", unbiased=unbiased, sigma=sigma, block=13)
+    got32 = cka(torch.tensor(x32), torch.tensor(y32), kernel="rbf", unbiased=unbiased, sigma=sigma, chunk_rows=13)
     assert got32.dtype == torch.float32
     assert abs(float(got32) - ref.cka(x32.astype(np.float64), y32.astype(np.float64), "rbf", unbiased, sigma)) < 1e-5
 
@@ -427,8 +448,8 @@ def test_large_n_switches_to_strips_with_the_same_value(monkeypatch: pytest.Monk
     xt = torch.tensor(x, requires_grad=True)
     with pytest.raises(InvalidParameterError, match=r"blockwise RBF CKA .* is not differentiable"):
         cka(xt, torch.tensor(y), kernel="rbf")
-    with pytest.raises(InvalidParameterError, match="block= applies to the RBF kernel"):
-        cka(x, y, block=10)
+    with pytest.raises(InvalidParameterError, match="chunk_rows= applies to the RBF kernel"):
+        cka(x, y, chunk_rows=10)
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 9, 40])
@@ -541,7 +562,7 @@ def test_rsa_pearson_in_strips_from_float32_data_within_1e5(rdm: str) -> None:
     x, y = data(150, 6, 4, seed=14)
     x32, y32 = (x * 10.0 + 3.0).astype(np.float32), y.astype(np.float32)
     want = pearsonr(pdist(x32.astype(np.float64), rdm), pdist(y32.astype(np.float64), rdm))[0]
-    got = rsa(torch.tensor(x32), torch.tensor(y32), rdm=rdm, compare="pearson", block=37)  # type: ignore[arg-type]
+    got = rsa(torch.tensor(x32), torch.tensor(y32), rdm=rdm, compare="pearson", chunk_rows=37)  # type: ignore[arg-type]
     assert got.dtype == torch.float32
     assert abs(float(got) - want) < 1e-5
 
@@ -572,7 +593,7 @@ def test_rsa_without_a_prepared_copy_matches_scipy(rdm: str, how: str, monkeypat
     xt, yt = torch.tensor(x), torch.tensor(y)
     before = (xt.clone(), yt.clone())
     for block in (None, 5, 61):
-        assert abs(float(rsa(xt, yt, rdm=rdm, compare=how, block=block)) - want) < 1e-10, block
+        assert abs(float(rsa(xt, yt, rdm=rdm, compare=how, chunk_rows=block)) - want) < 1e-10, block
     assert torch.equal(xt, before[0])
     assert torch.equal(yt, before[1])
 
@@ -593,11 +614,11 @@ def test_rbf_cka_without_a_centred_copy_equals_the_dense_reference(
     xt, yt = torch.tensor(x), torch.tensor(y)
     before = xt.clone()
     for block in (1, 10, 83):
-        got = cka(xt, yt, kernel="rbf", unbiased=unbiased, median_fraction=0.8, block=block)
+        got = cka(xt, yt, kernel="rbf", unbiased=unbiased, median_fraction=0.8, chunk_rows=block)
         assert abs(float(got) - want) < 1e-10, block
     assert torch.equal(xt, before)
     x32 = torch.tensor(x.astype(np.float32))
-    got32 = cka(x32, torch.tensor(y.astype(np.float32)), kernel="rbf", unbiased=unbiased, block=13)
+    got32 = cka(x32, torch.tensor(y.astype(np.float32)), kernel="rbf", unbiased=unbiased, chunk_rows=13)
     ref32 = ref.cka(x32.double().numpy(), y.astype(np.float32).astype(np.float64), "rbf", unbiased)
     assert abs(float(got32) - ref32) < 1e-5
 
@@ -744,7 +765,7 @@ def test_rdm_is_pdist_condensed_for_any_block(kind: str) -> None:
     metric = {"sqeuclidean_per_feature": "sqeuclidean"}.get(kind, kind)
     expected = pdist(x, metric=metric) / (6 if kind == "sqeuclidean_per_feature" else 1)
     for block in (1, 7, None):
-        got = rdm(x, kind=kind, block=block)
+        got = rdm(x, kind=kind, chunk_rows=block)
         assert got.dtype == torch.float64
         assert got.shape == (37 * 36 // 2,)
         np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-10 * expected.max())

@@ -234,6 +234,29 @@ class Measure:
 _REGISTRY: dict[str, Callable[[], Measure]] = {}
 
 
+#: Keywords of the measures renamed in 0.3, and their names now: one name per idea across the API.
+RENAMED = {
+    "block": ("chunk_rows", "rows processed at a time, as compare_stores' chunk_rows"),
+    "kernel": (
+        "neighbours",
+        "the similarity that ranks the neighbours, as in the other k-NN measures; kernel= is CKA's",
+    ),
+}
+
+
+def refuse_renamed(function: str, given: dict[str, Any]) -> None:
+    """Raise for keywords ``function`` does not take: the migration error for the renamed ones (with the value
+    given, under its new name), Python's TypeError for any other. Nothing when ``given`` is empty."""
+    moved = [k for k in given if k in RENAMED]
+    if moved:
+        advice = "; ".join(
+            f"{k}= is now {RENAMED[k][0]}= ({RENAMED[k][0]}={given[k]!r}): {RENAMED[k][1]}" for k in moved
+        )
+        raise InvalidParameterError(f"{function}'s keywords changed (see the CHANGELOG): {advice}")
+    if given:
+        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(given)}")
+
+
 def register(name: str, factory: Callable[[], Measure], *, replace: bool = False) -> None:
     """Make ``name`` usable wherever a measure is accepted (``compare(measures=[name])``).
 

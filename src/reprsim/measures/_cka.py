@@ -32,7 +32,7 @@ from .._validation import (
     rescaled,
 )
 from ..errors import ConstantRepresentationError, InvalidParameterError, ReprsimWarning, ShapeMismatchError
-from ._base import Cache, Measure, NoTraceForm, as_result, evaluate, register
+from ._base import Cache, Measure, NoTraceForm, as_result, evaluate, refuse_renamed, register
 from ._linalg import check_variance
 from ._moments import Moments
 from ._strips import column_centred, rbf_hsic_terms, row_norms, strip_rows, triangle_median
@@ -226,7 +226,8 @@ def cka(
     sigma: float | None = ...,
     median_fraction: float = ...,
     dtype: torch.dtype | None = ...,
-    block: int | None = ...,
+    chunk_rows: int | None = ...,
+    **removed: Any,
 ) -> torch.Tensor: ...
 
 
@@ -240,7 +241,8 @@ def cka(
     sigma: float | None = ...,
     median_fraction: float = ...,
     dtype: torch.dtype | None = ...,
-    block: int | None = ...,
+    chunk_rows: int | None = ...,
+    **removed: Any,
 ) -> float: ...
 
 
@@ -254,7 +256,8 @@ def cka(
     sigma: float | None = ...,
     median_fraction: float = ...,
     dtype: torch.dtype | None = ...,
-    block: int | None = ...,
+    chunk_rows: int | None = ...,
+    **removed: Any,
 ) -> float | torch.Tensor: ...
 
 
@@ -268,7 +271,8 @@ def cka(
     sigma: float | None = None,
     median_fraction: float = 1.0,
     dtype: torch.dtype | None = None,
-    block: int | None = None,
+    chunk_rows: int | None = None,
+    **removed: Any,
 ) -> Any:
     """Centered kernel alignment (Kornblith et al., 2019) between two representations of the same samples.
 
@@ -293,8 +297,8 @@ def cka(
     dtype : torch.dtype, optional
         Compute in this dtype (e.g. ``torch.float64``). By default float64 inputs stay float64 and
         everything else is computed in float32 (float16/bfloat16 and integers are upcast).
-    block : int, optional
-        RBF kernel only: compute blockwise, ``block`` rows of the n × n kernels at a time (memory O(block · n)
+    chunk_rows : int, optional
+        RBF kernel only: compute blockwise, ``chunk_rows`` rows of the n × n kernels at a time (memory O(chunk_rows · n)
         instead of several n × n matrices). By default the kernels are built whole up to n = 4096 samples and
         blockwise (64 MiB strips) beyond. The blockwise path gives the same number (the median bandwidth is
         found exactly, by histogram passes over the strips) but is not differentiable.
@@ -342,22 +346,25 @@ def cka(
     >>> abs(cka(a, b, unbiased=True)) < 0.05  # the unbiased estimator is not
     True
     """
+    refuse_renamed("cka", removed)
     check_kernel(kernel, sigma, median_fraction)
     unbiased = check_bool(unbiased, "unbiased")
-    if block is not None and kernel != "rbf":
-        raise InvalidParameterError("block= applies to the RBF kernel; linear CKA never builds an n × n matrix whole")
-    rows = strip_rows(1, block)  # validates block
+    if chunk_rows is not None and kernel != "rbf":
+        raise InvalidParameterError(
+            "chunk_rows= applies to the RBF kernel; linear CKA never builds an n × n matrix whole"
+        )
+    rows = strip_rows(1, chunk_rows)  # validates chunk_rows
     # also: finite, not constant; rescaled to magnitude ~1 when scale invariance allows (not with a fixed sigma)
     xt, yt = check_pair(x, y, unbiased=unbiased, dtype=dtype, rescale=kernel == "linear" or sigma is None)
     if kernel == "linear":
         value = _linear_cka(xt, yt, unbiased)
-    elif block is not None or xt.shape[0] > DENSE_RBF_MAX:
+    elif chunk_rows is not None or xt.shape[0] > DENSE_RBF_MAX:
         if torch.is_grad_enabled() and (xt.requires_grad or yt.requires_grad):
             raise InvalidParameterError(
-                f"blockwise RBF CKA (n = {xt.shape[0]} > {DENSE_RBF_MAX}, or block=) is not differentiable; "
+                f"blockwise RBF CKA (n = {xt.shape[0]} > {DENSE_RBF_MAX}, or chunk_rows=) is not differentiable; "
                 "detach the inputs, or compute gradients on at most 4096 samples"
             )
-        value = rbf_cka_blockwise(xt, yt, sigma, median_fraction, unbiased, rows if block is not None else None)
+        value = rbf_cka_blockwise(xt, yt, sigma, median_fraction, unbiased, rows if chunk_rows is not None else None)
     else:
         kc, lc = (_centered_rbf_gram(t, sigma, median_fraction, unbiased, name) for t, name in ((xt, "x"), (yt, "y")))
         value = _cosine_of_centered(kc, lc, ("x", "y"))
@@ -371,12 +378,17 @@ DENSE_RBF_MAX = 4096
 @torch.no_grad()
 @full_precision_matmul
 def rbf_cka_blockwise(
-    x: torch.Tensor, y: torch.Tensor, sigma: float | None, median_fraction: float, unbiased: bool, block: int | None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sigma: float | None,
+    median_fraction: float,
+    unbiased: bool,
+    chunk_rows: int | None,
 ) -> torch.Tensor:
-    """RBF CKA of (n, p) and (n, q) tensors in strips of the kernels: memory O(block · n), the same value as the
+    """RBF CKA of (n, p) and (n, q) tensors in strips of the kernels: memory O(chunk_rows · n), the same value as the
     dense computation (the bandwidth is the exact median of the n² squared distances when ``sigma`` is None)."""
     n = x.shape[0]
-    rows = strip_rows(n, block)
+    rows = strip_rows(n, chunk_rows)
     gammas, prepared = [], []
     for t, name in ((x, "x"), (y, "y")):
         tc = column_centred(t)  # held whole up to COPY_BYTES, else rebuilt block by block from t
@@ -788,7 +800,7 @@ class CKA(Measure):
         sample-space measures).
     sigma, median_fraction
         RBF bandwidth, as in :func:`reprsim.rbf_gram`.
-    block : int, optional
+    chunk_rows : int, optional
         Exact RBF CKA: rows per strip of the kernels (see :func:`reprsim.cka`).
 
     Examples
@@ -811,20 +823,22 @@ class CKA(Measure):
         kernel: Kernel = "linear",
         sigma: float | None = None,
         median_fraction: float = 1.0,
-        block: int | None = None,
+        chunk_rows: int | None = None,
+        **removed: Any,
     ) -> None:
+        refuse_renamed(type(self).__name__, removed)
         if estimator not in ("exact", "minibatch"):
             raise InvalidParameterError(f"estimator must be 'exact' or 'minibatch'; got {estimator!r}")
         check_kernel(kernel, sigma, median_fraction)
         unbiased = check_bool(unbiased, "unbiased")
-        if block is not None:
-            strip_rows(1, block)
+        if chunk_rows is not None:
+            strip_rows(1, chunk_rows)
         if estimator == "minibatch" and unbiased:
             raise InvalidParameterError("minibatch CKA always uses unbiased HSIC per batch; drop unbiased=True")
         self.unbiased, self.estimator, self.kernel = bool(unbiased), estimator, kernel
         self.sigma = None if sigma is None else float(sigma)
         self.median_fraction = float(median_fraction)
-        self.block = block
+        self.chunk_rows = chunk_rows
         if estimator == "minibatch":
             self.stream = "minibatch"
         else:  # linear CKA streams exactly from moments; an RBF kernel needs every sample (blockwise)
@@ -880,7 +894,7 @@ class CKA(Measure):
             unbiased=self.unbiased,
             sigma=self.sigma,
             median_fraction=self.median_fraction,
-            block=self.block,
+            chunk_rows=self.chunk_rows,
         )
         return value
 

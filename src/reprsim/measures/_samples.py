@@ -3,9 +3,9 @@
 (:func:`distance_correlation`) and representational similarity analysis (:func:`rsa`).
 
 None of them reduces to covariance statistics: they compare which samples sit near which. Each is computed in
-row strips of the n × n similarity or distance matrix, so memory is O(block · n), never O(n²): ``block`` rows at a
-time (by default as many as fit a budget of about 64 MiB per n × block float64 strip). The strips run on the
-inputs' device at the matrix-multiply rate.
+row strips of the n × n similarity or distance matrix, so memory is O(chunk_rows · n), never O(n²):
+``chunk_rows`` rows at a time (by default as many as fit a budget of about 64 MiB per n × chunk_rows float64
+strip). The strips run on the inputs' device at the matrix-multiply rate.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..errors import (
     MemoryBudgetError,
     ReprsimWarning,
 )
-from ._base import Cache, Measure, NoTraceForm, as_result, cached, evaluate, measure_pair, register
+from ._base import Cache, Measure, NoTraceForm, as_result, cached, evaluate, measure_pair, refuse_renamed, register
 from ._cka import inner, unbiased_hsic_from_terms
 from ._linalg import check_variance
 from ._moments import Moments
@@ -143,14 +143,14 @@ def _ranked(idx: torch.Tensor, values: torch.Tensor, tol: torch.Tensor) -> torch
 
 @full_precision_matmul
 def _neighbour_indices(
-    x: torch.Tensor, k: int, neighbours: str, block: int | None, name: str, include_self: bool = False
+    x: torch.Tensor, k: int, neighbours: str, chunk_rows: int | None, name: str, include_self: bool = False
 ) -> torch.Tensor:
     """(n, k): each sample's k nearest neighbours, nearest first (the tie rule of :func:`_neighbour_mask`),
     strip by strip."""
     n = x.shape[0]
     g = _Geometry(x, neighbours, name)
     out = torch.empty((n, k), dtype=torch.long, device=x.device)
-    for rows in strips(n, strip_rows(n, block)):
+    for rows in strips(n, strip_rows(n, chunk_rows)):
         mask, sim = _neighbour_mask(g, rows, k, include_self)
         # every row of the mask holds exactly k neighbours, so its nonzero columns reshape to (rows, k)
         idx = mask.nonzero()[:, 1].reshape(-1, k)
@@ -180,9 +180,9 @@ def _dense_null(n: int, what: str) -> None:
         )
 
 
-def _check_block(block: Any) -> None:
-    if block is not None:
-        strip_rows(1, block)  # validates it
+def _check_chunk_rows(chunk_rows: Any) -> None:
+    if chunk_rows is not None:
+        strip_rows(1, chunk_rows)  # validates it
 
 
 def _neighbour_sets(
@@ -190,7 +190,7 @@ def _neighbour_sets(
     y: torch.Tensor,
     k: int,
     neighbours: str,
-    block: int | None,
+    chunk_rows: int | None,
     cache_x: Cache,
     cache_y: Cache,
     include_self: bool = False,
@@ -201,8 +201,8 @@ def _neighbour_sets(
     if neighbours not in NEIGHBOURS:
         raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
     key = ("neighbours", k, neighbours, include_self)
-    ix = cached(cache_x, key, lambda: _neighbour_indices(x, k, neighbours, block, "x", include_self))
-    iy = cached(cache_y, key, lambda: _neighbour_indices(y, k, neighbours, block, "y", include_self))
+    ix = cached(cache_x, key, lambda: _neighbour_indices(x, k, neighbours, chunk_rows, "x", include_self))
+    iy = cached(cache_y, key, lambda: _neighbour_indices(y, k, neighbours, chunk_rows, "y", include_self))
     return ix, iy
 
 
@@ -211,12 +211,12 @@ def _overlaps(
     y: torch.Tensor,
     k: int,
     neighbours: str,
-    block: int | None,
+    chunk_rows: int | None,
     cache_x: Cache = None,
     cache_y: Cache = None,
 ) -> torch.Tensor:
     """|N_k^X(i) ∩ N_k^Y(i)| for every sample i (float64, on the inputs' device)."""
-    sets = _neighbour_sets(x, y, k, neighbours, block, cache_x, cache_y)
+    sets = _neighbour_sets(x, y, k, neighbours, chunk_rows, cache_x, cache_y)
     # each set holds k distinct indices, so a shared neighbour is a pair of equal neighbours after sorting
     merged = torch.sort(torch.cat(sets, dim=1), dim=1).values
     return (merged[:, 1:] == merged[:, :-1]).sum(dim=1).to(torch.float64)
@@ -233,8 +233,8 @@ class MutualKNN(Measure):
         What ranks neighbours. The platonic-rep code L2-normalises features, which makes its inner product the
         cosine; ``"inner_product"`` ranks by raw inner products, ``"euclidean"`` by distance (deep-reps'
         convention). No other pre-processing is applied.
-    block : int, optional
-        Rows per strip of the n × n similarity matrix (memory O(block · n)); by default a 64 MiB strip.
+    chunk_rows : int, optional
+        Rows per strip of the n × n similarity matrix (memory O(chunk_rows · n)); by default a 64 MiB strip.
 
     Notes
     -----
@@ -246,12 +246,15 @@ class MutualKNN(Measure):
     stream = "samples"
     symmetric = True
 
-    def __init__(self, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> None:
+    def __init__(
+        self, k: int = 10, neighbours: Neighbours = "cosine", chunk_rows: int | None = None, **removed: Any
+    ) -> None:
+        refuse_renamed(type(self).__name__, removed)
         k = _check_k(k)
-        _check_block(block)
+        _check_chunk_rows(chunk_rows)
         if neighbours not in NEIGHBOURS:
             raise InvalidParameterError(f"neighbours must be one of {NEIGHBOURS}; got {neighbours!r}")
-        self.k, self.neighbours, self.block = k, neighbours, block
+        self.k, self.neighbours, self.chunk_rows = k, neighbours, chunk_rows
         self.min_samples = 2  # n ≥ k + 1 is checked with its own message
         inv = {"orthogonal", "permutation", "isotropic_scaling"}
         if neighbours == "euclidean":
@@ -272,7 +275,7 @@ class MutualKNN(Measure):
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
-        return self._summary(_overlaps(x, y, self.k, self.neighbours, self.block, cache_x, cache_y))
+        return self._summary(_overlaps(x, y, self.k, self.neighbours, self.chunk_rows, cache_x, cache_y))
 
     def _summary(self, shared: torch.Tensor) -> torch.Tensor:
         """The score from each sample's count of shared neighbours."""
@@ -297,7 +300,7 @@ def _gathered_values(
     z: torch.Tensor,
     idx: torch.Tensor,
     how: Literal["dot", "halfsq"],
-    block: int | None,
+    chunk_rows: int | None,
     norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n, m) float64: z_i·z_j (``"dot"``) or ‖z_i − z_j‖²/2 (``"halfsq"``, from differences: exactly 0 between
@@ -306,7 +309,7 @@ def _gathered_values(
     n, m = idx.shape
     out = torch.empty((n, m), dtype=torch.float64, device=z.device)
     budget = max(1, STRIP_BYTES // (8 * max(1, m * z.shape[1])))
-    rows_per = budget if block is None else min(block, budget)
+    rows_per = budget if chunk_rows is None else min(chunk_rows, budget)
     for r in strips(n, rows_per):
         other = z[idx[r]].to(torch.float64)  # (rows, m, p)
         mine = z[r].to(torch.float64).unsqueeze(1)
@@ -350,17 +353,6 @@ def _sparse_hsic(idx: torch.Tensor, p: torch.Tensor, q: torch.Tensor, unbiased: 
     return t1 - (row_p @ col_q + col_p @ row_q) / n + sp * sq / n**2
 
 
-def _moved_kernel(given: dict[str, Any], function: str) -> None:
-    """CKNNA's ``kernel=`` before 0.3: refused with its new name; any other unknown keyword as Python would."""
-    if "kernel" in given:
-        raise InvalidParameterError(
-            f"{function}'s kernel= is now neighbours= (neighbours={given['kernel']!r}), the name the k-NN measures "
-            "give the similarity that ranks the neighbours; kernel= is CKA's (linear or RBF)"
-        )
-    if given:
-        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(given)}")
-
-
 class CKNNA(Measure):
     """Centered kernel nearest-neighbour alignment (Huh et al. 2024): CKA of the two kernels restricted to
     the pairs that are k-nearest neighbours in both representations.
@@ -382,8 +374,8 @@ class CKNNA(Measure):
     unbiased : bool, default True
         True (platonic-rep's default): self excluded from the neighbours, Song et al.'s unbiased HSIC (n ≥ 4).
         False: a sample may be its own neighbour, biased HSIC tr(KHLH).
-    block : int, optional
-        Rows per strip of the n × n kernel (memory O(block · n)).
+    chunk_rows : int, optional
+        Rows per strip of the n × n kernel (memory O(chunk_rows · n)).
 
     Notes
     -----
@@ -407,19 +399,19 @@ class CKNNA(Measure):
         k: int = 10,
         neighbours: Neighbours = "cosine",
         unbiased: bool = True,
-        block: int | None = None,
+        chunk_rows: int | None = None,
         **removed: Any,
     ) -> None:
-        _moved_kernel(removed, "CKNNA")
+        refuse_renamed(type(self).__name__, removed)
         k = _check_k(k)
-        _check_block(block)
+        _check_chunk_rows(chunk_rows)
         unbiased = check_bool(unbiased, "unbiased")
         if neighbours not in ("cosine", "inner_product"):
             raise InvalidParameterError(
                 f"CKNNA's neighbours must be 'cosine' or 'inner_product' (the similarity is also its kernel; "
                 f"Euclidean distances define none); got {neighbours!r}"
             )
-        self.k, self.neighbours, self.unbiased, self.block = k, neighbours, bool(unbiased), block
+        self.k, self.neighbours, self.unbiased, self.chunk_rows = k, neighbours, bool(unbiased), chunk_rows
         self.min_samples = 4 if self.unbiased else 2
         # the unbiased HSIC's 1ᵀK̃L̃1 term differs from 1ᵀL̃K̃1 for the masked kernels, which are not symmetric
         self.symmetric = not self.unbiased
@@ -444,15 +436,15 @@ class CKNNA(Measure):
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
         own = not self.unbiased
-        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.block, cache_x, cache_y, include_self=own)
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.chunk_rows, cache_x, cache_y, include_self=own)
         # kernel values at the neighbours, from the raw rows (and their norms, for the cosine): no n × p copy
         nx = cached(cache_x, ("norms",), lambda: row_norms(x)) if self.neighbours == "cosine" else None
         ny = cached(cache_y, ("norms",), lambda: row_norms(y)) if self.neighbours == "cosine" else None
         key = ("kernel_at_neighbours", self.k, self.neighbours, own)
-        kx = cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.block, nx))
-        ly = cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.block, ny))
+        kx = cached(cache_x, key, lambda: _gathered_values(x, ix, "dot", self.chunk_rows, nx))
+        ly = cached(cache_y, key, lambda: _gathered_values(y, iy, "dot", self.chunk_rows, ny))
         both = _member(ix, iy).to(torch.float64)
-        kl = _sparse_hsic(ix, kx * both, _gathered_values(y, ix, "dot", self.block, ny) * both, self.unbiased)
+        kl = _sparse_hsic(ix, kx * both, _gathered_values(y, ix, "dot", self.chunk_rows, ny) * both, self.unbiased)
         kk = cached(cache_x, ("self_hsic", *key), lambda: _sparse_hsic(ix, kx, kx, self.unbiased))
         ll = cached(cache_y, ("self_hsic", *key), lambda: _sparse_hsic(iy, ly, ly, self.unbiased))
         for side, v in (("x", kk), ("y", ll)):
@@ -477,7 +469,7 @@ class SecondOrderCosine(Measure):
     ----------
     k : int, default 10
         Neighbours per sample (needs n ≥ k + 1).
-    block : int, optional
+    chunk_rows : int, optional
         Rows per strip of the n × n similarity matrix.
 
     Notes
@@ -495,10 +487,11 @@ class SecondOrderCosine(Measure):
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
 
-    def __init__(self, k: int = 10, block: int | None = None) -> None:
+    def __init__(self, k: int = 10, chunk_rows: int | None = None, **removed: Any) -> None:
+        refuse_renamed(type(self).__name__, removed)
         k = _check_k(k)
-        _check_block(block)
-        self.k, self.block = k, block
+        _check_chunk_rows(chunk_rows)
+        self.k, self.chunk_rows = k, chunk_rows
 
     @property
     def id(self) -> str:
@@ -515,13 +508,13 @@ class SecondOrderCosine(Measure):
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
-        ix, iy = _neighbour_sets(x, y, self.k, "cosine", self.block, cache_x, cache_y)
+        ix, iy = _neighbour_sets(x, y, self.k, "cosine", self.chunk_rows, cache_x, cache_y)
         nx = cached(cache_x, ("norms",), lambda: row_norms(x))
         ny = cached(cache_y, ("norms",), lambda: row_norms(y))
         union = torch.cat([ix, iy], dim=1)
         weight = torch.cat([torch.ones_like(ix, dtype=torch.bool), ~_member(iy, ix)], dim=1).to(torch.float64)
-        a = _gathered_values(x, union, "halfsq", self.block, nx)
-        b = _gathered_values(y, union, "halfsq", self.block, ny)
+        a = _gathered_values(x, union, "halfsq", self.chunk_rows, nx)
+        b = _gathered_values(y, union, "halfsq", self.chunk_rows, ny)
         aa, bb = (weight * a * a).sum(1), (weight * b * b).sum(1)
         defined = (aa > 0) & (bb > 0)
         undefined = int((~defined).sum())
@@ -550,7 +543,7 @@ class RankSimilarity(MutualKNN):
         Neighbours per sample (self excluded; needs n ≥ k + 1).
     neighbours : {"cosine", "inner_product", "euclidean"}, default "cosine"
         What ranks neighbours (ReSi's default is cosine).
-    block : int, optional
+    chunk_rows : int, optional
         Rows per strip of the n × n similarity matrix.
 
     Notes
@@ -567,7 +560,7 @@ class RankSimilarity(MutualKNN):
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
-        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.block, cache_x, cache_y)
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.chunk_rows, cache_x, cache_y)
         n, k = ix.shape
         score = torch.zeros(n, dtype=torch.float64, device=x.device)
         shared = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -598,7 +591,7 @@ def _distances(x: Prepared, sq: torch.Tensor, rows: slice) -> torch.Tensor:
 
 
 @full_precision_matmul
-def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | None) -> torch.Tensor:
+def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, chunk_rows: int | None) -> torch.Tensor:
     """(Σ A∘B, Σ A∘A, Σ B∘B) of the double-centred (or U-centred) distance matrices, in float64, in two
     passes over row strips: the first for row sums, the second for the products."""
     n = x.shape[0]
@@ -607,7 +600,7 @@ def _dcov_terms(x: torch.Tensor, y: torch.Tensor, unbiased: bool, block: int | N
     # 100,000 × 768 input), a large input is not copied (see Prepared), the strips' sums are float64
     x64, y64 = column_centred(x), column_centred(y)
     sx, sy = x64.sq_norms(), y64.sq_norms()
-    rows = strip_rows(n, block)
+    rows = strip_rows(n, chunk_rows)
     ra = torch.zeros(n, dtype=torch.float64, device=x.device)
     rb = torch.zeros_like(ra)
     for r in strips(n, rows):
@@ -642,8 +635,8 @@ class DistanceCorrelation(Measure):
         distance matrices, in [0, 1] (``dcor.distance_correlation``). True: the bias-corrected *squared*
         distance correlation of Székely & Rizzo (2014) from U-centred matrices (``dcor.u_distance_correlation_sqr``),
         which can be negative and is not clamped; needs n ≥ 4.
-    block : int, optional
-        Rows per strip of the n × n distance matrices (memory O(block · n)).
+    chunk_rows : int, optional
+        Rows per strip of the n × n distance matrices (memory O(chunk_rows · n)).
     """
 
     name = "distance_correlation"
@@ -654,9 +647,10 @@ class DistanceCorrelation(Measure):
     symmetric = True
     invariances = frozenset({"orthogonal", "isotropic_scaling", "translation", "permutation"})
 
-    def __init__(self, unbiased: bool = False, block: int | None = None) -> None:
-        _check_block(block)
-        self.unbiased, self.block = check_bool(unbiased, "unbiased"), block
+    def __init__(self, unbiased: bool = False, chunk_rows: int | None = None, **removed: Any) -> None:
+        refuse_renamed(type(self).__name__, removed)
+        _check_chunk_rows(chunk_rows)
+        self.unbiased, self.chunk_rows = check_bool(unbiased, "unbiased"), chunk_rows
         self.min_samples = 4 if self.unbiased else 2
         if self.unbiased:
             self.range = (-1.0, 1.0)
@@ -675,7 +669,7 @@ class DistanceCorrelation(Measure):
     def from_samples(
         self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
     ) -> torch.Tensor:
-        ab, aa, bb = _dcov_terms(x, y, self.unbiased, self.block)
+        ab, aa, bb = _dcov_terms(x, y, self.unbiased, self.chunk_rows)
         for side, v in (("x", aa), ("y", bb)):
             if not bool(v > 0):
                 raise ConstantRepresentationError(
@@ -694,7 +688,9 @@ class DistanceCorrelation(Measure):
         return dense_side(d, "u" if self.unbiased else "double", "identity" if self.unbiased else "sqrt")
 
 
-def mutual_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
+def mutual_knn(
+    x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", chunk_rows: int | None = None, **removed: Any
+) -> Any:
     """Mutual k-NN alignment of Huh et al. (2024); see :class:`MutualKNN`.
 
     Examples
@@ -705,10 +701,13 @@ def mutual_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine"
     >>> mutual_knn(x, 3 * x, k=5)  # scaling changes no neighbour
     1.0
     """
-    return evaluate(MutualKNN(k, neighbours, block), x, y)
+    refuse_renamed("mutual_knn", removed)
+    return evaluate(MutualKNN(k, neighbours, chunk_rows), x, y)
 
 
-def jaccard_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
+def jaccard_knn(
+    x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", chunk_rows: int | None = None, **removed: Any
+) -> Any:
     """k-NN Jaccard similarity (ReSi); see :class:`JaccardKNN`.
 
     Examples
@@ -719,10 +718,13 @@ def jaccard_knn(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine
     >>> 0.0 <= jaccard_knn(rng.normal(size=(100, 5)), rng.normal(size=(100, 5))) < 0.2
     True
     """
-    return evaluate(JaccardKNN(k, neighbours, block), x, y)
+    refuse_renamed("jaccard_knn", removed)
+    return evaluate(JaccardKNN(k, neighbours, chunk_rows), x, y)
 
 
-def distance_correlation(x: Any, y: Any, *, unbiased: bool = False, block: int | None = None) -> Any:
+def distance_correlation(
+    x: Any, y: Any, *, unbiased: bool = False, chunk_rows: int | None = None, **removed: Any
+) -> Any:
     """Distance correlation of ``x`` (n, p) and ``y`` (n, q), blockwise; see :class:`DistanceCorrelation`.
 
     Examples
@@ -733,7 +735,8 @@ def distance_correlation(x: Any, y: Any, *, unbiased: bool = False, block: int |
     >>> round(distance_correlation(x, 2 * x + 1), 10)
     1.0
     """
-    return evaluate(DistanceCorrelation(unbiased, block), x, y)
+    refuse_renamed("distance_correlation", removed)
+    return evaluate(DistanceCorrelation(unbiased, chunk_rows), x, y)
 
 
 def cknna(
@@ -743,7 +746,7 @@ def cknna(
     k: int = 10,
     neighbours: Neighbours = "cosine",
     unbiased: bool = True,
-    block: int | None = None,
+    chunk_rows: int | None = None,
     **removed: Any,
 ) -> Any:
     """Centered kernel nearest-neighbour alignment of Huh et al. (2024); see :class:`CKNNA`.
@@ -756,11 +759,11 @@ def cknna(
     >>> round(cknna(x, 3 * x, k=10), 10)
     1.0
     """
-    _moved_kernel(removed, "cknna")
-    return evaluate(CKNNA(k, neighbours, unbiased, block), x, y)
+    refuse_renamed("cknna", removed)
+    return evaluate(CKNNA(k, neighbours, unbiased, chunk_rows), x, y)
 
 
-def second_order_cosine(x: Any, y: Any, *, k: int = 10, block: int | None = None) -> Any:
+def second_order_cosine(x: Any, y: Any, *, k: int = 10, chunk_rows: int | None = None, **removed: Any) -> Any:
     """Second-order cosine similarity (ReSi's definition); see :class:`SecondOrderCosine`.
 
     Examples
@@ -771,10 +774,13 @@ def second_order_cosine(x: Any, y: Any, *, k: int = 10, block: int | None = None
     >>> round(second_order_cosine(x, 2 * x), 10)
     1.0
     """
-    return evaluate(SecondOrderCosine(k, block), x, y)
+    refuse_renamed("second_order_cosine", removed)
+    return evaluate(SecondOrderCosine(k, chunk_rows), x, y)
 
 
-def rank_similarity(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", block: int | None = None) -> Any:
+def rank_similarity(
+    x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "cosine", chunk_rows: int | None = None, **removed: Any
+) -> Any:
     """k-NN rank similarity (ReSi's definition); see :class:`RankSimilarity`.
 
     Examples
@@ -785,7 +791,8 @@ def rank_similarity(x: Any, y: Any, *, k: int = 10, neighbours: Neighbours = "co
     >>> rank_similarity(x, 2 * x)
     1.0
     """
-    return evaluate(RankSimilarity(k, neighbours, block), x, y)
+    refuse_renamed("rank_similarity", removed)
+    return evaluate(RankSimilarity(k, neighbours, chunk_rows), x, y)
 
 
 register("mutual_knn", lambda: MutualKNN())
@@ -951,12 +958,12 @@ class RSA(Measure):
         Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors, 1 − cosine, the
         Euclidean distance, its square, or its square divided by the width (what rsatoolbox calls "euclidean").
     compare : {"pearson", "spearman", "kendall"}, default "spearman"
-        How the RDMs are compared. Pearson is computed exactly in row strips (memory O(block · n)); Spearman
+        How the RDMs are compared. Pearson is computed exactly in row strips (memory O(chunk_rows · n)); Spearman
         ranks all N = n(n − 1)/2 entries of each triangle (ties get average ranks, as ``scipy.stats.spearmanr``),
         so it holds the two triangles in memory (8 bytes per entry each); Kendall's τ-b (ties corrected, as
         ``scipy.stats.kendalltau``) also holds them and counts discordant pairs by a merge sort of batched
         binary searches, O(N log² N) time.
-    block : int, optional
+    chunk_rows : int, optional
         Rows per strip of the RDMs.
     max_memory : int, default 8 GiB
         The memory budget (bytes) of exact Spearman or Kendall RSA. Their need, about 64 bytes per triangle
@@ -984,16 +991,18 @@ class RSA(Measure):
         self,
         rdm: RDMKind = "correlation",
         compare: RSACompare = "spearman",
-        block: int | None = None,
+        chunk_rows: int | None = None,
         max_memory: int = RANK_MEMORY,
+        **removed: Any,
     ) -> None:
+        refuse_renamed(type(self).__name__, removed)
         self.max_memory = check_int(max_memory, "max_memory", minimum=1, hint="a number of bytes, e.g. 16 * 2**30")
         if rdm not in RDM_KINDS:
             raise InvalidParameterError(f"rdm must be one of {RDM_KINDS}; got {rdm!r}")
         if compare not in ("pearson", "spearman", "kendall"):
             raise InvalidParameterError(f"compare must be 'pearson', 'spearman' or 'kendall'; got {compare!r}")
-        _check_block(block)
-        self.rdm, self.compare, self.block = rdm, compare, block
+        _check_chunk_rows(chunk_rows)
+        self.rdm, self.compare, self.chunk_rows = rdm, compare, chunk_rows
         self.range = (-1.0, 1.0)
         self.min_samples = 3
         if compare == "pearson" and rdm in ("sqeuclidean", "sqeuclidean_per_feature"):
@@ -1045,7 +1054,7 @@ class RSA(Measure):
         n = x.shape[0]
         # ranks hold the triangles in float64 anyway (and need float64 RDMs for their 1e-12 tie tolerance);
         # Pearson's strips stay in the data's dtype, accumulated in float64
-        pieces = list(strips(n, strip_rows(n, self.block)))
+        pieces = list(strips(n, strip_rows(n, self.chunk_rows)))
         if self.compare != "pearson":
             # one triangle at a time, ranked before the next is built (ranks with the tie tolerance give τ-b exact
             # ties too); each layer's ranked triangle is kept, within the caller's budget, for the other pairs
@@ -1139,8 +1148,9 @@ def rsa(
     *,
     rdm: RDMKind = "correlation",
     compare: RSACompare = "spearman",
-    block: int | None = None,
+    chunk_rows: int | None = None,
     max_memory: int = RANK_MEMORY,
+    **removed: Any,
 ) -> Any:
     """Representational similarity analysis: correlation of the two RDMs' upper triangles; see :class:`RSA`.
 
@@ -1152,15 +1162,16 @@ def rsa(
     >>> round(rsa(x, 2 * x + 1, rdm="euclidean", compare="pearson"), 10)
     1.0
     """
-    return evaluate(RSA(rdm, compare, block, max_memory), x, y)
+    refuse_renamed("rsa", removed)
+    return evaluate(RSA(rdm, compare, chunk_rows, max_memory), x, y)
 
 
-def rdm(x: Any, *, kind: RDMKind = "correlation", block: int | None = None) -> Any:
+def rdm(x: Any, *, kind: RDMKind = "correlation", chunk_rows: int | None = None, **removed: Any) -> Any:
     """The representational dissimilarity matrix of ``x`` (n, p), condensed: its upper triangle (i < j), row by
     row, n(n − 1)/2 entries, in the order of ``scipy.spatial.distance.pdist`` (``squareform`` unpacks it).
 
     The RDM that :class:`RSA` compares, built in row strips into one preallocated triangle: memory is the
-    triangle (8 bytes per entry) plus one strip (``block`` rows × n), never the n × n square.
+    triangle (8 bytes per entry) plus one strip (``chunk_rows`` rows × n), never the n × n square.
 
     Parameters
     ----------
@@ -1169,7 +1180,7 @@ def rdm(x: Any, *, kind: RDMKind = "correlation", block: int | None = None) -> A
         As :class:`RSA`'s ``rdm``: 1 − Pearson correlation of two samples' feature vectors (pdist's
         "correlation"), 1 − cosine, the Euclidean distance, its square, or its square divided by the width
         (rsatoolbox's "euclidean").
-    block : int, optional
+    chunk_rows : int, optional
         Rows per strip.
 
     Returns
@@ -1185,16 +1196,17 @@ def rdm(x: Any, *, kind: RDMKind = "correlation", block: int | None = None) -> A
     >>> rdm(x, kind="euclidean").tolist()
     [5.0, 10.0, 5.0]
     """
+    refuse_renamed("rdm", removed)
     if kind not in RDM_KINDS:
         raise InvalidParameterError(f"kind must be one of {RDM_KINDS}; got {kind!r}")
-    _check_block(block)
-    xt, _ = measure_pair(RSA(kind, "pearson", block), x, x)
+    _check_chunk_rows(chunk_rows)
+    xt, _ = measure_pair(RSA(kind, "pearson", chunk_rows), x, x)
     n = xt.shape[0]
     z, sq = _rdm_prepared(xt.detach(), kind, "x", torch.float64)
     triangle = torch.empty(n * (n - 1) // 2, dtype=torch.float64, device=xt.device)
     columns = torch.arange(n, device=xt.device)
     at = 0
-    for r in strips(n, strip_rows(n, block)):
+    for r in strips(n, strip_rows(n, chunk_rows)):
         # row-major within the strip (pdist's order), unlike upper_entries' order, which RSA only needs to match
         # between its two sides
         entries = _rdm_rows(z, sq, r, kind)[columns[None, :] > columns[r, None]]

@@ -184,10 +184,10 @@ def row_norms(x: torch.Tensor, *, squared: bool = False, dtype: torch.dtype = to
     return out.to(dtype)
 
 
-def strip_rows(n: int, block: int | None) -> int:
-    """Rows per strip: ``block`` when given, else as many as fit :data:`STRIP_BYTES` in float64."""
-    if block is not None:
-        return check_int(block, "block", minimum=1, hint="the number of rows per strip")
+def strip_rows(n: int, chunk_rows: int | None) -> int:
+    """Rows per strip: ``chunk_rows`` when given, else as many as fit :data:`STRIP_BYTES` in float64."""
+    if chunk_rows is not None:
+        return check_int(chunk_rows, "chunk_rows", minimum=1, hint="the number of rows per strip")
     return max(1, min(n, STRIP_BYTES // (8 * max(n, 1))))
 
 
