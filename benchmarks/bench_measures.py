@@ -276,7 +276,7 @@ if "{how}" == "per pair":
     # 0.1's compare(estimator="exact"): one accumulator per layer pair, each recomputing both layers' XᵀX
     grid = [[CrossMoments() for _ in range(layers)] for _ in range(layers)]
 else:
-    acc = CrossMoments(blocks=[(list(range(layers)), list(range(layers, 2 * layers)))])
+    acc = CrossMoments(groups=[(list(range(layers)), list(range(layers, 2 * layers)))])
 for _ in range(n // batch):
     a = [torch.randn(batch, width, generator=g) for _ in range(layers)]
     b = [torch.randn(batch, width, generator=g) for _ in range(layers)]

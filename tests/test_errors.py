@@ -129,10 +129,10 @@ _BATCHES = [torch.randn(10, 5) for _ in range(3)]
 _GRAD = torch.tensor(X, requires_grad=True)
 
 
-def _crossmoments_block_99() -> object:
+def _crossmoments_group_99() -> object:
     acc = reprsim.streaming.CrossMoments(folds=3)
     acc.update(X, Y)
-    return acc.jackknife_values("cka", block=99)
+    return acc.jackknife_values("cka", group=99)
 
 
 def _minibatch_procrustes() -> object:
@@ -155,11 +155,19 @@ BOUNDARY = {
     "dcor of a tensor that requires grad": (lambda: reprsim.distance_correlation(_GRAD, Y), "not differentiable"),
     "seed 'a'": (lambda: reprsim.inference.permutation_test(X, Y, permutations=5, seed="a"), "seed must be an integer"),
     "seed None": (lambda: reprsim.inference.bootstrap(X, Y, resamples=5, seed=None), "seed must be an integer"),
-    "CrossMoments blocks of names": (
-        lambda: reprsim.streaming.CrossMoments(blocks=[("a", None)]),
-        r"blocks is a list of pairs of layer-index lists",
+    "CrossMoments groups of names": (
+        lambda: reprsim.streaming.CrossMoments(groups=[("a", None)]),
+        r"groups is a list of pairs of layer-index lists",
     ),
-    "jackknife_values block 99": (_crossmoments_block_99, r"block must be an integer from 0 to 0"),
+    "jackknife_values group 99": (_crossmoments_group_99, r"group must be an integer from 0 to 0"),
+    "CrossMoments blocks= (0.2)": (
+        lambda: reprsim.streaming.CrossMoments(blocks=[([0], [1])]),
+        r"blocks= is now groups= \(groups=\[\(\[0\], \[1\]\)\]\): the pairs of layer groups",
+    ),
+    "compute_matrix block= (0.2)": (
+        lambda: reprsim.streaming.CrossMoments().compute_matrix("cka", block=0),
+        r"compute_matrix's keywords changed \(see the CHANGELOG\): block= is now group= \(group=0\)",
+    ),
     "compare model_names of one": (
         lambda: reprsim.compare(_NET, _NET, _BATCHES, layers_a=["0"], model_names=("a",), progress=False),
         "model_names must be two non-empty strings",

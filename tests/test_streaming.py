@@ -645,7 +645,31 @@ def test_a_state_dict_whose_dims_cannot_be_cross_moments_is_refused_naming_why()
     state = acc.state_dict()
     with pytest.raises(IncompatibleStateError, match=r"dims \[1\] do not describe a CrossMoments: no layers"):
         reprsim.streaming.CrossMoments().load_state_dict({**state, "dims": [1]})
-    paired = reprsim.streaming.CrossMoments(blocks=[([0], [1])])
+    paired = reprsim.streaming.CrossMoments(groups=[([0], [1])])
     paired.update([torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)])
-    with pytest.raises(IncompatibleStateError, match="its blocks name layers beyond these widths"):
-        reprsim.streaming.CrossMoments(blocks=[([0], [1])]).load_state_dict({**paired.state_dict(), "dims": [0, 3]})
+    with pytest.raises(IncompatibleStateError, match="its groups name layers beyond these widths"):
+        reprsim.streaming.CrossMoments(groups=[([0], [1])]).load_state_dict({**paired.state_dict(), "dims": [0, 3]})
+
+
+def test_checkpoints_that_named_the_groups_blocks_still_load() -> None:
+    """Format version 3 (0.2 and before this rename) wrote CrossMoments(blocks=...) as config "blocks"."""
+    g = torch.Generator().manual_seed(3)
+    layers = [torch.randn(40, w, generator=g, dtype=torch.float64) for w in (3, 2, 4)]
+    acc = reprsim.streaming.CrossMoments(groups=[([0], [1, 2])])
+    acc.update(layers)
+    old = acc.state_dict()
+    assert old["version"] == 4
+    assert old["config"]["groups"] == [[[0], [1, 2]]]
+    old["version"] = 3
+    old["config"] = {k if k != "groups" else "blocks": v for k, v in old["config"].items()}
+    loaded = reprsim.streaming.CrossMoments(groups=[([0], [1, 2])]).load_state_dict(old)
+    assert torch.equal(loaded.compute_matrix("cka"), acc.compute_matrix("cka", group=0))
+    with pytest.raises(IncompatibleStateError, match="configurations differ"):
+        reprsim.streaming.CrossMoments(groups=[([0], [1])]).load_state_dict(old)
+    # LinearCKA shares the state and its format: its version-3 checkpoints load too
+    one = reprsim.streaming.LinearCKA()
+    one.update(layers[0], layers[1])
+    saved = one.state_dict()
+    saved["version"] = 3
+    saved["config"] = {k if k != "groups" else "blocks": v for k, v in saved["config"].items()}
+    assert reprsim.streaming.LinearCKA().load_state_dict(saved).compute() == one.compute()

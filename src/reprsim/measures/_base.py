@@ -9,7 +9,7 @@ accumulator. Nothing here knows any particular measure.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Optional
 
 import torch
@@ -244,13 +244,14 @@ RENAMED = {
 }
 
 
-def refuse_renamed(function: str, given: dict[str, Any]) -> None:
-    """Raise for keywords ``function`` does not take: the migration error for the renamed ones (with the value
-    given, under its new name), Python's TypeError for any other. Nothing when ``given`` is empty."""
-    moved = [k for k in given if k in RENAMED]
+def refuse_renamed(function: str, given: dict[str, Any], renamed: Mapping[str, tuple[str, str]] = RENAMED) -> None:
+    """Raise for keywords ``function`` does not take: the migration error for the renamed ones (``renamed``: old
+    name to (new name, what it is); the value given is shown under its new name), Python's TypeError for any
+    other. Nothing when ``given`` is empty."""
+    moved = [k for k in given if k in renamed]
     if moved:
         advice = "; ".join(
-            f"{k}= is now {RENAMED[k][0]}= ({RENAMED[k][0]}={given[k]!r}): {RENAMED[k][1]}" for k in moved
+            f"{k}= is now {renamed[k][0]}= ({renamed[k][0]}={given[k]!r}): {renamed[k][1]}" for k in moved
         )
         raise InvalidParameterError(f"{function}'s keywords changed (see the CHANGELOG): {advice}")
     if given:

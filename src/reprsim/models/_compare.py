@@ -1048,7 +1048,7 @@ class _Comparison:
             )
             for a, b in self.pairs
         ]
-        return CrossMoments(blocks=blocks, fourth=self.fourth, folds=self.folds)
+        return CrossMoments(groups=blocks, fourth=self.fourth, folds=self.folds)
 
     def _check_samples(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
         """Where the data say how many samples they hold, refuse at the first batch a moment measure that no
@@ -1314,7 +1314,7 @@ class _Comparison:
                 raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
             matrix = self.moments.compute_matrix(
                 measure,
-                block=index,
+                group=index,
                 caches=caches,
                 names_a=[f"{a}:{k}" for k in self.keys[a]],
                 names_b=[f"{b}:{k}" for k in self.keys[b]],
@@ -1359,7 +1359,7 @@ class _Comparison:
         if measure.resampling == "blocks" and measure.stream == "moments":
             if self.moments is None:
                 raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
-            values = self.moments.jackknife_values(measure, block=index)
+            values = self.moments.jackknife_values(measure, group=index)
             low, high, bias = jackknife_matrix(matrix, values, ci)
             return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
         n = self.samples

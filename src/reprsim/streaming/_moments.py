@@ -22,7 +22,7 @@ from ..errors import (
     ReprsimError,
     ShapeMismatchError,
 )
-from ..measures._base import Measure, get_measure
+from ..measures._base import Measure, get_measure, refuse_renamed
 from ..measures._moments import (
     EPS64,
     Layout,
@@ -106,9 +106,16 @@ def _deferred_folds(
     return out
 
 
-def _checked_blocks(blocks: Any) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
-    """Explicit blocks: pairs (group a, group b) of layer indices, each group a non-empty list of integers."""
-    hint = "blocks is a list of pairs of layer-index lists, e.g. [([0, 1], [2, 3])]"
+#: CrossMoments' keywords renamed in 0.3: "blocks" now means only the jackknife's blocks of samples.
+GROUPS_RENAMED = {
+    "blocks": ("groups", "the pairs of layer groups whose cross moments are kept; blocks= is the jackknife's"),
+    "block": ("group", "the index of one such pair of layer groups"),
+}
+
+
+def _checked_groups(blocks: Any) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Explicit groups: pairs (layers a, layers b) of layer indices, each a non-empty list of integers."""
+    hint = "groups is a list of pairs of layer-index lists, e.g. [([0, 1], [2, 3])]"
     try:
         pairs = [tuple(pair) for pair in blocks]
     except TypeError as exc:
@@ -124,10 +131,10 @@ def _checked_blocks(blocks: Any) -> tuple[tuple[tuple[int, ...], tuple[int, ...]
             items = list(group)
             if not items:
                 raise InvalidParameterError(f"{hint}; a group is empty")
-            groups.append(tuple(check_int(i, "a layer index in blocks", minimum=0) for i in items))
+            groups.append(tuple(check_int(i, "a layer index in groups", minimum=0) for i in items))
         out.append((groups[0], groups[1]))
     if not out:
-        raise InvalidParameterError(f"{hint}; got no blocks")
+        raise InvalidParameterError(f"{hint}; got no groups")
     return tuple(out)
 
 
@@ -144,8 +151,9 @@ class _MomentState(_Accumulator):
     :class:`~reprsim.streaming.LinearCKA` (one pair, CKA): the sample count, means and centred co-moments of
     every layer and every compared pair, per fold, merged with Chan et al.'s parallel update."""
 
-    _version = 3
-    _readable = (2,)  # version 2 had no "eps" entry: its data are taken to be float64
+    _version = 4
+    # version 2 had no "eps" entry (its data are taken to be float64); versions 2 and 3 named the groups "blocks"
+    _readable = (2, 3)
 
     def __init__(
         self,
@@ -153,12 +161,14 @@ class _MomentState(_Accumulator):
         fourth: bool = False,
         folds: int = 1,
         dtype: torch.dtype = torch.float64,
-        blocks: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+        groups: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+        **removed: Any,
     ) -> None:
+        refuse_renamed(type(self).__name__, removed, GROUPS_RENAMED)
         super().__init__(dtype)
         self.fourth = check_bool(fourth, "fourth")
         self.folds = check_int(folds, "folds", minimum=1)
-        self._blocks = None if blocks is None else _checked_blocks(blocks)
+        self._blocks = None if groups is None else _checked_groups(groups)
         self._layout_cache: tuple[Dims, Layout] | None = None
         # states derived from the current one (the pooled folds, the leave-one-fold-out states), by generation
         self._derived: dict[str, tuple[Any, Any]] = {}
@@ -166,10 +176,10 @@ class _MomentState(_Accumulator):
     # -- layout ------------------------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
         blocks = None if self._blocks is None else [[list(a), list(b)] for a, b in self._blocks]
-        return {"fourth": self.fourth, "folds": self.folds, "blocks": blocks, "dtype": str(self._dtype)}
+        return {"fourth": self.fourth, "folds": self.folds, "groups": blocks, "dtype": str(self._dtype)}
 
     def _layout(self, dims: Dims) -> Layout:
-        """dims = (x-layer count (0 with explicit blocks), width of every layer...)."""
+        """dims = (x-layer count (0 with explicit groups), width of every layer...)."""
         if self._layout_cache is not None and self._layout_cache[0] == dims:
             return self._layout_cache[1]
         layout = self._build_layout(dims)
@@ -188,7 +198,7 @@ class _MomentState(_Accumulator):
         if len(dims) < 2:
             raise DimsError("no layers")
         if self._blocks is not None and any(l >= len(dims) - 1 for a, b in self._blocks for l in (*a, *b)):
-            raise DimsError("its blocks name layers beyond these widths")
+            raise DimsError("its groups name layers beyond these widths")
         shapes = self._layout(dims).shapes()
 
         def fixed(s: tuple[int, ...]) -> Callable[[Dims], tuple[int, ...]]:
@@ -199,7 +209,14 @@ class _MomentState(_Accumulator):
         specs["eps"] = _StateSpec(fixed((1,)), "max")
         return specs
 
+    def _upgrade_config(self, version: int, config: dict[str, Any]) -> dict[str, Any]:
+        if "blocks" in config:  # versions 2 and 3
+            config["groups"] = config.pop("blocks")
+        return config
+
     def _upgrade(self, version: int, state: dict[str, Any]) -> dict[str, Any]:
+        if version != 2:
+            return state
         n = state.get("n")
         like = n if isinstance(n, torch.Tensor) else torch.zeros(1, dtype=torch.float64)
         return {**state, "eps": torch.full((1,), EPS64, dtype=like.dtype, device=like.device)}
@@ -244,7 +261,7 @@ class _MomentState(_Accumulator):
     def prepare(self, x: Any, y: Any = None, *, checked: bool = False, start: int | None = None) -> Pending:
         """Check a batch and compute its contribution without touching the state (see :meth:`commit`).
 
-        ``x`` and ``y``: each a tensor (b, ...) or a list of them (layers). With explicit ``blocks``, ``x`` is
+        ``x`` and ``y``: each a tensor (b, ...) or a list of them (layers). With explicit ``groups``, ``x`` is
         the list of every layer and ``y`` is omitted. ``checked=True`` skips the NaN/inf scan of the inputs
         (for callers that have already made it). ``start``: the index of the batch's first sample in the whole
         stream, which places its samples in folds (by default the samples this accumulator has seen; a process
@@ -262,7 +279,7 @@ class _MomentState(_Accumulator):
                 layers, split = xs + ys, len(xs)
             else:
                 if y is not None:
-                    raise InvalidParameterError("with explicit blocks, pass every layer as one list: update(layers)")
+                    raise InvalidParameterError("with explicit groups, pass every layer as one list: update(layers)")
                 names = [f"layer {i}" for i in range(len(xs))]
                 layers, split = xs, 0
             tensors, b, on = batch_layers(layers, names)
@@ -282,7 +299,7 @@ class _MomentState(_Accumulator):
                 layout.shapes()
                 self._specs_for(dims)
             except (DimsError, IndexError) as exc:  # IndexError: the layout indexing a width the batch lacks
-                raise ShapeMismatchError(f"the blocks {self._blocks} name layers this batch does not have") from exc
+                raise ShapeMismatchError(f"the groups {self._blocks} name layers this batch does not have") from exc
             cast = [t.to(self._dtype) for t in tensors]
             eps = torch.full((1,), max(float(torch.finfo(t.dtype).eps) for t in tensors), dtype=self._dtype,
                              device=device)  # fmt: skip
@@ -368,25 +385,34 @@ class _MomentState(_Accumulator):
     # -- results -----------------------------------------------------------------------------------------
     @property
     def layout(self) -> Layout:
-        """The layers' widths and the blocks of cross moments (after the first batch)."""
+        """The layers' widths and the groups of cross moments (after the first batch)."""
         if self._dims is None:
             raise IncompatibleStateError(f"{type(self).__name__} has seen no batch yet, so its layers are not known")
         return self._layout(self._dims)
 
     @full_precision_matmul
     def moments(
-        self, i: int = 0, j: int = 0, *, block: int = 0, caches: dict[int, dict[Any, Any]] | None = None
+        self,
+        i: int = 0,
+        j: int = 0,
+        *,
+        group: int = 0,
+        caches: dict[int, dict[Any, Any]] | None = None,
+        **removed: Any,
     ) -> Moments:
-        """The pooled moments of x-layer ``i`` and y-layer ``j`` (with per-fold moments when ``folds > 1``)."""
-        ga, gb = self.layout.blocks[self._block(block)]
+        """The pooled moments of x-layer ``i`` and y-layer ``j`` of ``group`` (with per-fold moments when
+        ``folds > 1``)."""
+        refuse_renamed("moments", removed, GROUPS_RENAMED)
+        block = self._block(group)
+        ga, gb = self.layout.blocks[block]
         i = check_int(i, "i", minimum=0, maximum=len(ga) - 1)
         j = check_int(j, "j", minimum=0, maximum=len(gb) - 1)
         return self._all_moments(block, [(i, j)], caches if caches is not None else {})[0]
 
-    def _block(self, block: Any) -> int:
-        """A block index of this accumulator (0 unless blocks were given)."""
+    def _block(self, group: Any) -> int:
+        """A group index of this accumulator (0 unless groups were given)."""
         count = len(self.layout.blocks)
-        return check_int(block, "block", minimum=0, maximum=count - 1, hint=f"this accumulator has {count} block(s)")
+        return check_int(group, "group", minimum=0, maximum=count - 1, hint=f"this accumulator has {count} group(s)")
 
     def _all_moments(
         self,
@@ -449,6 +475,11 @@ class CrossMoments(_MomentState):
         i mod folds), which cross-validated measures need.
     dtype : {torch.float64, torch.float32}, default torch.float64
         The state's dtype; batches of any floating dtype are accepted.
+    groups : sequence of (x-layer indices, y-layer indices), optional
+        Which cross moments to keep, for layers fed as one list (``update(layers)``): for each pair of groups
+        (A, B), those of every layer in A with every layer in B (e.g. ``[([0, 1], [2, 3])]``, or one pair per
+        pair of models of a comparison, whose layers share one list). By default one pair: the layers of ``x``
+        with those of ``y``. Measures of group g come from ``compute_matrix(measure, group=g)``.
 
     Examples
     --------
@@ -494,32 +525,35 @@ class CrossMoments(_MomentState):
         self,
         measure: str | Measure,
         *,
-        block: int = 0,
+        group: int = 0,
         caches: dict[int, dict[Any, Any]] | None = None,
         names_a: Sequence[str] | None = None,
         names_b: Sequence[str] | None = None,
+        **removed: Any,
     ) -> torch.Tensor:
-        """``measure`` for every (x-layer, y-layer) pair of ``block``: a (L_x, L_y) float64 tensor on the CPU.
+        """``measure`` for every (x-layer, y-layer) pair of ``group``: a (L_x, L_y) float64 tensor on the CPU.
 
         A layer's own factorisations (eigendecompositions, whitening) are computed once and shared by all
         pairs it takes part in (and, through ``caches``, by several measures: pass the same dict to each call
         while the state does not change). ``names_a``/``names_b`` name the layers in error messages.
         """
+        refuse_renamed("compute_matrix", removed, GROUPS_RENAMED)
         m = get_measure(measure)
         self._check_measure(m)
         self._require_samples(m.min_samples, m.label)
-        block = self._block(block)
+        block = self._block(group)
         return self._values(m, block, caches if caches is not None else {}, names_a, names_b)
 
     @full_precision_matmul
-    def jackknife_values(self, measure: str | Measure, *, block: int = 0) -> torch.Tensor:
-        """``measure`` of every pair of ``block`` with each fold left out in turn: a (K, L_x, L_y) float64 CPU
+    def jackknife_values(self, measure: str | Measure, *, group: int = 0, **removed: Any) -> torch.Tensor:
+        """``measure`` of every pair of ``group`` with each fold left out in turn: a (K, L_x, L_y) float64 CPU
         tensor, row g from the pooled moments of every fold but g (the delete-a-block jackknife's values; the
         folds are the blocks of samples ``index % K``)."""
+        refuse_renamed("jackknife_values", removed, GROUPS_RENAMED)
         m = get_measure(measure)
         self._check_measure(m)
         layout = self.layout
-        block = self._block(block)
+        block = self._block(group)
         if layout.folds < 2:
             raise InvalidParameterError(
                 "a jackknife needs the samples in blocks: create CrossMoments(folds=K) with K ≥ 2 (each fold is "
