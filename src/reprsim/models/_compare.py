@@ -21,7 +21,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union, overload
+from typing import Any, NamedTuple, Union, overload
 
 import numpy as np
 import torch
@@ -510,7 +510,20 @@ def _minibatch_key(m: Measure) -> tuple[Any, ...]:
     return (m.kernel, m.sigma, m.median_fraction)
 
 
-Slot = tuple[tuple[int, int], str]
+class Run(NamedTuple):
+    """One forward pass per batch: a model (by identity) with one set of extraction settings (the index among
+    the distinct settings its names use), or an activation store (settings 0). Two names share a run when they
+    share both, so a model compared with itself runs once."""
+
+    source: int
+    settings: int
+
+
+class Slot(NamedTuple):
+    """One layer of one run: where its moments, Grams and kept features are filed."""
+
+    run: Run
+    layer: str
 
 
 #: Half-samples for the intervals of sample-space measures in compare (the same ones for every cell).
@@ -639,8 +652,8 @@ class _Comparison:
         # sample-space measures need every sample's pooled features, n × width per layer: in memory up to
         # feature_memory bytes in all, then in memory-mapped temporary files (or, from stores, read from them)
         self.store = features if features is not None else _FeatureStore(feature_memory)
-        self.sample_caches: dict[tuple[tuple[int, int], str], dict[Any, Any]] = {}
-        self.layer_stats: dict[tuple[tuple[int, int], str], tuple[float, float]] = {}
+        self.sample_caches: dict[Slot, dict[Any, Any]] = {}
+        self.layer_stats: dict[Slot, tuple[float, float]] = {}
         # large per-layer results (RSA's ranked triangles) kept for the other pairs a layer is in, up to this much
         self.cache_budget = CacheBudget(CACHE_MEMORY)
         # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
@@ -655,23 +668,23 @@ class _Comparison:
         self.dist = dist
         self.sample_ids = sample_ids
         self.last_rows = 0
-        self.widths: dict[tuple[int, int], dict[str, int]] = {}
+        self.widths: dict[Run, dict[str, int]] = {}
         extractors = {n: m for n, m in models.items() if isinstance(m, Extractor)}
         self.models = {n: e.model for n, e in extractors.items()}
         #: each model's pooling (in the metadata, the stores it writes, and the hint when a width changes)
         self.pool_of = {n: _pool_name(e.pool) for n, e in extractors.items() if n in used}
         captures = {n: e.capture for n, e in extractors.items() if n in used}
         self.config = {"pool": _one_or_each(self.pool_of), "capture": _one_or_each(captures)}
-        self.runs: dict[tuple[int, int], Extractor] = {}
+        self.runs: dict[Run, Extractor] = {}
         #: the transform each run's Extractor was given (the Gram transform, when used, is applied after it)
-        self.run_transform: dict[tuple[int, int], Callable[[str, torch.Tensor], torch.Tensor] | None] = {}
-        self.run_device: dict[tuple[int, int], torch.device] = {}
-        self.sources: dict[tuple[int, int], ActivationStore] = {}
+        self.run_transform: dict[Run, Callable[[str, torch.Tensor], torch.Tensor] | None] = {}
+        self.run_device: dict[Run, torch.device] = {}
+        self.sources: dict[Run, ActivationStore] = {}
         stored = {n: m for n, m in models.items() if isinstance(m, ActivationStore)}
         if stored:
             # stored activations: each store is one "run", its chunks stand in for the forward passes
             self.layer_names = {n: stored[n].select(specs[n]) for n in used}
-            self.run_of = {n: (id(stored[n]), 0) for n in used}
+            self.run_of = {n: Run(id(stored[n]), 0) for n in used}
             self.sources = {self.run_of[n]: stored[n] for n in used}
             self.config = {"pool": {n: stored[n].pools for n in used}, "capture": "stored"}
         else:
@@ -684,7 +697,7 @@ class _Comparison:
                 setting = _settings(extractors[n])
                 if setting not in settings:
                     settings.append(setting)
-                self.run_of[n] = (id(extractors[n].model), settings.index(setting))
+                self.run_of[n] = Run(id(extractors[n].model), settings.index(setting))
         self.config.update(notes or {})  # what the caller records about its inputs (the stores' paths)
         for n in used if not stored else ():
             key = self.run_of[n]
@@ -715,7 +728,7 @@ class _Comparison:
             self.run_device[key] = target
         self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
         self.expected_samples: int | None = None  # set by run() where the data say how many samples they hold
-        self.slots: dict[tuple[tuple[int, int], str], int] = {}
+        self.slots: dict[Slot, int] = {}
         self.pooled_widths: dict[tuple[str, str], int] = {}
         self.keys: dict[str, list[str]] = {}
         self.samples = 0
@@ -736,6 +749,10 @@ class _Comparison:
             raise InvalidParameterError(
                 "sample_ids= names the rows of the stores that stores= writes; pass stores= too"
             )
+
+    def _slot(self, model: str, layer: str) -> Slot:
+        """The slot of layer ``layer`` of the model named ``model``."""
+        return Slot(self.run_of[model], layer)
 
     def _keys_for(self, name: str, acts: Mapping[str, torch.Tensor]) -> list[str]:
         """Activation keys of ``name``'s layers (``layer#k`` keys when each call is recorded)."""
@@ -796,7 +813,7 @@ class _Comparison:
         without data adopts the first one's choice in :meth:`_reduce`."""
         self.default_pending = False
         (model, layer), width = max(widths.items(), key=lambda kv: kv[1])
-        slots = {(self.run_of[m], k): w for (m, k), w in widths.items()}
+        slots = {self._slot(m, k): w for (m, k), w in widths.items()}
         need = self._moment_bytes(slots)
         if width <= EXACT_MAX_WIDTH and need <= FOLD_MEMORY:
             self.default_choice = f"cka (every pooled width is at most {EXACT_MAX_WIDTH:,})"
@@ -911,11 +928,11 @@ class _Comparison:
             self.sample_caches.clear()
             self.store.close()
 
-    def _activations(self, batch: Any) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+    def _activations(self, batch: Any) -> dict[Run, dict[str, torch.Tensor]]:
         """Every run's pooled layers for one batch: a forward pass per model (a chunk of each store as is)."""
         if self.sources:
             return dict(batch)
-        acts: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        acts: dict[Run, dict[str, torch.Tensor]] = {}
         for key, extractor in self.runs.items():
             acts[key] = extractor(move_batch(batch, self.run_device[key]))
         return acts
@@ -955,7 +972,7 @@ class _Comparison:
             p.owner.commit(p, checked=True)
         if self.keep_features:
             for model, layer, tensor in self._named_layers(acts):
-                self.store.add((self.run_of[model], layer), f"{model}:{layer}", tensor, self.batches)
+                self.store.add(self._slot(model, layer), f"{model}:{layer}", tensor, self.batches)
         if self.writers:
             ids = self.sample_ids(batch) if self.sample_ids is not None else None
             for model, writer in self.writers.items():
@@ -969,15 +986,13 @@ class _Comparison:
             for key, extractor in self.runs.items():
                 extractor.transform = self._gram_transform(key)
 
-    def _named_layers(
-        self, acts: dict[tuple[int, int], dict[str, torch.Tensor]]
-    ) -> list[tuple[str, str, torch.Tensor]]:
+    def _named_layers(self, acts: dict[Run, dict[str, torch.Tensor]]) -> list[tuple[str, str, torch.Tensor]]:
         names = list(dict.fromkeys(n for p in self.pairs for n in p))
         return [(n, k, acts[self.run_of[n]][k]) for n in names for k in self.keys[n]]
 
     def _check_layers(
         self,
-        acts: dict[tuple[int, int], dict[str, torch.Tensor]],
+        acts: dict[Run, dict[str, torch.Tensor]],
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
     ) -> None:
         """Check every layer's pooled width against the first batch's, and queue one finiteness flag per layer,
@@ -1015,7 +1030,7 @@ class _Comparison:
             f"(this batch: {what}); {hint}"
         )
 
-    def _prepare_moments(self, acts: dict[tuple[int, int], dict[str, torch.Tensor]], start: int | None) -> Pending:
+    def _prepare_moments(self, acts: dict[Run, dict[str, torch.Tensor]], start: int | None) -> Pending:
         named = self._named_layers(acts)
         first = named[0][2].device
         if self.moments is None:
@@ -1027,7 +1042,7 @@ class _Comparison:
                         f"{width} features after pooling (limit {EXACT_MAX_WIDTH}); pool tokens (pool='mean' or "
                         "'cls') or use measure='cka_minibatch'"
                     )
-            widths = {(self.run_of[model], layer): t.reshape(t.shape[0], -1).shape[1] for model, layer, t in named}
+            widths = {self._slot(model, layer): t.reshape(t.shape[0], -1).shape[1] for model, layer, t in named}
             self._check_fold_memory(widths)
             self._check_samples(widths)
             self.moments = self._new_moments()
@@ -1040,17 +1055,17 @@ class _Comparison:
         """The accumulator of every layer's moments and every pair's cross moments (once the layers are known)."""
         for name in dict.fromkeys(n for p in self.pairs for n in p):
             for layer in self.keys[name]:
-                self.slots.setdefault((self.run_of[name], layer), len(self.slots))
+                self.slots.setdefault(self._slot(name, layer), len(self.slots))
         blocks = [
             (
-                [self.slots[(self.run_of[a], k)] for k in self.keys[a]],
-                [self.slots[(self.run_of[b], k)] for k in self.keys[b]],
+                [self.slots[self._slot(a, k)] for k in self.keys[a]],
+                [self.slots[self._slot(b, k)] for k in self.keys[b]],
             )
             for a, b in self.pairs
         ]
         return CrossMoments(groups=blocks, fourth=self.fourth, folds=self.folds)
 
-    def _check_samples(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
+    def _check_samples(self, widths: Mapping[Slot, int]) -> None:
         """Where the data say how many samples they hold, refuse at the first batch a moment measure that no
         data of that size can give at these widths (exact CCA of p + q ≥ n dimensions), instead of after the
         whole pass."""
@@ -1063,7 +1078,7 @@ class _Comparison:
             for a, b in self.pairs:
                 for la in self.keys[a]:
                     for lb in self.keys[b]:
-                        p, q = widths[(self.run_of[a], la)], widths[(self.run_of[b], lb)]
+                        p, q = widths[self._slot(a, la)], widths[self._slot(b, lb)]
                         try:
                             measure.check_samples(n, p, q)
                         except InsufficientSamplesError as exc:
@@ -1072,16 +1087,16 @@ class _Comparison:
                                 f"batch since the data hold {n} samples: {exc}"
                             ) from exc
 
-    def _moment_bytes(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> int:
+    def _moment_bytes(self, widths: Mapping[Slot, int]) -> int:
         """The float64 moments of these layers (each layer's own, each pair's cross ones), for every fold kept."""
         per_fold = sum(w * w for w in widths.values())
         for a, b in self.pairs:
-            wa = sum(widths[(self.run_of[a], k)] for k in self.keys[a])
-            wb = sum(widths[(self.run_of[b], k)] for k in self.keys[b])
+            wa = sum(widths[self._slot(a, k)] for k in self.keys[a])
+            wb = sum(widths[self._slot(b, k)] for k in self.keys[b])
             per_fold += wa * wb
         return 8 * max(self.folds, 1) * per_fold
 
-    def _check_fold_memory(self, widths: Mapping[tuple[tuple[int, int], str], int]) -> None:
+    def _check_fold_memory(self, widths: Mapping[Slot, int]) -> None:
         """Per-block (or per-fold) moments cost G copies of the moments: refuse more than FOLD_MEMORY at the first
         batch, before any of it is allocated (blocks=10⁴ took 8.9 GiB)."""
         if self.folds < 2:
@@ -1100,7 +1115,7 @@ class _Comparison:
         canonical: dict[Slot, str] = {}
         for n in dict.fromkeys(n for p in self.pairs for n in p):
             for k in self.keys.get(n, []):
-                canonical.setdefault((self.run_of[n], k), f"{n}:{k}")
+                canonical.setdefault(self._slot(n, k), f"{n}:{k}")
         return canonical
 
     def _reduce(self, d: Distributed, progress: bool = False) -> None:
@@ -1188,7 +1203,7 @@ class _Comparison:
             self.store.close()
             self.store = gathered
 
-    def _gram_transform(self, key: tuple[int, int]) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    def _gram_transform(self, key: Run) -> Callable[[str, torch.Tensor], torch.Tensor]:
         """The transform that turns each pooled layer of run ``key`` into its Gram inside the hook, after the
         transform the run's Extractor was given (if any)."""
         widths = self.widths.setdefault(key, {})
@@ -1206,11 +1221,11 @@ class _Comparison:
     def _prepare_minibatch(
         self,
         config: tuple[Any, ...],
-        acts: dict[tuple[int, int], dict[str, torch.Tensor]],
+        acts: dict[Run, dict[str, torch.Tensor]],
         checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
     ) -> list[Pending]:
         grams: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
-        stacked: dict[tuple[int, int], tuple[torch.Tensor, list[str], dict[str, int]]] = {}
+        stacked: dict[Run, tuple[torch.Tensor, list[str], dict[str, int]]] = {}
         for name in dict.fromkeys(n for p in self.pairs for n in p):
             key = self.run_of[name]
             if key not in stacked:
@@ -1261,11 +1276,11 @@ class _Comparison:
         return out
 
     def _sample_matrix(
-        self, pair: tuple[str, str], measure: Measure, caches: dict[tuple[tuple[int, int], str], dict[Any, Any]]
+        self, pair: tuple[str, str], measure: Measure, caches: dict[Slot, dict[Any, Any]]
     ) -> torch.Tensor:
         a, b = pair
-        slots_a = [(self.run_of[a], k) for k in self.keys[a]]
-        slots_b = [(self.run_of[b], k) for k in self.keys[b]]
+        slots_a = [self._slot(a, k) for k in self.keys[a]]
+        slots_b = [self._slot(b, k) for k in self.keys[b]]
         values = torch.empty(len(slots_a), len(slots_b), dtype=torch.float64)
         for i, sa in enumerate(slots_a):
             x = self._features(sa)  # read once per row of the matrix
@@ -1290,12 +1305,12 @@ class _Comparison:
                     raise type(exc)(f"{measure.label} of {where}: {exc}") from exc
         return values
 
-    def _side_stats(self, slot: tuple[tuple[int, int], str], t: torch.Tensor) -> tuple[float, float]:
+    def _side_stats(self, slot: Slot, t: torch.Tensor) -> tuple[float, float]:
         if slot not in self.layer_stats:
             self.layer_stats[slot] = side_stats(t)
         return self.layer_stats[slot]
 
-    def _features(self, slot: tuple[tuple[int, int], str]) -> torch.Tensor:
+    def _features(self, slot: Slot) -> torch.Tensor:
         """A layer's pooled features of every batch (from memory, or read back from its file)."""
         return self.store.get(slot)
 
@@ -1380,11 +1395,11 @@ class _Comparison:
         a, b = pair
         out = torch.empty(len(subsets), len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
         for i, ka in enumerate(self.keys[a]):
-            sa = (self.run_of[a], ka)
+            sa = self._slot(a, ka)
             x = self._features(sa)
             x = prepared_side(measure, x, f"{a}:{ka}", self._side_stats(sa, x))
             for j, kb in enumerate(self.keys[b]):
-                sb = (self.run_of[b], kb)
+                sb = self._slot(b, kb)
                 y = self._features(sb)
                 y = prepared_side(measure, y, f"{b}:{kb}", self._side_stats(sb, y)).to(x.device)
                 dtype = torch.promote_types(x.dtype, y.dtype)
@@ -1401,8 +1416,8 @@ class _Comparison:
         """Each cell's p-value, calibrated score and chance level (the null mean), and the test's summary."""
         u = self.uncertainty
         a, b = pair
-        xs = [self._features((self.run_of[a], k)) for k in self.keys[a]]
-        ys = [self._features((self.run_of[b], k)).to(xs[0].device) for k in self.keys[b]]
+        xs = [self._features(self._slot(a, k)) for k in self.keys[a]]
+        ys = [self._features(self._slot(b, k)).to(xs[0].device) for k in self.keys[b]]
         note = None
         if permutations == "moments":
             try:

@@ -11,7 +11,7 @@ import torch
 
 from .._validation import check_bool, check_int
 from ..errors import InvalidParameterError
-from ._compare import MeasureSpec, _Comparison, _measures
+from ._compare import MeasureSpec, Run, Slot, _Comparison, _measures
 from ._distributed import SkippedBatch, setup
 from ._options import Runtime, Uncertainty, checked_runtime, checked_uncertainty, migration_error
 from ._store import ActivationStore, alignment, as_store, chunks
@@ -21,14 +21,12 @@ __all__ = ["compare_stores"]
 #: Bytes of one layer's rows per chunk when chunk_rows is not given.
 CHUNK_BYTES = 64 * 2**20
 
-Slot = tuple[tuple[int, int], str]
-
 
 class _StoredFeatures:
     """Every sample's features for the sample-space measures, read straight from the stores (copy-on-write
     memory maps where the file allows): nothing is collected while streaming, and one layer is held at a time."""
 
-    def __init__(self, sources: dict[tuple[int, int], tuple[ActivationStore, np.ndarray[Any, Any] | None]],
+    def __init__(self, sources: dict[Run, tuple[ActivationStore, np.ndarray[Any, Any] | None]],
                  device: torch.device) -> None:  # fmt: skip
         self.sources, self.device = sources, device
         self.held: dict[Slot, torch.Tensor] = {}
@@ -56,7 +54,7 @@ class _Chunks:
 
     def __init__(
         self,
-        sides: Sequence[tuple[tuple[int, int], ActivationStore, list[str], np.ndarray[Any, Any] | None]],
+        sides: Sequence[tuple[Run, ActivationStore, list[str], np.ndarray[Any, Any] | None]],
         rows: int,
         device: torch.device,
         rank: int = 0,
@@ -68,7 +66,7 @@ class _Chunks:
         n = self.sides[0][1].samples
         return -(-n // self.rows)
 
-    def __iter__(self) -> Iterator[dict[tuple[int, int], dict[str, torch.Tensor]] | SkippedBatch]:
+    def __iter__(self) -> Iterator[dict[Run, dict[str, torch.Tensor]] | SkippedBatch]:
         keys = [key for key, *_ in self.sides]
         n = self.sides[0][1].samples
         every = list(range(0, n, self.rows))
@@ -178,7 +176,7 @@ def compare_stores(
     specs = {na: layers_a, nb: layers_b if layers_b is not None else layers_a}
     dist = setup(runtime.distributed, "batches", ())
     # each store is one run of the comparison, keyed (id(store), 0); its rows in the first store's sample order
-    rows_of = {(id(sb), 0): (sb, order), (id(sa), 0): (sa, None)}
+    rows_of = {Run(id(sb), 0): (sb, order), Run(id(sa), 0): (sa, None)}
     notes: dict[str, Any] = {"stores": {na: str(sa.path), nb: str(sb.path)}}
     if order is not None:
         notes["aligned"] = "the second store's rows were reordered by sample ID"
@@ -196,7 +194,7 @@ def compare_stores(
         notes=notes,
     )
     # one entry per distinct store, reading the union of the layers its sides select
-    sides: dict[tuple[int, int], tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
+    sides: dict[Run, tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
     for name, store, rows_order in ((na, sa, None), (nb, sb, order)):
         key = comparison.run_of[name]
         layers = comparison.layer_names[name]
