@@ -440,3 +440,13 @@ def check_compute_dtype(dtype: Any) -> torch.dtype | None:
     if not dtype.is_floating_point:
         raise InvalidParameterError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
     return dtype
+
+
+def refuse_keywords(function: str, given: Mapping[str, Any], advice: list[str]) -> None:
+    """The one way reprsim refuses keywords a function does not take (its ``**removed``): the migration error
+    with ``advice`` (what to write instead of each keyword it took before), else Python's own TypeError for
+    keywords it never took. Nothing when ``given`` is empty."""
+    if advice:
+        raise InvalidParameterError(f"{function}'s keywords changed (see the CHANGELOG): " + "; ".join(advice))
+    if given:
+        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(given)}")

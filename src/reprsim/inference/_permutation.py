@@ -41,6 +41,7 @@ from .._validation import (
     check_same_samples,
     check_seed,
     is_integer,
+    refuse_keywords,
 )
 from ..errors import InsufficientSamplesError, InvalidParameterError, ReprsimWarning
 from ..measures._base import Measure, NoTraceForm, evaluate_validated, get_measure, on_arrays, prepared_side
@@ -333,8 +334,9 @@ def _checked_layers(xs: list[torch.Tensor], ys: list[torch.Tensor], need: int) -
 
 @full_precision_matmul
 def _moved_method(given: dict[str, Any]) -> None:
-    """permutation_test's ``method=`` before 0.3, refused with the ``permutations=`` that replaces it; any other
-    unknown keyword as Python would refuse it."""
+    """permutation_test's ``method=`` before 0.3, refused with the ``permutations=`` that replaces it (the null is
+    named as in :class:`~reprsim.Uncertainty`)."""
+    advice = []
     if "method" in given:
         method = given["method"]
         instead = {
@@ -343,11 +345,10 @@ def _moved_method(given: dict[str, Any]) -> None:
             "auto": "permutations='moments' (a warning, which warnings.filterwarnings silences, says when it falls "
             "back to Monte Carlo)",
         }.get(method, "permutations='moments' or a number K")
-        raise InvalidParameterError(
-            f"permutation_test's method= is now part of permutations=, as in reprsim.Uncertainty: instead of "
-            f"method={method!r}, pass {instead}"
+        advice.append(
+            f"the null is chosen with permutations=, as in Uncertainty: instead of method={method!r}, pass {instead}"
         )
-    raise TypeError(f"permutation_test() got unexpected keyword arguments {sorted(given)}")
+    refuse_keywords("permutation_test", given, advice)
 
 
 def permutation_test(

@@ -23,6 +23,7 @@ from .._validation import (
     check_same_device,
     check_same_samples,
     check_spread,
+    refuse_keywords,
     relative_spread,
     rescaled,
 )
@@ -248,14 +249,12 @@ def refuse_renamed(function: str, given: dict[str, Any], renamed: Mapping[str, t
     """Raise for keywords ``function`` does not take: the migration error for the renamed ones (``renamed``: old
     name to (new name, what it is); the value given is shown under its new name), Python's TypeError for any
     other. Nothing when ``given`` is empty."""
-    moved = [k for k in given if k in renamed]
-    if moved:
-        advice = "; ".join(
-            f"{k}= is now {renamed[k][0]}= ({renamed[k][0]}={given[k]!r}): {renamed[k][1]}" for k in moved
-        )
-        raise InvalidParameterError(f"{function}'s keywords changed (see the CHANGELOG): {advice}")
-    if given:
-        raise TypeError(f"{function}() got unexpected keyword arguments {sorted(given)}")
+    advice = [
+        f"{k}= is now {renamed[k][0]}= ({renamed[k][0]}={v!r}): {renamed[k][1]}"
+        for k, v in given.items()
+        if k in renamed
+    ]
+    refuse_keywords(function, given, advice)
 
 
 def register(name: str, factory: Callable[[], Measure], *, replace: bool = False) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal, NoReturn
 
 import torch
 
-from .._validation import check_bool, check_int, check_probability, check_seed
+from .._validation import check_bool, check_int, check_probability, check_seed, refuse_keywords
 from ..errors import InvalidParameterError
 from ._distributed import Shard
 
@@ -228,9 +228,8 @@ def migration_error(function: str, given: Mapping[str, Any]) -> NoReturn:
                 "carries its own extraction settings)"
             )
     advice += [f"instead of {k}=, pass {REMOVED[k]}" for k in given if k in REMOVED]
-    if advice:
-        raise InvalidParameterError(f"{function}()'s keywords changed (see the CHANGELOG): " + "; ".join(advice))
-    raise TypeError(f"{function}() got unexpected keyword arguments {sorted(given)}")
+    refuse_keywords(function, given, advice)
+    raise AssertionError("unreachable: compare and compare_stores call this with unknown keywords only")
 
 
 def checked_uncertainty(value: object) -> Uncertainty:

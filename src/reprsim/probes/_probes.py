@@ -18,7 +18,17 @@ import torch
 from .._precision import full_precision_matmul
 from .._validation import as_matrix, check_finite, check_int, check_real, is_integer
 from ..errors import InsufficientSamplesError, InvalidParameterError, ShapeMismatchError
+from ..measures._base import refuse_renamed
 from ..streaming._protocol import _Accumulator, shifted_cross_sum
+
+#: The probes' keywords renamed in 0.3.
+PROBE_RENAMED = {
+    "alpha": (
+        "ridge",
+        "the name reprsim gives the ridge penalty everywhere (Predictivity, CCA); alpha= is a test's level",
+    ),
+    "probe_alpha": ("probe_ridge", "as RidgeProbe(ridge=...)"),
+}
 
 __all__ = ["RidgeProbe", "knn_accuracy", "logistic_probe", "prediction_agreement"]
 
@@ -235,13 +245,7 @@ class RidgeProbe(_Accumulator):
     def __init__(
         self, num_classes: int, ridge: float = 1.0, dtype: torch.dtype = torch.float64, **removed: Any
     ) -> None:
-        if "alpha" in removed:
-            raise InvalidParameterError(
-                f"RidgeProbe's alpha= is now ridge= (ridge={removed['alpha']!r}), the name reprsim gives the ridge "
-                "penalty everywhere (Predictivity, CCA); alpha= is a test's level"
-            )
-        if removed:
-            raise TypeError(f"RidgeProbe() got unexpected keyword arguments {sorted(removed)}")
+        refuse_renamed("RidgeProbe", removed, PROBE_RENAMED)
         super().__init__(dtype)
         self.num_classes = check_int(num_classes, "num_classes", minimum=2)
         self.ridge = check_real(ridge, "ridge", low=0.0)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InsufficientSamplesError, InvalidParameterError
+from ..measures._base import refuse_renamed
 from ..models._extract import (
     Extractor,
     LayerSpec,
@@ -24,7 +25,7 @@ from ..models._extract import (
     pool_tokens,
     resolve_layers,
 )
-from ._probes import RidgeProbe, _num_classes, knn_accuracy
+from ._probes import PROBE_RENAMED, RidgeProbe, _num_classes, knn_accuracy
 
 __all__ = ["separability"]
 
@@ -113,13 +114,7 @@ def separability(
     >>> res["flatten"]["2"]["top1"]
     1.0
     """
-    if "probe_alpha" in removed:
-        raise InvalidParameterError(
-            f"separability's probe_alpha= is now probe_ridge= (probe_ridge={removed['probe_alpha']!r}), as "
-            "RidgeProbe(ridge=...)"
-        )
-    if removed:
-        raise TypeError(f"separability() got unexpected keyword arguments {sorted(removed)}")
+    refuse_renamed("separability", removed, PROBE_RENAMED)
     pools = [pool] if isinstance(pool, str) else list(pool)
     if not pools:
         raise InvalidParameterError("pool must name at least one pooling")
