@@ -134,7 +134,6 @@ def _pool_name(pool: Any) -> Any:
 
 
 MeasureSpec = Union[str, Measure]
-#: compare's keyword arguments before 0.2, and what replaces each.
 #: The most memory large per-layer results (RSA's ranked RDM triangles) may take while a comparison runs.
 CACHE_MEMORY = 2 * 2**30
 #: The most memory the per-block (or per-fold) copies of the moments may take (ci= with blocks=G keeps G copies).
