@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import torch
 
@@ -18,6 +18,8 @@ from ..errors import InvalidParameterError
 from ._distributed import Shard
 
 __all__ = ["Runtime", "Uncertainty"]
+
+_Group = TypeVar("_Group", "Uncertainty", "Runtime")
 
 #: Default bytes of pooled features that compare keeps in memory for sample-space measures before spilling.
 FEATURE_MEMORY = 2 * 2**30
@@ -172,15 +174,21 @@ class Runtime:
         object.__setattr__(self, "feature_memory", memory)
 
 
-def checked_runtime(value: object) -> Runtime:
-    """``runtime=`` as compare and compare_stores accept it: None (the defaults) or a :class:`Runtime`."""
+def _checked_group(value: object, cls: type[_Group], keyword: str, example: str) -> _Group:
+    """An option group as compare and compare_stores accept it: None (the group's defaults) or a ``cls``."""
     if value is None:
-        return Runtime()
-    if isinstance(value, Runtime):
+        return cls()
+    if isinstance(value, cls):
         return value
     raise InvalidParameterError(
-        f"runtime= takes a Runtime (e.g. runtime=reprsim.Runtime(device='cuda')) or None; got {type(value).__name__}"
+        f"{keyword}= takes {'an' if cls.__name__[0] in 'AEIOU' else 'a'} {cls.__name__} (e.g. {keyword}="
+        f"reprsim.{cls.__name__}({example})) or None; got {type(value).__name__}"
     )
+
+
+def checked_runtime(value: object) -> Runtime:
+    """``runtime=`` as compare and compare_stores accept it: None (the defaults) or a :class:`Runtime`."""
+    return _checked_group(value, Runtime, "runtime", "device='cuda'")
 
 
 #: The fields of each option group, which compare() and compare_stores() took as keywords before 0.3.
@@ -234,11 +242,4 @@ def migration_error(function: str, given: Mapping[str, Any]) -> NoReturn:
 
 def checked_uncertainty(value: object) -> Uncertainty:
     """``uncertainty=`` as compare and compare_stores accept it: None (values only) or an :class:`Uncertainty`."""
-    if value is None:
-        return Uncertainty()
-    if isinstance(value, Uncertainty):
-        return value
-    raise InvalidParameterError(
-        f"uncertainty= takes an Uncertainty (e.g. uncertainty=reprsim.Uncertainty(ci=0.95)) or None; got "
-        f"{type(value).__name__}"
-    )
+    return _checked_group(value, Uncertainty, "uncertainty", "ci=0.95")
