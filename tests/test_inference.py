@@ -98,6 +98,20 @@ def test_p_values_are_uniform_under_independence_and_small_under_dependence() ->
     assert all(t.calibrated > 0 for t in strong)
 
 
+@pytest.mark.parametrize(("p", "q"), [(12, 10), (64, 48)])
+def test_p_values_are_uniform_under_independence_at_layer_widths(p: int, q: int) -> None:
+    """The add-one p-value is exact for exchangeable samples at any width: the same check as above with layers of
+    tens of features (wider than the samples, at p = 64 and q = 48, where biased CKA sits far above 0)."""
+    p_values = np.array(
+        [
+            permutation_test(*data(n=30, p=p, q=q, strength=0.0, seed=rep), "cka", permutations=49, seed=rep).p_value
+            for rep in range(200)
+        ]
+    )
+    assert stats.kstest(p_values - 0.01, "uniform").pvalue > 0.01
+    assert np.mean(p_values <= 0.05) < 0.1
+
+
 def test_layers_aggregate_uses_one_permutation_for_every_layer() -> None:
     x, y = data(n=50)
     xs, ys = [x, x**2, np.sin(x)], [y, y[:, :2]]
