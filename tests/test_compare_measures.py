@@ -82,8 +82,9 @@ def test_exact_measures_keep_one_set_of_moments_per_layer() -> None:
 
     comparison = comparison_of(nets, [("a", "b"), ("a", "c"), ("b", "c")], ["cka"])
     comparison.run(batches(n=64), eval_models=True, progress=False)
-    assert comparison.moments is not None
-    state = comparison.moments.state_dict()["state"]
+    moments = comparison.plan.parts["moments"].moments
+    assert moments is not None
+    state = moments.state_dict()["state"]
     assert sum(k.startswith("m2.") for k in state) == 9  # 3 models × 3 layers, not one per pair
     assert sum(k.startswith("cross.") for k in state) == 3  # one block of cross co-moments per model pair
 
@@ -181,15 +182,16 @@ def test_a_rejected_batch_leaves_every_accumulator_untouched() -> None:
     with torch.no_grad():
         for b in good:
             comparison._step(b)
-    assert comparison.moments is not None
-    before = {k: v.clone() for k, v in comparison.moments.state_dict()["state"].items()}
-    minibatch = next(iter(comparison.minibatch.values()))
+    moments = comparison.plan.parts["moments"].moments
+    assert moments is not None
+    before = {k: v.clone() for k, v in moments.state_dict()["state"].items()}
+    minibatch = next(iter(comparison.plan.parts["minibatch"].accumulators.values()))
     before_mb = {k: v.clone() for k, v in minibatch.state_dict()["state"].items()}
     bad = batches(n=32, seed=9)[0].clone()
     bad[3, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="A: layer '1'"), torch.no_grad():
         comparison._step(bad)
-    after = comparison.moments.state_dict()["state"]
+    after = moments.state_dict()["state"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     after_mb = minibatch.state_dict()["state"]
     assert all(torch.equal(before_mb[k], after_mb[k]) for k in before_mb)

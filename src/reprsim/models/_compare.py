@@ -1,27 +1,26 @@
 """Layer-by-layer comparison of models over a stream of batches: :func:`compare`.
 
 Runs each distinct model once per batch (a model compared with itself, or with several others, is not run
-again) and streams every layer into the accumulators that the requested measures need: one
-:class:`~reprsim.streaming.CrossMoments` for all moment-based measures (one set of moments per layer, one
-cross co-moment per compared pair), one :class:`~reprsim.streaming.MinibatchCKAMatrix` per pair and kernel for
-minibatch CKA, and, for sample-space measures only, every row of the layers they need (in memory, or spilled to a
-temporary file beyond ``Runtime.feature_memory``). Measures reach this module through the measure protocol
-(:class:`~reprsim.measures.Measure`), routed by the ``stream`` each declares. Models may be put in eval mode for
-the duration; every module's ``training`` flag is restored afterwards, also after an exception. Models are
-never moved or cast: batches are moved to each model's device instead.
+again) and feeds every layer to the parts that the requested measures need (the :class:`._layout.Part`
+contract), chosen from :data:`PARTS` by the ``stream`` each measure declares: one set of moments for all
+moment-based measures (:class:`._parts.MomentPart`: moments per layer, a cross co-moment per compared pair),
+one minibatch CKA accumulator per pair and kernel (:class:`._parts.MinibatchPart`), and, for sample-space
+measures and permutation tests, every row of the layers (:class:`._features.FeaturePart`: in memory, or spilled
+to temporary files beyond ``Runtime.feature_memory``). :func:`compare_stores` and the torchrun reduction drive
+the same parts. Models may be put in eval mode for the duration; every module's ``training`` flag is restored
+afterwards, also after an exception. Models are never moved or cast: batches are moved to each model's device
+instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Union, overload
+from typing import Any, Union, overload
 
 import numpy as np
 import torch
@@ -32,30 +31,11 @@ from .._validation import check_bool, format_bytes
 from .._version import __version__
 from ..errors import (
     DeviceMismatchError,
-    IncompatibleStateError,
-    InsufficientSamplesError,
     InvalidParameterError,
-    MemoryBudgetError,
-    NonFiniteError,
-    ReprsimError,
     ReprsimWarning,
     ShapeMismatchError,
 )
-from ..inference._interval import half_matrix, jackknife_matrix
-from ..inference._permutation import FALLBACK_PERMUTATIONS, PermutationTest, assemble, moments_tests, null_values
-from ..inference._stream import batch_jackknife_matrix
-from ..measures._base import (
-    BUDGET,
-    CacheBudget,
-    Measure,
-    NoTraceForm,
-    evaluate_validated,
-    get_measure,
-    prepared_side,
-    side_stats,
-)
-from ..measures._cka import CKA, batch_gram, zero_diagonals_
-from ..streaming import CrossMoments, MinibatchCKAMatrix, Pending
+from ..measures._base import Measure, get_measure
 from ._distributed import (
     Distributed,
     agree_description,
@@ -63,29 +43,20 @@ from ._distributed import (
     all_sum,
     check_supported,
     fingerprint,
-    gather_rows,
     rows_of,
     setup,
     shard_loader,
-    stream_order,
 )
-from ._extract import (
-    Extractor,
-    LayerSpec,
-    Pool,
-    eval_mode,
-    exclusive,
-    model_device,
-    module_of,
-    move_batch,
-)
+from ._extract import Extractor, LayerSpec, Pool, eval_mode, exclusive, model_device, move_batch
+from ._features import FeaturePart, FeatureStore, KeptFeatures
+from ._layout import Batch, Checks, Layout, Part, Run, commit
 from ._options import FEATURE_MEMORY, Runtime, Uncertainty, checked_runtime, checked_uncertainty, migration_error
+from ._parts import EXACT_MAX_WIDTH, FOLD_MEMORY, MinibatchPart, MomentPart, PartSettings, Transform, moment_bytes
 from ._result import SimilarityResult
 from ._store import ActivationStore, StoreWriter
 
 __all__ = ["compare"]
 
-EXACT_MAX_WIDTH = 8192
 Adapter = Callable[[Any], Any]
 
 
@@ -134,10 +105,6 @@ def _pool_name(pool: Any) -> Any:
 
 
 MeasureSpec = Union[str, Measure]
-#: The most memory large per-layer results (RSA's ranked RDM triangles) may take while a comparison runs.
-CACHE_MEMORY = 2 * 2**30
-#: The most memory the per-block (or per-fold) copies of the moments may take (ci= with blocks=G keeps G copies).
-FOLD_MEMORY = 4 * 2**30
 
 
 class CompareOptions(TypedDict, total=False):
@@ -503,114 +470,325 @@ def _measures(measure: MeasureSpec | None, measures: Sequence[MeasureSpec] | Non
     return out
 
 
-def _minibatch_key(m: Measure) -> tuple[Any, ...]:
-    if not isinstance(m, CKA):  # pragma: no cover - CKA is the only minibatch measure
-        raise InvalidParameterError(f"{m!r} claims to stream per batch, which only minibatch CKA does")
-    return (m.kernel, m.sigma, m.median_fraction)
+#: The part that accumulates what each kind of measure needs from a pass, by the ``stream`` the measure declares
+#: (every moment measure shares one set of moments; the permutation test also needs the kept features).
+PARTS: dict[str, Callable[[dict[str, Measure], PartSettings], Part]] = {
+    "moments": MomentPart,
+    "minibatch": MinibatchPart,
+    "samples": FeaturePart,
+}
 
 
-class Run(NamedTuple):
-    """One forward pass per batch: a model (by identity) with one set of extraction settings (the index among
-    the distinct settings its names use), or an activation store (settings 0). Two names share a run when they
-    share both, so a model compared with itself runs once."""
+class _ModelRuns:
+    """The forward passes: one Extractor per run, on its device. A model under two names, or compared with
+    itself, runs once per batch, capturing the union of the layers its names select."""
 
-    source: int
-    settings: int
+    unit = "batch"
 
-
-class Slot(NamedTuple):
-    """One layer of one run: where its moments, Grams and kept features are filed."""
-
-    run: Run
-    layer: str
-
-
-#: Half-samples for the intervals of sample-space measures in compare (the same ones for every cell).
-HALF_SAMPLES = 100
-
-
-class _FeatureStore:
-    """Every sample's pooled features per layer, for the sample-space measures: tensors in memory until their
-    total passes ``budget`` bytes, then raw bytes appended to one temporary file per layer and read back
-    through a memory map (the layer's dtype and device restored), one layer at a time."""
-
-    def __init__(self, budget: int | None) -> None:
-        self.budget = budget
-        self.memory: dict[Slot, list[torch.Tensor]] = {}
-        self.meta: dict[Slot, tuple[str, int, torch.dtype, torch.device]] = {}  # name, width, dtype, device
-        self.rows: dict[Slot, int] = {}
-        self.last_batch: dict[Slot, int] = {}
-        self.bytes = 0
-        self.folder: tempfile.TemporaryDirectory[str] | None = None
-        self.files: dict[Slot, Any] = {}
-        self.read: dict[Slot, torch.Tensor] = {}
-
-    def add(self, slot: Slot, name: str, tensor: torch.Tensor, batch: int) -> None:
-        if self.last_batch.get(slot) == batch:
-            return  # a model under two names: its layers are kept once per batch
-        flat = tensor.reshape(tensor.shape[0], -1)
-        if slot in self.meta:
-            width = self.meta[slot][1]
-            if flat.shape[1] != width:
-                raise ShapeMismatchError(
-                    f"{name}: the pooled width changed from {width} to {flat.shape[1]} between batches (e.g. a "
-                    "token count that varies with padding); sample-space measures need one width per layer: use "
-                    "pool='mean' or pool='masked_mean', or pad every batch to one length"
+    def __init__(self, extractors: Mapping[str, Extractor], used: list[str], device: torch.device | str | None) -> None:
+        self.models = {n: e.model for n, e in extractors.items()}
+        #: each model's pooling (in the metadata, the stores it writes, and the hint when a width changes)
+        self.pool_of = {n: _pool_name(e.pool) for n, e in extractors.items() if n in used}
+        captures = {n: e.capture for n, e in extractors.items() if n in used}
+        self.config: dict[str, Any] = {"pool": _one_or_each(self.pool_of), "capture": _one_or_each(captures)}
+        self.layer_names = {n: list(extractors[n].layers) for n in used}
+        settings: list[tuple[Any, ...]] = []
+        self.run_of: dict[str, Run] = {}
+        for n in used:
+            setting = _settings(extractors[n])
+            if setting not in settings:
+                settings.append(setting)
+            self.run_of[n] = Run(id(extractors[n].model), settings.index(setting))
+        self.extractors: dict[Run, Extractor] = {}
+        #: the transform each run's Extractor was given (a Gram transform, when installed, is applied after it)
+        self.given: dict[Run, Callable[[str, torch.Tensor], torch.Tensor] | None] = {}
+        self.device: dict[Run, torch.device] = {}
+        for n in used:
+            key = self.run_of[n]
+            if key in self.extractors:
+                continue
+            union = list(dict.fromkeys(l for m in used if self.run_of[m] == key for l in self.layer_names[m]))
+            e = extractors[n]
+            self.given[key] = e.transform
+            self.extractors[key] = Extractor(e.model, union, capture=e.capture, select=e.select, pool=e.pool,
+                                             calls=e.calls, stop_early=e.stop_early, no_grad=e.no_grad,
+                                             transform=e.transform, inputs=e.inputs)  # fmt: skip
+            own = model_device(e.model)
+            target = torch.device(device) if device is not None else own
+            if device is not None and any(t.device != target for t in e.model.parameters()):
+                raise DeviceMismatchError(
+                    f"{n!r} has parameters on {own} but Runtime(device={str(target)!r}); compare never moves a "
+                    f"model: move it with .to({str(target)!r}) first, or leave the device unset"
                 )
-        else:
-            self.meta[slot] = (name, flat.shape[1], flat.dtype, flat.device)
-            self.rows[slot] = 0
-        self.last_batch[slot] = batch
-        self.rows[slot] += flat.shape[0]
-        self.bytes += flat.numel() * flat.element_size()
-        if self.folder is None and self.budget is not None and self.bytes > self.budget:
-            self.folder = tempfile.TemporaryDirectory(prefix="reprsim-features-")
-            for kept_slot, kept in self.memory.items():
-                for t in kept:
-                    self._write(kept_slot, t)
-            self.memory.clear()
-        if self.folder is None:
-            self.memory.setdefault(slot, []).append(flat)
-        else:
-            self._write(slot, flat)
+            self.device[key] = target
 
-    def _write(self, slot: Slot, flat: torch.Tensor) -> None:
-        if slot not in self.files:
-            if self.folder is None:
-                raise IncompatibleStateError("features are written only after spilling")  # pragma: no cover
-            self.files[slot] = open(os.path.join(self.folder.name, f"layer{len(self.files)}.bin"), "wb")  # noqa: SIM115
-        self.files[slot].write(flat.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    def activations(self, batch: Any) -> dict[Run, dict[str, torch.Tensor]]:
+        """Every run's pooled layers for one batch: a forward pass per model."""
+        return {key: e(move_batch(batch, self.device[key])) for key, e in self.extractors.items()}
 
-    def get(self, slot: Slot) -> torch.Tensor:
-        if slot in self.read:
-            return self.read[slot]
-        _, width, dtype, device = self.meta[slot]
-        if slot in self.memory:
-            kept = self.memory[slot]
-            if len(kept) > 1:
-                kept[:] = [torch.cat(kept)]
-            return kept[0]
-        handle = self.files[slot]
-        handle.flush()
-        raw = np.memmap(handle.name, dtype=np.uint8, mode="c")  # copy-on-write: torch wants a writable buffer
-        out = torch.from_numpy(raw).view(dtype).reshape(self.rows[slot], width).to(device)
-        self.read = {slot: out}  # one layer read back at a time
-        return out
+    def hook(self, transform: Callable[[Run, Transform | None], Transform]) -> None:
+        """From the next batch on, apply ``transform(run, given)`` inside each run's hooks."""
+        for key, e in self.extractors.items():
+            e.transform = transform(key, self.given[key])
 
-    def describe(self) -> str:
-        where = "in memory" if self.folder is None else "spilled to memory-mapped temporary files"
-        return f"{where} (n × width per layer, {self.bytes / 2**20:.1f} MiB in all)"
+
+class _StoreRuns:
+    """Stored activations: each store is one run, its chunks (already keyed by run) standing in for the passes."""
+
+    unit = "chunk"
+
+    def __init__(self, stored: Mapping[str, ActivationStore], specs: Mapping[str, Any], used: list[str]) -> None:
+        self.models: dict[str, nn.Module] = {}
+        self.extractors: dict[Run, Extractor] = {}
+        self.layer_names = {n: stored[n].select(specs[n]) for n in used}
+        self.run_of = {n: Run(id(stored[n]), 0) for n in used}
+        self.pool_of: dict[str, Any] = {}
+        self.config: dict[str, Any] = {"pool": {n: stored[n].pools for n in used}, "capture": "stored"}
+
+    def activations(self, batch: Any) -> dict[Run, dict[str, torch.Tensor]]:
+        return dict(batch)
+
+    def hook(self, transform: Callable[[Run, Transform | None], Transform]) -> None:
+        return None  # nothing runs
+
+
+class _Writers:
+    """The activation stores a comparison writes (``stores=``), one per model, with each batch's sample IDs."""
+
+    def __init__(
+        self,
+        stores: Mapping[str, Any] | None,
+        sample_ids: Callable[[Any], Any] | None,
+        used: list[str],
+        pool_of: Mapping[str, Any],
+        dist: Distributed | None,
+    ) -> None:
+        self.sample_ids = sample_ids
+        self.writers: dict[str, StoreWriter] = {}
+        if stores:
+            if dist is not None:
+                check_supported(dist, writing=True)
+            unknown = [n for n in stores if n not in used]
+            if unknown:
+                raise InvalidParameterError(f"stores= names {unknown}, which are not among the models {used}")
+            if sample_ids is not None and not callable(sample_ids):
+                raise InvalidParameterError("sample_ids must be a function of a batch that returns its sample IDs")
+            self.writers = {n: StoreWriter(path, model=n, pool=pool_of[n]) for n, path in stores.items()
+                            if path is not None}  # fmt: skip
+        elif sample_ids is not None:
+            raise InvalidParameterError(
+                "sample_ids= names the rows of the stores that stores= writes; pass stores= too"
+            )
+
+    def __bool__(self) -> bool:
+        return bool(self.writers)
+
+    def write(self, batch: Any, acts: Mapping[Run, Mapping[str, torch.Tensor]], layout: Layout) -> None:
+        if not self.writers:
+            return
+        ids = self.sample_ids(batch) if self.sample_ids is not None else None
+        for model, writer in self.writers.items():
+            run = acts[layout.run_of[model]]
+            writer.write({k: run[k] for k in layout.keys[model]}, ids=ids)
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()  # the stores stay incomplete, and are refused if opened
 
     def close(self) -> None:
-        self.read.clear()
-        for handle in self.files.values():
-            handle.close()
-        if self.folder is not None:
-            self.folder.cleanup()
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _feed(
+    data: Iterable[Any], d: Distributed | None, step: Callable[[Any, int | None], int], bar: Any, prints: bool
+) -> None:
+    """Feed every batch of ``data`` to ``step(batch, start) -> rows``; under torchrun, only this rank's batches,
+    recording where each is in the stream (``start``, the global index of its first sample, while known) and,
+    with ``prints``, every batch's fingerprint (to check that the ranks iterate the same data)."""
+    began = time.perf_counter()
+    samples = 0
+    index: int | None = 0
+    stream = shard_loader(d, data) if d is not None else data
+    for i, batch in enumerate(stream):
+        if d is not None and d.shard == "batches":
+            rows = rows_of(batch)
+            if prints and not d.loader_sharded:  # stores and split loaders: the same by design
+                d.fingerprints.append(fingerprint(batch))
+            if i % d.world != d.rank:  # another rank's batch
+                index = None if index is None or rows is None else index + rows
+                if bar is not None:
+                    bar.update(1)
+                continue
+            d.batch_index.append(i)
+            d.starts.append((-1 if index is None else index, rows or 0))
+        elif d is not None:
+            d.batch_index.append((d.rank << 40) + i)  # rank-major: the order is the shards'
+        rows = step(batch, index if d is not None else None)
+        samples += rows
+        index = None if index is None else index + rows
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{samples / max(time.perf_counter() - began, 1e-9):,.0f} samples/s", refresh=False)
+
+
+class _Plan:
+    """What a comparison computes: the measures as keyed, the uncertainty with its blocks resolved, the folds the
+    moments keep, the parts the pass feeds (from :data:`PARTS`, by each measure's declared ``stream``), the
+    default measure's choice, and each result from the parts."""
+
+    def __init__(
+        self,
+        measures: dict[str, Measure],
+        uncertainty: Uncertainty,
+        layout: Layout,
+        store: FeatureStore,
+        dist: Distributed | None,
+        default_measure: bool,
+    ) -> None:
+        self.uncertainty, self.layout, self.store, self.dist = uncertainty, layout, store, dist
+        #: what every rank must have asked for (the default measure is chosen later, from the pooled widths)
+        self.requested: Any = (
+            "the default measure"
+            if default_measure
+            else sorted((k, m.id, repr(m.describe())) for k, m in measures.items())
+        )
+        #: while True, the default measure waits for the first batch's pooled widths (see choose_default)
+        self.default_pending = default_measure
+        self.default_choice: str | None = None  # why the default measure is the one it is, for the metadata
+        self.use(measures)
+
+    def use(self, measures: dict[str, Measure]) -> None:
+        """Set up for ``measures``: the parts the pass feeds, the folds the moments keep (the jackknife's blocks
+        with ``ci``), and which measures the permutation test leaves out."""
+        self.measures = measures
+        kinds = {kind: {k: m for k, m in measures.items() if m.stream == kind} for kind in PARTS}
+        folds = max((m.folds for m in kinds["moments"].values()), default=1)
+        u = self.uncertainty
+        if u.ci is not None:
+            if u.blocks is not None and folds > 1 and u.blocks != folds:
+                raise InvalidParameterError(
+                    f"a cross-validated measure keeps {folds} folds, which are also the jackknife's blocks: "
+                    f"pass blocks={folds} (or leave blocks unset)"
+                )
+            blocks = u.blocks if u.blocks is not None else (folds if folds > 1 else 20)
+            u = self.uncertainty = dataclasses.replace(u, blocks=blocks)  # the default made explicit
+            folds = blocks if kinds["moments"] else folds
+        self.folds = folds
+        # the permutation test needs every sample's features, as the sample-space measures do
+        tested = {"samples"} if u.permutations is not None else set()
+        needed = {kind for kind, given in kinds.items() if given} | tested
+        settings = PartSettings(self.layout, u, folds, self.store, self.dist)
+        self.parts = {kind: make(kinds[kind], settings) for kind, make in PARTS.items() if kind in needed}
+        part = self.parts.get("samples")
+        self.features = part if isinstance(part, FeaturePart) else None
+        #: measures the permutation test leaves out, with the reason (minibatch CKA is defined over batches)
+        self.untested = {k: why for k, m in measures.items() if (why := self.parts[m.stream].untestable) is not None}
+        if u.permutations is not None and self.untested:
+            bad, why = list(self.untested), next(iter(self.untested.values()))
+            if len(bad) == len(measures):
+                raise InvalidParameterError(
+                    f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with Uncertainty(permutations=...)"
+                )
+            warnings.warn(
+                f"{bad} {'is' if len(bad) == 1 else 'are'} not tested ({why}); the other measures are, and 'cka' or "
+                "'cka_unbiased' would be",
+                ReprsimWarning,
+                stacklevel=5,
+            )
+
+    def minibatch(self) -> MinibatchPart | None:
+        """The minibatch part when it is the only one, with one kernel (its Grams can be built in the hooks)."""
+        only = list(self.parts.values())
+        return only[0] if len(only) == 1 and isinstance(only[0], MinibatchPart) and len(only[0].configs) == 1 else None
+
+    def choose_default(self, widths: Mapping[tuple[str, str], int]) -> None:
+        """The measure when none is named, the same in compare(), compare_stores() and ``reprsim compare``:
+        exact linear CKA (set up already) where its moments fit, i.e. every pooled width (``(model, layer)`` to
+        width) is at most EXACT_MAX_WIDTH and the moments, with the jackknife's blocks under ``ci``, take at most
+        FOLD_MEMORY; minibatch CKA otherwise. Every rank with data decides alike (their widths agree); a rank
+        without data adopts the first one's choice in :meth:`adopt`."""
+        self.default_pending = False
+        (model, layer), width = max(widths.items(), key=lambda kv: kv[1])
+        need = moment_bytes(self.layout, {self.layout.slot(m, k): w for (m, k), w in widths.items()}, self.folds)
+        if width <= EXACT_MAX_WIDTH and need <= FOLD_MEMORY:
+            self.default_choice = f"cka (every pooled width is at most {EXACT_MAX_WIDTH:,})"
+            return
+        if width > EXACT_MAX_WIDTH:
+            why = f"{model}:{layer} has {width:,} features after pooling, more than exact CKA's {EXACT_MAX_WIDTH:,}"
+        else:
+            blocks = f", with {self.folds} blocks for the interval," if self.folds > 1 else ""
+            why = (f"exact CKA's moments for these layers{blocks} would take {format_bytes(need)}, more than "
+                   f"{format_bytes(FOLD_MEMORY)}")  # fmt: skip
+        self.default_choice = f"cka_minibatch ({why})"
+        if self.uncertainty.permutations is not None:
+            raise InvalidParameterError(
+                f"permutations= needs exact CKA, but the default measure for these layers is minibatch CKA ({why}), "
+                "which has no permutation test: pool tokens (pool='mean' or 'cls') or select fewer, narrower layers"
+            )
+        self.use({"cka": get_measure("cka_minibatch")})
+
+    def adopt(self, choice: str | None) -> None:
+        """On a rank that saw no data, the default measure the ranks with data chose."""
+        if self.default_pending and choice is not None:
+            self.use({"cka": get_measure(choice.split()[0])})
+            self.default_pending, self.default_choice = False, choice
+
+    def results(
+        self, pairs: list[tuple[str, str]], meta: dict[str, Any], progress: bool
+    ) -> dict[tuple[str, str], dict[str, SimilarityResult]]:
+        """Every pair's result for every measure. The work after the pass (intervals, permutation tests,
+        sample-space measures) can take as long as the pass itself: with ``progress``, a second bar, one step
+        per result."""
+        u = self.uncertainty
+        slow = u.ci is not None or u.permutations is not None or self.features is not None
+        phase = _progress(range(len(pairs) * len(self.measures)), progress and slow, "results", "result")
+        try:
+            out: dict[tuple[str, str], dict[str, SimilarityResult]] = {}
+            for i, p in enumerate(pairs):
+                out[p] = {}
+                for k, m in self.measures.items():
+                    if phase is not None:
+                        phase.set_postfix_str(f"{k}: {p[0]} vs {p[1]}", refresh=False)
+                    out[p][k] = self.result(p, i, k, m, meta)
+                    if phase is not None:
+                        phase.update(1)
+            return out
+        finally:
+            if phase is not None:
+                phase.close()
+            for part in self.parts.values():
+                part.close()
+
+    def result(
+        self, pair: tuple[str, str], index: int, key: str, measure: Measure, meta: dict[str, Any]
+    ) -> SimilarityResult:
+        """``measure``'s result for ``pair`` (the ``index``-th pair), with its interval and test as requested;
+        ``meta`` describes the pass."""
+        a, b = pair
+        part = self.parts[measure.stream]
+        matrix = part.matrix(pair, index, measure)
+        meta = {"model_a": a, "model_b": b, "measure": measure.describe(),
+                **({"default_measure": self.default_choice} if self.default_choice is not None else {}),
+                **({"features": self.features.describe()} if self.features is not None else {}), **meta}  # fmt: skip
+        extras: dict[str, torch.Tensor] = {}
+        u = self.uncertainty
+        if u.ci is not None and u.blocks is not None:
+            low, high, bias, meta["ci"] = part.interval(pair, index, measure, matrix, u.ci, u.blocks)
+            extras["low"], extras["high"] = low, high
+            if bias is not None:
+                extras["bias"] = bias
+        if u.permutations is not None and key in self.untested:
+            meta["permutation"] = {"method": None, "reason": self.untested[key]}
+        elif u.permutations is not None and self.features is not None:
+            extras["p_values"], extras["calibrated"], extras["chance"], meta["permutation"] = self.features.permutation(
+                pair, measure, u.permutations
+            )
+        return SimilarityResult(matrix, self.layout.keys[a], self.layout.keys[b], meta, **extras)
 
 
 class _Comparison:
-    """One streaming comparison: extractors grouped by model run, accumulators shared by measures."""
+    """One streaming comparison: the runs, the layout of compared layers, and the plan of what to compute."""
 
     def __init__(
         self,
@@ -626,215 +804,36 @@ class _Comparison:
         stores: Mapping[str, Any] | None = None,
         sample_ids: Callable[[Any], Any] | None = None,
         default_measure: bool = False,
-        features: Any = None,
+        features: FeatureStore | None = None,
         notes: Mapping[str, Any] | None = None,
     ) -> None:
         used = [n for n in models if any(n in p for p in pairs)]
-        self.uncertainty = uncertainty if uncertainty is not None else Uncertainty()
-        #: what every rank must have asked for (the default measure is chosen later, from the pooled widths)
-        self.requested: Any = (
-            "the default measure"
-            if default_measure
-            else sorted((k, m.id, repr(m.describe())) for k, m in measures.items())
-        )
-        #: while True, the default measure waits for the first batch's pooled widths (see _choose_default)
-        self.default_pending = default_measure
-        #: why the default measure is the one it is, for the results' metadata
-        self.default_choice: str | None = None
-        self.grams_next = False  # build Grams inside the hooks from the next batch on (see _choose_default)
-        self.pairs = pairs
-        self._use(measures)
-        moment = self.use_moments
-        u = self.uncertainty
-        # sample-space measures and permutation tests need every sample's pooled features
-        self.keep_features = bool(self.sample_measures) or u.permutations is not None
-        # sample-space measures need every sample's pooled features, n × width per layer: in memory up to
-        # feature_memory bytes in all, then in memory-mapped temporary files (or, from stores, read from them)
-        self.store = features if features is not None else _FeatureStore(feature_memory)
-        self.sample_caches: dict[Slot, dict[Any, Any]] = {}
-        self.layer_stats: dict[Slot, tuple[float, float]] = {}
-        # large per-layer results (RSA's ranked triangles) kept for the other pairs a layer is in, up to this much
-        self.cache_budget = CacheBudget(CACHE_MEMORY)
-        # Minibatch CKA alone only needs each layer's Gram: build it inside the hook, so no activation
-        # outlives its layer (kept activations cost the allocator fresh memory on every layer).
-        self.grams_in_hook = (
-            not moment
-            and len(self.minibatch_configs) == 1
-            and not self.keep_features
-            and not any(isinstance(m, ActivationStore) for m in models.values())
-            and not stores
-        )
-        self.dist = dist
-        self.sample_ids = sample_ids
-        self.last_rows = 0
-        self.widths: dict[Run, dict[str, int]] = {}
-        extractors = {n: m for n, m in models.items() if isinstance(m, Extractor)}
-        self.models = {n: e.model for n, e in extractors.items()}
-        #: each model's pooling (in the metadata, the stores it writes, and the hint when a width changes)
-        self.pool_of = {n: _pool_name(e.pool) for n, e in extractors.items() if n in used}
-        captures = {n: e.capture for n, e in extractors.items() if n in used}
-        self.config = {"pool": _one_or_each(self.pool_of), "capture": _one_or_each(captures)}
-        self.runs: dict[Run, Extractor] = {}
-        #: the transform each run's Extractor was given (the Gram transform, when used, is applied after it)
-        self.run_transform: dict[Run, Callable[[str, torch.Tensor], torch.Tensor] | None] = {}
-        self.run_device: dict[Run, torch.device] = {}
-        self.sources: dict[Run, ActivationStore] = {}
+        self.pairs, self.dist = pairs, dist
         stored = {n: m for n, m in models.items() if isinstance(m, ActivationStore)}
-        if stored:
-            # stored activations: each store is one "run", its chunks stand in for the forward passes
-            self.layer_names = {n: stored[n].select(specs[n]) for n in used}
-            self.run_of = {n: Run(id(stored[n]), 0) for n in used}
-            self.sources = {self.run_of[n]: stored[n] for n in used}
-            self.config = {"pool": {n: stored[n].pools for n in used}, "capture": "stored"}
-        else:
-            self.layer_names = {n: list(extractors[n].layers) for n in used}
-            # One run per model object and extraction settings: a model under two names, or compared with
-            # itself, is run once per batch, capturing the union of the layers its names select.
-            settings: list[tuple[Any, ...]] = []
-            self.run_of = {}
-            for n in used:
-                setting = _settings(extractors[n])
-                if setting not in settings:
-                    settings.append(setting)
-                self.run_of[n] = Run(id(extractors[n].model), settings.index(setting))
-        self.config.update(notes or {})  # what the caller records about its inputs (the stores' paths)
-        for n in used if not stored else ():
-            key = self.run_of[n]
-            if key in self.runs:
-                continue
-            union = list(dict.fromkeys(l for m in used if self.run_of[m] == key for l in self.layer_names[m]))
-            given = extractors[n]
-            self.run_transform[key] = given.transform
-            self.runs[key] = Extractor(
-                given.model,
-                union,
-                capture=given.capture,
-                select=given.select,
-                pool=given.pool,
-                calls=given.calls,
-                stop_early=given.stop_early,
-                no_grad=given.no_grad,
-                transform=self._gram_transform(key) if self.grams_in_hook else given.transform,
-                inputs=given.inputs,
-            )
-            own = model_device(given.model)
-            target = torch.device(device) if device is not None else own
-            if device is not None and any(t.device != target for t in given.model.parameters()):
-                raise DeviceMismatchError(
-                    f"{n!r} has parameters on {own} but Runtime(device={str(target)!r}); compare never moves a "
-                    f"model: move it with .to({str(target)!r}) first, or leave the device unset"
-                )
-            self.run_device[key] = target
-        self.moments: CrossMoments | None = None  # created at the first batch, when the layers are known
-        self.expected_samples: int | None = None  # set by run() where the data say how many samples they hold
-        self.slots: dict[Slot, int] = {}
-        self.pooled_widths: dict[tuple[str, str], int] = {}
-        self.keys: dict[str, list[str]] = {}
-        self.samples = 0
-        self.batches = 0
-        self.writers: dict[str, StoreWriter] = {}
-        if stores:
-            if dist is not None:
-                check_supported(dist, writing=True)
-            unknown = [n for n in stores if n not in used]
-            if unknown:
-                raise InvalidParameterError(f"stores= names {unknown}, which are not among the models {used}")
-            if sample_ids is not None and not callable(sample_ids):
-                raise InvalidParameterError("sample_ids must be a function of a batch that returns its sample IDs")
-            self.writers = {
-                n: StoreWriter(path, model=n, pool=self.pool_of[n]) for n, path in stores.items() if path is not None
-            }
-        elif sample_ids is not None:
-            raise InvalidParameterError(
-                "sample_ids= names the rows of the stores that stores= writes; pass stores= too"
-            )
+        self.runs: _ModelRuns | _StoreRuns = (
+            _StoreRuns(stored, specs, used) if stored
+            else _ModelRuns({n: m for n, m in models.items() if isinstance(m, Extractor)}, used, device)
+        )  # fmt: skip
+        self.config = {**self.runs.config, **(notes or {})}  # notes: what the caller records (the stores' paths)
+        self.layout = Layout(pairs, self.runs.run_of, self.runs.layer_names, self.runs.pool_of)
+        self.writers = _Writers(stores, sample_ids, used, self.runs.pool_of, dist)
+        # sample-space measures and permutation tests need every sample's pooled features, n × width per layer: in
+        # memory up to feature_memory bytes in all, then in memory-mapped temporary files (or read from stores)
+        store = features if features is not None else KeptFeatures(feature_memory)
+        u = uncertainty if uncertainty is not None else Uncertainty()
+        self.plan = _Plan(measures, u, self.layout, store, dist, default_measure)
+        # which parts need features is fixed by the request (a default measure that changes never needs them)
+        self.keep_features = self.plan.features is not None
+        self._hook_grams()
+        self.grams_next = False  # build Grams inside the hooks from the next batch on (see _choose_default)
+        self.samples = self.batches = 0
 
-    def _slot(self, model: str, layer: str) -> Slot:
-        """The slot of layer ``layer`` of the model named ``model``."""
-        return Slot(self.run_of[model], layer)
-
-    def _keys_for(self, name: str, acts: Mapping[str, torch.Tensor]) -> list[str]:
-        """Activation keys of ``name``'s layers (``layer#k`` keys when each call is recorded)."""
-        if name not in self.keys:
-            wanted = set(self.layer_names[name])
-            self.keys[name] = [k for k in acts if module_of(k) in wanted]
-        return self.keys[name]
-
-    def _use(self, measures: dict[str, Measure]) -> None:
-        """Set up for ``measures``: which accumulators the pass feeds, the folds the moments keep (the jackknife's
-        blocks with ``ci``), and which measures the permutation test leaves out."""
-        self.measures = measures
-        moment = [m for m in measures.values() if m.stream == "moments"]
-        self.minibatch_configs = list(
-            dict.fromkeys(_minibatch_key(m) for m in measures.values() if m.stream == "minibatch")
-        )
-        self.fourth = any(m.fourth for m in moment)
-        self.folds = max((m.folds for m in moment), default=1)
-        self.use_moments = bool(moment)
-        self.sample_measures = [m for m in measures.values() if m.stream == "samples"]
-        u = self.uncertainty
-        records = u.ci is not None  # per-batch records for the jackknife over batches
-        self.minibatch = {(p, c): MinibatchCKAMatrix(kernel=c[0], sigma=c[1], median_fraction=c[2], records=records)
-                          for p in self.pairs for c in self.minibatch_configs}  # fmt: skip
-        if u.ci is not None:
-            if u.blocks is not None and self.folds > 1 and u.blocks != self.folds:
-                raise InvalidParameterError(
-                    f"a cross-validated measure keeps {self.folds} folds, which are also the jackknife's blocks: "
-                    f"pass blocks={self.folds} (or leave blocks unset)"
-                )
-            blocks = u.blocks if u.blocks is not None else (self.folds if self.folds > 1 else 20)
-            u = self.uncertainty = dataclasses.replace(u, blocks=blocks)  # the default made explicit
-            if moment:
-                self.folds = blocks
-        #: measures the permutation test leaves out, with the reason (minibatch CKA is defined over batches)
-        self.untested: dict[str, str] = {}
-        if u.permutations is not None:
-            bad = [k for k, m in measures.items() if m.stream == "minibatch"]
-            why = "minibatch CKA is defined over batches, not over samples: it has no permutation test"
-            if bad and len(bad) == len(measures):
-                raise InvalidParameterError(
-                    f"{bad}: {why}; use measure='cka' or 'cka_unbiased' with Uncertainty(permutations=...)"
-                )
-            if bad:  # test the others; these results say why they have no p-values
-                self.untested = {k: why for k in bad}
-                warnings.warn(
-                    f"{bad} {'is' if len(bad) == 1 else 'are'} not tested ({why}); the other measures are, and "
-                    "'cka' or 'cka_unbiased' would be",
-                    ReprsimWarning,
-                    stacklevel=4,
-                )
-
-    def _choose_default(self, widths: Mapping[tuple[str, str], int]) -> None:
-        """The measure when none is named, the same in compare(), compare_stores() and ``reprsim compare``:
-        exact linear CKA (set up already) where its moments fit, i.e. every pooled width (``(model, layer)`` to
-        width) is at most EXACT_MAX_WIDTH and the moments, with the jackknife's blocks under ``ci``, take at most
-        FOLD_MEMORY; minibatch CKA otherwise. Every rank with data decides alike (their widths agree); a rank
-        without data adopts the first one's choice in :meth:`_reduce`."""
-        self.default_pending = False
-        (model, layer), width = max(widths.items(), key=lambda kv: kv[1])
-        slots = {self._slot(m, k): w for (m, k), w in widths.items()}
-        need = self._moment_bytes(slots)
-        if width <= EXACT_MAX_WIDTH and need <= FOLD_MEMORY:
-            self.default_choice = f"cka (every pooled width is at most {EXACT_MAX_WIDTH:,})"
-            return
-        if width > EXACT_MAX_WIDTH:
-            why = f"{model}:{layer} has {width:,} features after pooling, more than exact CKA's {EXACT_MAX_WIDTH:,}"
-        else:
-            blocks = f", with {self.folds} blocks for the interval," if self.folds > 1 else ""
-            why = (
-                f"exact CKA's moments for these layers{blocks} would take {format_bytes(need)}, more than "
-                f"{format_bytes(FOLD_MEMORY)}"
-            )
-        self.default_choice = f"cka_minibatch ({why})"
-        if self.uncertainty.permutations is not None:
-            raise InvalidParameterError(
-                f"permutations= needs exact CKA, but the default measure for these layers is minibatch CKA ({why}), "
-                "which has no permutation test: pool tokens (pool='mean' or 'cls') or select fewer, narrower layers"
-            )
-        self._use({"cka": get_measure("cka_minibatch")})
-        # as when minibatch CKA is named: after this batch, each layer's Gram is built inside its hook, so no
-        # wide activation outlives its layer (this batch's were captured whole, to measure their widths)
-        self.grams_next = bool(self.runs) and not (self.keep_features or self.sources or self.writers)
+    def _hook_grams(self) -> None:
+        """Minibatch CKA alone needs only each layer's Gram: build it inside the hook, so no activation outlives
+        its layer (kept activations cost the allocator fresh memory on every layer)."""
+        part = self.plan.minibatch()
+        if part is not None and not self.writers:
+            self.runs.hook(part.hook_transform)
 
     def run(
         self, data: Iterable[Any], *, eval_models: bool, progress: bool
@@ -842,41 +841,17 @@ class _Comparison:
         d = self.dist
         # the samples the data hold, where they say so without being iterated (one process: a rank's shard is not
         # the whole)
-        self.expected_samples = _known_samples(data) if d is None or d.world == 1 else None
-        unit = "chunk" if self.sources else "batch"
-        bar = _progress(data, progress and (d is None or d.rank == 0), "compare", unit)
-        start = time.perf_counter()
-        manager = eval_mode(self.models.values()) if eval_models else contextlib.nullcontext()
+        expected = _known_samples(data) if d is None or d.world == 1 else None
+        bar = _progress(data, progress and (d is None or d.rank == 0), "compare", self.runs.unit)
+        models = self.runs.models.values()
+        manager = eval_mode(models) if eval_models else contextlib.nullcontext()
         error: Exception | None = None
         try:
             # claimed before eval mode: a call that finds a model busy in another thread changes no flag
-            with exclusive(self.models.values()), manager, torch.no_grad():
-                index: int | None = 0  # the global index of the batch's first sample, while it is known
-                stream = shard_loader(d, data) if d is not None else data
-                for i, batch in enumerate(stream):
-                    if d is not None and d.shard == "batches":
-                        rows = rows_of(batch)
-                        if not self.sources and not d.loader_sharded:  # stores and split loaders: same by design
-                            d.fingerprints.append(fingerprint(batch))
-                        if i % d.world != d.rank:  # another rank's batch
-                            index = None if index is None or rows is None else index + rows
-                            if bar is not None:
-                                bar.update(1)
-                            continue
-                        d.batch_index.append(i)
-                        d.starts.append((-1 if index is None else index, rows or 0))
-                    elif d is not None:
-                        d.batch_index.append((d.rank << 40) + i)  # rank-major: the order is the shards'
-                    self._step(batch, start=index if d is not None else None)
-                    rows = self.last_rows
-                    index = None if index is None else index + rows
-                    if bar is not None:
-                        bar.update(1)
-                        rate = self.samples / max(time.perf_counter() - start, 1e-9)
-                        bar.set_postfix_str(f"{rate:,.0f} samples/s", refresh=False)
+            with exclusive(models), manager, torch.no_grad():
+                _feed(data, d, lambda batch, start: self._step(batch, start, expected), bar, bool(self.runs.models))
         except Exception as exc:
-            for writer in self.writers.values():
-                writer.abort()  # the stores stay incomplete, and are refused if opened
+            self.writers.abort()
             if d is None:
                 raise
             error = exc
@@ -889,264 +864,76 @@ class _Comparison:
             arrived = time.perf_counter()
             self._reduce(d, progress)
             d.wait_seconds, d.reduce_seconds = arrived - began, time.perf_counter() - arrived
-        if self.batches == 0:
-            for writer in self.writers.values():
-                writer.abort()
-            raise InvalidParameterError("data yielded no batches; nothing to compare")
-        blocks = self.uncertainty.blocks if self.uncertainty.ci is not None else None
-        if blocks is not None and blocks > self.samples:
-            for writer in self.writers.values():
-                writer.abort()
+        u = self.plan.uncertainty
+        blocks = u.blocks if u.ci is not None else None
+        if self.batches == 0 or (blocks is not None and blocks > self.samples):
+            self.writers.abort()
+            if self.batches == 0:
+                raise InvalidParameterError("data yielded no batches; nothing to compare")
             raise InvalidParameterError(
                 f"blocks={blocks} exceeds the {self.samples} samples seen: a jackknife leaves out one block of "
                 "samples at a time, so it needs at least one sample per block; pass blocks ≤ the sample count"
             )
-        for writer in self.writers.values():
-            writer.close()
-        caches: dict[int, dict[Any, Any]] = {}
-        # the work after the pass (intervals, permutation tests, sample-space measures) can take as long as the
-        # pass itself: a second bar, one step per result
-        u = self.uncertainty
-        slow = u.ci is not None or u.permutations is not None or bool(self.sample_measures)
-        cells = range(len(self.pairs) * len(self.measures))
-        phase = _progress(cells, progress and slow and (d is None or d.rank == 0), "results", "result")
-        try:
-            out: dict[tuple[str, str], dict[str, SimilarityResult]] = {}
-            for i, p in enumerate(self.pairs):
-                out[p] = {}
-                for k, m in self.measures.items():
-                    if phase is not None:
-                        phase.set_postfix_str(f"{k}: {p[0]} vs {p[1]}", refresh=False)
-                    out[p][k] = self._result(p, i, k, m, caches)
-                    if phase is not None:
-                        phase.update(1)
-            return out
-        finally:
-            if phase is not None:
-                phase.close()
-            self.sample_caches.clear()
-            self.store.close()
+        self.writers.close()
+        d = self.dist
+        return self.plan.results(self.pairs, self._meta(), progress and (d is None or d.rank == 0))
 
-    def _activations(self, batch: Any) -> dict[Run, dict[str, torch.Tensor]]:
-        """Every run's pooled layers for one batch: a forward pass per model (a chunk of each store as is)."""
-        if self.sources:
-            return dict(batch)
-        acts: dict[Run, dict[str, torch.Tensor]] = {}
-        for key, extractor in self.runs.items():
-            acts[key] = extractor(move_batch(batch, self.run_device[key]))
-        return acts
+    def _choose_default(self, widths: Mapping[tuple[str, str], int]) -> None:
+        """The default measure, from the first batch's pooled widths (see :meth:`_Plan.choose_default`); when it
+        is minibatch CKA, each layer's Gram is built inside its hook after this batch, as when minibatch CKA is
+        named (this batch's activations were captured whole, to measure their widths)."""
+        self.plan.choose_default(widths)
+        self.grams_next = True
 
-    def _step(self, batch: Any, start: int | None = None) -> None:
-        acts = self._activations(batch)
+    def _step(self, batch: Any, start: int | None = None, expected: int | None = None) -> int:
+        """Feed one batch to every part (nothing is added unless every check passes); returns its samples."""
+        acts = self.runs.activations(batch)
         sizes = {_batch_size(a) for a in acts.values()}
         if len(sizes) != 1:
             raise ShapeMismatchError(f"the models produced different batch sizes {sorted(sizes)} for one batch")
-        for name in {n for p in self.pairs for n in p}:
-            self._keys_for(name, acts[self.run_of[name]])
-        if self.default_pending:
-            self._choose_default({(m, k): t.reshape(t.shape[0], -1).shape[1] for m, k, t in self._named_layers(acts)})
-        # Every check of the batch (NaN/inf in any layer, overflow in any statistic) shares one host
-        # synchronisation, and nothing is added before all pass: a rejected batch changes no state.
-        checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]] = []
-        pending: list[Pending] = []
-        if self.use_moments or self.keep_features:
-            self._check_layers(acts, checks)
-        if self.use_moments:
-            pending.append(self._prepare_moments(acts, start))
-        for config in self.minibatch_configs:
-            pending.extend(self._prepare_minibatch(config, acts, checks))
-        first = next(iter(next(iter(acts.values())).values())).device
-        flags = [f.to(first) for f, _ in checks] + [p.flags().to(first) for p in pending]
-        ok = torch.cat(flags).tolist() if flags else []
-        pos = 0
-        for f, fail in checks:
-            if not all(ok[pos : pos + len(f)]):
-                fail(ok[pos : pos + len(f)])
-            pos += len(f)
-        for p in pending:
-            if not all(ok[pos : pos + len(p.contribution)]):
-                p.fail()
-            pos += len(p.contribution)
-        for p in pending:
-            p.owner.commit(p, checked=True)
-        if self.keep_features:
-            for model, layer, tensor in self._named_layers(acts):
-                self.store.add(self._slot(model, layer), f"{model}:{layer}", tensor, self.batches)
-        if self.writers:
-            ids = self.sample_ids(batch) if self.sample_ids is not None else None
-            for model, writer in self.writers.items():
-                run = acts[self.run_of[model]]
-                writer.write({k: run[k] for k in self.keys[model]}, ids=ids)
-        self.last_rows = sizes.pop()
-        self.samples += self.last_rows
+        self.layout.learn_keys(acts)
+        if self.plan.default_pending:
+            self._choose_default({(m, k): t.reshape(t.shape[0], -1).shape[1]
+                                  for m, k, t in self.layout.named_layers(acts)})  # fmt: skip
+        seen = Batch(acts, start, self.batches, expected, sizes.pop())
+        checks: Checks = []  # checked at once, in commit(): a rejected batch changes no state
+        parts = self.plan.parts.values()
+        if any(part.reads_layers for part in parts):
+            self.layout.check_layers(acts, checks)
+        pending = [p for part in parts for p in part.prepare(seen, checks)]
+        commit(checks, pending, next(iter(next(iter(acts.values())).values())).device)
+        for part in parts:
+            part.keep(seen)
+        self.writers.write(batch, acts, self.layout)
+        self.samples += seen.rows
         self.batches += 1
         if self.grams_next:
-            self.grams_next, self.grams_in_hook = False, True
-            for key, extractor in self.runs.items():
-                extractor.transform = self._gram_transform(key)
-
-    def _named_layers(self, acts: dict[Run, dict[str, torch.Tensor]]) -> list[tuple[str, str, torch.Tensor]]:
-        names = list(dict.fromkeys(n for p in self.pairs for n in p))
-        return [(n, k, acts[self.run_of[n]][k]) for n in names for k in self.keys[n]]
-
-    def _check_layers(
-        self,
-        acts: dict[Run, dict[str, torch.Tensor]],
-        checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
-    ) -> None:
-        """Check every layer's pooled width against the first batch's, and queue one finiteness flag per layer,
-        whose failure names the model and the layer."""
-        named = self._named_layers(acts)
-        first = named[0][2].device
-        for model, layer, t in named:
-            width = t[0].numel() if t.shape[0] else t.reshape(0, -1).shape[1]
-            self._check_width(model, layer, width, f"activations of shape {tuple(t.shape)}")
-
-        def fail(ok: list[bool]) -> None:
-            for (model, layer, t), fine in zip(named, ok):
-                if not fine and not bool(torch.isfinite(t).all()):
-                    raise NonFiniteError(
-                        f"{model}: layer {layer!r} produced NaN or infinite values in this batch (shape "
-                        f"{tuple(t.shape)}); check the model and its inputs"
-                    )
-
-        checks.append((torch.stack([torch.isfinite(t.sum()).to(first) for _, _, t in named]), fail))
-
-    def _check_width(self, model: str, layer: str, width: int, what: str) -> None:
-        """A layer's pooled width must be the first batch's: say which layer changed, and why it usually does."""
-        seen = self.pooled_widths.setdefault((model, layer), width)
-        if width == seen:
-            return
-        how = self.pool_of.get(model)
-        hint = (
-            "with pool='flatten' this happens when the token count varies between batches (padding to each "
-            "batch's longest sequence): use pool='masked_mean' (or 'mean', 'cls'), or pad every batch to one length"
-            if how == "flatten"
-            else "every batch must give each layer the same number of features after pooling"
-        )
-        raise ShapeMismatchError(
-            f"{model}: layer {layer!r} has {width} features after pooling in this batch but {seen} in the first "
-            f"(this batch: {what}); {hint}"
-        )
-
-    def _prepare_moments(self, acts: dict[Run, dict[str, torch.Tensor]], start: int | None) -> Pending:
-        named = self._named_layers(acts)
-        first = named[0][2].device
-        if self.moments is None:
-            for model, layer, t in named:
-                width = t.reshape(t.shape[0], -1).shape[1]
-                if width > EXACT_MAX_WIDTH:
-                    raise InvalidParameterError(
-                        f"moment-based measures keep width×width statistics per layer, but {model}:{layer} has "
-                        f"{width} features after pooling (limit {EXACT_MAX_WIDTH}); pool tokens (pool='mean' or "
-                        "'cls') or use measure='cka_minibatch'"
-                    )
-            widths = {self._slot(model, layer): t.reshape(t.shape[0], -1).shape[1] for model, layer, t in named}
-            self._check_fold_memory(widths)
-            self._check_samples(widths)
-            self.moments = self._new_moments()
-        layers: list[torch.Tensor] = [torch.empty(0)] * len(self.slots)
-        for (run, layer), slot in self.slots.items():
-            layers[slot] = acts[run][layer].to(first)
-        return self.moments.prepare(layers, checked=True, start=start)
-
-    def _new_moments(self) -> CrossMoments:
-        """The accumulator of every layer's moments and every pair's cross moments (once the layers are known)."""
-        for name in dict.fromkeys(n for p in self.pairs for n in p):
-            for layer in self.keys[name]:
-                self.slots.setdefault(self._slot(name, layer), len(self.slots))
-        blocks = [
-            (
-                [self.slots[self._slot(a, k)] for k in self.keys[a]],
-                [self.slots[self._slot(b, k)] for k in self.keys[b]],
-            )
-            for a, b in self.pairs
-        ]
-        return CrossMoments(groups=blocks, fourth=self.fourth, folds=self.folds)
-
-    def _check_samples(self, widths: Mapping[Slot, int]) -> None:
-        """Where the data say how many samples they hold, refuse at the first batch a moment measure that no
-        data of that size can give at these widths (exact CCA of p + q ≥ n dimensions), instead of after the
-        whole pass."""
-        n = self.expected_samples
-        if n is None:
-            return
-        for key, measure in self.measures.items():
-            if measure.stream != "moments":
-                continue
-            for a, b in self.pairs:
-                for la in self.keys[a]:
-                    for lb in self.keys[b]:
-                        p, q = widths[self._slot(a, la)], widths[self._slot(b, lb)]
-                        try:
-                            measure.check_samples(n, p, q)
-                        except InsufficientSamplesError as exc:
-                            raise InsufficientSamplesError(
-                                f"{key} of {a}:{la} (width {p}) and {b}:{lb} (width {q}), refused at the first "
-                                f"batch since the data hold {n} samples: {exc}"
-                            ) from exc
-
-    def _moment_bytes(self, widths: Mapping[Slot, int]) -> int:
-        """The float64 moments of these layers (each layer's own, each pair's cross ones), for every fold kept."""
-        per_fold = sum(w * w for w in widths.values())
-        for a, b in self.pairs:
-            wa = sum(widths[self._slot(a, k)] for k in self.keys[a])
-            wb = sum(widths[self._slot(b, k)] for k in self.keys[b])
-            per_fold += wa * wb
-        return 8 * max(self.folds, 1) * per_fold
-
-    def _check_fold_memory(self, widths: Mapping[Slot, int]) -> None:
-        """Per-block (or per-fold) moments cost G copies of the moments: refuse more than FOLD_MEMORY at the first
-        batch, before any of it is allocated (blocks=10⁴ took 8.9 GiB)."""
-        if self.folds < 2:
-            return
-        need = self._moment_bytes(widths)
-        if need > FOLD_MEMORY:
-            raise MemoryBudgetError(
-                f"{self.folds} blocks (or folds) keep {self.folds} sets of moments, {format_bytes(need)} for these "
-                f"layers (at most {format_bytes(FOLD_MEMORY)}); use fewer blocks (20 is the default), fewer or "
-                "narrower layers"
-            )
-
-    def _canonical_slots(self) -> dict[Slot, str]:
-        """Each kept layer's name across processes, "model:layer" under the first name of its run (the run keys
-        themselves are object ids, which differ between processes)."""
-        canonical: dict[Slot, str] = {}
-        for n in dict.fromkeys(n for p in self.pairs for n in p):
-            for k in self.keys.get(n, []):
-                canonical.setdefault(self._slot(n, k), f"{n}:{k}")
-        return canonical
+            self.grams_next = False
+            self._hook_grams()
+        return seen.rows
 
     def _reduce(self, d: Distributed, progress: bool = False) -> None:
         """Make every rank's state the state of all ranks' data (see :mod:`._distributed`); with ``progress``,
         rank 0 shows a bar, one step per state reduced (the moments, each minibatch accumulator, each layer's
         gathered features), which can take seconds for wide layers or kept features."""
-        canonical = self._canonical_slots()
-        features = {
-            canonical[slot]: [self.store.meta[slot][1], str(self.store.meta[slot][2]).removeprefix("torch.")]
-            for slot in canonical
-            if slot in self.store.meta
-        }
-        u = self.uncertainty
-        options = repr((self.requested, self.pairs,
-                        self.layer_names, (u.ci, u.blocks, u.permutations, u.alpha, u.seed), d.shard,
+        layout, plan = self.layout, self.plan
+        u = plan.uncertainty
+        options = repr((plan.requested, self.pairs,
+                        layout.layer_names, (u.ci, u.blocks, u.permutations, u.alpha, u.seed), d.shard,
                         self.keep_features, self.config))  # fmt: skip
-        mine = {"options": options, "keys": self.keys, "batches": self.batches, "features": features,
-                "fingerprints": d.checked_prints(), "default": self.default_choice,
-                "widths": {f"{m}:{l}": w for (m, l), w in self.pooled_widths.items()}}  # fmt: skip
+        mine = {"options": options, "keys": layout.keys, "batches": self.batches,
+                "features": plan.features.kept() if plan.features is not None else {},
+                "fingerprints": d.checked_prints(), "default": plan.default_choice,
+                "widths": {f"{m}:{l}": w for (m, l), w in layout.pooled_widths.items()}}  # fmt: skip
         first = agree_description(d, mine)
         local_rows = self.samples
         self.samples, self.batches = all_sum(d, [self.samples, self.batches])
         if self.batches == 0:
             return  # nobody saw data: run() raises the same error on every rank
-        if local_rows == 0 and not self.keys:
-            self.keys = {n: list(v) for n, v in first["keys"].items()}
-            canonical = self._canonical_slots()
-        if self.default_pending and first["default"] is not None:  # this rank saw no data: the others chose
-            self._use({"cka": get_measure(first["default"].split()[0])})
-            self.default_pending, self.default_choice = False, first["default"]
-        gathers = self.keep_features and not self.sources  # a store's rows are on disk for every rank to read
-        steps = range(int(self.use_moments) + len(self.minibatch) + (len(first["features"]) if gathers else 0))
+        if local_rows == 0 and not layout.keys:
+            layout.keys.update({n: list(v) for n, v in first["keys"].items()})
+        plan.adopt(first["default"])  # where this rank saw no data: the others chose the default measure
+        steps = range(sum(part.reduce_steps(first) for part in plan.parts.values()))
         bar = _progress(steps, progress and d.rank == 0 and len(steps) > 0, "reduce", "state")
 
         def done(what: str) -> None:
@@ -1155,314 +942,18 @@ class _Comparison:
                 bar.update(1)
 
         try:
-            self._reduce_states(d, first, canonical, local_rows, gathers, done)
+            for part in plan.parts.values():  # every rank runs the same collectives in the same order
+                part.reduce(d, first, done)
         finally:
             if bar is not None:
                 bar.close()
 
-    def _reduce_states(
-        self,
-        d: Distributed,
-        first: dict[str, Any],
-        canonical: dict[Any, str],
-        local_rows: int,
-        gathers: bool,
-        done: Callable[[str], None],
-    ) -> None:
-        """The collectives of :meth:`_reduce`, in the order every rank runs them; ``done`` after each state."""
-        if self.use_moments:
-            if self.moments is None:
-                self.moments = self._new_moments()
-            self.moments.all_reduce(d.group)
-            done("moments")
-        order: torch.Tensor | None = None  # the batches' stream order, for per-batch records (one collective)
-        for acc in self.minibatch.values():
-            acc.all_reduce(d.group)
-            if acc.records:
-                order = stream_order(d, d.batch_index) if order is None else order
-                acc._reorder_rows(order)
-            done("minibatch CKA")
-        if gathers:
-            if d.shard == "batches" and all(s >= 0 for s, _ in d.starts):
-                own = torch.cat([torch.arange(s, s + rows) for s, rows in d.starts] or [torch.zeros(0).long()])
-            else:
-                own = torch.arange(local_rows) + (d.rank << 40)
-            order = stream_order(d, own)
-            gathered = _FeatureStore(self.store.budget)
-            by_name = {v: k for k, v in canonical.items()}
-            for name, (width, dtype) in first["features"].items():
-                slot = by_name[name]
-                if slot in self.store.meta:
-                    local = self.store.get(slot)
-                else:
-                    local = torch.empty(0, width, dtype=getattr(torch, dtype))
-                gathered.add(slot, name, gather_rows(d, local)[order.to(local.device)], 0)
-                self.store.read.clear()
-                done(name)
-            self.store.close()
-            self.store = gathered
-
-    def _gram_transform(self, key: Run) -> Callable[[str, torch.Tensor], torch.Tensor]:
-        """The transform that turns each pooled layer of run ``key`` into its Gram inside the hook, after the
-        transform the run's Extractor was given (if any)."""
-        widths = self.widths.setdefault(key, {})
-        kernel, sigma, median_fraction = self.minibatch_configs[0]
-        given = self.run_transform.get(key)
-
-        def transform(layer: str, pooled: torch.Tensor) -> torch.Tensor:
-            if given is not None:
-                pooled = given(layer, pooled)
-            widths[layer] = pooled.shape[1]
-            return batch_gram(pooled, kernel, sigma, median_fraction, layer)
-
-        return transform
-
-    def _prepare_minibatch(
-        self,
-        config: tuple[Any, ...],
-        acts: dict[Run, dict[str, torch.Tensor]],
-        checks: list[tuple[torch.Tensor, Callable[[list[bool]], None]]],
-    ) -> list[Pending]:
-        grams: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
-        stacked: dict[Run, tuple[torch.Tensor, list[str], dict[str, int]]] = {}
-        for name in dict.fromkeys(n for p in self.pairs for n in p):
-            key = self.run_of[name]
-            if key not in stacked:
-                run_keys = list(acts[key])
-                if self.grams_in_hook:
-                    built = [acts[key][k] for k in run_keys]
-                    widths = {module_of(k): w for k, w in self.widths[key].items()}
-                else:
-                    flat = {k: acts[key][k].reshape(acts[key][k].shape[0], -1) for k in run_keys}
-                    built = [batch_gram(flat[k], config[0], config[1], config[2], k) for k in run_keys]
-                    widths = {module_of(k): flat[k].shape[1] for k in run_keys}
-                g = zero_diagonals_(torch.stack(built))
-                if g.shape[-1] < 4:
-                    raise InsufficientSamplesError(
-                        f"minibatch CKA needs batches of at least 4 samples; got {g.shape[-1]}. Drop the "
-                        "incomplete last batch (DataLoader(drop_last=True))"
-                    )
-                stacked[key] = (g, run_keys, widths)
-
-                def fail(
-                    ok: list[bool], run_keys: list[str] = run_keys, model: str = name, dtype: Any = g.dtype
-                ) -> None:
-                    bad = [k for k, fine in zip(run_keys, ok) if not fine]
-                    raise NonFiniteError(
-                        f"{model}: layers {bad} produced NaN or infinite values in this batch (or values too large "
-                        f"for {dtype}); check the model and its inputs"
-                    )
-
-                checks.append((torch.isfinite(g.sum(dim=(1, 2))), fail))
-            g, run_keys, widths = stacked[key]
-            keys = self.keys[name]
-            for k in keys:
-                self._check_width(name, k, widths[module_of(k)], f"{tuple(g.shape[1:])} Grams")
-            idx = [run_keys.index(k) for k in keys]
-            grams[name] = (
-                g if idx == list(range(len(run_keys))) else g[idx],
-                tuple(widths[module_of(k)] for k in keys),
-            )
-        out = []
-        for a, b in self.pairs:
-            ga, wa = grams[a]
-            acc = self.minibatch[((a, b), config)]
-            if self.run_of[a] == self.run_of[b] and self.keys[a] == self.keys[b]:
-                out.append(acc.prepare_grams(ga, wa))
-            else:
-                gb, wb = grams[b]
-                out.append(acc.prepare_grams(ga, wa, gb.to(ga.device), wb))
-        return out
-
-    def _sample_matrix(
-        self, pair: tuple[str, str], measure: Measure, caches: dict[Slot, dict[Any, Any]]
-    ) -> torch.Tensor:
-        a, b = pair
-        slots_a = [self._slot(a, k) for k in self.keys[a]]
-        slots_b = [self._slot(b, k) for k in self.keys[b]]
-        values = torch.empty(len(slots_a), len(slots_b), dtype=torch.float64)
-        for i, sa in enumerate(slots_a):
-            x = self._features(sa)  # read once per row of the matrix
-            for j, sb in enumerate(slots_b):
-                try:
-                    # every batch was checked for NaN/inf and shapes as it streamed: no second pass over the data
-                    if x.shape[0] < measure.min_samples:
-                        raise InsufficientSamplesError(
-                            f"this measure needs at least {measure.min_samples} samples; got {x.shape[0]}"
-                        )
-                    y = self._features(sb)
-                    dtype = torch.promote_types(x.dtype, y.dtype)
-                    # constant layers refused and extreme magnitudes rescaled, as on two arrays (the spread and
-                    # magnitude of each layer found once)
-                    xv = prepared_side(measure, x, f"{a}:{sa[1]}", self._side_stats(sa, x)).to(dtype)
-                    yv = prepared_side(measure, y, f"{b}:{sb[1]}", self._side_stats(sb, y)).to(x.device, dtype)
-                    cx = caches.setdefault(sa, {BUDGET: self.cache_budget})
-                    cy = caches.setdefault(sb, {BUDGET: self.cache_budget})
-                    values[i, j] = float(measure.from_samples(xv, yv, cx, cy))
-                except ReprsimError as exc:
-                    where = f"{a}:{sa[1]} and {b}:{sb[1]}"
-                    raise type(exc)(f"{measure.label} of {where}: {exc}") from exc
-        return values
-
-    def _side_stats(self, slot: Slot, t: torch.Tensor) -> tuple[float, float]:
-        if slot not in self.layer_stats:
-            self.layer_stats[slot] = side_stats(t)
-        return self.layer_stats[slot]
-
-    def _features(self, slot: Slot) -> torch.Tensor:
-        """A layer's pooled features of every batch (from memory, or read back from its file)."""
-        return self.store.get(slot)
-
-    def _result(
-        self, pair: tuple[str, str], index: int, key: str, measure: Measure, caches: dict[int, dict[Any, Any]]
-    ) -> SimilarityResult:
-        a, b = pair
-        if measure.stream == "samples":
-            matrix = self._sample_matrix(pair, measure, self.sample_caches)
-        elif measure.stream == "minibatch":
-            matrix = self.minibatch[(pair, _minibatch_key(measure))].compute(
-                names_a=[f"{a}:{k}" for k in self.keys[a]], names_b=[f"{b}:{k}" for k in self.keys[b]]
-            )
-        else:
-            if self.moments is None:
-                raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
-            matrix = self.moments.compute_matrix(
-                measure,
-                group=index,
-                caches=caches,
-                names_a=[f"{a}:{k}" for k in self.keys[a]],
-                names_b=[f"{b}:{k}" for k in self.keys[b]],
-            )
-        meta = {
-            "model_a": a,
-            "model_b": b,
-            "measure": measure.describe(),
-            **({"default_measure": self.default_choice} if self.default_choice is not None else {}),
-            **({"features": self.store.describe()} if self.keep_features else {}),
+    def _meta(self) -> dict[str, Any]:
+        """What every result records about the pass."""
+        return {
             **self.config,
             **({"distributed": self.dist.describe()} if self.dist is not None else {}),
             "samples": self.samples,
             "batches": self.batches,
             "reprsim": __version__,
         }
-        extras: dict[str, torch.Tensor] = {}
-        u = self.uncertainty
-        if u.ci is not None and u.blocks is not None:
-            low, high, bias, meta["ci"] = self._interval(pair, index, measure, matrix, u.ci, u.blocks)
-            extras["low"], extras["high"] = low, high
-            if bias is not None:
-                extras["bias"] = bias
-        if u.permutations is not None and key in self.untested:
-            meta["permutation"] = {"method": None, "reason": self.untested[key]}
-        elif u.permutations is not None:
-            extras["p_values"], extras["calibrated"], extras["chance"], meta["permutation"] = self._permutation(
-                pair, measure, u.permutations
-            )
-        return SimilarityResult(matrix, self.keys[a], self.keys[b], meta, **extras)
-
-    def _interval(
-        self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-        """Each cell's interval by the resampling the measure declares, and the bias it sees (or None)."""
-        info: dict[str, Any] = {"confidence": ci, "target": measure.target}
-        if measure.resampling == "batches":
-            acc = self.minibatch[(pair, _minibatch_key(measure))]
-            kl, kk, ll = acc.hsic_records
-            low, high, bias = batch_jackknife_matrix(kl, kk, ll, ci)
-            return low, high, bias, {**info, "method": "jackknife over batches", "batches": int(kl.shape[0])}
-        if measure.resampling == "blocks" and measure.stream == "moments":
-            if self.moments is None:
-                raise IncompatibleStateError("no moments were accumulated")  # pragma: no cover - run() checks
-            values = self.moments.jackknife_values(measure, group=index)
-            low, high, bias = jackknife_matrix(matrix, values, ci)
-            return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
-        n = self.samples
-        if measure.resampling == "blocks":  # a sample-space measure recomputed without each block (index % G)
-            block_of = torch.arange(n) % blocks
-            values = self._subset_values(pair, measure, [torch.nonzero(block_of != g).flatten() for g in range(blocks)])
-            low, high, bias = jackknife_matrix(matrix, values, ci)
-            return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
-        # the same half-samples (m = n/2, without replacement, the draws of bootstrap()) for every cell
-        generator = torch.Generator().manual_seed(self.uncertainty.seed)
-        halves = [torch.sort(torch.randperm(n, generator=generator)[: n // 2]).values for _ in range(HALF_SAMPLES)]
-        values = self._subset_values(pair, measure, halves)
-        low, high, bias = half_matrix(matrix, values, n, n // 2, ci)
-        return low, high, bias, {**info, "method": "half-sample", "resamples": HALF_SAMPLES}
-
-    def _subset_values(self, pair: tuple[str, str], measure: Measure, subsets: list[torch.Tensor]) -> torch.Tensor:
-        """(S, A, B): a sample-space measure of every cell on each subset of the kept samples' rows."""
-        a, b = pair
-        out = torch.empty(len(subsets), len(self.keys[a]), len(self.keys[b]), dtype=torch.float64)
-        for i, ka in enumerate(self.keys[a]):
-            sa = self._slot(a, ka)
-            x = self._features(sa)
-            x = prepared_side(measure, x, f"{a}:{ka}", self._side_stats(sa, x))
-            for j, kb in enumerate(self.keys[b]):
-                sb = self._slot(b, kb)
-                y = self._features(sb)
-                y = prepared_side(measure, y, f"{b}:{kb}", self._side_stats(sb, y)).to(x.device)
-                dtype = torch.promote_types(x.dtype, y.dtype)
-                xd, yd = x.to(dtype), y.to(dtype)
-                out[:, i, j] = torch.tensor(
-                    [float(evaluate_validated(measure, xd[r.to(xd.device)], yd[r.to(yd.device)])) for r in subsets],
-                    dtype=torch.float64,
-                )
-        return out
-
-    def _permutation(
-        self, pair: tuple[str, str], measure: Measure, permutations: int | str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Each cell's p-value, calibrated score and chance level (the null mean), and the test's summary."""
-        u = self.uncertainty
-        a, b = pair
-        xs = [self._features(self._slot(a, k)) for k in self.keys[a]]
-        ys = [self._features(self._slot(b, k)).to(xs[0].device) for k in self.keys[b]]
-        note = None
-        if permutations == "moments":
-            try:
-                best, mean = moments_tests(xs, ys, measure, u.alpha, ("best", "mean"), layered=True)
-                return self._permutation_info(best, mean, "moments")
-            except NoTraceForm as exc:
-                note = f"Monte Carlo with {FALLBACK_PERMUTATIONS} permutations: {exc}"
-                warnings.warn(f"{measure.label}: the exact-moment null is not used ({note})", ReprsimWarning,
-                              stacklevel=4)  # fmt: skip
-                permutations = FALLBACK_PERMUTATIONS
-        count = int(permutations)
-        d = self.dist
-        if d is None or d.world == 1:
-            observed, null = null_values(xs, ys, measure, count, u.seed)
-        else:  # each rank evaluates every world_size-th permutation of the same draws; the nulls are gathered
-            own = range(d.rank, count, d.world)
-            observed, mine = null_values(xs, ys, measure, count, u.seed, keep=own)
-            gathered = gather_rows(d, mine.permute(2, 0, 1).contiguous())  # (K, a, b), rank by rank
-            null = gathered[stream_order(d, list(own))].permute(1, 2, 0).contiguous()  # one process's layout
-        best = assemble(observed, null, measure, u.alpha, "best", layered=True)
-        mean = assemble(observed, null, measure, u.alpha, "mean", layered=True)
-        return self._permutation_info(best, mean, "monte_carlo", count, note)
-
-    def _permutation_info(
-        self,
-        best: PermutationTest,
-        mean: PermutationTest,
-        method: str,
-        count: int | None = None,
-        note: str | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        u = self.uncertainty
-        if best.cell_p_values is None or best.cell_calibrated is None or best.cell_null_moments is None:
-            raise IncompatibleStateError("a layers × layers test returns its cells")  # pragma: no cover
-        holm_p = best.cell_p_values_holm
-        info = {
-            "permutations": count if method == "monte_carlo" else "moments",
-            "method": method,
-            "alpha": u.alpha,
-            "seed": u.seed,
-            "best": {"observed": best.observed, "p_value": best.p_value, "threshold": best.threshold,
-                     "calibrated": best.calibrated},
-            "mean": {"observed": mean.observed, "p_value": mean.p_value, "threshold": mean.threshold,
-                     "calibrated": mean.calibrated},
-            "holm": None if holm_p is None else holm_p.tolist(),
-            **({"note": note} if note else {}),
-            **({"approximated": best.note} if best.note and method == "moments" else {}),
-        }  # fmt: skip
-        return best.cell_p_values, best.cell_calibrated, best.cell_null_moments[..., 0], info

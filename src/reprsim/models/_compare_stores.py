@@ -11,8 +11,9 @@ import torch
 
 from .._validation import check_bool, check_int
 from ..errors import InvalidParameterError
-from ._compare import MeasureSpec, Run, Slot, _Comparison, _measures
+from ._compare import MeasureSpec, _Comparison, _measures
 from ._distributed import SkippedBatch, setup
+from ._layout import Run, Slot
 from ._options import Runtime, Uncertainty, checked_runtime, checked_uncertainty, migration_error
 from ._store import ActivationStore, alignment, as_store, chunks
 
@@ -25,6 +26,9 @@ CHUNK_BYTES = 64 * 2**20
 class _StoredFeatures:
     """Every sample's features for the sample-space measures, read straight from the stores (copy-on-write
     memory maps where the file allows): nothing is collected while streaming, and one layer is held at a time."""
+
+    shared = True  # every rank reads the files: nothing to gather
+    budget: int | None = None
 
     def __init__(self, sources: dict[Run, tuple[ActivationStore, np.ndarray[Any, Any] | None]],
                  device: torch.device) -> None:  # fmt: skip
@@ -41,11 +45,14 @@ class _StoredFeatures:
             self.held = {slot: store.tensor(slot[1], order).to(self.device)}  # one layer held at a time
         return self.held[slot]
 
+    def release(self) -> None:
+        self.held.clear()
+
     def describe(self) -> str:
         return "read from the stores (memory-mapped; nothing collected while streaming)"
 
     def close(self) -> None:
-        self.held.clear()
+        self.release()
 
 
 class _Chunks:
@@ -196,8 +203,8 @@ def compare_stores(
     # one entry per distinct store, reading the union of the layers its sides select
     sides: dict[Run, tuple[ActivationStore, list[str], np.ndarray[Any, Any] | None]] = {}
     for name, store, rows_order in ((na, sa, None), (nb, sb, order)):
-        key = comparison.run_of[name]
-        layers = comparison.layer_names[name]
+        key = comparison.layout.run_of[name]
+        layers = comparison.layout.layer_names[name]
         if key in sides:
             sides[key] = (store, list(dict.fromkeys(sides[key][1] + layers)), rows_order)
         else:
