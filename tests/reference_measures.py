@@ -266,3 +266,14 @@ def distance_correlation(x: np.ndarray, y: np.ndarray, unbiased: bool) -> float:
     a, b = centre(cdist(xa, xa)), centre(cdist(ya, ya))
     r2 = np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))
     return float(r2 if unbiased else np.sqrt(max(r2, 0.0)))
+
+
+def ensd(x: np.ndarray, y: np.ndarray) -> float:
+    """Giaffar et al. (2023): PR(X)·PR(Y)·tr(KL) / (tr K · tr L), with the n × n Grams K = XcXcᵀ, L = YcYcᵀ of the
+    centred data and the participation ratio PR = (tr K)² / tr(K²)."""
+    k, l = centred(x) @ centred(x).T, centred(y) @ centred(y).T
+
+    def participation(g: np.ndarray) -> float:
+        return float(np.trace(g) ** 2 / np.trace(g @ g))
+
+    return participation(k) * participation(l) * float(np.trace(k @ l)) / float(np.trace(k) * np.trace(l))

@@ -28,6 +28,7 @@ MEASURES = [
     "cca_yanai",
     "svcca",
     "pwcca",
+    "ensd",
     "predictivity",
     ShapeMetric(0.5, folds=4),
     Predictivity(ridge=1.0, folds=4, predict="mean"),

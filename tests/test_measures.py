@@ -27,6 +27,7 @@ from reprsim.errors import (
 from reprsim.measures import (
     CCA,
     CKA,
+    ENSD,
     INVARIANCES,
     PWCCA,
     RSA,
@@ -38,6 +39,7 @@ from reprsim.measures import (
     available_measures,
     canonical_correlations,
     cca,
+    ensd,
     get_measure,
     predictivity,
     procrustes,
@@ -103,6 +105,7 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
     ),
     "cka": (lambda x, y: CKA()(x, y), lambda x, y: ref.cka(x, y, "linear")),
     "cka unbiased": (lambda x, y: CKA(unbiased=True)(x, y), lambda x, y: ref.cka(x, y, "linear", unbiased=True)),
+    "ensd": (ensd, rm.ensd),
 }
 
 
@@ -255,6 +258,7 @@ STREAMED: list[Measure] = [
     Predictivity(),
     Predictivity(ridge=1.0, folds=3, predict="mean"),
     RSA("sqeuclidean", "pearson"),
+    ENSD(),
 ]
 
 

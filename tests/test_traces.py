@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from reprsim.measures import CKA, RSA, DistanceCorrelation, Measure
+from reprsim.measures import CKA, ENSD, RSA, DistanceCorrelation, Measure
 from reprsim.measures._traces import (
     DenseTrace,
     LinearTrace,
@@ -49,6 +49,7 @@ TRACE_MEASURES: list[Measure] = [
     RSA(rdm="euclidean", compare="pearson"),
     RSA(rdm="sqeuclidean", compare="spearman"),
     RSA(rdm="cosine", compare="pearson"),
+    ENSD(),
 ]
 
 
@@ -169,3 +170,25 @@ def test_the_identity_permutation_gives_the_measure_itself() -> None:
         else:
             value = float((ka * kb).sum()) / (a.norm * b.norm)
         assert value == pytest.approx(float(measure(x, y)), abs=1e-12)
+
+
+def test_ensd_is_tested_as_linear_cka_rescaled() -> None:
+    """ENSD is linear CKA times √(PR(X)·PR(Y)), which permuting y's rows leaves unchanged: both nulls, exact-moment
+    and Monte Carlo, give it linear CKA's p-value."""
+    from reprsim.inference import permutation_test
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 5)) + 2.0
+    y = np.tanh(x[:, :3]) + rng.normal(size=(80, 3))
+    for permutations in ("moments", 199):
+        got = permutation_test(x, y, "ensd", permutations=permutations, seed=0)
+        want = permutation_test(x, y, "cka", permutations=permutations, seed=0)
+        assert got.p_value == pytest.approx(want.p_value, rel=1e-10, abs=1e-12)
+    assert got.observed == pytest.approx(
+        want.observed * math.sqrt(rm_participation(x) * rm_participation(y)), rel=1e-10
+    )
+
+
+def rm_participation(z: np.ndarray) -> float:
+    c = np.cov(z.T)
+    return float(np.trace(c) ** 2 / (c**2).sum())

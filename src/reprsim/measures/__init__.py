@@ -6,6 +6,7 @@ on two arrays, all exported here.
 ``_cka``               linear, RBF and minibatch CKA, HSIC (:func:`cka`, :class:`CKA`, :func:`cka_matrix`)
 ``_procrustes``        orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
 ``_cca``               canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
+``_ensd``              the effective number of shared dimensions (:func:`ensd`)
 ``_predictivity``      ridge / least-squares R², in-sample or cross-validated
 ``_samples``           mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
                        distance correlation, RSA and its RDMs (every sample, blockwise)
@@ -18,6 +19,7 @@ Every measure is usable by name in :func:`reprsim.compare` (``measures=["cka", "
 from ._base import INVARIANCES, Measure, available_measures, get_measure, register
 from ._cca import CCA, PWCCA, SVCCA, canonical_correlations, cca, pwcca, svcca
 from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic
+from ._ensd import ENSD, ensd
 from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
 from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
@@ -44,6 +46,7 @@ __all__ = [
     "CCA",
     "CKA",
     "CKNNA",
+    "ENSD",
     "INVARIANCES",
     "PWCCA",
     "RSA",
@@ -66,6 +69,7 @@ __all__ = [
     "cka_matrix",
     "cknna",
     "distance_correlation",
+    "ensd",
     "get_measure",
     "hsic",
     "jaccard_knn",
