@@ -3,10 +3,11 @@ benchmarks/coverage.py (the tables in docs/uncertainty.md).
 
 Gaussian designs with closed-form population values: x ~ N(0, Σx), Σx = diag(λ) with λ from 1 down to 0.2, and
 y = x A + ε, ε ~ N(0, I), A a fixed random p × q matrix scaled by 1/√p; so Σxy = Σx A and Σyy = AᵀΣxA + I. From
-them the population linear CKA ‖Σxy‖²_F / (‖Σxx‖_F ‖Σyy‖_F), NBS ‖Σxy‖_* / √(tr Σxx tr Σyy) (and the Procrustes
-angle, its arccos), the canonical correlations (the singular values of Σxx^(−1/2) Σxy Σyy^(−1/2)) and the R² of
-the population regression of y on x, 1 − tr(Σyy − ΣyxΣxx⁻¹Σxy) / tr Σyy. Every expression here is written from
-these formulas in NumPy; nothing is computed by the code under test except the intervals themselves.
+them the population linear CKA ‖Σxy‖²_F / (‖Σxx‖_F ‖Σyy‖_F), ENSD tr Σxx tr Σyy ‖Σxy‖²_F / (‖Σxx‖²_F ‖Σyy‖²_F),
+NBS ‖Σxy‖_* / √(tr Σxx tr Σyy) (and the Procrustes angle, its arccos), the canonical correlations (the singular
+values of Σxx^(−1/2) Σxy Σyy^(−1/2)) and the R² of the population regression of y on x,
+1 − tr(Σyy − ΣyxΣxx⁻¹Σxy) / tr Σyy. Every expression here is written from these formulas in NumPy; nothing is
+computed by the code under test except the intervals themselves.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from reprsim.inference import stream_interval
 from reprsim.measures import get_measure
 from reprsim.streaming import CrossMoments, MinibatchCKA
 
-MOMENT_MEASURES = ("cka", "cka_unbiased", "nbs", "procrustes", "cca", "predictivity")
+MOMENT_MEASURES = ("cka", "cka_unbiased", "nbs", "procrustes", "cca", "predictivity", "ensd")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Design:
 
         rho = np.linalg.svd(inv_sqrt(sxx) @ sxy @ inv_sqrt(syy), compute_uv=False)
         r2 = 1.0 - np.trace(syy - sxy.T @ np.linalg.solve(sxx, sxy)) / np.trace(syy)
+        ensd = float(np.trace(sxx) * np.trace(syy) * np.sum(sxy**2) / (np.sum(sxx**2) * np.sum(syy**2)))
         return {
             "cka": cka,
             "cka_unbiased": cka,
@@ -61,6 +63,7 @@ class Design:
             "procrustes": float(np.arccos(nbs)),
             "cca": float(rho.mean()),
             "predictivity": float(r2),
+            "ensd": ensd,
         }
 
 

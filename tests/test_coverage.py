@@ -30,7 +30,10 @@ DATASETS = 200
 #: above 99% for any of them (predictivity did, at 99.5%).
 CONSERVATIVE = {(100, 50)}
 #: Estimators whose intervals target their expectation at this n: the population value only where p is small.
-BIASED = ("cka", "nbs", "procrustes", "cca", "predictivity")
+BIASED = ("cka", "nbs", "procrustes", "cca", "predictivity", "ensd")
+#: Where the jackknife sees only part of a bias larger than the half-width, as docs/uncertainty.md states: ENSD at
+#: n = 100, p = 50, whose bias (+1.75 dimensions) is far from the 1/n regime the jackknife corrects (it sees +0.31).
+UNDERSEEN = {("ensd", 100, 50)}
 
 
 class _Columns(nn.Module):
@@ -99,7 +102,8 @@ def test_jackknife_intervals_of_moment_measures_cover_their_documented_target(n:
             assert abs(c.bias_true) > c.half_width, (m, c)
         # the bias the jackknife sees has the sign and the size of the true bias where it matters
         if abs(c.bias_true) > c.half_width:
-            assert 0.5 * abs(c.bias_true) < abs(c.bias_seen) < 1.5 * abs(c.bias_true), (m, c)
+            low = 0.1 if (m, n, p) in UNDERSEEN else 0.5
+            assert low * abs(c.bias_true) < abs(c.bias_seen) < 1.5 * abs(c.bias_true), (m, c)
             assert np.sign(c.bias_seen) == np.sign(c.bias_true), (m, c)
 
 
