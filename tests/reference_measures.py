@@ -277,3 +277,11 @@ def ensd(x: np.ndarray, y: np.ndarray) -> float:
         return float(np.trace(g) ** 2 / np.trace(g @ g))
 
     return participation(k) * participation(l) * float(np.trace(k @ l)) / float(np.trace(k) * np.trace(l))
+
+
+def eigenspace_overlap(x: np.ndarray, y: np.ndarray) -> float:
+    """May et al. (2019) as ReSi computes it: ‖UᵀV‖²_F / max(p, q), with U and V the left singular vectors of the
+    uncentred data matrices, truncated to each matrix's rank."""
+    u = np.linalg.svd(x, full_matrices=False)[0][:, : np.linalg.matrix_rank(x)]
+    v = np.linalg.svd(y, full_matrices=False)[0][:, : np.linalg.matrix_rank(y)]
+    return float(np.linalg.norm(u.T @ v) ** 2 / max(x.shape[1], y.shape[1]))

@@ -29,6 +29,7 @@ MEASURES = [
     "svcca",
     "pwcca",
     "ensd",
+    "eigenspace_overlap",
     "predictivity",
     ShapeMetric(0.5, folds=4),
     Predictivity(ridge=1.0, folds=4, predict="mean"),

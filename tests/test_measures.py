@@ -32,6 +32,7 @@ from reprsim.measures import (
     PWCCA,
     RSA,
     SVCCA,
+    EigenspaceOverlap,
     Measure,
     Predictivity,
     Procrustes,
@@ -39,6 +40,7 @@ from reprsim.measures import (
     available_measures,
     canonical_correlations,
     cca,
+    eigenspace_overlap,
     ensd,
     get_measure,
     predictivity,
@@ -106,6 +108,7 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
     "cka": (lambda x, y: CKA()(x, y), lambda x, y: ref.cka(x, y, "linear")),
     "cka unbiased": (lambda x, y: CKA(unbiased=True)(x, y), lambda x, y: ref.cka(x, y, "linear", unbiased=True)),
     "ensd": (ensd, rm.ensd),
+    "eigenspace overlap": (eigenspace_overlap, rm.eigenspace_overlap),
 }
 
 
@@ -259,6 +262,7 @@ STREAMED: list[Measure] = [
     Predictivity(ridge=1.0, folds=3, predict="mean"),
     RSA("sqeuclidean", "pearson"),
     ENSD(),
+    EigenspaceOverlap(),
 ]
 
 
@@ -596,3 +600,21 @@ def test_claimed_invariances_hold_exactly_on_quantised_data(measure: Measure, se
     for kind in sorted(measure.invariances & set(exact)):
         for tx, ty in ((exact[kind](x), y), (x, exact[kind](y))):
             assert abs(measure(tx, ty) - base) < 1e-9, (kind, measure)
+
+
+def test_eigenspace_overlap_on_rank_deficient_and_far_off_data() -> None:
+    """The column space of X = Xc + 1μᵀ gains the constant direction exactly when μ leaves the centred range, and
+    the score keeps CCA's accuracy however far the data are from the origin (whitening the uncentred second
+    moment instead put streamed and one-shot values 3e-5 apart at an offset of 10⁶)."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(200, 3))
+    dependent = np.hstack([base, base[:, :1] + base[:, 1:2]])  # width 4, rank 3
+    assert eigenspace_overlap(dependent, dependent) == pytest.approx(0.75, abs=1e-12)  # 3 shared dims over 4
+    shifted = dependent.copy()
+    shifted[:, 3] += 4.0  # a mean outside the centred range: the constant direction joins the space (rank 4)
+    y = rng.normal(size=(200, 2)) + base[:, :2]
+    for x in (dependent, shifted):
+        assert abs(eigenspace_overlap(x, y) - rm.eigenspace_overlap(x, y)) < 1e-10
+    assert abs(eigenspace_overlap(shifted, shifted) - 1.0) < 1e-12
+    far = base + 1e6
+    assert abs(eigenspace_overlap(far, y) - rm.eigenspace_overlap(far, y)) < 1e-9

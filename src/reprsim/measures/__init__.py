@@ -7,6 +7,7 @@ on two arrays, all exported here.
 ``_procrustes``        orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
 ``_cca``               canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``_ensd``              the effective number of shared dimensions (:func:`ensd`)
+``_subspace``          the eigenspace overlap score (:func:`eigenspace_overlap`)
 ``_predictivity``      ridge / least-squares R², in-sample or cross-validated
 ``_samples``           mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
                        distance correlation, RSA and its RDMs (every sample, blockwise)
@@ -41,6 +42,7 @@ from ._samples import (
     rsa,
     second_order_cosine,
 )
+from ._subspace import EigenspaceOverlap, eigenspace_overlap
 
 __all__ = [
     "CCA",
@@ -52,6 +54,7 @@ __all__ = [
     "RSA",
     "SVCCA",
     "DistanceCorrelation",
+    "EigenspaceOverlap",
     "JaccardKNN",
     "Measure",
     "Moments",
@@ -69,6 +72,7 @@ __all__ = [
     "cka_matrix",
     "cknna",
     "distance_correlation",
+    "eigenspace_overlap",
     "ensd",
     "get_measure",
     "hsic",
