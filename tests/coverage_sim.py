@@ -5,7 +5,8 @@ Gaussian designs with closed-form population values: x ~ N(0, Σx), Σx = diag(�
 y = x A + ε, ε ~ N(0, I), A a fixed random p × q matrix scaled by 1/√p; so Σxy = Σx A and Σyy = AᵀΣxA + I. From
 them the population linear CKA ‖Σxy‖²_F / (‖Σxx‖_F ‖Σyy‖_F), ENSD tr Σxx tr Σyy ‖Σxy‖²_F / (‖Σxx‖²_F ‖Σyy‖²_F),
 NBS ‖Σxy‖_* / √(tr Σxx tr Σyy) (and the Procrustes angle, its arccos), the canonical correlations (the singular
-values of Σxx^(−1/2) Σxy Σyy^(−1/2)) and the R² of the population regression of y on x,
+values of Σxx^(−1/2) Σxy Σyy^(−1/2)), the eigenspace overlap Σρ²/max(p, q) and the R² of the population
+regression of y on x,
 1 − tr(Σyy − ΣyxΣxx⁻¹Σxy) / tr Σyy. Every expression here is written from these formulas in NumPy; nothing is
 computed by the code under test except the intervals themselves.
 """
@@ -22,7 +23,7 @@ from reprsim.inference import stream_interval
 from reprsim.measures import get_measure
 from reprsim.streaming import CrossMoments, MinibatchCKA
 
-MOMENT_MEASURES = ("cka", "cka_unbiased", "nbs", "procrustes", "cca", "predictivity", "ensd")
+MOMENT_MEASURES = ("cka", "cka_unbiased", "nbs", "procrustes", "cca", "predictivity", "ensd", "eigenspace_overlap")
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Design:
             "cca": float(rho.mean()),
             "predictivity": float(r2),
             "ensd": ensd,
+            # the means are 0, so the uncentred column spaces' overlap is the canonical correlations' Σρ²
+            "eigenspace_overlap": float(np.sum(rho**2) / max(self.p, self.q)),
         }
 
 

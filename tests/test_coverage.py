@@ -30,7 +30,7 @@ DATASETS = 200
 #: above 99% for any of them (predictivity did, at 99.5%).
 CONSERVATIVE = {(100, 50)}
 #: Estimators whose intervals target their expectation at this n: the population value only where p is small.
-BIASED = ("cka", "nbs", "procrustes", "cca", "predictivity", "ensd")
+BIASED = ("cka", "nbs", "procrustes", "cca", "predictivity", "ensd", "eigenspace_overlap")
 #: Where the jackknife sees only part of a bias larger than the half-width, as docs/uncertainty.md states: ENSD at
 #: n = 100, p = 50, whose bias (+1.75 dimensions) is far from the 1/n regime the jackknife corrects (it sees +0.31).
 UNDERSEEN = {("ensd", 100, 50)}
