@@ -102,7 +102,7 @@ def test_moment_part_alone_equals_the_formulas_and_its_jackknife() -> None:
     expected = cells(lambda x, y: refm.procrustes(x, y, "angular"), arrays)
     np.testing.assert_allclose(angular.numpy(), expected, rtol=0, atol=1e-10)
     # the jackknife over blocks of samples (sample i in block i % 4), from the leave-one-block-out formula
-    low, high, bias, info = part.interval(("a", "b"), 0, measures["cka"], got, 0.9, 4)
+    low, high, bias, info = part.interval(("a", "b"), 0, measures["cka"], got, 0.9, 4, N)
     idx = np.arange(N)
     values = np.stack([cells(ref.cka, arrays, idx[idx % 4 != g]) for g in range(4)])
     check_jackknife(got.numpy(), values, 0.9, (low, high, bias))
@@ -120,7 +120,7 @@ def test_minibatch_part_alone_equals_the_batch_formula() -> None:
                                                     [y[s : s + ROWS] for s in starts]), arrays)  # fmt: skip
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
     # the delete-one-batch jackknife, each value the batch formula without one batch
-    low, high, bias, info = part.interval(("a", "b"), 0, measure, torch.from_numpy(got), 0.95, 20)
+    low, high, bias, info = part.interval(("a", "b"), 0, measure, torch.from_numpy(got), 0.95, 20, N)
     k = N // ROWS
     values = np.stack([
         cells(lambda x, y, g=g: ref.minibatch_cka([x[s : s + ROWS] for s in starts if s != g * ROWS],

@@ -735,7 +735,7 @@ class _Plan:
             self.default_pending, self.default_choice = False, choice
 
     def results(
-        self, pairs: list[tuple[str, str]], meta: dict[str, Any], progress: bool
+        self, pairs: list[tuple[str, str]], samples: int, meta: dict[str, Any], progress: bool
     ) -> dict[tuple[str, str], dict[str, SimilarityResult]]:
         """Every pair's result for every measure. The work after the pass (intervals, permutation tests,
         sample-space measures) can take as long as the pass itself: with ``progress``, a second bar, one step
@@ -750,7 +750,7 @@ class _Plan:
                 for k, m in self.measures.items():
                     if phase is not None:
                         phase.set_postfix_str(f"{k}: {p[0]} vs {p[1]}", refresh=False)
-                    out[p][k] = self.result(p, i, k, m, meta)
+                    out[p][k] = self.result(p, i, k, m, samples, meta)
                     if phase is not None:
                         phase.update(1)
             return out
@@ -761,10 +761,10 @@ class _Plan:
                 part.close()
 
     def result(
-        self, pair: tuple[str, str], index: int, key: str, measure: Measure, meta: dict[str, Any]
+        self, pair: tuple[str, str], index: int, key: str, measure: Measure, samples: int, meta: dict[str, Any]
     ) -> SimilarityResult:
         """``measure``'s result for ``pair`` (the ``index``-th pair), with its interval and test as requested;
-        ``meta`` describes the pass."""
+        ``samples``: how many the pass saw; ``meta`` describes the pass."""
         a, b = pair
         part = self.parts[measure.stream]
         matrix = part.matrix(pair, index, measure)
@@ -774,7 +774,7 @@ class _Plan:
         extras: dict[str, torch.Tensor] = {}
         u = self.uncertainty
         if u.ci is not None and u.blocks is not None:
-            low, high, bias, meta["ci"] = part.interval(pair, index, measure, matrix, u.ci, u.blocks)
+            low, high, bias, meta["ci"] = part.interval(pair, index, measure, matrix, u.ci, u.blocks, samples)
             extras["low"], extras["high"] = low, high
             if bias is not None:
                 extras["bias"] = bias
@@ -876,7 +876,7 @@ class _Comparison:
             )
         self.writers.close()
         d = self.dist
-        return self.plan.results(self.pairs, self._meta(), progress and (d is None or d.rank == 0))
+        return self.plan.results(self.pairs, self.samples, self._meta(), progress and (d is None or d.rank == 0))
 
     def _choose_default(self, widths: Mapping[tuple[str, str], int]) -> None:
         """The default measure, from the first batch's pooled widths (see :meth:`_Plan.choose_default`); when it

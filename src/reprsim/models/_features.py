@@ -242,12 +242,19 @@ class FeaturePart:
         return values
 
     def interval(
-        self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
+        self,
+        pair: tuple[str, str],
+        index: int,
+        measure: Measure,
+        matrix: torch.Tensor,
+        ci: float,
+        blocks: int,
+        samples: int,
     ) -> Interval:
         """A sample-space measure recomputed without each block of samples (sample i in block i % G), or on the
         same half-samples for every cell (m = n/2, without replacement, the draws of bootstrap())."""
         info: dict[str, Any] = {"confidence": ci, "target": measure.target}
-        n = self.store.get(self.layout.slots(pair[0])[0]).shape[0]
+        n = samples
         if measure.resampling == "blocks":
             block_of = torch.arange(n) % blocks
             values = self._subset_values(pair, measure, [torch.nonzero(block_of != g).flatten() for g in range(blocks)])

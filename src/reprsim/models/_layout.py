@@ -196,9 +196,17 @@ class Part(Protocol):
         ...
 
     def interval(
-        self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
+        self,
+        pair: tuple[str, str],
+        index: int,
+        measure: Measure,
+        matrix: torch.Tensor,
+        ci: float,
+        blocks: int,
+        samples: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-        """Each cell's interval by the resampling the measure declares, the bias it sees (or None), and how."""
+        """Each cell's interval by the resampling the measure declares, the bias it sees (or None), and how
+        (``samples``: how many the pass saw, in every process)."""
         ...
 
     def close(self) -> None: ...

@@ -168,7 +168,14 @@ class MomentPart:
         )
 
     def interval(
-        self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
+        self,
+        pair: tuple[str, str],
+        index: int,
+        measure: Measure,
+        matrix: torch.Tensor,
+        ci: float,
+        blocks: int,
+        samples: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         values = self._accumulated().jackknife_values(measure, group=index)
         low, high, bias = jackknife_matrix(matrix, values, ci)
@@ -308,7 +315,14 @@ class MinibatchPart:
         return acc.compute(names_a=self.layout.labels(a), names_b=self.layout.labels(b))
 
     def interval(
-        self, pair: tuple[str, str], index: int, measure: Measure, matrix: torch.Tensor, ci: float, blocks: int
+        self,
+        pair: tuple[str, str],
+        index: int,
+        measure: Measure,
+        matrix: torch.Tensor,
+        ci: float,
+        blocks: int,
+        samples: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         kl, kk, ll = self.accumulators[(pair, minibatch_key(measure))].hsic_records
         low, high, bias = batch_jackknife_matrix(kl, kk, ll, ci)
