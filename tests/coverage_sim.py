@@ -23,7 +23,17 @@ from reprsim.inference import stream_interval
 from reprsim.measures import get_measure
 from reprsim.streaming import CrossMoments, MinibatchCKA
 
-MOMENT_MEASURES = ("cka", "cka_unbiased", "nbs", "procrustes", "cca", "predictivity", "ensd", "eigenspace_overlap")
+MOMENT_MEASURES = (
+    "cka",
+    "cka_unbiased",
+    "cka_lange",
+    "nbs",
+    "procrustes",
+    "cca",
+    "predictivity",
+    "ensd",
+    "eigenspace_overlap",
+)
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Design:
         return {
             "cka": cka,
             "cka_unbiased": cka,
+            "cka_lange": cka,
             "cka_minibatch": cka,
             "nbs": nbs,
             "procrustes": float(np.arccos(nbs)),

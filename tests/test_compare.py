@@ -100,7 +100,7 @@ def test_the_default_measure_is_exact_cka_where_widths_allow_and_minibatch_beyon
     narrow = compare(net, other, data, layers_a=LAYERS, progress=False)
     torch.testing.assert_close(narrow.matrix, reprsim.cka_matrix(list(a.values()), list(b.values())), rtol=0,
                                atol=1e-10)  # fmt: skip
-    assert narrow.measure["id"] == "cka"
+    assert narrow.measure["id"] == "cka-kernel=linear-hsic=gretton-score"
     assert narrow.metadata["default_measure"] == "cka (every pooled width is at most 8,192)"
     # one layer beyond 8,192: minibatch CKA for every cell, against the accumulator fed by hand
     wa, wb = wide_mlp(0), wide_mlp(1)
@@ -111,7 +111,7 @@ def test_the_default_measure_is_exact_cka_where_widths_allow_and_minibatch_beyon
         acc.update([v[lo : lo + 32] for v in a.values()], [v[lo : lo + 32] for v in b.values()])
     wide = compare(wa, wb, data, layers_a=["0", "1", "2"], progress=False)
     torch.testing.assert_close(wide.matrix, acc.compute(), rtol=0, atol=1e-12)
-    assert wide.measure["id"] == "cka-minibatch-linear"
+    assert wide.measure["id"] == "cka-kernel=linear-hsic=song-estimator=minibatch-score"
     assert wide.metadata["default_measure"] == (
         "cka_minibatch (model A:0 has 8,200 features after pooling, more than exact CKA's 8,192)"
     )

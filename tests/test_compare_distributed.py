@@ -106,7 +106,7 @@ def test_the_default_measure_is_chosen_alike_on_every_rank(tmp_path: Path) -> No
     for rank in range(3):
         got = reprsim.SimilarityResult.load(tmp_path / f"rank{rank}-default.npz")
         assert got.metadata["default_measure"] == single["default"].metadata["default_measure"]
-        assert got.measure["id"] == "cka-minibatch-linear"
+        assert got.measure["id"] == "cka-kernel=linear-hsic=song-estimator=minibatch-score"
 
 
 def test_sample_space_measures_gather_every_rank_s_rows(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_results_know_their_measure(tmp_path: Path) -> None:
     net, other = mlp(0), mlp(1)
     r = compare(net, other, batches(), layers_a=LAYERS, measure="procrustes", model_names=("A", "B"), progress=False)
     assert r.measure["direction"] == "distance"
-    assert r.measure["id"] == "procrustes-angular"
+    assert r.measure["id"] == "procrustes-distance=angular"
     assert "angular Procrustes distance" in repr(r)
     ax = r.plot()
     assert ax.figure.axes[-1].get_ylabel() == "angular Procrustes distance\n(lower = more similar)"

@@ -98,7 +98,7 @@ def test_zero_median_bandwidth_asks_for_sigma() -> None:
 
 
 def test_unknown_kernel() -> None:
-    with pytest.raises(InvalidParameterError, match=r"kernel must be one of \('linear', 'rbf'\); got 'cosine'"):
+    with pytest.raises(InvalidParameterError, match=r"kernel must be one of \('linear', 'rbf', 'laplace'\); got 'cosine'"):
         reprsim.cka(X, Y, kernel="cosine")
 
 
@@ -185,7 +185,11 @@ BOUNDARY = {
     "Extractor(3)": (lambda: reprsim.Extractor(3, ["0"]), "Extractor takes an nn.Module; got int"),
     "pool_tokens of a dict": (lambda: reprsim.pool_tokens({"a": 1}, "mean"), "pool_tokens takes a tensor"),
     "linear_gram of NaN": (lambda: reprsim.linear_gram(np.array([[np.nan, 1.0], [1, 2]])), "1 NaN"),
-    "unbiased='False' in cka": (lambda: reprsim.cka(X, Y, unbiased="False"), "unbiased must be True or False"),
+    "unbiased='False' in cka": (
+        lambda: reprsim.cka(X, Y, unbiased="False"),
+        "unbiased must be False .*, True .* or 'lange' .*; got 'False'",
+    ),
+    "unbiased=1.0 in cka": (lambda: reprsim.cka(X, Y, unbiased=1.0), "unbiased must be True or False"),
     "unbiased='False' in cknna": (lambda: reprsim.cknna(X, Y, k=3, unbiased="False"), "unbiased must be True"),
     "unbiased='False' in dcor": (lambda: reprsim.distance_correlation(X, Y, unbiased="False"), "unbiased must be"),
     "unbiased='False' in LinearCKA": (lambda: reprsim.streaming.LinearCKA(unbiased="False"), "unbiased must be"),

@@ -23,14 +23,14 @@ def related_pair(n: int, p: int, q: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 # (n, p, q): tiny n, p >> n, n >> p, square-ish, unequal widths.
 SHAPES = [(4, 1, 1), (5, 3, 2), (12, 3000, 40), (64, 1, 300), (300, 20, 20), (700, 512, 96), (2000, 7, 3)]
-ESTIMATORS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
+ESTIMATORS = [(kernel, unbiased) for kernel in ("linear", "rbf", "laplace") for unbiased in (False, True, "lange")]
 
 
 # Linear CKA has two code paths (feature space, n×n Grams); each linear case runs through both as well as
 # through the automatic choice.
 ESTIMATOR_PATHS = [
-    ("linear", unbiased, space) for unbiased in (False, True) for space in ("auto", "features", "samples")
-] + [("rbf", False, "auto"), ("rbf", True, "auto")]
+    ("linear", unbiased, space) for unbiased in (False, True, "lange") for space in ("auto", "features", "samples")
+] + [(kernel, unbiased, "auto") for kernel in ("rbf", "laplace") for unbiased in (False, True, "lange")]
 
 
 def force_linear_path(monkeypatch: pytest.MonkeyPatch, space: str) -> None:
@@ -77,7 +77,7 @@ def test_cka_float32_matches_reference(n: int, p: int, q: int, kernel: str, unbi
 
 
 @pytest.mark.parametrize("space", ["samples", "features"])
-@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("unbiased", [False, True, "lange"])
 @pytest.mark.parametrize("rows", [1, 7, 16, 50])  # one row, a remainder strip, exact division, one strip
 def test_symmetric_strips_match_reference(
     space: str, unbiased: bool, rows: int, device: str, monkeypatch: pytest.MonkeyPatch
@@ -93,7 +93,7 @@ def test_symmetric_strips_match_reference(
     assert abs(float(got) - expected) <= 1e-10
 
 
-@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("unbiased", [False, True, "lange"])
 def test_float32_strips_of_a_large_gram(unbiased: bool, device: str) -> None:
     # n = 1500 > 384 uses 256-row strips on the CPU (the last one shorter); p > n takes the n×n path
     x, y = related_pair(1500, 1600, 1700, seed=11)
@@ -188,7 +188,7 @@ def test_gradcheck_cka(
     )
 
 
-@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("unbiased", [False, True, "lange"])
 def test_gradcheck_hsic(unbiased: bool) -> None:
     rng = np.random.default_rng(12)
     k = torch.from_numpy(ref.linear_kernel(rng.normal(size=(7, 3)))).requires_grad_()
@@ -196,11 +196,11 @@ def test_gradcheck_hsic(unbiased: bool) -> None:
     assert torch.autograd.gradcheck(lambda a, b: reprsim.hsic(a, b, unbiased=unbiased), (k, l))
 
 
-@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("unbiased", [False, True, "lange"])
 def test_hsic_and_cka_from_grams_match_reference(unbiased: bool, device: str) -> None:
     x, y = related_pair(60, 9, 4, seed=13)
     k, l = ref.linear_kernel(x), ref.rbf_kernel(y)
-    h_ref = ref.hsic_unbiased(k, l) if unbiased else ref.hsic_biased(k, l)
+    h_ref = {False: ref.hsic_biased, True: ref.hsic_unbiased, "lange": ref.hsic_lange}[unbiased](k, l)
     kt, lt = torch.from_numpy(k).to(device), torch.from_numpy(l).to(device)
     assert abs(float(reprsim.hsic(kt, lt, unbiased=unbiased)) - h_ref) <= 1e-10 * max(1.0, abs(h_ref))
     c_ref = ref.cka_from_kernels(k, l, unbiased)
@@ -366,3 +366,31 @@ def test_hsic_of_raw_grams_with_a_common_offset(unbiased: bool, offset: float) -
     cka_ref = ref.cka_from_kernels(ref.linear_kernel(x), ref.linear_kernel(y), unbiased)
     selfs = [float(reprsim.hsic(g, g, unbiased=unbiased)) for g in (k, l)]
     assert abs(got / np.sqrt(selfs[0] * selfs[1]) - cka_ref) < 1e-10
+
+
+@pytest.mark.parametrize("unbiased", [False, True, "lange"])
+def test_laplace_cka_of_near_duplicates_keeps_full_accuracy(unbiased: bool) -> None:
+    """docs/measures.md: the Laplace kernel takes the square root of squared distances; near-duplicates (10⁻⁹ apart,
+    100 from the origin) are recomputed from their difference, so the root does not magnify rounding to √ε."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 5)) * 3 + 100
+    x[30:45] = x[:15] + 1e-9 * rng.normal(size=(15, 5))
+    y = np.tanh(x - 100) @ rng.normal(size=(5, 4))
+    want = ref.cka(x, y, "laplace", unbiased, sigma=2.0)  # scipy's distances from differences
+    for rows in (None, 7):
+        assert abs(reprsim.cka(x, y, kernel="laplace", unbiased=unbiased, sigma=2.0, chunk_rows=rows) - want) < 1e-10
+
+
+def test_unbiased_takes_false_true_or_lange() -> None:
+    from reprsim.errors import InvalidParameterError
+    from reprsim.measures import CKA
+
+    x, y = related_pair(20, 3, 2, seed=1)
+    with pytest.raises(InvalidParameterError, match=r"False .*True .*or 'lange'"):
+        reprsim.cka(x, y, unbiased="song")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="minibatch CKA always uses Song"):
+        CKA(estimator="minibatch", unbiased="lange")
+    with pytest.raises(InvalidParameterError, match="chunk_rows= applies to the RBF and Laplace kernels"):
+        reprsim.cka(x, y, unbiased="lange", chunk_rows=5)
+    assert CKA(unbiased="lange").target == "population"  # tests/test_coverage.py: it covers the population CKA
+    assert CKA(kernel="rbf", unbiased="lange").target == "expectation"

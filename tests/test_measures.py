@@ -32,6 +32,7 @@ from reprsim.measures import (
     PWCCA,
     RSA,
     SVCCA,
+    Derived,
     EigenspaceOverlap,
     Measure,
     Predictivity,
@@ -107,6 +108,11 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
     ),
     "cka": (lambda x, y: CKA()(x, y), lambda x, y: ref.cka(x, y, "linear")),
     "cka unbiased": (lambda x, y: CKA(unbiased=True)(x, y), lambda x, y: ref.cka(x, y, "linear", unbiased=True)),
+    "cka lange": (lambda x, y: CKA(unbiased="lange")(x, y), lambda x, y: ref.cka(x, y, "linear", unbiased="lange")),
+    "cka laplace lange": (
+        lambda x, y: CKA(kernel="laplace", unbiased="lange", sigma=2.0)(x, y),
+        lambda x, y: ref.cka(x, y, "laplace", unbiased="lange", sigma=2.0),
+    ),
     "ensd": (ensd, rm.ensd),
     "eigenspace overlap": (eigenspace_overlap, rm.eigenspace_overlap),
 }
@@ -250,6 +256,7 @@ def test_rank_deficient_data_leave_the_null_space_out_of_the_whitening() -> None
 STREAMED: list[Measure] = [
     CKA(),
     CKA(unbiased=True),
+    CKA(unbiased="lange"),
     Procrustes(),
     Procrustes("nbs"),
     ShapeMetric(0.5),
@@ -366,6 +373,13 @@ CONFIGURED: list[Measure] = [get_measure(name) for name in available_measures() 
     Predictivity(ridge=2.0),
     Predictivity(reduce="mean"),
     Predictivity(predict="mean"),
+    CKA(kernel="laplace", sigma=3.0),
+    CKA(kernel="rbf", unbiased="lange"),
+    Derived("cka", "euclidean"),
+    Derived("cka_unbiased", "angular"),
+    Derived(ShapeMetric(0.5), "score"),
+    Derived("cca", "one_minus_score"),
+    Derived("pwcca", "negative_log"),
 ]
 
 
@@ -448,7 +462,10 @@ def test_measures_page_lists_every_registered_measure_with_its_id_and_direction(
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "measures.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| `")}
+    rows: dict[str, str] = {}
+    for line in page.splitlines():
+        if line.startswith("| `"):  # the first table, "At a glance" (later tables repeat some names)
+            rows.setdefault(line.split("|")[1].strip(), line)
     for name in available_measures():
         m = get_measure(name)
         if not type(m).__module__.startswith("reprsim."):

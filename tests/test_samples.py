@@ -163,11 +163,11 @@ def test_sample_measures_in_compare_equal_the_functional_forms() -> None:
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
     for key, fn in (
         ("mutual_knn", lambda u, v: mutual_knn(u, v)),
-        ("distance_correlation-u_sqr", lambda u, v: distance_correlation(u, v, unbiased=True)),
+        ("distance_correlation-unbiased", lambda u, v: distance_correlation(u, v, unbiased=True)),
         ("cknna", lambda u, v: cknna(u, v)),
         ("rank_similarity", lambda u, v: rank_similarity(u, v)),
         ("second_order_cosine", lambda u, v: second_order_cosine(u, v)),
-        ("rsa-sqeuclidean-pearson", lambda u, v: rsa(u, v, rdm="sqeuclidean", compare="pearson")),
+        ("rsa-rdm=squared_euclidean-compare=pearson", lambda u, v: rsa(u, v, rdm="sqeuclidean", compare="pearson")),
         ("rsa", lambda u, v: rsa(u, v)),
     ):
         expected = torch.tensor([[float(fn(a[i], b[j])) for j in layers] for i in layers], dtype=torch.float64)
@@ -378,7 +378,7 @@ def test_cknna_and_rank_errors() -> None:
             old()
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['kernels'\\]"):
         CKNNA(kernels="cosine")
-    assert CKNNA(neighbours="inner_product").id == "cknna-k10-ip"
+    assert CKNNA(neighbours="inner_product").id == "cknna-topk=10-neighbours=inner_product"
     with pytest.raises(InvalidParameterError, match="k must be an integer ≥ 1"):
         RankSimilarity(k=0)
     zero = x.copy()
@@ -417,20 +417,23 @@ def test_discordant_pair_count_on_small_vectors() -> None:
 # -- RBF CKA beyond memory ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("kernel", ["rbf", "laplace"])
+@pytest.mark.parametrize("unbiased", [False, True, "lange"])
 @pytest.mark.parametrize("sigma", [None, 2.5])
-def test_blockwise_rbf_cka_equals_the_dense_reference(unbiased: bool, sigma: float | None) -> None:
+def test_blockwise_kernel_cka_equals_the_dense_reference(kernel: str, unbiased: bool, sigma: float | None) -> None:
     from . import reference as ref
 
     x, y = data(101, 6, 3, seed=12)
-    want = ref.cka(x + 50.0, y, "rbf", unbiased, sigma, median_fraction=0.8)
+    want = ref.cka(x + 50.0, y, kernel, unbiased, sigma, median_fraction=0.8)
+    options = {"kernel": kernel, "unbiased": unbiased, "sigma": sigma}
     for block in (1, 7, 64, 101, 500):  # 7 and 64 do not divide 101
-        got = cka(x + 50.0, y, kernel="rbf", unbiased=unbiased, sigma=sigma, median_fraction=0.8, chunk_rows=block)
+        got = cka(x + 50.0, y, **options, median_fraction=0.8, chunk_rows=block)  # type: ignore[arg-type]
         assert abs(got - want) < 1e-10, block
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
-    got32 = cka(torch.tensor(x32), torch.tensor(y32), kernel="rbf", unbiased=unbiased, sigma=sigma, chunk_rows=13)
+    got32 = cka(torch.tensor(x32), torch.tensor(y32), **options, chunk_rows=13)  # type: ignore[arg-type]
     assert got32.dtype == torch.float32
-    assert abs(float(got32) - ref.cka(x32.astype(np.float64), y32.astype(np.float64), "rbf", unbiased, sigma)) < 1e-5
+    want32 = ref.cka(x32.astype(np.float64), y32.astype(np.float64), kernel, unbiased, sigma)
+    assert abs(float(got32) - want32) < 1e-5
 
 
 def test_large_n_switches_to_strips_with_the_same_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -448,7 +451,7 @@ def test_large_n_switches_to_strips_with_the_same_value(monkeypatch: pytest.Monk
     xt = torch.tensor(x, requires_grad=True)
     with pytest.raises(InvalidParameterError, match=r"blockwise RBF CKA .* is not differentiable"):
         cka(xt, torch.tensor(y), kernel="rbf")
-    with pytest.raises(InvalidParameterError, match="chunk_rows= applies to the RBF kernel"):
+    with pytest.raises(InvalidParameterError, match="chunk_rows= applies to the RBF and Laplace kernels"):
         cka(x, y, chunk_rows=10)
 
 
@@ -477,11 +480,15 @@ def test_rbf_cka_measure_in_compare_equals_the_functional_form() -> None:
     net, other = mlp(0), mlp(1)
     data_ = batches(n=96)
     layers = ["1", "4"]
-    out = compare(net, other, data_, layers_a=layers, measures=["cka_rbf", CKA(kernel="rbf", unbiased=True)],
-                  progress=False)  # fmt: skip
+    song, lange = CKA(kernel="rbf", unbiased=True), CKA(kernel="laplace", unbiased="lange", sigma=2.0)
+    out = compare(net, other, data_, layers_a=layers, measures=["cka_rbf", song, lange], progress=False)
     a, b = hand_extract(net, layers, data_), hand_extract(other, layers, data_)
-    for key, unbiased in (("cka_rbf", False), ("cka-hsic_song-rbf", True)):
-        expected = [[float(cka(a[i], b[j], kernel="rbf", unbiased=unbiased)) for j in layers] for i in layers]
+    for key, options in (
+        ("cka_rbf", {"kernel": "rbf"}),
+        (song.id, {"kernel": "rbf", "unbiased": True}),
+        (lange.id, {"kernel": "laplace", "unbiased": "lange", "sigma": 2.0}),
+    ):
+        expected = [[float(cka(a[i], b[j], **options)) for j in layers] for i in layers]  # type: ignore[arg-type]
         torch.testing.assert_close(out[key].matrix, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
     assert CKA(kernel="rbf").stream == "samples"
     assert "isotropic_scaling" not in CKA(kernel="rbf", sigma=1.0).invariances

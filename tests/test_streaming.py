@@ -121,7 +121,7 @@ def test_merge_into_and_from_empty() -> None:
 
 @pytest.mark.parametrize(
     ("kernel", "extra"),
-    [("linear", {}), ("rbf", {}), ("rbf", {"sigma": 1.5}), ("rbf", {"median_fraction": 0.5})],
+    [("linear", {}), ("rbf", {}), ("rbf", {"sigma": 1.5}), ("rbf", {"median_fraction": 0.5}), ("laplace", {})],
 )
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31), cuts=st.lists(st.integers(4, 76), max_size=6))

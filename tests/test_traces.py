@@ -42,6 +42,7 @@ TRACE_MEASURES: list[Measure] = [
     CKA(unbiased=True),
     CKA(kernel="rbf"),
     CKA(kernel="rbf", unbiased=True, sigma=1.5),
+    CKA(kernel="laplace"),
     DistanceCorrelation(),
     DistanceCorrelation(unbiased=True),
     RSA(compare="pearson"),

@@ -8,6 +8,7 @@ without the n × n square, in :mod:`reprsim.measures._strips`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -201,6 +202,25 @@ def _rbf_from_sq_distances(d2: torch.Tensor, sigma: float | None, median_fractio
             )
         return torch.exp(-d2 / (2.0 * s * s))
     return torch.exp(-d2 / (2.0 * float(sigma) ** 2))
+
+
+def radial_from_sq_distances(
+    d2: torch.Tensor, kernel: str, sigma: float | None, median_fraction: float, name: str
+) -> torch.Tensor:
+    """The RBF kernel exp(−d²/(2σ²)) or the Laplace kernel exp(−d/(√2σ)) from squared distances. The median
+    bandwidth is the same for both: σ = median_fraction · √(median d²). The Laplace kernel's √2σ is the length
+    scale of the similarity-repository scheme's ``laplace-sigma=σ`` (repsim's Laplace kernel as it converts σ)."""
+    if kernel == "rbf":
+        return _rbf_from_sq_distances(d2, sigma, median_fraction, name)
+    s = median_sigma(d2, median_fraction) if sigma is None else torch.tensor(float(sigma), dtype=d2.dtype)
+    if sigma is None and not bool(s > 0):
+        raise InvalidParameterError(
+            f"the median squared distance between the samples of {name} is 0 (more than half of all sample pairs "
+            "coincide), so the median bandwidth is 0; pass an explicit sigma"
+        )
+    positive = d2 > 0  # the square root's gradient is infinite at 0 (the diagonal): those entries stay 0
+    d = torch.where(positive, d2.where(positive, torch.ones_like(d2)).sqrt(), torch.zeros_like(d2))
+    return torch.exp(-d / (math.sqrt(2.0) * s.to(d2.device)))
 
 
 def as_gram(k: Any, name: str) -> torch.Tensor:

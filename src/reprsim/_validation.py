@@ -25,9 +25,9 @@ from .errors import (
 )
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-KERNELS = ("linear", "rbf")
+KERNELS = ("linear", "rbf", "laplace")
 #: The kernels reprsim computes Grams with.
-Kernel = Literal["linear", "rbf"]
+Kernel = Literal["linear", "rbf", "laplace"]
 
 
 def as_matrix(x: Any, name: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:

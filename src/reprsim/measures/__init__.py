@@ -21,6 +21,7 @@ from ._base import INVARIANCES, Measure, available_measures, get_measure, regist
 from ._cca import CCA, PWCCA, SVCCA, canonical_correlations, cca, pwcca, svcca
 from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic
 from ._ensd import ENSD, ensd
+from ._ids import ALIASES, NOT_PROVIDED, Derived, from_id
 from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
 from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
@@ -45,14 +46,17 @@ from ._samples import (
 from ._subspace import EigenspaceOverlap, eigenspace_overlap
 
 __all__ = [
+    "ALIASES",
     "CCA",
     "CKA",
     "CKNNA",
     "ENSD",
     "INVARIANCES",
+    "NOT_PROVIDED",
     "PWCCA",
     "RSA",
     "SVCCA",
+    "Derived",
     "DistanceCorrelation",
     "EigenspaceOverlap",
     "JaccardKNN",
@@ -74,6 +78,7 @@ __all__ = [
     "distance_correlation",
     "eigenspace_overlap",
     "ensd",
+    "from_id",
     "get_measure",
     "hsic",
     "jaccard_knn",

@@ -40,6 +40,7 @@ __all__ = [
     "cached",
     "evaluate",
     "get_measure",
+    "num",
     "register",
 ]
 
@@ -99,8 +100,15 @@ class Measure:
     name : str
         The registry name (``"procrustes"``, ``"cca"``, ...).
     id : str
-        The measure's ID in the naming scheme of the similarity-repository meta-package (``procrustes-angular``),
-        so reprsim's numbers can be matched with other packages'.
+        The measure's name in the naming scheme of the similarity-repository meta-package
+        (``procrustes-distance=angular``), so reprsim's numbers can be matched with other packages'. It names the
+        whole configuration: two measures with equal IDs compute the same value, and
+        :func:`reprsim.measures.from_id` builds the measure back from it. Configurations the scheme has no name
+        for get one in its grammar (``family-key=value-...-form``; docs/measures.md lists them).
+    form : {"score", "angular"} or None
+        Whether the value is one of the scheme's scores s (``-score``) or its angle arccos s
+        (``-distance=angular``), from which :class:`reprsim.measures.Derived` gives the other forms; None when it
+        is neither.
     label : str
         A human-readable label, used on plots.
     direction : {"similarity", "distance"}
@@ -140,6 +148,7 @@ class Measure:
     metric: bool = False
     symmetric: bool = True
     invariances: frozenset[str] = frozenset()
+    form: Literal["score", "angular"] | None = None
     fourth: bool = False
     folds: int = 1
     min_samples: int = 2
@@ -245,6 +254,13 @@ RENAMED = {
 }
 
 
+def num(value: float) -> str:
+    """A number as an ID writes it: the shortest text that reads back as the same float, without a trailing
+    ``.0`` (``1.0`` → ``"1"``, ``0.985`` → ``"0.985"``), so that IDs of different settings differ."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def refuse_renamed(function: str, given: dict[str, Any], renamed: Mapping[str, tuple[str, str]] = RENAMED) -> None:
     """Raise for keywords ``function`` does not take: the migration error for the renamed ones (``renamed``: old
     name to (new name, what it is); the value given is shown under its new name), Python's TypeError for any
@@ -306,7 +322,9 @@ def available_measures() -> list[str]:
 
 
 def get_measure(spec: str | Measure) -> Measure:
-    """A configured measure from a registry name (any case) or a :class:`Measure` instance (returned as is).
+    """A configured measure from a registry name (any case), a measure ID (:func:`reprsim.measures.from_id`:
+    any name of the similarity-repository scheme whose family reprsim has) or a :class:`Measure` instance
+    (returned as is).
 
     Examples
     --------
@@ -315,18 +333,28 @@ def get_measure(spec: str | Measure) -> Measure:
     Procrustes(score='angular')
     >>> get_measure("CKA")
     CKA(unbiased=False, estimator='exact', kernel='linear')
+    >>> get_measure("cka-kernel=linear-hsic=song-score")
+    CKA(unbiased=True, estimator='exact', kernel='linear')
     """
     if isinstance(spec, Measure):
         return spec
     if isinstance(spec, str) and spec.strip().lower() in _REGISTRY:
         return _REGISTRY[spec.strip().lower()]()
+    if isinstance(spec, str):
+        from ._ids import from_id
+
+        try:
+            return from_id(spec)
+        except InvalidParameterError as exc:
+            if "-" in spec or "does not provide" in str(exc):
+                raise
     import difflib
 
     close = difflib.get_close_matches(str(spec).lower(), list(_REGISTRY), n=3)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise InvalidParameterError(
-        f"unknown measure {spec!r}{hint} Known names: {available_measures()}; or pass a measure object "
-        "such as reprsim.measures.ShapeMetric(alpha=0.5)"
+        f"unknown measure {spec!r}{hint} Known names: {available_measures()}; or a measure ID (measure.id, e.g. "
+        "'procrustes-distance=angular'), or a measure object such as reprsim.measures.ShapeMetric(alpha=0.5)"
     )
 
 

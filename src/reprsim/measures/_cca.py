@@ -3,7 +3,7 @@ the functional forms :func:`canonical_correlations`, :func:`cca`, :func:`svcca`,
 
 Canonical correlations are the singular values of Cxx^(−1/2) Cxy Cyy^(−1/2) (Cxx = XcᵀXc etc.; the 1/(n−1)
 cancels), computed from each side's eigendecomposition (cached per layer) and one SVD per pair. The mean ρ
-(SVCCA's summary, "cca" in similarity-repository) and Yanai's R² = mean ρ² ("cca-mean_sq_corr") are different
+(SVCCA's summary, "cca-score" in similarity-repository) and Yanai's R² = mean ρ² ("cca-squared_score") are different
 numbers and carry different names here. Centred data span n − 1 dimensions, so once p + q > n − 1 some ρ are
 exactly 1 whatever the data: that, and a singular covariance, is an error unless ``ridge`` is set.
 """
@@ -17,7 +17,7 @@ import torch
 
 from .._validation import check_real, is_integer
 from ..errors import InvalidParameterError
-from ._base import Measure, as_result, evaluate, pair_of, register
+from ._base import Measure, as_result, evaluate, num, pair_of, register
 from ._linalg import check_dimensions, check_rank, check_variance, eigh_cached, numerical_rank
 from ._moments import Moments
 
@@ -90,6 +90,7 @@ class CCA(Measure):
         if reduce not in ("mean", "yanai"):
             raise InvalidParameterError(f"reduce must be 'mean' or 'yanai'; got {reduce!r}")
         self.reduce = reduce
+        self.form = "score" if reduce == "mean" else None
         self.ridge = _check_ridge(ridge)
         inv = {"orthogonal", "isotropic_scaling", "translation", "permutation"}
         if self.ridge == 0.0:
@@ -99,7 +100,8 @@ class CCA(Measure):
 
     @property
     def id(self) -> str:
-        return "cca" if self.reduce == "mean" else "cca-mean_sq_corr"
+        ridge = f"-ridge={num(self.ridge)}" if self.ridge else ""
+        return f"cca{ridge}-" + ("score" if self.reduce == "mean" else "squared_score")
 
     @property
     def label(self) -> str:
@@ -145,6 +147,7 @@ class SVCCA(Measure):
         if reduce not in ("mean", "yanai"):
             raise InvalidParameterError(f"reduce must be 'mean' or 'yanai'; got {reduce!r}")
         self.reduce = reduce
+        self.form = "score" if reduce == "mean" else None
         ok_int = is_integer(keep) and keep >= 1
         ok_float = isinstance(keep, (float, np.floating)) and 0.0 < keep <= 1.0
         if not (ok_int or ok_float):
@@ -156,8 +159,8 @@ class SVCCA(Measure):
 
     @property
     def id(self) -> str:
-        kept = f"-var{round(self.keep * 100)}" if isinstance(self.keep, float) else f"-k{self.keep}"
-        return "svcca" + kept + ("-mean_sq_corr" if self.reduce == "yanai" else "")
+        kept = f"var={num(self.keep)}" if isinstance(self.keep, float) else f"dim={self.keep}"
+        return f"svcca-{kept}-" + ("score" if self.reduce == "mean" else "squared_score")
 
     @property
     def label(self) -> str:
@@ -201,6 +204,7 @@ class PWCCA(Measure):
     """
 
     name = "pwcca"
+    form = "score"
     symmetric = False
     invariances = frozenset({"isotropic_scaling", "translation", "permutation"})
 
@@ -213,7 +217,8 @@ class PWCCA(Measure):
 
     @property
     def id(self) -> str:
-        return "pwcca"
+        weights = "" if self.weights_from == "narrower" else f"-weights_from={self.weights_from}"
+        return f"pwcca{weights}" + (f"-ridge={num(self.ridge)}" if self.ridge else "") + "-score"
 
     @property
     def label(self) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from .._validation import CONSTANT_EPS
 from ..errors import ConstantRepresentationError, InvalidParameterError
-from ._base import Measure, as_result, evaluate, pair_of, register
+from ._base import Measure, as_result, evaluate, num, pair_of, register
 from ._cca import _check_ridge
 from ._linalg import check_dimensions, check_rank, check_variance, eigh_cached
 from ._moments import Moments, pool_moments
@@ -91,7 +91,11 @@ class Predictivity(Measure):
 
     @property
     def id(self) -> str:
-        return "linear_regression-r2" + ("-cv" if self.cv else "")
+        head = f"ridge-lambda={num(self.ridge)}" if self.ridge else "linear_regression"
+        weighted = "-reduce=variance_weighted" if self.reduce == "variance_weighted" else ""
+        folds = f"-cv={self.folds}folds" if self.cv else ""
+        direction = {"x_to_y": "", "y_to_x": "-reverse", "mean": "-predict=mean"}[self.predict]
+        return f"{head}-r2{weighted}{folds}{direction}"
 
     @property
     def label(self) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from .._validation import check_int, check_real
 from ..errors import InvalidParameterError
-from ._base import Measure, evaluate, register
+from ._base import Measure, evaluate, num, register
 from ._linalg import check_dimensions, check_variance, eigh_cached, numerical_rank
 from ._moments import Moments, pool_moments
 
@@ -26,15 +26,25 @@ __all__ = ["Procrustes", "ShapeMetric", "procrustes", "shape_metric"]
 
 ProcrustesScore = Literal["angular", "euclidean", "squared_euclidean", "nbs"]
 _SCORES: dict[str, dict[str, Any]] = {
-    "angular": {"id": "procrustes-angular", "direction": "distance", "range": (0.0, math.pi / 2), "metric": True},
-    "euclidean": {"id": "procrustes-euclidean", "direction": "distance", "range": (0.0, math.sqrt(2)), "metric": True},
+    "angular": {
+        "id": "procrustes-distance=angular",
+        "direction": "distance",
+        "range": (0.0, math.pi / 2),
+        "metric": True,
+    },
+    "euclidean": {
+        "id": "orthogonal_procrustes_centered_and_normalized",
+        "direction": "distance",
+        "range": (0.0, math.sqrt(2)),
+        "metric": True,
+    },
     "squared_euclidean": {
-        "id": "procrustes-sq-euclidean",
+        "id": "orthogonal_procrustes_centered_and_normalized-squared",
         "direction": "distance",
         "range": (0.0, 2.0),
         "metric": False,
     },
-    "nbs": {"id": "nbs", "direction": "similarity", "range": (0.0, 1.0), "metric": False},
+    "nbs": {"id": "procrustes-score", "direction": "similarity", "range": (0.0, 1.0), "metric": False},
 }
 _LABELS = {
     "angular": "angular Procrustes distance",
@@ -83,6 +93,7 @@ class Procrustes(Measure):
         self.direction = meta["direction"]
         self.range = meta["range"]
         self.metric = meta["metric"]
+        self.form = "score" if score == "nbs" else ("angular" if score == "angular" else None)
 
     @property
     def id(self) -> str:
@@ -143,6 +154,7 @@ class ShapeMetric(Measure):
     """
 
     name = "shape_metric"
+    form = "angular"
     direction = "distance"
     range = (0.0, math.pi / 2)
     metric = True
@@ -165,7 +177,7 @@ class ShapeMetric(Measure):
 
     @property
     def id(self) -> str:
-        return f"shape_metric-angular-alpha{round(self.alpha * 10)}e-1" + ("-cv" if self.cv else "")
+        return f"shape_metric-alpha={num(self.alpha)}-distance=angular" + (f"-cv={self.folds}folds" if self.cv else "")
 
     @property
     def label(self) -> str:

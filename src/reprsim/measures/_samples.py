@@ -11,7 +11,7 @@ strip). The strips run on the inputs' device at the matrix-multiply rate.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -63,7 +63,8 @@ __all__ = [
 
 Neighbours = Literal["cosine", "inner_product", "euclidean"]
 NEIGHBOURS = ("cosine", "inner_product", "euclidean")
-_SUFFIX = {"cosine": "", "inner_product": "-ip", "euclidean": "-euclidean"}
+#: The neighbour rule as an ID writes it: the cosine, every scheme code's default, is left unsaid.
+_SUFFIX = {"cosine": "", "inner_product": "-neighbours=inner_product", "euclidean": "-neighbours=euclidean"}
 
 
 # -- nearest neighbours ----------------------------------------------------------------------------------
@@ -242,6 +243,8 @@ class MutualKNN(Measure):
     """
 
     name = "mutual_knn"
+    #: The family's name in the similarity-repository scheme.
+    scheme: ClassVar[str] = "mutual_knn"
     differentiable = False
     stream = "samples"
     symmetric = True
@@ -263,7 +266,7 @@ class MutualKNN(Measure):
 
     @property
     def id(self) -> str:
-        return f"{self.name}-k{self.k}" + _SUFFIX[self.neighbours]
+        return f"{self.scheme}-topk={self.k}" + _SUFFIX[self.neighbours]
 
     @property
     def label(self) -> str:
@@ -287,6 +290,7 @@ class JaccardKNN(MutualKNN):
     k-nearest-neighbour sets, i.e. |∩| / (2k − |∩|). Cosine neighbours and k = 10 by default, as the ReSi code."""
 
     name = "jaccard_knn"
+    scheme = "jaccard_similarity"
 
     @property
     def label(self) -> str:
@@ -418,11 +422,7 @@ class CKNNA(Measure):
 
     @property
     def id(self) -> str:
-        return (
-            f"cknna-k{self.k}"
-            + ("-ip" if self.neighbours == "inner_product" else "")
-            + ("" if self.unbiased else "-biased")
-        )
+        return f"cknna-topk={self.k}" + _SUFFIX[self.neighbours] + ("" if self.unbiased else "-hsic=gretton")
 
     @property
     def label(self) -> str:
@@ -495,7 +495,7 @@ class SecondOrderCosine(Measure):
 
     @property
     def id(self) -> str:
-        return f"second_order_cosine-k{self.k}"
+        return f"second_order_cosine_similarity-topk={self.k}"
 
     @property
     def label(self) -> str:
@@ -552,6 +552,7 @@ class RankSimilarity(MutualKNN):
     """
 
     name = "rank_similarity"
+    scheme = "rank_similarity"
 
     @property
     def label(self) -> str:
@@ -657,7 +658,7 @@ class DistanceCorrelation(Measure):
 
     @property
     def id(self) -> str:
-        return "distance_correlation-u_sqr" if self.unbiased else "distance_correlation"
+        return "distance_correlation-unbiased" if self.unbiased else "distance_correlation"
 
     @property
     def label(self) -> str:
@@ -808,6 +809,10 @@ register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=T
 
 RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"]
 RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
+#: Each RDM's name in the similarity-repository scheme, whose ``_normalized`` RDMs are divided by the width.
+_RDM_IDS = dict(
+    zip(RDM_KINDS, ("correlation", "cosine", "euclidean", "squared_euclidean", "squared_euclidean_normalized"))
+)
 RSACompare = Literal["pearson", "spearman", "kendall"]
 RANK_TIE_RTOL = 1e-12
 #: The default budget of exact rank-based RSA (bytes); see :class:`RSA`'s ``max_memory``.
@@ -1019,7 +1024,7 @@ class RSA(Measure):
 
     @property
     def id(self) -> str:
-        return f"rsa-{self.rdm}-{self.compare}"
+        return f"rsa-rdm={_RDM_IDS[self.rdm]}-compare={self.compare}"
 
     @property
     def label(self) -> str:

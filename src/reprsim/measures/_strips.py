@@ -303,9 +303,11 @@ def rbf_hsic_terms(
     gy: torch.Tensor,
     unbiased: bool,
     rows: int,
+    laplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sums HSIC needs of the RBF kernels K_ij = exp(−gx·d²_X(i, j)) and L (likewise), by strips of the
-    upper triangle (half the products and exponentials of the full matrices), in float64.
+    """The sums HSIC needs of the RBF kernels K_ij = exp(−gx·d²_X(i, j)) and L (likewise), or with ``laplace``
+    of exp(−gx·d_X(i, j)), by strips of the upper triangle (half the products and exponentials of the full
+    matrices), in float64.
 
     Returns (ΣK∘L, ΣK∘K, ΣL∘L) over all n² entries, and the row sums K1 and L1; with ``unbiased`` the kernels'
     diagonals count as zero (K̃, L̃ of Song et al.), else as exp(0) = 1.
@@ -320,8 +322,10 @@ def rbf_hsic_terms(
         # in place, and dot products rather than elementwise temporaries: two float64 strips at a time; the
         # diagonal block's lower triangle and diagonal are zeroed (columns start at the strip's first row)
         w = r.stop - r.start
-        k = upper_sq_distances(xc, sqx, r).to(f64).mul_(-gx).exp_()
-        l = upper_sq_distances(yc, sqy, r).to(f64).mul_(-gy).exp_()
+        k, l = upper_sq_distances(xc, sqx, r).to(f64), upper_sq_distances(yc, sqy, r).to(f64)
+        if laplace:
+            k, l = k.clamp_min_(0.0).sqrt_(), l.clamp_min_(0.0).sqrt_()
+        k, l = k.mul_(-gx).exp_(), l.mul_(-gy).exp_()
         k[:, :w].triu_(1)
         l[:, :w].triu_(1)
         fk, fl = k.view(-1), l.view(-1)
