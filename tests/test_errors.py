@@ -98,7 +98,9 @@ def test_zero_median_bandwidth_asks_for_sigma() -> None:
 
 
 def test_unknown_kernel() -> None:
-    with pytest.raises(InvalidParameterError, match=r"kernel must be one of \('linear', 'rbf', 'laplace'\); got 'cosine'"):
+    with pytest.raises(
+        InvalidParameterError, match=r"kernel must be one of \('linear', 'rbf', 'laplace'\); got 'cosine'"
+    ):
         reprsim.cka(X, Y, kernel="cosine")
 
 
