@@ -388,7 +388,7 @@ def test_unbiased_takes_false_true_or_lange() -> None:
     x, y = related_pair(20, 3, 2, seed=1)
     with pytest.raises(InvalidParameterError, match=r"False .*True .*or 'lange'"):
         reprsim.cka(x, y, unbiased="song")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match="minibatch CKA always uses Song"):
+    with pytest.raises(InvalidParameterError, match=r"minibatch CKA always uses unbiased HSIC per batch \(Song"):
         CKA(estimator="minibatch", unbiased="lange")
     with pytest.raises(InvalidParameterError, match="chunk_rows= applies to the RBF and Laplace kernels"):
         reprsim.cka(x, y, unbiased="lange", chunk_rows=5)

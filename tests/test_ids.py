@@ -27,12 +27,14 @@ from reprsim.measures import (
     PWCCA,
     RSA,
     SVCCA,
+    CorrelationMatch,
     Derived,
     DistanceCorrelation,
     EigenspaceOverlap,
     JaccardKNN,
     Measure,
     MutualKNN,
+    PermutationMetric,
     Predictivity,
     Procrustes,
     RankSimilarity,
@@ -45,6 +47,7 @@ from reprsim.streaming import CrossMoments
 
 from . import reference as ref
 from . import reference_measures as rm
+from .test_matching import correlation_match_reference, permutation_reference
 from .toys import batches, hand_extract, mlp
 
 LIST = Path(__file__).parent / "data" / "similarity-repository-ids.txt"
@@ -119,6 +122,7 @@ def scores(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
         f"shape_metric-alpha={ALPHA}": lambda: math.cos(rm.shape_metric(x, y, ALPHA)),
         "cca": lambda: float(canonical(x, y).mean()),
         "pwcca": lambda: rm.pwcca(x, y),
+        "permutation_metric": lambda: math.cos(permutation_reference(x, y)[0]),
         "svcca-dim=10": lambda: float(canonical(pca(x, 10), pca(y, 10)).mean()),
         f"svcca-dim={DIM}": lambda: float(canonical(pca(x, DIM), pca(y, DIM)).mean()),
         "svcca-var=0.95": lambda: float(canonical(pca(x, 0.95), pca(y, 0.95)).mean()),
@@ -170,6 +174,8 @@ def whole(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
     return {
         **rsa,
         "ensd": lambda: rm.ensd(x, y),
+        "hard_correlation_match": lambda: correlation_match_reference(x, y, "hard"),
+        "soft_correlation_match": lambda: correlation_match_reference(x, y, "soft"),
         "ensd-distance=angular_normalized": lambda: math.acos(ref.cka(x, y)) * 2 / math.pi,
         "eigenspace_overlap_score": lambda: rm.eigenspace_overlap(x, y),
         "distance_correlation": lambda: rm.distance_correlation(x, y, False),
@@ -253,7 +259,7 @@ def test_every_name_builds_the_schemes_value_or_is_listed_with_its_reason() -> N
         assert abs(got - want) < 1e-9 * max(1.0, abs(want)), (name, got, want)
         provided.append(name)
     assert len(provided) + len(refused) == 207
-    assert len(provided) == 113, len(provided)  # docs/measures.md: "113 of the 207 names"
+    assert len(provided) == 119, len(provided)  # docs/measures.md: "119 of the 207 names"
     assert used == set(NOT_PROVIDED), f"patterns no name needs: {set(NOT_PROVIDED) - used}"
 
 
@@ -316,6 +322,10 @@ CONFIGURATIONS: list[Measure] = [
     ),
     ENSD(),
     EigenspaceOverlap(),
+    PermutationMetric(),
+    CorrelationMatch(),
+    CorrelationMatch("soft"),
+    Derived(PermutationMetric(), "euclidean"),
     *(
         Derived(m, f)
         for m in (CKA(), ShapeMetric(0.5), Procrustes("nbs"), SVCCA(10), PWCCA())
@@ -443,4 +453,4 @@ def test_the_measures_page_lists_every_alias_and_every_name_not_provided() -> No
         assert f"| `{pattern}` | {why} |" in page, pattern
     for name, target in ALIASES.items():
         assert f"| `{name}` | `{target}` |" in page, name
-    assert "113 build a measure" in page
+    assert "119 build a measure" in page

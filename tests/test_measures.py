@@ -32,9 +32,11 @@ from reprsim.measures import (
     PWCCA,
     RSA,
     SVCCA,
+    CorrelationMatch,
     Derived,
     EigenspaceOverlap,
     Measure,
+    PermutationMetric,
     Predictivity,
     Procrustes,
     ShapeMetric,
@@ -270,6 +272,9 @@ STREAMED: list[Measure] = [
     RSA("sqeuclidean", "pearson"),
     ENSD(),
     EigenspaceOverlap(),
+    PermutationMetric(),
+    CorrelationMatch(),
+    CorrelationMatch("soft"),
 ]
 
 

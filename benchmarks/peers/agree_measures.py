@@ -107,6 +107,11 @@ def _rs_cka_u() -> Callable[..., float]:
     return repsim_pair("cka", kernel_type="linear", estimator="song")
 
 
+@pairing("cka_lange", lambda x, y: CKA(unbiased="lange")(x, y), "repsim cka(kernel_type='linear', estimator='lange')")
+def _rs_cka_lange() -> Callable[..., float]:
+    return repsim_pair("cka", kernel_type="linear", estimator="lange")
+
+
 def thingsvision_cka(unbiased: bool) -> Callable[..., float]:
     import importlib.util
 

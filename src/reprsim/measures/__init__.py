@@ -8,6 +8,7 @@ on two arrays, all exported here.
 ``_cca``               canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``_ensd``              the effective number of shared dimensions (:func:`ensd`)
 ``_subspace``          the eigenspace overlap score (:func:`eigenspace_overlap`)
+``_matching``          units matched one to one: the permutation metric, hard and soft correlation matching
 ``_predictivity``      ridge / least-squares R², in-sample or cross-validated
 ``_samples``           mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
                        distance correlation, RSA and its RDMs (every sample, blockwise)
@@ -22,6 +23,7 @@ from ._cca import CCA, PWCCA, SVCCA, canonical_correlations, cca, pwcca, svcca
 from ._cka import CKA, cka, cka_from_grams, cka_matrix, hsic
 from ._ensd import ENSD, ensd
 from ._ids import ALIASES, NOT_PROVIDED, Derived, from_id
+from ._matching import CorrelationMatch, PermutationMetric, correlation_match, permutation_metric
 from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
 from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
@@ -56,6 +58,7 @@ __all__ = [
     "PWCCA",
     "RSA",
     "SVCCA",
+    "CorrelationMatch",
     "Derived",
     "DistanceCorrelation",
     "EigenspaceOverlap",
@@ -63,6 +66,7 @@ __all__ = [
     "Measure",
     "Moments",
     "MutualKNN",
+    "PermutationMetric",
     "Predictivity",
     "Procrustes",
     "RankSimilarity",
@@ -75,6 +79,7 @@ __all__ = [
     "cka_from_grams",
     "cka_matrix",
     "cknna",
+    "correlation_match",
     "distance_correlation",
     "eigenspace_overlap",
     "ensd",
@@ -83,6 +88,7 @@ __all__ = [
     "hsic",
     "jaccard_knn",
     "mutual_knn",
+    "permutation_metric",
     "plot_rdm",
     "predictivity",
     "procrustes",

@@ -917,7 +917,7 @@ class CKA(Measure):
             strip_rows(1, chunk_rows)
         if estimator == "minibatch" and unbiased:
             raise InvalidParameterError(
-                f"minibatch CKA always uses Song et al.'s unbiased HSIC per batch; drop unbiased={unbiased!r}"
+                f"minibatch CKA always uses unbiased HSIC per batch (Song et al.'s); drop unbiased={unbiased!r}"
             )
         self.unbiased: Unbiased = unbiased
         self.estimator, self.kernel = estimator, kernel
@@ -931,7 +931,7 @@ class CKA(Measure):
             self.sample_resampling = "blocks"  # a smooth kernel statistic: the jackknife (recomputed) covers
         self.fourth = bool(self.unbiased) and self.stream == "moments"
         # Song's unbiased HSIC (per batch, or over the whole data) estimates the population HSIC without bias, and
-        # Lange's nearly so (its centring uses the sample means; its bias is 1–3% of the half-width in the
+        # Lange's nearly so (its centring uses the sample means; its bias is as small as Song's in the
         # simulation): the ratio is consistent and its intervals cover the population CKA (tests/test_coverage.py)
         if kernel == "linear" and (self.unbiased or estimator == "minibatch"):
             self.target = "population"

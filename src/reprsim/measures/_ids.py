@@ -24,6 +24,7 @@ from ._base import Cache, Measure, NoTraceForm, cached, get_measure
 from ._cca import CCA, PWCCA, SVCCA
 from ._cka import CKA
 from ._ensd import ENSD
+from ._matching import CorrelationMatch, PermutationMetric
 from ._moments import Moments
 from ._predictivity import Predictivity
 from ._procrustes import Procrustes, ShapeMetric
@@ -262,10 +263,11 @@ NOT_PROVIDED: dict[str, str] = {
     "*pearsonr*": f"{_PLANNED} (predictivity scored by Pearson r per target); R² is provided (…-r2)",
     "pls*": f"{_PLANNED} (PLS regression)",
     "kernel_ridge*": f"{_PLANNED} (kernel ridge regression)",
-    "permutation_*": f"{_PLANNED} (alignment restricted to permutations of units)",
-    "pairwisematching": f"{_PLANNED} (alignment restricted to permutations of units)",
-    "soft_correlation_match": f"{_PLANNED} (soft correlation match)",
-    "hard_correlation_match": f"{_PLANNED} (hard correlation match)",
+    "permutation_procrustes": "ReSi's permutation-aligned distance of uncentred data (not translation invariant) is "
+    "not provided; the centred one is permutation_metric-distance=euclidean",
+    "pairwisematching": "neuroaimetrics' cross-validated matching draws its folds with scikit-learn's shuffled "
+    "KFold(random_state=42); not provided (the in-sample matchings are hard_correlation_match and "
+    "soft_correlation_match)",
     "max_match": f"{_PLANNED} (max-match / subspace match)",
     "gulp": f"{_PLANNED} (GULP)",
     "imd": f"{_PLANNED} (the multi-scale intrinsic distance)",
@@ -413,6 +415,10 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         if rdm not in rdms or compare not in ("pearson", "spearman", "kendall"):
             raise _Unknown(f"rdm={rdm} with compare={compare} is not an RSA reprsim has")
         return RSA(rdms[rdm], compare)  # type: ignore[arg-type]
+    if family == "permutation_metric":
+        return PermutationMetric()
+    if family in ("hard_correlation_match", "soft_correlation_match"):
+        return CorrelationMatch("hard" if family.startswith("hard") else "soft")
     if family == "ensd":
         return ENSD()
     if family == "eigenspace_overlap_score":
