@@ -151,3 +151,61 @@ def test_the_permutation_metric_has_gradients_for_the_matching_found() -> None:
     permutation_metric(x, y).backward()
     assert x.grad is not None
     assert torch.isfinite(x.grad).all()
+
+
+# -- aligned cosine similarity ------------------------------------------------------------------------------------
+
+
+def aligned_cosine_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """ReSi's recipe: zero-pad to one width, rotate x onto y with scipy's orthogonal Procrustes (uncentred data),
+    then the mean of the samples' cosines."""
+    from scipy.linalg import orthogonal_procrustes
+
+    w = max(x.shape[1], y.shape[1])
+    xp, yp = padded(x, w), padded(y, w)
+    rotation, _ = orthogonal_procrustes(xp, yp)
+    a = xp @ rotation
+    return float(np.mean(np.sum(a * yp, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(yp, axis=1))))
+
+
+@pytest.mark.parametrize(("p", "q"), [(6, 4), (4, 6), (5, 5)])
+def test_aligned_cosine_matches_resis_recipe(p: int, q: int) -> None:
+    from reprsim import aligned_cosine
+
+    x, y = pair(p=p, q=min(p, q), seed=5 * p + q, offset=2.0)
+    if q > p:
+        y = np.hstack([y, np.random.default_rng(3).normal(size=(len(y), q - p))])
+    want = aligned_cosine_reference(x, y)
+    assert abs(aligned_cosine(x, y) - want) < 1e-10
+    assert abs(aligned_cosine(y, x) - want) < 1e-10  # symmetric: the rotation of y onto x is the transpose
+    got32 = aligned_cosine(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    assert abs(float(got32) - want) < 1e-5
+
+
+def test_aligned_cosine_counts_a_zero_sample_as_zero_and_warns() -> None:
+    from reprsim import aligned_cosine
+    from reprsim.errors import ReprsimWarning
+
+    x, y = pair(offset=2.0)
+    x[7] = 0.0
+    with pytest.warns(ReprsimWarning, match="1 samples are zero"):
+        got = aligned_cosine(x, y)
+    keep = np.arange(len(x)) != 7
+    from scipy.linalg import orthogonal_procrustes
+
+    w = max(x.shape[1], y.shape[1])
+    rotation, _ = orthogonal_procrustes(padded(x, w), padded(y, w))
+    a, b = (padded(x, w) @ rotation)[keep], padded(y, w)[keep]
+    want = np.sum(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))) / len(x)
+    assert abs(got - want) < 1e-10
+
+
+def test_aligned_cosine_in_compare_equals_the_functional_form() -> None:
+    from reprsim.measures import AlignedCosine
+
+    net, other = mlp(0), mlp(1)
+    data = batches(n=128)
+    out = compare(net, other, data, layers_a=["1"], layers_b=["1", "3"], measures=["aligned_cosine"], progress=False)
+    a, b = hand_extract(net, ["1"], data), hand_extract(other, ["1", "3"], data)
+    want = torch.tensor([[float(AlignedCosine()(a["1"], b[j])) for j in ("1", "3")]], dtype=torch.float64)
+    torch.testing.assert_close(out["aligned_cosine"].matrix, want, rtol=0, atol=1e-10)

@@ -22,6 +22,7 @@ from ._kernels import center_gram, linear_gram, rbf_gram
 from ._version import __version__
 from .errors import ReprsimError, ReprsimWarning
 from .measures import (
+    aligned_cosine,
     canonical_correlations,
     cca,
     cka,
@@ -73,6 +74,7 @@ __all__ = [
     "StoreWriter",
     "Uncertainty",
     "__version__",
+    "aligned_cosine",
     "canonical_correlations",
     "cca",
     "center_gram",

@@ -4,7 +4,7 @@ on two arrays, all exported here.
 
 =====================  ===========================================================================
 ``_cka``               linear, RBF and minibatch CKA, HSIC (:func:`cka`, :class:`CKA`, :func:`cka_matrix`)
-``_procrustes``        orthogonal Procrustes, NBS, shape metrics (:func:`procrustes`, :func:`shape_metric`)
+``_procrustes``        orthogonal Procrustes, NBS, shape metrics, aligned cosine (:func:`procrustes`, ...)
 ``_cca``               canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``_ensd``              the effective number of shared dimensions (:func:`ensd`)
 ``_subspace``          the eigenspace overlap score (:func:`eigenspace_overlap`)
@@ -26,7 +26,7 @@ from ._ids import ALIASES, NOT_PROVIDED, Derived, from_id
 from ._matching import CorrelationMatch, PermutationMetric, correlation_match, permutation_metric
 from ._moments import Moments
 from ._predictivity import Predictivity, predictivity
-from ._procrustes import Procrustes, ShapeMetric, procrustes, shape_metric
+from ._procrustes import AlignedCosine, Procrustes, ShapeMetric, aligned_cosine, procrustes, shape_metric
 from ._samples import (
     CKNNA,
     RSA,
@@ -58,6 +58,7 @@ __all__ = [
     "PWCCA",
     "RSA",
     "SVCCA",
+    "AlignedCosine",
     "CorrelationMatch",
     "Derived",
     "DistanceCorrelation",
@@ -72,6 +73,7 @@ __all__ = [
     "RankSimilarity",
     "SecondOrderCosine",
     "ShapeMetric",
+    "aligned_cosine",
     "available_measures",
     "canonical_correlations",
     "cca",

@@ -27,7 +27,7 @@ from ._ensd import ENSD
 from ._matching import CorrelationMatch, PermutationMetric
 from ._moments import Moments
 from ._predictivity import Predictivity
-from ._procrustes import Procrustes, ShapeMetric
+from ._procrustes import AlignedCosine, Procrustes, ShapeMetric
 from ._samples import CKNNA, RSA, DistanceCorrelation, JaccardKNN, MutualKNN, RankSimilarity, SecondOrderCosine
 from ._subspace import EigenspaceOverlap
 from ._traces import TraceSide
@@ -249,6 +249,7 @@ ALIASES: dict[str, str] = {
     "rank_similarity": "rank_similarity-topk=10",
     "linear_regression": "linear_regression-r2-reduce=variance_weighted-reverse",
     "bures_distance": "procrustes-distance=euclidean",
+    "aligned_cossim": "aligned_cosine_similarity",
 }
 
 _PLANNED = "not in reprsim yet (planned)"
@@ -272,7 +273,6 @@ NOT_PROVIDED: dict[str, str] = {
     "gulp": f"{_PLANNED} (GULP)",
     "imd": f"{_PLANNED} (the multi-scale intrinsic distance)",
     "rsm_norm_difference": f"{_PLANNED} (RSM norm difference)",
-    "aligned_cos*": f"{_PLANNED} (aligned cosine similarity)",
     "magnitude_difference": f"{_PLANNED} (ReSi's representation statistics)",
     "concentricity_difference": f"{_PLANNED} (ReSi's representation statistics)",
     "uniformity_difference": f"{_PLANNED} (ReSi's representation statistics)",
@@ -415,6 +415,8 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         if rdm not in rdms or compare not in ("pearson", "spearman", "kendall"):
             raise _Unknown(f"rdm={rdm} with compare={compare} is not an RSA reprsim has")
         return RSA(rdms[rdm], compare)  # type: ignore[arg-type]
+    if family == "aligned_cosine_similarity":
+        return AlignedCosine()
     if family == "permutation_metric":
         return PermutationMetric()
     if family in ("hard_correlation_match", "soft_correlation_match"):

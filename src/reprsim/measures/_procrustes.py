@@ -7,22 +7,26 @@ Procrustes distance on centred, unit-Frobenius data sqrt(2 − 2·NBS) and its s
 shape metric with partial whitening α first maps X ↦ Xc·Z, Z = αI + (1 − α)(XcᵀXc)^(−1/2) (netrep's
 ``LinearMetric`` convention: the co-moment is a sum, not divided by n), then takes the angular distance.
 All are functions of XcᵀXc, YcᵀYc and XcᵀYc: one SVD (and for α < 1 two eigendecompositions) per pair.
+:class:`AlignedCosine` (:func:`aligned_cosine`) aligns the uncentred data with the Procrustes rotation and
+averages each sample's cosine, so it needs every sample.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import torch
 
+from .._precision import full_precision_matmul
 from .._validation import check_int, check_real
-from ..errors import InvalidParameterError
-from ._base import Measure, evaluate, num, register
+from ..errors import InvalidParameterError, ReprsimWarning
+from ._base import Cache, Measure, evaluate, num, register
 from ._linalg import check_dimensions, check_variance, eigh_cached, numerical_rank
 from ._moments import Moments, pool_moments
 
-__all__ = ["Procrustes", "ShapeMetric", "procrustes", "shape_metric"]
+__all__ = ["AlignedCosine", "Procrustes", "ShapeMetric", "aligned_cosine", "procrustes", "shape_metric"]
 
 ProcrustesScore = Literal["angular", "euclidean", "squared_euclidean", "nbs"]
 _SCORES: dict[str, dict[str, Any]] = {
@@ -279,7 +283,88 @@ def shape_metric(x: Any, y: Any, *, alpha: float, folds: int | None = None) -> A
     return evaluate(ShapeMetric(alpha, folds), x, y)
 
 
+class AlignedCosine(Measure):
+    """Aligned cosine similarity (as the ReSi and llm-repsim codes compute it): rotate X onto Y with the orthogonal
+    Procrustes map of the uncentred data, then average each sample's cosine with its counterpart.
+
+    With XᵀY = USVᵀ (the narrower side zero-padded, as those codes do, which leaves the rotation's action on the
+    data the p × q partial isometry W = UVᵀ), the value is mean_i ⟨x_i W, y_i⟩ / (‖x_i‖ ‖y_i‖). The data are not
+    centred, so a shift changes it.
+
+    Notes
+    -----
+    Where XᵀY is rank-deficient the best rotation is not unique, and nor is the score: reprsim keeps the singular
+    pairs with nonzero singular values (W = U_r V_rᵀ, r the numerical rank), a choice that does not depend on the
+    SVD routine. A sample that is zero in either representation has no cosine: it counts as 0 and a warning gives
+    the count (the ReSi code returns NaN for the whole measure).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import AlignedCosine
+    >>> x = np.random.default_rng(0).normal(size=(50, 4))
+    >>> q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(4, 4)))
+    >>> round(AlignedCosine()(x, 2 * x @ q), 6)  # a rotation and a scale
+    1.0
+    """
+
+    name = "aligned_cosine"
+    stream = "samples"
+    direction = "similarity"
+    range = (-1.0, 1.0)
+    symmetric = True
+    invariances = frozenset({"orthogonal", "isotropic_scaling", "permutation"})
+    sample_resampling = "blocks"  # a mean over samples of a smooth function: the jackknife
+
+    @property
+    def id(self) -> str:
+        return "aligned_cosine_similarity"
+
+    @property
+    def label(self) -> str:
+        return "aligned cosine similarity"
+
+    @full_precision_matmul
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        xd, yd = x.double(), y.double()
+        u, s, vh = torch.linalg.svd(xd.T @ yd, full_matrices=False)
+        r = numerical_rank(s * s, float(torch.finfo(x.dtype).eps))
+        w = u[:, :r] @ vh[:r]
+        nx, ny = xd.norm(dim=1), yd.norm(dim=1)
+        defined = (nx > 0) & (ny > 0)
+        cos = ((xd @ w) * yd).sum(dim=1) / torch.where(defined, nx * ny, torch.ones_like(nx))
+        undefined = int((~defined).sum())
+        if undefined:
+            warnings.warn(
+                f"{undefined} samples are zero in one representation; their cosine is undefined and counts as 0 "
+                "(the ReSi code returns NaN)",
+                ReprsimWarning,
+                stacklevel=3,
+            )
+        return torch.where(defined, cos, torch.zeros_like(cos)).mean().to(x.dtype)
+
+
+def aligned_cosine(x: Any, y: Any) -> Any:
+    """Aligned cosine similarity of ``x`` (n, p) and ``y`` (n, q): the mean over samples of the cosine between
+    x_i rotated onto y by the orthogonal Procrustes map of the uncentred data and y_i (see :class:`AlignedCosine`).
+
+    Parameters
+    ----------
+    x, y : array_like or torch.Tensor
+        Two representations of the same n samples.
+
+    Returns
+    -------
+    float or torch.Tensor
+        In [−1, 1]: a float for NumPy inputs, a 0-d tensor for tensors.
+    """
+    return evaluate(AlignedCosine(), x, y)
+
+
 register("procrustes", lambda: Procrustes("angular"))
 register("procrustes_euclidean", lambda: Procrustes("euclidean"))
 register("procrustes_squared", lambda: Procrustes("squared_euclidean"))
 register("nbs", lambda: Procrustes("nbs"))
+register("aligned_cosine", AlignedCosine)
