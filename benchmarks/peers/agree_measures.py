@@ -112,6 +112,42 @@ def _rs_cka_lange() -> Callable[..., float]:
     return repsim_pair("cka", kernel_type="linear", estimator="lange")
 
 
+def hsic_of(x: np.ndarray, y: np.ndarray, unbiased: Any) -> float:
+    return float(reprsim.hsic(reprsim.linear_gram(x), reprsim.linear_gram(y), unbiased=unbiased))
+
+
+@pairing(
+    "hsic(linear_gram(x), linear_gram(y), unbiased='lange')",
+    lambda x, y: hsic_of(x, y, "lange"),
+    "repsim hsic(kernel_type='linear', estimator='lange')",
+)
+def _rs_hsic_lange() -> Callable[..., float]:
+    return repsim_pair("hsic", kernel_type="linear", estimator="lange")
+
+
+def over_biased_self_hsic(unbiased: Any) -> Callable[[np.ndarray, np.ndarray], float]:
+    """An unbiased cross-HSIC over the square root of the *biased* self-HSICs (what repsim's cka computes)."""
+    return lambda x, y: hsic_of(x, y, unbiased) / np.sqrt(hsic_of(x, x, False) * hsic_of(y, y, False))
+
+
+@pairing(
+    "hsic(K, L, unbiased=True) / √(hsic(K, K) · hsic(L, L)) (biased self-HSICs)",
+    over_biased_self_hsic(True),
+    "repsim cka(kernel_type='linear', estimator='song')",
+)
+def _rs_cka_song_mixed() -> Callable[..., float]:
+    return repsim_pair("cka", kernel_type="linear", estimator="song")
+
+
+@pairing(
+    "hsic(K, L, unbiased='lange') / √(hsic(K, K) · hsic(L, L)) (biased self-HSICs)",
+    over_biased_self_hsic("lange"),
+    "repsim cka(kernel_type='linear', estimator='lange')",
+)
+def _rs_cka_lange_mixed() -> Callable[..., float]:
+    return repsim_pair("cka", kernel_type="linear", estimator="lange")
+
+
 def thingsvision_cka(unbiased: bool) -> Callable[..., float]:
     import importlib.util
 
