@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import pdist
-from scipy.stats import kendalltau, pearsonr, spearmanr
+from scipy.stats import kendalltau, pearsonr, rankdata, spearmanr
 from sklearn.decomposition import PCA
 
 from reprsim import compare
@@ -156,6 +156,24 @@ def in_form(form: str, s: float, x: np.ndarray, y: np.ndarray) -> float:
     }[form]
 
 
+def cosine_of(a: np.ndarray, b: np.ndarray) -> tuple[float]:
+    return (float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),)
+
+
+def rho_a(a: np.ndarray, b: np.ndarray) -> tuple[float]:
+    """rsatoolbox's ρ-a: the covariance of the average ranks over the variance of untied ranks."""
+    n = len(a)
+    ra, rb = rankdata(a) - (n + 1) / 2, rankdata(b) - (n + 1) / 2
+    return (float(ra @ rb * 12 / (n**3 - n)),)
+
+
+def tau_a(a: np.ndarray, b: np.ndarray) -> tuple[float]:
+    """Kendall's τ-a: Σ sign(a_i − a_j) sign(b_i − b_j) over all pairs, over their number."""
+    da, db = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
+    n = len(a)
+    return (float(np.sum(np.triu(da * db, 1)) / (n * (n - 1) / 2)),)
+
+
 def rdm(a: np.ndarray, kind: str) -> np.ndarray:
     if kind == "squared_euclidean":  # rsatoolbox's: divided by the number of channels
         return pdist(a, "sqeuclidean") / a.shape[1]
@@ -165,6 +183,7 @@ def rdm(a: np.ndarray, kind: str) -> np.ndarray:
 def whole(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
     """Names whose definition is not a form of a family score."""
     compare_with = {"pearson": pearsonr, "spearman": spearmanr, "kendall": kendalltau, "tau_b": kendalltau}
+    compare_with |= {"cosine": cosine_of, "rho_a": rho_a, "tau_a": tau_a}
     rsa = {
         f"rsa-rdm={r}-compare={c}": (lambda r=r, f=f: float(f(rdm(x, r), rdm(y, r))[0]))
         for r in ("correlation", "cosine", "euclidean", "squared_euclidean")
@@ -262,7 +281,7 @@ def test_every_name_builds_the_schemes_value_or_is_listed_with_its_reason() -> N
         assert abs(got - want) < 1e-9 * max(1.0, abs(want)), (name, got, want)
         provided.append(name)
     assert len(provided) + len(refused) == 207
-    assert len(provided) == 121, len(provided)  # docs/measures.md: "121 of the 207 names"
+    assert len(provided) == 127, len(provided)  # docs/measures.md: "127 of the 207 names"
     assert used == set(NOT_PROVIDED), f"patterns no name needs: {set(NOT_PROVIDED) - used}"
 
 
@@ -321,7 +340,7 @@ CONFIGURATIONS: list[Measure] = [
     *(
         RSA(r, c)
         for r in ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
-        for c in ("pearson", "spearman", "kendall")
+        for c in ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a")
     ),
     ENSD(),
     EigenspaceOverlap(),
@@ -457,4 +476,4 @@ def test_the_measures_page_lists_every_alias_and_every_name_not_provided() -> No
         assert f"| `{pattern}` | {why} |" in page, pattern
     for name, target in ALIASES.items():
         assert f"| `{name}` | `{target}` |" in page, name
-    assert "121 build a measure" in page
+    assert "127 build a measure" in page

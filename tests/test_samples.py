@@ -402,6 +402,39 @@ def test_rsa_kendall_matches_scipy_tau_b(rdm: str) -> None:
     assert abs(rsa(ints, other, rdm="sqeuclidean", compare="kendall", chunk_rows=4) - want) < 1e-12
 
 
+@pytest.mark.parametrize("rdm", ["correlation", "euclidean", "sqeuclidean"])
+def test_rsa_cosine_rho_a_and_tau_a_match_rsatoolbox_definitions(rdm: str) -> None:
+    """rsatoolbox's comparators, written here from its definitions: the cosine of the triangles, ρ-a (rank
+    covariance over the variance of untied ranks) and τ-a (pair signs over all pairs, ties counting 0), on
+    continuous data and on integer data with many exact ties (whose distances are exact, so ties are ties)."""
+    from itertools import combinations
+
+    from scipy.spatial.distance import pdist
+    from scipy.stats import rankdata
+
+    def references(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        n = len(a)
+        ra, rb = rankdata(a) - (n + 1) / 2, rankdata(b) - (n + 1) / 2
+        signs = sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in combinations(range(n), 2))
+        return {
+            "cosine": float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))),
+            "rho_a": float(ra @ rb * 12 / (n**3 - n)),
+            "tau_a": float(signs / (n * (n - 1) / 2)),
+        }
+
+    x, y = data(30, 5, 3, seed=6)
+    rng = np.random.default_rng(8)
+    ints = rng.integers(0, 3, size=(25, 3)).astype(float)
+    other = ints + rng.integers(0, 2, size=(25, 3))
+    cases = [(x, y)] + ([(ints, other)] if rdm != "correlation" else [])  # integer rows can be constant
+    for u, v in cases:
+        want = references(pdist(u, rdm), pdist(v, rdm))
+        for how, value in want.items():
+            for rows in (None, 4):
+                got = rsa(u, v, rdm=rdm, compare=how, chunk_rows=rows)  # type: ignore[arg-type]
+                assert abs(got - value) < 1e-12, (how, rows)
+
+
 def test_discordant_pair_count_on_small_vectors() -> None:
     from itertools import combinations
 

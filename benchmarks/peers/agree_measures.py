@@ -381,6 +381,14 @@ def _rsa_corr_kendall() -> Callable[..., float]:
     return rsatoolbox_rsa("correlation", "kendall")
 
 
+for _how, _theirs in (("cosine", "cosine"), ("rho_a", "rho-a"), ("tau_a", "tau-a")):
+    pairing(
+        f"rsa(rdm='sqeuclidean_per_feature', compare='{_how}')",
+        lambda x, y, how=_how: reprsim.measures.rsa(x, y, rdm="sqeuclidean_per_feature", compare=how),
+        f"rsatoolbox calc_rdm('euclidean') + compare('{_theirs}')",
+    )(lambda theirs=_theirs: rsatoolbox_rsa("euclidean", theirs))
+
+
 @pairing(
     "rank_similarity(k=10, neighbours='euclidean')",
     lambda x, y: reprsim.measures.rank_similarity(x, y, k=10, neighbours="euclidean"),

@@ -285,8 +285,9 @@ NOT_PROVIDED: dict[str, str] = {
     "rsa-rdm=poisson-*": f"{_PLANNED} (RDMs from Mahalanobis, Poisson and Gaussian kernels)",
     "rsa-rdm=gaussian-*": f"{_PLANNED} (RDMs from Mahalanobis, Poisson and Gaussian kernels)",
     **{
-        f"rsa-rdm=*-compare={c}": f"{_PLANNED} (RDM comparators beyond Pearson, Spearman and Kendall's τ-b)"
-        for c in ("cosine", "euclidean", "tau_a", "rho_a", "corr_cov", "cosine_cov", "bures", "bures_metric")
+        f"rsa-rdm=*-compare={c}": f"{_PLANNED} (RDM comparators beyond Pearson, Spearman, Kendall's τ-a and "
+        "τ-b, ρ-a and the cosine)"
+        for c in ("euclidean", "corr_cov", "cosine_cov", "bures", "bures_metric")
     },
     "*_HSIC": "a raw HSIC is not scale free and so is not a measure here; reprsim.measures.hsic computes HSIC "
     "(sparse and cosine HSIC estimators are not provided)",
@@ -412,7 +413,7 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         rdms |= {"squared_euclidean": "sqeuclidean", "squared_euclidean_normalized": "sqeuclidean_per_feature"}
         rdm, compare = options.pop("rdm", "?"), options.pop("compare", "?")
         compare = "kendall" if compare == "tau_b" else compare
-        if rdm not in rdms or compare not in ("pearson", "spearman", "kendall"):
+        if rdm not in rdms or compare not in ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"):
             raise _Unknown(f"rdm={rdm} with compare={compare} is not an RSA reprsim has")
         return RSA(rdms[rdm], compare)  # type: ignore[arg-type]
     if family == "aligned_cosine_similarity":

@@ -813,13 +813,14 @@ RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_p
 _RDM_IDS = dict(
     zip(RDM_KINDS, ("correlation", "cosine", "euclidean", "squared_euclidean", "squared_euclidean_normalized"))
 )
-RSACompare = Literal["pearson", "spearman", "kendall"]
+RSACompare = Literal["pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"]
+RSA_COMPARES = ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a")
 RANK_TIE_RTOL = 1e-12
 #: The default budget of exact rank-based RSA (bytes); see :class:`RSA`'s ``max_memory``.
 RANK_MEMORY = 8 * 2**30
 #: Peak bytes per triangle entry of exact rank-based RSA, measured on CPU (n = 6,000 to 12,000: 58 for Spearman,
 #: 93 to 116 for Kendall) and rounded up; the budget check multiplies them by N = n(n − 1)/2.
-RANK_BYTES_PER_ENTRY = {"spearman": 64, "kendall": 128}
+RANK_BYTES_PER_ENTRY = {"spearman": 64, "rho_a": 64, "kendall": 128, "tau_a": 128}
 #: Entries per chunk of the tie comparisons of :func:`_average_ranks`.
 RANK_CHUNK = 1 << 22
 
@@ -938,18 +939,39 @@ def _kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(tau, dtype=torch.float64, device=a.device)
 
 
+def _kendall_tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's τ-a: concordant minus discordant pairs over all N(N − 1)/2 pairs, no tie correction (rsatoolbox's
+    ``tau-a``, which clips rounding to [−1, 1])."""
+    order = torch.argsort(b, stable=True)
+    order = order[torch.argsort(a[order], stable=True)]
+    a_s, b_s = a[order], b[order]
+    n = a.numel()
+    n0 = n * (n - 1) // 2
+    new_a = torch.diff(a_s) != 0
+    ties_a = _tie_pairs(new_a)
+    ties_ab = _tie_pairs(new_a | (torch.diff(b_s) != 0))
+    ties_b = _tie_pairs(torch.diff(torch.sort(b_s).values) != 0)
+    numerator = n0 - ties_a - ties_b + ties_ab - 2 * _discordant(b_s)
+    return torch.tensor(min(1.0, max(-1.0, numerator / n0)), dtype=torch.float64, device=a.device)
+
+
 def _constant_rdm(side: str) -> ConstantRepresentationError:
     return ConstantRepresentationError(f"the RDM of {side} is constant, so its correlation is undefined")
 
 
-def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor, tie_corrected: bool = True) -> torch.Tensor:
     """Pearson correlation of two average-rank vectors of length N, whose mean is exactly (N + 1)/2 (ties keep
-    the sum of ranks), centred chunk by chunk so that no N-long temporary is made."""
+    the sum of ranks), centred chunk by chunk so that no N-long temporary is made. Without ``tie_corrected``, the
+    denominator is the variance of N untied ranks, (N³ − N)/12: rsatoolbox's ρ-a (Spearman's ρ under random tie
+    breaking, in expectation)."""
     centre = (a.numel() + 1) / 2
     saa = sbb = sab = torch.zeros((), dtype=torch.float64, device=a.device)
     for lo in range(0, a.numel(), RANK_CHUNK):
         da, db = a[lo : lo + RANK_CHUNK] - centre, b[lo : lo + RANK_CHUNK] - centre
         saa, sbb, sab = saa + torch.dot(da, da), sbb + torch.dot(db, db), sab + torch.dot(da, db)
+    if not tie_corrected:
+        n = float(a.numel())
+        return sab * 12.0 / (n**3 - n)
     return sab / (saa * sbb).sqrt()
 
 
@@ -962,12 +984,15 @@ class RSA(Measure):
     rdm : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"}, default "correlation"
         Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors, 1 − cosine, the
         Euclidean distance, its square, or its square divided by the width (what rsatoolbox calls "euclidean").
-    compare : {"pearson", "spearman", "kendall"}, default "spearman"
-        How the RDMs are compared. Pearson is computed exactly in row strips (memory O(chunk_rows · n)); Spearman
-        ranks all N = n(n − 1)/2 entries of each triangle (ties get average ranks, as ``scipy.stats.spearmanr``),
-        so it holds the two triangles in memory (8 bytes per entry each); Kendall's τ-b (ties corrected, as
+    compare : {"pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"}, default "spearman"
+        How the RDMs are compared. Pearson is computed exactly in row strips (memory O(chunk_rows · n)), and so is
+        the cosine of the two triangles (uncentred: rsatoolbox's ``cosine``); Spearman ranks all N = n(n − 1)/2
+        entries of each triangle (ties get average ranks, as ``scipy.stats.spearmanr``), so it holds the two
+        triangles in memory (8 bytes per entry each); Kendall's τ-b (ties corrected, as
         ``scipy.stats.kendalltau``) also holds them and counts discordant pairs by a merge sort of batched
-        binary searches, O(N log² N) time.
+        binary searches, O(N log² N) time. ``rho_a`` and ``tau_a`` are rsatoolbox's comparisons without tie
+        correction: the covariance of the average ranks over the variance of N untied ranks, (N³ − N)/12, and
+        (concordant − discordant pairs) / (N(N − 1)/2).
     chunk_rows : int, optional
         Rows per strip of the RDMs.
     max_memory : int, default 8 GiB
@@ -1004,8 +1029,8 @@ class RSA(Measure):
         self.max_memory = check_int(max_memory, "max_memory", minimum=1, hint="a number of bytes, e.g. 16 * 2**30")
         if rdm not in RDM_KINDS:
             raise InvalidParameterError(f"rdm must be one of {RDM_KINDS}; got {rdm!r}")
-        if compare not in ("pearson", "spearman", "kendall"):
-            raise InvalidParameterError(f"compare must be 'pearson', 'spearman' or 'kendall'; got {compare!r}")
+        if compare not in RSA_COMPARES:
+            raise InvalidParameterError(f"compare must be one of {RSA_COMPARES}; got {compare!r}")
         _check_chunk_rows(chunk_rows)
         self.rdm, self.compare, self.chunk_rows = rdm, compare, chunk_rows
         self.range = (-1.0, 1.0)
@@ -1060,6 +1085,8 @@ class RSA(Measure):
         # ranks hold the triangles in float64 anyway (and need float64 RDMs for their 1e-12 tie tolerance);
         # Pearson's strips stay in the data's dtype, accumulated in float64
         pieces = list(strips(n, strip_rows(n, self.chunk_rows)))
+        if self.compare == "cosine":
+            return self._cosine(x, y, pieces)
         if self.compare != "pearson":
             # one triangle at a time, ranked before the next is built (ranks with the tie tolerance give τ-b exact
             # ties too); each layer's ranked triangle is kept, within the caller's budget, for the other pairs
@@ -1070,7 +1097,9 @@ class RSA(Measure):
             a = cached(cache_x, key, lambda: self._ranks(x, "x", pieces), nbytes)
             b = cached(cache_y, key, lambda: self._ranks(y, "y", pieces), nbytes)
             self._checked(a, b)
-            return _rank_correlation(a, b) if self.compare == "spearman" else _kendall_tau_b(a, b)
+            if self.compare in ("spearman", "rho_a"):
+                return _rank_correlation(a, b, tie_corrected=self.compare == "spearman")
+            return _kendall_tau_b(a, b) if self.compare == "kendall" else _kendall_tau_a(a, b)
         zx, sx = _rdm_prepared(x, self.rdm, "x", x.dtype)
         zy, sy = _rdm_prepared(y, self.rdm, "y", x.dtype)
         # Pearson: strip-centred sums combined with Chan's update, so no triangle is ever held
@@ -1094,6 +1123,21 @@ class RSA(Measure):
             if not bool(v > 0):
                 raise _constant_rdm(side)
         result: torch.Tensor = cab / (caa * cbb).sqrt()
+        return result
+
+    def _cosine(self, x: torch.Tensor, y: torch.Tensor, pieces: list[slice]) -> torch.Tensor:
+        """The cosine of the two triangles (uncentred), in strips."""
+        zx, sx = _rdm_prepared(x, self.rdm, "x", x.dtype)
+        zy, sy = _rdm_prepared(y, self.rdm, "y", x.dtype)
+        sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+        for r in pieces:
+            a = upper_entries(_rdm_rows(zx, sx, r, self.rdm), r).to(torch.float64)
+            b = upper_entries(_rdm_rows(zy, sy, r, self.rdm), r).to(torch.float64)
+            sums += torch.stack([torch.dot(a, b), torch.dot(a, a), torch.dot(b, b)])
+        for side, v in (("x", sums[1]), ("y", sums[2])):
+            if not bool(v > 0):
+                raise ConstantRepresentationError(f"the RDM of {side} is zero, so its cosine is undefined")
+        result: torch.Tensor = sums[0] / (sums[1] * sums[2]).sqrt()
         return result
 
     def _check_memory(self, n: int) -> None:
@@ -1127,8 +1171,11 @@ class RSA(Measure):
         return triangle
 
     def null_trace(self, t: torch.Tensor) -> TraceSide:
-        if self.compare == "kendall":
-            raise NoTraceForm("Kendall's τ of two RDMs is not a trace statistic; its permutation null is Monte Carlo")
+        if self.compare not in ("pearson", "spearman"):
+            raise NoTraceForm(
+                f"RSA with compare={self.compare!r} is not a centred trace statistic; its permutation null is "
+                "Monte Carlo"
+            )
         n = t.shape[0]
         _dense_null(n, "RSA")
         z, sq = _rdm_prepared(t, self.rdm, "x", torch.float64)
