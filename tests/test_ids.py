@@ -461,6 +461,7 @@ def test_derived_metadata_follows_the_form() -> None:
         ("procrustes--score", "empty part"),
         ("frobnicate-score", "no measure family 'frobnicate'"),
         ("cka-kernel=linear-kernel=linear-hsic=gretton-score", "given twice"),
+        ("cka-kernel=linear-hsic=gretton-squared_score", "no setting squared_score"),
     ],
 )
 def test_from_id_names_the_problem(name: str, match: str) -> None:

@@ -349,7 +349,6 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         flags.discard(flag)
         return found
 
-    squared = pop_flag("squared_score")
     if family == "cka":
         if "kernel" not in options or "hsic" not in options:
             raise _Unknown("a CKA name gives its kernel and HSIC estimator (cka-kernel=linear-hsic=gretton-score)")
@@ -362,8 +361,6 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         unbiased = {"gretton": False, "song": estimator == "exact", "lange": "lange"}[hsic]
         return CKA(unbiased=unbiased, estimator=estimator, **kernel)  # type: ignore[arg-type]
     if family == "procrustes":
-        if pop_flag("unit_norm"):  # reprsim's Frobenius-normalised distances
-            return Procrustes("euclidean")
         return Procrustes("nbs")
     if family == "orthogonal_procrustes_centered_and_normalized":
         return Procrustes("squared_euclidean" if pop_flag("squared") else "euclidean")
@@ -373,12 +370,12 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         return ShapeMetric(_number(options, "alpha"), folds=_folds(options))
     if family == "cca":
         ridge = _number(options, "ridge") if "ridge" in options else 0.0
-        return CCA("yanai" if squared else "mean", ridge=ridge)
+        return CCA("yanai" if pop_flag("squared_score") else "mean", ridge=ridge)
     if family == "svcca":
         if ("var" in options) == ("dim" in options):
             raise _Unknown("an SVCCA name gives var=… (a variance fraction) or dim=… (a component count)")
         keep = _number(options, "var") if "var" in options else _number(options, "dim", int)
-        return SVCCA(keep, "yanai" if squared else "mean")
+        return SVCCA(keep, "yanai" if pop_flag("squared_score") else "mean")
     if family == "pwcca":
         ridge = _number(options, "ridge") if "ridge" in options else 0.0
         return PWCCA(options.pop("weights_from", "narrower"), ridge=ridge)  # type: ignore[arg-type]
