@@ -921,27 +921,10 @@ def _discordant(v: torch.Tensor) -> int:
     return total
 
 
-def _kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Kendall's τ-b of two equally long vectors (Knight's O(N log² N) algorithm, as scipy.stats.kendalltau):
-    sort by (a, b), count the tied pairs in a, in b and in both, and the discordant pairs as inversions of b."""
-    order = torch.argsort(b, stable=True)
-    order = order[torch.argsort(a[order], stable=True)]
-    a_s, b_s = a[order], b[order]
-    n = a.numel()
-    n0 = n * (n - 1) // 2
-    new_a = torch.diff(a_s) != 0
-    ties_a = _tie_pairs(new_a)
-    ties_ab = _tie_pairs(new_a | (torch.diff(b_s) != 0))
-    ties_b = _tie_pairs(torch.diff(torch.sort(b_s).values) != 0)
-    swaps = _discordant(b_s)
-    numerator = n0 - ties_a - ties_b + ties_ab - 2 * swaps
-    tau = numerator / ((n0 - ties_a) * (n0 - ties_b)) ** 0.5
-    return torch.tensor(tau, dtype=torch.float64, device=a.device)
-
-
-def _kendall_tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Kendall's τ-a: concordant minus discordant pairs over all N(N − 1)/2 pairs, no tie correction (rsatoolbox's
-    ``tau-a``, which clips rounding to [−1, 1])."""
+def _kendall_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int, int]:
+    """Kendall's pair counts of two equally long vectors (Knight's O(N log² N) algorithm, as
+    scipy.stats.kendalltau): sort by (a, b), count the tied pairs in a, in b and in both, and the discordant pairs
+    as inversions of b. Returns (concordant − discordant, all pairs N(N − 1)/2, pairs tied in a, pairs tied in b)."""
     order = torch.argsort(b, stable=True)
     order = order[torch.argsort(a[order], stable=True)]
     a_s, b_s = a[order], b[order]
@@ -952,6 +935,20 @@ def _kendall_tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ties_ab = _tie_pairs(new_a | (torch.diff(b_s) != 0))
     ties_b = _tie_pairs(torch.diff(torch.sort(b_s).values) != 0)
     numerator = n0 - ties_a - ties_b + ties_ab - 2 * _discordant(b_s)
+    return numerator, n0, ties_a, ties_b
+
+
+def _kendall_tau_b(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's τ-b: concordant minus discordant pairs over the geometric mean of the pairs untied in a and in b."""
+    numerator, n0, ties_a, ties_b = _kendall_counts(a, b)
+    tau = numerator / ((n0 - ties_a) * (n0 - ties_b)) ** 0.5
+    return torch.tensor(tau, dtype=torch.float64, device=a.device)
+
+
+def _kendall_tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's τ-a: concordant minus discordant pairs over all N(N − 1)/2 pairs, no tie correction (rsatoolbox's
+    ``tau-a``, which clips rounding to [−1, 1])."""
+    numerator, n0, _, _ = _kendall_counts(a, b)
     return torch.tensor(min(1.0, max(-1.0, numerator / n0)), dtype=torch.float64, device=a.device)
 
 
