@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.stats
 
 
 def centred(x: np.ndarray) -> np.ndarray:
@@ -63,12 +64,13 @@ def shape_metric(x: np.ndarray, y: np.ndarray, alpha: float) -> float:
     return angular(xw @ u, yw @ vt.T)
 
 
-def shape_metric_cv(x: np.ndarray, y: np.ndarray, alpha: float, folds: int) -> float:
-    """netrep's fit on the other folds (means, whitening, rotation), score on the held-out fold; fold mean."""
+def shape_metric_cv(x: np.ndarray, y: np.ndarray, alpha: float, folds: int | np.ndarray) -> float:
+    """netrep's fit on the other folds (means, whitening, rotation), score on the held-out fold; fold mean.
+    ``folds`` is K (sample i in fold i mod K) or every sample's fold label."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    fold = np.arange(len(x)) % folds
+    fold = np.arange(len(x)) % folds if isinstance(folds, int) else np.asarray(folds)
     scores = []
-    for k in range(folds):
+    for k in np.unique(fold):
         tr, te = fold != k, fold == k
         mx, my = x[tr].mean(0), y[tr].mean(0)
         width = max(x.shape[1], y.shape[1])
@@ -125,8 +127,11 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, n
     return mx, my, b
 
 
-def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | None, reduce: str) -> float:
-    """R² of the (out-of-fold) predictions, residuals pooled against the total variance about the mean."""
+def predictions(
+    x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(y, ŷ): the in-sample or out-of-fold ridge predictions of y from x; ``folds`` is K (sample i in fold
+    i mod K) or every sample's fold label."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     pred = np.empty_like(y)
@@ -134,13 +139,26 @@ def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | None, 
         mx, my, b = ridge_fit(x, y, ridge)
         pred = my + (x - mx) @ b
     else:
-        fold = np.arange(len(x)) % folds
-        for k in range(folds):
+        fold = np.arange(len(x)) % folds if isinstance(folds, int) else np.asarray(folds)
+        for k in np.unique(fold):
             mx, my, b = ridge_fit(x[fold != k], y[fold != k], ridge)
             pred[fold == k] = my + (x[fold == k] - mx) @ b
+    return y, pred
+
+
+def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None, reduce: str) -> float:
+    """R² of the (out-of-fold) predictions, residuals pooled against the total variance about the mean."""
+    y, pred = predictions(x, y, ridge, folds)
     rss = ((y - pred) ** 2).sum(0)
     tss = ((y - y.mean(0)) ** 2).sum(0)
     return float(1 - rss.sum() / tss.sum()) if reduce == "variance_weighted" else float(np.mean(1 - rss / tss))
+
+
+def predictivity_r(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None, power: int = 1) -> float:
+    """The mean over targets of scipy's Pearson r (or r²) between the pooled (out-of-fold) predictions and y."""
+    y, pred = predictions(x, y, ridge, folds)
+    r = np.array([scipy.stats.pearsonr(pred[:, j], y[:, j])[0] for j in range(y.shape[1])])
+    return float(np.mean(r**power))
 
 
 def knn_lists(x: np.ndarray, k: int, neighbours: str = "cosine", include_self: bool = False) -> np.ndarray:

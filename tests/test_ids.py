@@ -210,6 +210,12 @@ def whole(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
         "linear_regression-r2-cv=5folds": lambda: rm.predictivity(x, y, 0.0, 5, "mean"),
         "ridge-lambda=1-r2": lambda: rm.predictivity(x, y, 1.0, None, "mean"),
         "ridge-lambda=1-r2-cv=5folds": lambda: rm.predictivity(x, y, 1.0, 5, "mean"),
+        "linear_regression-pearsonr": lambda: rm.predictivity_r(x, y, 0.0, None),
+        "linear_regression-pearsonr-cv=5folds": lambda: rm.predictivity_r(x, y, 0.0, 5),
+        "linear_regression-pearsonr2-cv=5folds": lambda: rm.predictivity_r(x, y, 0.0, 5, 2),
+        "ridge-lambda=1-pearsonr": lambda: rm.predictivity_r(x, y, 1.0, None),
+        "ridge-lambda=1-pearsonr-cv=5folds": lambda: rm.predictivity_r(x, y, 1.0, 5),
+        "ridge-lambda=1-pearsonr2-cv=5folds": lambda: rm.predictivity_r(x, y, 1.0, 5, 2),
         "feature_space_linear_cka": lambda: ref.cka(x, y),
         "feature_space_linear_cka-debiased_True": lambda: ref.cka(x, y, unbiased=True),
         "linear_CKA": lambda: ref.cka(x, y),
@@ -281,7 +287,7 @@ def test_every_name_builds_the_schemes_value_or_is_listed_with_its_reason() -> N
         assert abs(got - want) < 1e-9 * max(1.0, abs(want)), (name, got, want)
         provided.append(name)
     assert len(provided) + len(refused) == 207
-    assert len(provided) == 127, len(provided)  # docs/measures.md: "127 of the 207 names"
+    assert len(provided) == 133, len(provided)  # docs/measures.md: "133 of the 207 names"
     assert used == set(NOT_PROVIDED), f"patterns no name needs: {set(NOT_PROVIDED) - used}"
 
 
@@ -329,6 +335,14 @@ CONFIGURATIONS: list[Measure] = [
         for p in ("x_to_y", "y_to_x", "mean")
         for d in ("variance_weighted", "mean")
     ),
+    *(
+        Predictivity(r, f, "x_to_y", "mean", s)
+        for r in (0.0, 1.0)
+        for f in (None, 5)
+        for s in ("pearsonr", "pearsonr2")
+    ),
+    Predictivity(1.0, 5, "y_to_x", scoring="pearsonr"),
+    Predictivity(scoring="pearsonr", predict="mean"),
     *(MutualKNN(k, n) for k in (5, 10) for n in ("cosine", "inner_product", "euclidean")),
     *(JaccardKNN(k, n) for k in (5, 10) for n in ("cosine", "euclidean")),
     *(RankSimilarity(k, n) for k in (5, 10) for n in ("cosine", "inner_product")),
@@ -477,4 +491,4 @@ def test_the_measures_page_lists_every_alias_and_every_name_not_provided() -> No
         assert f"| `{pattern}` | {why} |" in page, pattern
     for name, target in ALIASES.items():
         assert f"| `{name}` | `{target}` |" in page, name
-    assert "127 build a measure" in page
+    assert "133 build a measure" in page

@@ -104,6 +104,18 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
         lambda x, y: predictivity(x, y, folds=5, ridge=0.5),
         lambda x, y: rm.predictivity(x, y, 0.5, 5, "variance_weighted"),
     ),
+    "predictivity pearsonr": (
+        lambda x, y: predictivity(x, y, scoring="pearsonr"),
+        lambda x, y: rm.predictivity_r(x, y, 0.0, None),
+    ),
+    "predictivity pearsonr cv ridge": (
+        lambda x, y: predictivity(x, y, scoring="pearsonr", folds=4, ridge=2.0),
+        lambda x, y: rm.predictivity_r(x, y, 2.0, 4),
+    ),
+    "predictivity pearsonr2 cv": (
+        lambda x, y: predictivity(x, y, scoring="pearsonr2", folds=5),
+        lambda x, y: rm.predictivity_r(x, y, 0.0, 5, 2),
+    ),
     "predictivity y_to_x": (
         lambda x, y: predictivity(x, y, predict="y_to_x"),
         lambda x, y: rm.predictivity(y, x, 0.0, None, "variance_weighted"),
@@ -158,6 +170,50 @@ def test_predictivity_matches_scikit_learn_ridge() -> None:
     fit = sklearn.Ridge(alpha=2.5).fit(x, y)
     want = r2_score(y, fit.predict(x), multioutput="variance_weighted")
     assert abs(predictivity(x, y, ridge=2.5) - want) < 1e-10
+
+
+def test_pearson_predictivity_matches_scikit_learn_and_scipy_per_target() -> None:
+    """r of scikit-learn's out-of-fold Ridge predictions (folds i mod 5), target by target, by scipy."""
+    pytest.importorskip("sklearn")
+    from scipy.stats import pearsonr
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import PredefinedSplit, cross_val_predict
+
+    x, y = data(150, 6, 4, seed=5, offset=40.0)
+    pred = cross_val_predict(Ridge(alpha=1.0), x, y, cv=PredefinedSplit(np.arange(150) % 5))
+    want = np.array([pearsonr(pred[:, j], y[:, j])[0] for j in range(4)])
+    got = predictivity(x, y, ridge=1.0, folds=5, scoring="pearsonr", reduce="none")
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+    assert abs(predictivity(x, y, ridge=1.0, folds=5, scoring="pearsonr2") - float(np.mean(want**2))) < 1e-10
+    # in-sample least squares: r² is R², target by target
+    r = predictivity(x, y, scoring="pearsonr", reduce="none")
+    np.testing.assert_allclose(r.numpy() ** 2, predictivity(x, y, reduce="none").numpy(), atol=1e-12)
+
+
+def test_pearson_predictivity_float32_on_offset_quantised_data() -> None:
+    """Offsets of 10³ and values on a grid of 1/8: the fold sums are taken about the means, so float32 holds 1e-5."""
+    rng = np.random.default_rng(7)
+    x = np.round(8 * rng.normal(size=(400, 5))) / 8 + 1000.0
+    y = np.round(8 * (np.tanh(x - 1000.0) @ rng.normal(size=(5, 3)) + rng.normal(size=(400, 3)))) / 8 - 500.0
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    for folds, ridge in ((None, 0.0), (5, 0.0), (4, 3.0)):
+        want = rm.predictivity_r(x32, y32, ridge, folds)
+        got = predictivity(torch.from_numpy(x32), torch.from_numpy(y32), ridge=ridge, folds=folds, scoring="pearsonr")
+        assert abs(float(got) - want) < 1e-5, (folds, ridge, float(got), want)
+
+
+def test_pearson_predictivity_refuses_constant_predictions_and_the_weighted_reduction() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    x -= x.mean(0)
+    y = np.column_stack([x[:, 0], rng.normal(size=60)])
+    y[:, 1] -= x @ np.linalg.lstsq(x, y[:, 1], rcond=None)[0]  # orthogonal to every predictor: Cxy's column is 0
+    with pytest.raises(ConstantRepresentationError, match="predictions of 1 features are constant"):
+        predictivity(x, y, scoring="pearsonr")
+    with pytest.raises(InvalidParameterError, match="reduce='mean'"):
+        Predictivity(scoring="pearsonr", reduce="variance_weighted")
+    with pytest.raises(InvalidParameterError, match="scoring must be"):
+        Predictivity(scoring="spearmanr")  # type: ignore[arg-type]
 
 
 def test_known_values() -> None:
@@ -269,6 +325,8 @@ STREAMED: list[Measure] = [
     PWCCA(),
     Predictivity(),
     Predictivity(ridge=1.0, folds=3, predict="mean"),
+    Predictivity(ridge=0.5, folds=3, scoring="pearsonr"),
+    Predictivity(predict="y_to_x", scoring="pearsonr2"),
     RSA("sqeuclidean", "pearson"),
     ENSD(),
     EigenspaceOverlap(),

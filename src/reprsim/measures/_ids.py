@@ -261,7 +261,10 @@ NOT_PROVIDED: dict[str, str] = {
     "(svcca-var=0.99-score, svcca-dim=10-score)",
     "svcca-distance=*": "the wrapped codes keep different numbers of components under this name; name the "
     "truncation (svcca-var=0.99-…, svcca-dim=10-…)",
-    "*pearsonr*": f"{_PLANNED} (predictivity scored by Pearson r per target); R² is provided (…-r2)",
+    "ridge-pearsonr-cv=5folds*": "neuroaimetrics' ridge chooses its penalty per fold by RidgeCV over "
+    "10⁻⁸…10⁸ on standardised predictors, in shuffled folds; not provided: name the penalty "
+    "(ridge-lambda=1-pearsonr-cv=5folds)",
+    "pls-pearsonr*": f"{_PLANNED} (PLS regression)",
     "pls*": f"{_PLANNED} (PLS regression)",
     "kernel_ridge*": f"{_PLANNED} (kernel ridge regression)",
     "permutation_procrustes": "ReSi's permutation-aligned distance of uncentred data (not translation invariant) is "
@@ -383,11 +386,12 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         ridge = _number(options, "lambda") if family == "ridge" and "lambda" in options else 0.0
         if family == "ridge" and ridge == 0.0:
             raise _Unknown("a ridge name gives its penalty (ridge-lambda=1-r2)")
-        if not pop_flag("r2"):
-            raise _Unknown("reprsim's regressions are scored by R² (…-r2)")
+        scores = [flag for flag in ("r2", "pearsonr", "pearsonr2") if pop_flag(flag)]
+        if len(scores) != 1:
+            raise _Unknown("a regression name gives one score: …-r2, …-pearsonr or …-pearsonr2")
         reduce = options.pop("reduce", "mean")
         predict = "y_to_x" if pop_flag("reverse") else options.pop("predict", "x_to_y")
-        return Predictivity(ridge, _folds(options), predict, reduce)  # type: ignore[arg-type]
+        return Predictivity(ridge, _folds(options), predict, reduce, scores[0])  # type: ignore[arg-type]
     if family in ("mutual_knn", "jaccard_similarity", "rank_similarity", "cknna"):
         if "topk" not in options:
             raise _Unknown(f"a {family} name gives its neighbour count (…-topk=10)")

@@ -7,6 +7,11 @@ RSS = diag(YcᵀYc − 2BᵀXcᵀYc + BᵀXcᵀXcB), and R² = 1 − RSS / Σ(y 
 moments in one pass: each fold is predicted by a model fitted (means included) on the other folds, and the
 out-of-fold residuals of all folds are pooled against the total variance (the convention of scikit-learn's
 ``r2_score`` on ``cross_val_predict``).
+
+Scored by Pearson r instead (``scoring="pearsonr"``), each target's r is the correlation of its (out-of-fold)
+predictions with it, again from the moments: in-sample, Σ(ŷ − ȳ)(y − ȳ) = (B ∘ XcᵀYc) summed over predictors and
+Σ(ŷ − ȳ)² = (B ∘ XcᵀXcB) summed likewise; cross-validated, each fold's predictions (x − x̄ₜ)B + ȳₜ are summed
+about the overall mean of y from the fold's moments about the training means, and the pooled sums give r.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ __all__ = ["Predictivity", "predictivity"]
 
 Predict = Literal["x_to_y", "y_to_x", "mean"]
 Reduce = Literal["variance_weighted", "mean"]
+Scoring = Literal["r2", "pearsonr", "pearsonr2"]
 
 
 def _coefficients(
@@ -44,7 +50,7 @@ def _rss(cxx: torch.Tensor, cyy: torch.Tensor, cxy: torch.Tensor, b: torch.Tenso
 
 
 class Predictivity(Measure):
-    """Linear predictivity: R² of a ridge regression from one representation to the other.
+    """Linear predictivity: R² (or Pearson r) of a ridge regression from one representation to the other.
 
     Parameters
     ----------
@@ -55,9 +61,14 @@ class Predictivity(Measure):
         (default) scores in-sample, which needs p ≤ n − 2 with λ = 0 (else the fit is exact: R² = 1).
     predict : {"x_to_y", "y_to_x", "mean"}, default "x_to_y"
         Predict y from x, x from y, or the mean of both R² (symmetric).
-    reduce : {"variance_weighted", "mean"}, default "variance_weighted"
-        ``variance_weighted``: 1 − ΣRSS / Σ total variance, over all targets. ``mean``: the mean of the
-        targets' R² (every target needs variance).
+    reduce : {"variance_weighted", "mean"}, optional
+        ``variance_weighted`` (the default for R²): 1 − ΣRSS / Σ total variance, over all targets. ``mean``: the
+        mean of the targets' scores (every target needs variance), the only reduction for Pearson r.
+    scoring : {"r2", "pearsonr", "pearsonr2"}, default "r2"
+        How a target's prediction is scored: R² (scikit-learn's ``r2_score``), the Pearson correlation r of
+        prediction and target, or its square r² (the neural-regression codes' ``pearson_r`` and ``pearson_r2``).
+        In-sample least squares gives r² = R²; out of sample, r ignores the predictions' offset and scale, R² does
+        not.
     """
 
     name = "predictivity"
@@ -68,16 +79,25 @@ class Predictivity(Measure):
         ridge: float = 0.0,
         folds: int | None = None,
         predict: Predict = "x_to_y",
-        reduce: Reduce = "variance_weighted",
+        reduce: Reduce | None = None,
+        scoring: Scoring = "r2",
     ) -> None:
         if predict not in ("x_to_y", "y_to_x", "mean"):
             raise InvalidParameterError(f"predict must be 'x_to_y', 'y_to_x' or 'mean'; got {predict!r}")
+        if scoring not in ("r2", "pearsonr", "pearsonr2"):
+            raise InvalidParameterError(f"scoring must be 'r2', 'pearsonr' or 'pearsonr2'; got {scoring!r}")
+        if reduce is None:
+            reduce = "variance_weighted" if scoring == "r2" else "mean"
         if reduce not in ("variance_weighted", "mean"):
             raise InvalidParameterError(f"reduce must be 'variance_weighted' or 'mean'; got {reduce!r}")
+        if reduce == "variance_weighted" and scoring != "r2":
+            raise InvalidParameterError(
+                f"scoring={scoring!r} is a per-target correlation, averaged over targets: use reduce='mean'"
+            )
         self.ridge = _check_ridge(ridge)
         self.folds = _check_folds(folds)
         self.cv = folds is not None
-        self.predict, self.reduce = predict, reduce
+        self.predict, self.reduce, self.scoring = predict, reduce, scoring
         self.symmetric = predict == "mean"
         inv = {"translation", "permutation"}
         if reduce == "variance_weighted":
@@ -85,7 +105,10 @@ class Predictivity(Measure):
         if self.ridge == 0.0:
             inv.add("isotropic_scaling")
         self.invariances = frozenset(inv)
-        if not self.cv:
+        if scoring != "r2":
+            # in-sample, Σ(ŷ − ȳ)(y − ȳ) = CyxB = Cyx(Cxx + λI)⁻¹Cxy ≥ 0 on the diagonal
+            self.range = (-1.0, 1.0) if self.cv and scoring == "pearsonr" else (0.0, 1.0)
+        elif not self.cv:
             self.range = (0.0, 1.0)
         self.min_samples = max(3, 2 * self.folds)
 
@@ -95,12 +118,13 @@ class Predictivity(Measure):
         weighted = "-reduce=variance_weighted" if self.reduce == "variance_weighted" else ""
         folds = f"-cv={self.folds}folds" if self.cv else ""
         direction = {"x_to_y": "", "y_to_x": "-reverse", "mean": "-predict=mean"}[self.predict]
-        return f"{head}-r2{weighted}{folds}{direction}"
+        return f"{head}-{self.scoring}{weighted}{folds}{direction}"
 
     @property
     def label(self) -> str:
         arrow = {"x_to_y": "x→y", "y_to_x": "y→x", "mean": "x↔y"}[self.predict]
-        return f"linear predictivity R² ({arrow}{', cross-validated' if self.cv else ''})"
+        score = {"r2": "R²", "pearsonr": "Pearson r", "pearsonr2": "Pearson r²"}[self.scoring]
+        return f"linear predictivity {score} ({arrow}{', cross-validated' if self.cv else ''})"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -108,6 +132,7 @@ class Predictivity(Measure):
             "folds": self.folds if self.cv else None,
             "predict": self.predict,
             "reduce": self.reduce,
+            "scoring": self.scoring,
         }
 
     def check_samples(self, n: int, p: int, q: int) -> None:
@@ -118,35 +143,64 @@ class Predictivity(Measure):
         if not self.cv and self.ridge == 0.0:
             check_dimensions(n, width + 1, "least squares with an intercept", "Pass ridge > 0, or folds=.")
 
-    def residuals(self, m: Moments) -> torch.Tensor:
-        """Every target's residual sum of squares (in-sample, or out-of-fold pooled over the folds)."""
+    def _fits(self, m: Moments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per target, over the (out-of-fold) predictions ŷ of y: the residual sum of squares Σ(y − ŷ)², the
+        cross sum Σ(ŷ − ŷ̄)(y − ȳ) and the predictions' sum of squares Σ(ŷ − ŷ̄)²."""
         if not self.cv:
             self._check_predictors(m.n, m.cxx.shape[0])
             check_variance(m, "x", "predictivity")
             b = _coefficients(m.cxx, m.cxy, self.ridge, m.cache_x, m.n, m.eps)
-            return _rss(m.cxx, m.cyy, m.cxy, b)
-        rss = torch.zeros_like(m.cyy.diagonal())
+            cross, square = (b * m.cxy).sum(0), (b * (m.cxx @ b)).sum(0)  # the predictions' mean is ȳ
+            return m.cyy.diagonal() - 2 * cross + square, cross, square
+        zero = torch.zeros_like(m.cyy.diagonal())
+        rss, cross, square, total = zero, zero, zero, zero
         for k, test in enumerate(m.folds):
             train = pool_moments([f for j, f in enumerate(m.folds) if j != k])
             b = _coefficients(train.cxx, train.cxy, self.ridge, {}, train.n, m.eps)
-            rss = rss + _rss(*test.about(train.mean_x, train.mean_y), b)
-        return rss
+            sxx, syy, sxy = test.about(train.mean_x, train.mean_y)
+            # about the training means: d = ŷ − ȳₜ = (x − x̄ₜ)B, e = y − ȳₜ; c = ȳₜ − ȳ moves both to the mean ȳ
+            dd, de = (b * (sxx @ b)).sum(0), (b * sxy).sum(0)
+            d_sum = test.n * ((test.mean_x - train.mean_x) @ b)
+            e_sum = test.n * (test.mean_y - train.mean_y)
+            c = train.mean_y - m.mean_y
+            rss = rss + syy.diagonal() - 2 * de + dd
+            square = square + dd + 2 * c * d_sum + test.n * c.square()
+            cross = cross + de + c * (d_sum + e_sum) + test.n * c.square()
+            total = total + d_sum + test.n * c
+        return rss, cross, square - total.square() / m.n
+
+    def residuals(self, m: Moments) -> torch.Tensor:
+        """Every target's residual sum of squares (in-sample, or out-of-fold pooled over the folds)."""
+        return self._fits(m)[0]
 
     def per_target(self, m: Moments) -> torch.Tensor:
-        """R² of every column of y predicted from x."""
+        """The score (R², r or r²) of every column of y predicted from x."""
         var = m.cyy.diagonal()
         # the one rule of "constant" (reprsim._validation.CONSTANT_EPS), feature by feature
         tol = (CONSTANT_EPS * m.eps) ** 2
         constant = var <= tol * (var + m.n * m.mean_y.square())
         if bool(constant.any()):
+            what = "R²" if self.scoring == "r2" else "correlation"
+            fix = "; use reduce='variance_weighted'" if self.scoring == "r2" else "; drop the constant features"
             raise ConstantRepresentationError(
                 f"{int(constant.sum())} predicted features are constant (e.g. feature "
-                f"{int(constant.nonzero()[0])}), so their R² is undefined; use reduce='variance_weighted'"
+                f"{int(constant.nonzero()[0])}), so their {what} is undefined{fix}"
             )
-        return 1.0 - self.residuals(m) / var
+        rss, cross, square = self._fits(m)
+        if self.scoring == "r2":
+            return 1.0 - rss / var
+        flat = square <= tol * var
+        if bool(flat.any()):
+            raise ConstantRepresentationError(
+                f"the predictions of {int(flat.sum())} features are constant (e.g. feature "
+                f"{int(flat.nonzero()[0])}: the predictors carry nothing of it), so their Pearson r is undefined; "
+                "use scoring='r2'"
+            )
+        r = cross / (square * var).sqrt()
+        return r if self.scoring == "pearsonr" else r.square()
 
     def _one_way(self, m: Moments) -> torch.Tensor:
-        total = check_variance(m, "y", "R² (the predicted representation)")
+        total = check_variance(m, "y", "predictivity (the predicted representation)")
         if self.reduce == "mean":
             return self.per_target(m).mean()
         return 1.0 - self.residuals(m).sum() / total
@@ -166,9 +220,11 @@ def predictivity(
     ridge: float = 0.0,
     folds: int | None = None,
     predict: Predict = "x_to_y",
-    reduce: Reduce | Literal["none"] = "variance_weighted",
+    reduce: Reduce | Literal["none"] | None = None,
+    scoring: Scoring = "r2",
 ) -> Any:
-    """Linear predictivity: R² of a ridge regression from ``x`` to ``y``; see :class:`Predictivity`.
+    """Linear predictivity: R² (or Pearson r) of a ridge regression from ``x`` to ``y``; see
+    :class:`Predictivity`.
 
     Parameters
     ----------
@@ -177,8 +233,10 @@ def predictivity(
     ridge : float, default 0
     folds : int, optional
     predict : {"x_to_y", "y_to_x", "mean"}, default "x_to_y"
-    reduce : {"variance_weighted", "mean", "none"}, default "variance_weighted"
-        ``"none"`` returns every target's R² (a tensor; ``predict`` must not be "mean").
+    reduce : {"variance_weighted", "mean", "none"}, optional
+        ``variance_weighted`` (the default for R²) or ``mean`` (the default and only reduction for Pearson r).
+        ``"none"`` returns every target's score (a tensor; ``predict`` must not be "mean").
+    scoring : {"r2", "pearsonr", "pearsonr2"}, default "r2"
 
     Returns
     -------
@@ -193,17 +251,22 @@ def predictivity(
     >>> y = x @ rng.normal(size=(3, 2)) + 0.5 * rng.normal(size=(500, 2))
     >>> 0.8 < predictivity(x, y, folds=5) < 1.0
     True
+    >>> 0.9 < predictivity(x, y, folds=5, scoring="pearsonr") < 1.0
+    True
     """
     if reduce == "none":
         if predict == "mean":
-            raise InvalidParameterError("reduce='none' returns one direction's per-target R²; pick x_to_y or y_to_x")
-        measure = Predictivity(ridge, folds, "x_to_y", "variance_weighted")
+            raise InvalidParameterError(
+                "reduce='none' returns one direction's per-target scores; pick x_to_y or y_to_x"
+            )
+        measure = Predictivity(ridge, folds, "x_to_y", None, scoring)
         m, like = pair_of(x, y, folds=measure.folds, need=measure.min_samples)
         if predict == "y_to_x":
             m = m.swapped()
         out = measure.per_target(m)
         return as_result(out, like, x, y)
-    return evaluate(Predictivity(ridge, folds, predict, reduce), x, y)
+    return evaluate(Predictivity(ridge, folds, predict, reduce, scoring), x, y)
 
 
 register("predictivity", lambda: Predictivity())
+register("predictivity_pearsonr", lambda: Predictivity(scoring="pearsonr", folds=5))
