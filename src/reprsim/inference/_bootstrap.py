@@ -223,7 +223,10 @@ def jackknife(
     blocks : int or None, default 20
         G, the number of blocks; sample i belongs to block i % G (the blocks :class:`CrossMoments` keeps with
         ``folds=G``, so :func:`stream_interval` of a stream gives the same interval). None: leave-one-out
-        (G = n).
+        (G = n). A cross-validated moment measure (``folds=K``) leaves out one of its own K folds at a time
+        and cross-validates over the K − 1 that remain, whatever ``blocks`` says (re-drawing the folds of every
+        leave-one-block-out sample would add the folds' noise, times G − 1, to the bias estimate), as
+        :func:`stream_interval` does on a ``CrossMoments(folds=K)``.
     confidence : float, default 0.95
 
     Returns
@@ -251,6 +254,13 @@ def jackknife(
     xt, yt = measure_pair(m, x, y, m.min_samples)
     n = xt.shape[0]
     g = n if blocks is None else check_int(blocks, "blocks", minimum=2, maximum=n, hint="or None for leave-one-out")
+    if m.stream == "moments" and m.folds > 1:
+        from ..streaming import CrossMoments
+
+        acc = CrossMoments(fourth=m.fourth, folds=m.folds)
+        acc.update(xt, yt)
+        folded = acc.jackknife_values(m).flatten()
+        return jackknife_interval(float(acc.compute(m)), folded, c, m.describe())
     block_of = torch.arange(n, device=xt.device) % g
     values = torch.tensor(
         [float(evaluate_validated(m, xt[block_of != b], yt[block_of != b])) for b in range(g)], dtype=torch.float64

@@ -420,9 +420,11 @@ class _MomentState(_Accumulator):
         pairs: Sequence[tuple[int, int]],
         caches: dict[int, dict[Any, Any]],
         left_out: int | None = None,
+        folds: bool = False,
     ) -> list[Moments]:
         """Each pair's pooled moments, with every fold's own (all folds pooled), or pooled over every fold but
-        ``left_out`` (a jackknife's leave-one-block-out moments, without per-fold moments)."""
+        ``left_out`` (a jackknife's leave-one-block-out moments), then with the other folds' own only where
+        ``folds`` asks (a cross-validated measure, which cross-validates over the folds that remain)."""
         layout = self.layout
         one = Layout(layout.widths, layout.blocks, layout.fourth, 1)
         if layout.folds == 1:
@@ -434,8 +436,9 @@ class _MomentState(_Accumulator):
         for i, j in pairs:
             m = pair_moments(pooled, one, block, i, j, caches=caches)
             m.eps = eps
-            if layout.folds > 1 and left_out is None:
-                m.folds = tuple(pair_moments(self._state, layout, block, i, j, fold=k) for k in range(layout.folds))
+            if layout.folds > 1 and (left_out is None or folds):
+                kept = [k for k in range(layout.folds) if k != left_out]
+                m.folds = tuple(pair_moments(self._state, layout, block, i, j, fold=k) for k in kept)
                 for f in m.folds:
                     f.eps = eps
             out.append(m)
@@ -511,7 +514,7 @@ class CrossMoments(_MomentState):
         ga, gb = self.layout.blocks[block]
         pairs = [(i, j) for i in range(len(ga)) for j in range(len(gb))]
         values = []
-        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches, left_out)):
+        for (i, j), mm in zip(pairs, self._all_moments(block, pairs, caches, left_out, m.folds > 1)):
             try:
                 values.append(m.from_moments(mm))
             except ReprsimError as exc:
