@@ -127,36 +127,77 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, n
     return mx, my, b
 
 
+def pls_fit(x: np.ndarray, y: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PLS2 by NIPALS on the data, as scikit-learn's PLSRegression(scale=False) with exact singular vectors:
+    deflate X and Y by each score; coefficients W (PᵀW)⁻¹ Qᵀ."""
+    mx, my = x.mean(0), y.mean(0)
+    xk, yk = x - mx, y - my
+    w_, p_, q_ = [], [], []
+    first = None
+    for _ in range(components):
+        u, sv, _ = np.linalg.svd(xk.T @ yk)
+        first = sv[0] if first is None else first
+        if sv[0] <= 1e-12 * first:
+            break
+        t = xk @ u[:, 0]
+        tt = t @ t
+        p, q = xk.T @ t / tt, yk.T @ t / tt
+        xk, yk = xk - np.outer(t, p), yk - np.outer(t, q)
+        w_.append(u[:, 0])
+        p_.append(p)
+        q_.append(q)
+    w, p, q = np.array(w_).T, np.array(p_).T, np.array(q_).T
+    return mx, my, w @ np.linalg.inv(p.T @ w) @ q.T
+
+
 def predictions(
-    x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None
+    x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None, components: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(y, ŷ): the in-sample or out-of-fold ridge predictions of y from x; ``folds`` is K (sample i in fold
-    i mod K) or every sample's fold label."""
+    """(y, ŷ): the in-sample or out-of-fold ridge (or PLS) predictions of y from x; ``folds`` is K (sample i in
+    fold i mod K) or every sample's fold label."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
+
+    def fit(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return ridge_fit(a, b, ridge) if components is None else pls_fit(a, b, components)
+
     pred = np.empty_like(y)
     if folds is None:
-        mx, my, b = ridge_fit(x, y, ridge)
+        mx, my, b = fit(x, y)
         pred = my + (x - mx) @ b
     else:
         fold = np.arange(len(x)) % folds if isinstance(folds, int) else np.asarray(folds)
         for k in np.unique(fold):
-            mx, my, b = ridge_fit(x[fold != k], y[fold != k], ridge)
+            mx, my, b = fit(x[fold != k], y[fold != k])
             pred[fold == k] = my + (x[fold == k] - mx) @ b
     return y, pred
 
 
-def predictivity(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None, reduce: str) -> float:
+def predictivity(
+    x: np.ndarray,
+    y: np.ndarray,
+    ridge: float,
+    folds: int | np.ndarray | None,
+    reduce: str,
+    components: int | None = None,
+) -> float:
     """R² of the (out-of-fold) predictions, residuals pooled against the total variance about the mean."""
-    y, pred = predictions(x, y, ridge, folds)
+    y, pred = predictions(x, y, ridge, folds, components)
     rss = ((y - pred) ** 2).sum(0)
     tss = ((y - y.mean(0)) ** 2).sum(0)
     return float(1 - rss.sum() / tss.sum()) if reduce == "variance_weighted" else float(np.mean(1 - rss / tss))
 
 
-def predictivity_r(x: np.ndarray, y: np.ndarray, ridge: float, folds: int | np.ndarray | None, power: int = 1) -> float:
+def predictivity_r(
+    x: np.ndarray,
+    y: np.ndarray,
+    ridge: float,
+    folds: int | np.ndarray | None,
+    power: int = 1,
+    components: int | None = None,
+) -> float:
     """The mean over targets of scipy's Pearson r (or r²) between the pooled (out-of-fold) predictions and y."""
-    y, pred = predictions(x, y, ridge, folds)
+    y, pred = predictions(x, y, ridge, folds, components)
     r = np.array([scipy.stats.pearsonr(pred[:, j], y[:, j])[0] for j in range(y.shape[1])])
     return float(np.mean(r**power))
 

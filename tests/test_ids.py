@@ -216,6 +216,11 @@ def whole(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
         "ridge-lambda=1-pearsonr": lambda: rm.predictivity_r(x, y, 1.0, None),
         "ridge-lambda=1-pearsonr-cv=5folds": lambda: rm.predictivity_r(x, y, 1.0, 5),
         "ridge-lambda=1-pearsonr2-cv=5folds": lambda: rm.predictivity_r(x, y, 1.0, 5, 2),
+        # Brain-Score's 25 components, at most X's 12 dimensions
+        "pls-pearsonr": lambda: rm.predictivity_r(x, y, 0.0, None, components=25),
+        "pls-pearsonr-cv=5folds": lambda: rm.predictivity_r(x, y, 0.0, 5, components=25),
+        "pls-pearsonr-components=25-cv=5folds": lambda: rm.predictivity_r(x, y, 0.0, 5, components=25),
+        "pls-pearsonr-components=3": lambda: rm.predictivity_r(x, y, 0.0, None, components=3),
         "feature_space_linear_cka": lambda: ref.cka(x, y),
         "feature_space_linear_cka-debiased_True": lambda: ref.cka(x, y, unbiased=True),
         "linear_CKA": lambda: ref.cka(x, y),
@@ -287,7 +292,7 @@ def test_every_name_builds_the_schemes_value_or_is_listed_with_its_reason() -> N
         assert abs(got - want) < 1e-9 * max(1.0, abs(want)), (name, got, want)
         provided.append(name)
     assert len(provided) + len(refused) == 207
-    assert len(provided) == 133, len(provided)  # docs/measures.md: "133 of the 207 names"
+    assert len(provided) == 137, len(provided)  # docs/measures.md: "137 of the 207 names"
     assert used == set(NOT_PROVIDED), f"patterns no name needs: {set(NOT_PROVIDED) - used}"
 
 
@@ -343,6 +348,9 @@ CONFIGURATIONS: list[Measure] = [
     ),
     Predictivity(1.0, 5, "y_to_x", scoring="pearsonr"),
     Predictivity(scoring="pearsonr", predict="mean"),
+    *(Predictivity(folds=f, scoring="pearsonr", components=k) for f in (None, 5) for k in (3, 25)),
+    Predictivity(components=10),
+    Predictivity(components=10, predict="y_to_x", reduce="mean"),
     *(MutualKNN(k, n) for k in (5, 10) for n in ("cosine", "inner_product", "euclidean")),
     *(JaccardKNN(k, n) for k in (5, 10) for n in ("cosine", "euclidean")),
     *(RankSimilarity(k, n) for k in (5, 10) for n in ("cosine", "inner_product")),
@@ -491,4 +499,4 @@ def test_the_measures_page_lists_every_alias_and_every_name_not_provided() -> No
         assert f"| `{pattern}` | {why} |" in page, pattern
     for name, target in ALIASES.items():
         assert f"| `{name}` | `{target}` |" in page, name
-    assert "133 build a measure" in page
+    assert "137 build a measure" in page

@@ -116,6 +116,14 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
         lambda x, y: predictivity(x, y, scoring="pearsonr2", folds=5),
         lambda x, y: rm.predictivity_r(x, y, 0.0, 5, 2),
     ),
+    "pls": (
+        lambda x, y: predictivity(x, y, components=2),
+        lambda x, y: rm.predictivity(x, y, 0.0, None, "variance_weighted", components=2),
+    ),
+    "pls pearsonr cv": (
+        lambda x, y: predictivity(x, y, components=3, scoring="pearsonr", folds=5),
+        lambda x, y: rm.predictivity_r(x, y, 0.0, 5, components=3),
+    ),
     "predictivity y_to_x": (
         lambda x, y: predictivity(x, y, predict="y_to_x"),
         lambda x, y: rm.predictivity(y, x, 0.0, None, "variance_weighted"),
@@ -190,16 +198,18 @@ def test_pearson_predictivity_matches_scikit_learn_and_scipy_per_target() -> Non
     np.testing.assert_allclose(r.numpy() ** 2, predictivity(x, y, reduce="none").numpy(), atol=1e-12)
 
 
-def test_pearson_predictivity_float32_on_offset_quantised_data() -> None:
+def test_pearson_and_pls_predictivity_float32_on_offset_quantised_data() -> None:
     """Offsets of 10³ and values on a grid of 1/8: the fold sums are taken about the means, so float32 holds 1e-5."""
     rng = np.random.default_rng(7)
     x = np.round(8 * rng.normal(size=(400, 5))) / 8 + 1000.0
     y = np.round(8 * (np.tanh(x - 1000.0) @ rng.normal(size=(5, 3)) + rng.normal(size=(400, 3)))) / 8 - 500.0
     x32, y32 = x.astype(np.float32), y.astype(np.float32)
-    for folds, ridge in ((None, 0.0), (5, 0.0), (4, 3.0)):
-        want = rm.predictivity_r(x32, y32, ridge, folds)
-        got = predictivity(torch.from_numpy(x32), torch.from_numpy(y32), ridge=ridge, folds=folds, scoring="pearsonr")
-        assert abs(float(got) - want) < 1e-5, (folds, ridge, float(got), want)
+    for folds, ridge, k in ((None, 0.0, None), (5, 0.0, None), (4, 3.0, None), (5, 0.0, 2), (None, 0.0, 3)):
+        want = rm.predictivity_r(x32, y32, ridge, folds, components=k)
+        got = predictivity(
+            torch.from_numpy(x32), torch.from_numpy(y32), ridge=ridge, folds=folds, scoring="pearsonr", components=k
+        )
+        assert abs(float(got) - want) < 1e-5, (folds, ridge, k, float(got), want)
 
 
 def test_pearson_predictivity_refuses_constant_predictions_and_the_weighted_reduction() -> None:
@@ -214,6 +224,41 @@ def test_pearson_predictivity_refuses_constant_predictions_and_the_weighted_redu
         Predictivity(scoring="pearsonr", reduce="variance_weighted")
     with pytest.raises(InvalidParameterError, match="scoring must be"):
         Predictivity(scoring="spearmanr")  # type: ignore[arg-type]
+
+
+def test_pls_matches_scikit_learn_and_stops_where_y_is_explained() -> None:
+    """scikit-learn's PLSRegression(scale=False) finds each weight by a power iteration (tol 1e-6 by default,
+    tightened here); reprsim takes the exact singular vector of the deflated cross-moment."""
+    pytest.importorskip("sklearn")
+    from sklearn.cross_decomposition import PLSRegression
+    from sklearn.metrics import r2_score
+
+    x, y = data(200, 8, 5, seed=2, offset=3.0)
+    for k in (1, 3, 8):
+        fit = PLSRegression(n_components=k, scale=False, max_iter=5000, tol=1e-14).fit(x, y)
+        want = r2_score(y, fit.predict(x), multioutput="variance_weighted")
+        assert abs(predictivity(x, y, components=k) - want) < 1e-8, k
+    # as many components as X has dimensions: least squares; more are not there to take
+    assert abs(predictivity(x, y, components=8) - predictivity(x, y)) < 1e-12
+    assert abs(predictivity(x, y, components=25) - predictivity(x, y)) < 1e-12
+    # one target (PLS1): k components fit least squares in the Krylov space of c = XcᵀY under Cxx (Helland 1988)
+    xc = x - x.mean(0)
+    cxx, c = xc.T @ xc, xc.T @ (y[:, :1] - y[:, 0].mean())
+    for k in (1, 2, 4):
+        basis = np.hstack([np.linalg.matrix_power(cxx, j) @ c for j in range(k)])
+        beta = basis @ np.linalg.solve(basis.T @ cxx @ basis, basis.T @ c)
+        rss = np.sum((y[:, 0] - y[:, 0].mean() - xc @ beta[:, 0]) ** 2)
+        want = 1 - rss / np.sum((y[:, 0] - y[:, 0].mean()) ** 2)
+        assert abs(predictivity(x, y[:, :1], components=k) - want) < 1e-10, k
+    # a target on X's first principal axis: one component explains it and the second finds nothing left
+    axis = np.linalg.eigh(cxx)[1][:, -1]
+    assert abs(predictivity(x, (xc @ axis)[:, None], components=2) - 1.0) < 1e-12
+    with pytest.raises(InvalidParameterError, match="no ridge"):
+        Predictivity(ridge=1.0, components=3)
+    with pytest.raises(InvalidParameterError, match="components must be an integer"):
+        Predictivity(components=2.5)  # type: ignore[arg-type]
+    with pytest.raises(InsufficientSamplesError, match="PLS regression"):
+        predictivity(x[:5], y[:5], components=4)  # in-sample, 4 scores span the 4 centred dimensions of 5 samples
 
 
 def test_known_values() -> None:
@@ -327,6 +372,7 @@ STREAMED: list[Measure] = [
     Predictivity(ridge=1.0, folds=3, predict="mean"),
     Predictivity(ridge=0.5, folds=3, scoring="pearsonr"),
     Predictivity(predict="y_to_x", scoring="pearsonr2"),
+    Predictivity(components=2, folds=3, scoring="pearsonr"),
     RSA("sqeuclidean", "pearson"),
     ENSD(),
     EigenspaceOverlap(),
@@ -436,6 +482,8 @@ CONFIGURED: list[Measure] = [get_measure(name) for name in available_measures() 
     Predictivity(ridge=2.0),
     Predictivity(reduce="mean"),
     Predictivity(predict="mean"),
+    Predictivity(components=2),
+    Predictivity(components=3, scoring="pearsonr", folds=4),
     CKA(kernel="laplace", sigma=3.0),
     CKA(kernel="rbf", unbiased="lange"),
     Derived("cka", "euclidean"),

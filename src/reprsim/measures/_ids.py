@@ -264,8 +264,8 @@ NOT_PROVIDED: dict[str, str] = {
     "ridge-pearsonr-cv=5folds*": "neuroaimetrics' ridge chooses its penalty per fold by RidgeCV over "
     "10⁻⁸…10⁸ on standardised predictors, in shuffled folds; not provided: name the penalty "
     "(ridge-lambda=1-pearsonr-cv=5folds)",
-    "pls-pearsonr*": f"{_PLANNED} (PLS regression)",
-    "pls*": f"{_PLANNED} (PLS regression)",
+    "pls": "Google's SVCCA code's 'pls': the mean singular value of the sample cross-covariance, which is not "
+    "scale free and so is not a measure here; PLS regression is pls-pearsonr-components=25 (and …-cv=5folds)",
     "kernel_ridge*": f"{_PLANNED} (kernel ridge regression)",
     "permutation_procrustes": "ReSi's permutation-aligned distance of uncentred data (not translation invariant) is "
     "not provided; the centred one is permutation_metric-distance=euclidean",
@@ -382,16 +382,19 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
     if family == "pwcca":
         ridge = _number(options, "ridge") if "ridge" in options else 0.0
         return PWCCA(options.pop("weights_from", "narrower"), ridge=ridge)  # type: ignore[arg-type]
-    if family in ("linear_regression", "ridge"):
+    if family in ("linear_regression", "ridge", "pls"):
         ridge = _number(options, "lambda") if family == "ridge" and "lambda" in options else 0.0
         if family == "ridge" and ridge == 0.0:
             raise _Unknown("a ridge name gives its penalty (ridge-lambda=1-r2)")
+        components = None
+        if family == "pls":  # Brain-Score's pls_regression keeps 25 components
+            components = _number(options, "components", int) if "components" in options else 25
         scores = [flag for flag in ("r2", "pearsonr", "pearsonr2") if pop_flag(flag)]
         if len(scores) != 1:
             raise _Unknown("a regression name gives one score: …-r2, …-pearsonr or …-pearsonr2")
         reduce = options.pop("reduce", "mean")
         predict = "y_to_x" if pop_flag("reverse") else options.pop("predict", "x_to_y")
-        return Predictivity(ridge, _folds(options), predict, reduce, scores[0])  # type: ignore[arg-type]
+        return Predictivity(ridge, _folds(options), predict, reduce, scores[0], components)  # type: ignore[arg-type]
     if family in ("mutual_knn", "jaccard_similarity", "rank_similarity", "cknna"):
         if "topk" not in options:
             raise _Unknown(f"a {family} name gives its neighbour count (…-topk=10)")

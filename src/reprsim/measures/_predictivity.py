@@ -1,4 +1,4 @@
-"""Linear predictivity: how well a ridge regression from one representation predicts the other.
+"""Linear predictivity: how well a ridge (or PLS) regression from one representation predicts the other.
 :class:`Predictivity`, :func:`predictivity`.
 
 B = (XcᵀXc + λI)⁻¹XcᵀYc (λ as scikit-learn's ``Ridge(alpha=λ)`` with an intercept; λ = 0 is ordinary least
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from .._validation import CONSTANT_EPS
+from .._validation import CONSTANT_EPS, check_int
 from ..errors import ConstantRepresentationError, InvalidParameterError
 from ._base import Measure, as_result, evaluate, num, pair_of, register
 from ._cca import _check_ridge
@@ -44,6 +44,32 @@ def _coefficients(
     return vec @ ((vec.T @ cxy) / (lam + ridge).unsqueeze(1))
 
 
+def _pls_coefficients(cxx: torch.Tensor, cxy: torch.Tensor, components: int, eps: float) -> torch.Tensor:
+    """PLS regression (PLS2, NIPALS with exact singular vectors; scikit-learn's ``PLSRegression(scale=False)``)
+    from the centred moments. Component k's weight w is the top left singular vector of the deflated
+    cross-moment XₖᵀY; its score is t = Xₖw = Xr with r = Πₖw in the original coordinates (Xₖ = XΠₖ); X's loading
+    is ΠₖᵀCxx r / tᵀt and Y's Cyx r / tᵀt (the scores are orthogonal, so Y need not be deflated); then
+    Πₖ₊₁ = Πₖ − r pᵀ. B = Σ r qᵀ. It stops early when the deflated cross-moment vanishes (Y is explained)."""
+    proj = torch.eye(cxx.shape[0], dtype=cxx.dtype, device=cxx.device)
+    b = torch.zeros_like(cxy)
+    s = cxy
+    first = None
+    for _ in range(components):
+        u, sv, _ = torch.linalg.svd(s, full_matrices=False)
+        first = sv[0] if first is None else first
+        if bool(sv[0] <= 100 * eps * first) or not bool(first > 0):
+            break
+        r = proj @ u[:, 0]
+        c = cxx @ r
+        tt = r @ c
+        if not bool(tt > 0):
+            break
+        b = b + torch.outer(r, (cxy.T @ r) / tt)
+        proj = proj - torch.outer(r, proj.T @ c / tt)
+        s = proj.T @ cxy
+    return b
+
+
 def _rss(cxx: torch.Tensor, cyy: torch.Tensor, cxy: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-target residual sums of squares of the prediction (x − mx)B of (y − my), moments about (mx, my)."""
     return cyy.diagonal() - 2 * (b * cxy).sum(0) + (b * (cxx @ b)).sum(0)
@@ -65,10 +91,17 @@ class Predictivity(Measure):
         ``variance_weighted`` (the default for R²): 1 − ΣRSS / Σ total variance, over all targets. ``mean``: the
         mean of the targets' scores (every target needs variance), the only reduction for Pearson r.
     scoring : {"r2", "pearsonr", "pearsonr2"}, default "r2"
+    components : int, optional
+        PLS regression with this many components instead of ridge.
         How a target's prediction is scored: R² (scikit-learn's ``r2_score``), the Pearson correlation r of
         prediction and target, or its square r² (the neural-regression codes' ``pearson_r`` and ``pearson_r2``).
         In-sample least squares gives r² = R²; out of sample, r ignores the predictions' offset and scale, R² does
         not.
+    components : int, optional
+        Fit a PLS regression with this many components instead (scikit-learn's ``PLSRegression(scale=False)``,
+        Brain-Score's ``pls_regression`` with 25), from the moments, with no ``ridge``. Fewer when X has fewer
+        dimensions or Y is explained sooner (the deflated cross-moment vanishes): with as many components as X
+        has dimensions, PLS is least squares.
     """
 
     name = "predictivity"
@@ -81,6 +114,7 @@ class Predictivity(Measure):
         predict: Predict = "x_to_y",
         reduce: Reduce | None = None,
         scoring: Scoring = "r2",
+        components: int | None = None,
     ) -> None:
         if predict not in ("x_to_y", "y_to_x", "mean"):
             raise InvalidParameterError(f"predict must be 'x_to_y', 'y_to_x' or 'mean'; got {predict!r}")
@@ -95,6 +129,11 @@ class Predictivity(Measure):
                 f"scoring={scoring!r} is a per-target correlation, averaged over targets: use reduce='mean'"
             )
         self.ridge = _check_ridge(ridge)
+        if components is not None:
+            components = check_int(components, "components", minimum=1, hint="PLS regression's component count")
+            if self.ridge:
+                raise InvalidParameterError("PLS regression (components=) has no ridge penalty; drop ridge=")
+        self.components = components
         self.folds = _check_folds(folds)
         self.cv = folds is not None
         self.predict, self.reduce, self.scoring = predict, reduce, scoring
@@ -118,13 +157,16 @@ class Predictivity(Measure):
         weighted = "-reduce=variance_weighted" if self.reduce == "variance_weighted" else ""
         folds = f"-cv={self.folds}folds" if self.cv else ""
         direction = {"x_to_y": "", "y_to_x": "-reverse", "mean": "-predict=mean"}[self.predict]
+        if self.components is not None:  # the scheme's order: pls-pearsonr-components=25-cv=5folds
+            return f"pls-{self.scoring}{weighted}-components={self.components}{folds}{direction}"
         return f"{head}-{self.scoring}{weighted}{folds}{direction}"
 
     @property
     def label(self) -> str:
         arrow = {"x_to_y": "x→y", "y_to_x": "y→x", "mean": "x↔y"}[self.predict]
         score = {"r2": "R²", "pearsonr": "Pearson r", "pearsonr2": "Pearson r²"}[self.scoring]
-        return f"linear predictivity {score} ({arrow}{', cross-validated' if self.cv else ''})"
+        how = "linear" if self.components is None else f"PLS ({self.components} components)"
+        return f"{how} predictivity {score} ({arrow}{', cross-validated' if self.cv else ''})"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -133,6 +175,7 @@ class Predictivity(Measure):
             "predict": self.predict,
             "reduce": self.reduce,
             "scoring": self.scoring,
+            "components": self.components,
         }
 
     def check_samples(self, n: int, p: int, q: int) -> None:
@@ -140,8 +183,18 @@ class Predictivity(Measure):
         self._check_predictors(n, predictors)
 
     def _check_predictors(self, n: int, width: int) -> None:
+        if self.components is not None:
+            if not self.cv:  # k scores span k of the n − 1 centred dimensions: an exact fit at k = n − 1
+                k = min(self.components, width)
+                check_dimensions(n, k + 1, f"PLS regression ({k} components) with an intercept", "Pass folds=.")
+            return
         if not self.cv and self.ridge == 0.0:
             check_dimensions(n, width + 1, "least squares with an intercept", "Pass ridge > 0, or folds=.")
+
+    def _coefficients(self, m: Moments, cache: dict[Any, Any], eps: float) -> torch.Tensor:
+        if self.components is not None:
+            return _pls_coefficients(m.cxx, m.cxy, self.components, eps)
+        return _coefficients(m.cxx, m.cxy, self.ridge, cache, m.n, eps)
 
     def _fits(self, m: Moments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per target, over the (out-of-fold) predictions ŷ of y: the residual sum of squares Σ(y − ŷ)², the
@@ -149,14 +202,15 @@ class Predictivity(Measure):
         if not self.cv:
             self._check_predictors(m.n, m.cxx.shape[0])
             check_variance(m, "x", "predictivity")
-            b = _coefficients(m.cxx, m.cxy, self.ridge, m.cache_x, m.n, m.eps)
+            b = self._coefficients(m, m.cache_x, m.eps)
             cross, square = (b * m.cxy).sum(0), (b * (m.cxx @ b)).sum(0)  # the predictions' mean is ȳ
             return m.cyy.diagonal() - 2 * cross + square, cross, square
         zero = torch.zeros_like(m.cyy.diagonal())
         rss, cross, square, total = zero, zero, zero, zero
         for k, test in enumerate(m.folds):
             train = pool_moments([f for j, f in enumerate(m.folds) if j != k])
-            b = _coefficients(train.cxx, train.cxy, self.ridge, {}, train.n, m.eps)
+            self._check_predictors(train.n, train.cxx.shape[0])
+            b = self._coefficients(train, {}, m.eps)
             sxx, syy, sxy = test.about(train.mean_x, train.mean_y)
             # about the training means: d = ŷ − ȳₜ = (x − x̄ₜ)B, e = y − ȳₜ; c = ȳₜ − ȳ moves both to the mean ȳ
             dd, de = (b * (sxx @ b)).sum(0), (b * sxy).sum(0)
@@ -222,6 +276,7 @@ def predictivity(
     predict: Predict = "x_to_y",
     reduce: Reduce | Literal["none"] | None = None,
     scoring: Scoring = "r2",
+    components: int | None = None,
 ) -> Any:
     """Linear predictivity: R² (or Pearson r) of a ridge regression from ``x`` to ``y``; see
     :class:`Predictivity`.
@@ -237,6 +292,8 @@ def predictivity(
         ``variance_weighted`` (the default for R²) or ``mean`` (the default and only reduction for Pearson r).
         ``"none"`` returns every target's score (a tensor; ``predict`` must not be "mean").
     scoring : {"r2", "pearsonr", "pearsonr2"}, default "r2"
+    components : int, optional
+        PLS regression with this many components instead of ridge.
 
     Returns
     -------
@@ -259,13 +316,13 @@ def predictivity(
             raise InvalidParameterError(
                 "reduce='none' returns one direction's per-target scores; pick x_to_y or y_to_x"
             )
-        measure = Predictivity(ridge, folds, "x_to_y", None, scoring)
+        measure = Predictivity(ridge, folds, "x_to_y", None, scoring, components)
         m, like = pair_of(x, y, folds=measure.folds, need=measure.min_samples)
         if predict == "y_to_x":
             m = m.swapped()
         out = measure.per_target(m)
         return as_result(out, like, x, y)
-    return evaluate(Predictivity(ridge, folds, predict, reduce, scoring), x, y)
+    return evaluate(Predictivity(ridge, folds, predict, reduce, scoring, components), x, y)
 
 
 register("predictivity", lambda: Predictivity())
