@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 from scipy.stats import kendalltau, pearsonr, rankdata, spearmanr
 from sklearn.decomposition import PCA
 
@@ -177,6 +177,13 @@ def tau_a(a: np.ndarray, b: np.ndarray) -> tuple[float]:
 def rdm(a: np.ndarray, kind: str) -> np.ndarray:
     if kind == "squared_euclidean":  # rsatoolbox's: divided by the number of channels
         return pdist(a, "sqeuclidean") / a.shape[1]
+    if kind == "mahalanobis":  # rsatoolbox's without a noise precision: the identity, on the raw patterns
+        k = a @ a.T
+        full = np.diag(k)[:, None] + np.diag(k)[None, :] - 2 * k
+        return full[np.triu_indices(len(a), 1)] / a.shape[1]
+    if kind == "gaussian":  # thingsvision's: 1 − exp(−D / mean D), the mean over the whole square
+        full = squareform(pdist(a, "sqeuclidean"))
+        return 1 - np.exp(-full / full.mean())[np.triu_indices(len(a), 1)]
     return pdist(a, kind)
 
 
@@ -186,7 +193,7 @@ def whole(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
     compare_with |= {"cosine": cosine_of, "rho_a": rho_a, "tau_a": tau_a}
     rsa = {
         f"rsa-rdm={r}-compare={c}": (lambda r=r, f=f: float(f(rdm(x, r), rdm(y, r))[0]))
-        for r in ("correlation", "cosine", "euclidean", "squared_euclidean")
+        for r in ("correlation", "cosine", "euclidean", "squared_euclidean", "mahalanobis", "gaussian")
         for c, f in compare_with.items()
     }
     qy, _ = np.linalg.qr(centred(y))  # ReSi's linear regression: the share of X's variance in Y's column space
@@ -292,7 +299,7 @@ def test_every_name_builds_the_schemes_value_or_is_listed_with_its_reason() -> N
         assert abs(got - want) < 1e-9 * max(1.0, abs(want)), (name, got, want)
         provided.append(name)
     assert len(provided) + len(refused) == 207
-    assert len(provided) == 137, len(provided)  # docs/measures.md: "137 of the 207 names"
+    assert len(provided) == 146, len(provided)  # docs/measures.md: "146 of the 207 names"
     assert used == set(NOT_PROVIDED), f"patterns no name needs: {set(NOT_PROVIDED) - used}"
 
 
@@ -361,7 +368,7 @@ CONFIGURATIONS: list[Measure] = [
     DistanceCorrelation(unbiased=True),
     *(
         RSA(r, c)
-        for r in ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
+        for r in ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian")
         for c in ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a")
     ),
     ENSD(),
@@ -499,4 +506,4 @@ def test_the_measures_page_lists_every_alias_and_every_name_not_provided() -> No
         assert f"| `{pattern}` | {why} |" in page, pattern
     for name, target in ALIASES.items():
         assert f"| `{name}` | `{target}` |" in page, name
-    assert "137 build a measure" in page
+    assert "146 build a measure" in page

@@ -483,6 +483,7 @@ CONFIGURED: list[Measure] = [get_measure(name) for name in available_measures() 
     Predictivity(reduce="mean"),
     Predictivity(predict="mean"),
     Predictivity(components=2),
+    RSA("gaussian", "pearson"),
     Predictivity(components=3, scoring="pearsonr", folds=4),
     CKA(kernel="laplace", sigma=3.0),
     CKA(kernel="rbf", unbiased="lange"),

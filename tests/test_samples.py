@@ -205,17 +205,27 @@ def test_sample_measures_on_the_device(device: str) -> None:
 RDMS = {"correlation": "correlation", "cosine": "cosine", "euclidean": "euclidean", "sqeuclidean": "sqeuclidean"}
 
 
-@pytest.mark.parametrize("rdm", [*RDMS, "sqeuclidean_per_feature"])
+def reference_rdm(x: np.ndarray, kind: str) -> np.ndarray:
+    """The condensed RDM by scipy's pdist: rsatoolbox's "euclidean" is squared over the width; thingsvision's
+    "gaussian" is 1 − exp(−D/μ), μ the mean squared distance over the whole square (zero diagonal included)."""
+    from scipy.spatial.distance import pdist
+
+    if kind == "sqeuclidean_per_feature":
+        return pdist(x, "sqeuclidean") / x.shape[1]
+    if kind == "gaussian":
+        d = pdist(x, "sqeuclidean")
+        mu = 2 * d.sum() / len(x) ** 2
+        return 1 - np.exp(-d / mu)
+    return pdist(x, RDMS[kind])
+
+
+@pytest.mark.parametrize("rdm", [*RDMS, "sqeuclidean_per_feature", "gaussian"])
 @pytest.mark.parametrize("how", ["pearson", "spearman"])
 def test_rsa_matches_scipy_on_the_upper_triangles(rdm: str, how: str) -> None:
-    from scipy.spatial.distance import pdist
     from scipy.stats import pearsonr, spearmanr
 
     x, y = data(80, 6, 4)
-    metric = RDMS.get(rdm, "sqeuclidean")
-    a, b = pdist(x, metric), pdist(y, metric)
-    if rdm == "sqeuclidean_per_feature":  # rsatoolbox's "euclidean": squared, divided by the width
-        a, b = a / x.shape[1], b / y.shape[1]
+    a, b = reference_rdm(x, rdm), reference_rdm(y, rdm)
     want = (pearsonr if how == "pearson" else spearmanr)(a, b)[0]
     for block in (None, 1, 13, 80):
         assert abs(rsa(x, y, rdm=rdm, compare=how, chunk_rows=block) - want) < 1e-10, block
@@ -594,14 +604,13 @@ def test_feature_store_refuses_a_changing_width_and_a_bad_budget() -> None:
         compare(model, None, data_, layers_a=["1"], measure="mutual_knn", progress=False)
 
 
-@pytest.mark.parametrize("rdm", ["correlation", "cosine", "euclidean"])
+@pytest.mark.parametrize("rdm", ["correlation", "cosine", "euclidean", "gaussian"])
 def test_rsa_pearson_in_strips_from_float32_data_within_1e5(rdm: str) -> None:
-    from scipy.spatial.distance import pdist
     from scipy.stats import pearsonr
 
     x, y = data(150, 6, 4, seed=14)
     x32, y32 = (x * 10.0 + 3.0).astype(np.float32), y.astype(np.float32)
-    want = pearsonr(pdist(x32.astype(np.float64), rdm), pdist(y32.astype(np.float64), rdm))[0]
+    want = pearsonr(reference_rdm(x32.astype(np.float64), rdm), reference_rdm(y32.astype(np.float64), rdm))[0]
     got = rsa(torch.tensor(x32), torch.tensor(y32), rdm=rdm, compare="pearson", chunk_rows=37)  # type: ignore[arg-type]
     assert got.dtype == torch.float32
     assert abs(float(got) - want) < 1e-5
@@ -610,12 +619,11 @@ def test_rsa_pearson_in_strips_from_float32_data_within_1e5(rdm: str) -> None:
 # -- prepared rows rebuilt block by block (large inputs are not copied) ---------------------------------------
 
 
-@pytest.mark.parametrize("rdm", [*RDMS, "sqeuclidean_per_feature"])
+@pytest.mark.parametrize("rdm", [*RDMS, "sqeuclidean_per_feature", "gaussian"])
 @pytest.mark.parametrize("how", ["pearson", "spearman", "kendall"])
 def test_rsa_without_a_prepared_copy_matches_scipy(rdm: str, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Above COPY_BYTES the centred / normalised rows are rebuilt from the input for every product (in column
     blocks that need not divide n): same values as scipy, and the caller's arrays are not touched."""
-    from scipy.spatial.distance import pdist
     from scipy.stats import kendalltau, pearsonr, spearmanr
 
     from reprsim.measures import _strips
@@ -624,10 +632,7 @@ def test_rsa_without_a_prepared_copy_matches_scipy(rdm: str, how: str, monkeypat
     monkeypatch.setattr(_strips, "COL_BLOCK", 7)
     x, y = data(61, 6, 4)
     x = x + 30.0  # a large common offset: centring matters for accuracy
-    metric = RDMS.get(rdm, "sqeuclidean")
-    a, b = pdist(x, metric), pdist(y, metric)
-    if rdm == "sqeuclidean_per_feature":
-        a, b = a / x.shape[1], b / y.shape[1]
+    a, b = reference_rdm(x, rdm), reference_rdm(y, rdm)
     test = {"pearson": pearsonr, "spearman": spearmanr, "kendall": kendalltau}[how]
     want = test(a, b)[0]
     xt, yt = torch.tensor(x), torch.tensor(y)
@@ -792,18 +797,17 @@ def test_rsa_inside_compare_ranks_each_layer_once(monkeypatch: pytest.MonkeyPatc
 # -- the RDM itself ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"])
+@pytest.mark.parametrize(
+    "kind", ["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"]
+)
 def test_rdm_is_pdist_condensed_for_any_block(kind: str) -> None:
     """Against scipy's pdist (the order squareform unpacks), on offset data, for strips of 1, 7 and all rows;
     float32 tensors on offset and on quantised data agree to 1e-5 of the largest entry."""
-    from scipy.spatial.distance import pdist
-
     from reprsim.measures import rdm
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(37, 6)) * rng.uniform(0.5, 2.0, size=6) + 4.0
-    metric = {"sqeuclidean_per_feature": "sqeuclidean"}.get(kind, kind)
-    expected = pdist(x, metric=metric) / (6 if kind == "sqeuclidean_per_feature" else 1)
+    expected = reference_rdm(x, kind)
     for block in (1, 7, None):
         got = rdm(x, kind=kind, chunk_rows=block)
         assert got.dtype == torch.float64
@@ -811,7 +815,7 @@ def test_rdm_is_pdist_condensed_for_any_block(kind: str) -> None:
         np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-10 * expected.max())
     quantised = np.round(x * 4) / 4
     for data in (x, quantised):
-        reference = pdist(data, metric=metric) / (6 if kind == "sqeuclidean_per_feature" else 1)
+        reference = reference_rdm(data, kind)
         low = rdm(torch.tensor(data, dtype=torch.float32), kind=kind)
         assert low.dtype == torch.float32
         np.testing.assert_allclose(low.double().numpy(), reference, rtol=0, atol=1e-5 * reference.max())

@@ -250,6 +250,12 @@ ALIASES: dict[str, str] = {
     "linear_regression": "linear_regression-r2-reduce=variance_weighted-reverse",
     "bures_distance": "procrustes-distance=euclidean",
     "aligned_cossim": "aligned_cosine_similarity",
+    # rsatoolbox's Mahalanobis RDM without a noise precision is its squared Euclidean RDM (identity precision)
+    **{
+        f"rsa-rdm=mahalanobis-compare={c}": f"rsa-rdm=squared_euclidean_normalized-compare={to}"
+        for c, to in [(c, c) for c in ("cosine", "kendall", "pearson", "rho_a", "spearman", "tau_a")]
+        + [("tau_b", "kendall")]
+    },
 }
 
 _PLANNED = "not in reprsim yet (planned)"
@@ -284,9 +290,7 @@ NOT_PROVIDED: dict[str, str] = {
     "edit_distance_knn-*": f"{_PLANNED} (platonic-rep's neighbour variants)",
     "rsa-rdm=squared_euclidean-compare=cosine_cov": "the whitened RDM comparators are not provided; the scheme "
     "equates this one with linear CKA, which is: cka-kernel=linear-hsic=gretton-score",
-    "rsa-rdm=mahalanobis-*": f"{_PLANNED} (RDMs from Mahalanobis, Poisson and Gaussian kernels)",
-    "rsa-rdm=poisson-*": f"{_PLANNED} (RDMs from Mahalanobis, Poisson and Gaussian kernels)",
-    "rsa-rdm=gaussian-*": f"{_PLANNED} (RDMs from Mahalanobis, Poisson and Gaussian kernels)",
+    "rsa-rdm=poisson-*": f"{_PLANNED} (the Poisson KL RDM)",
     **{
         f"rsa-rdm=*-compare={c}": f"{_PLANNED} (RDM comparators beyond Pearson, Spearman, Kendall's τ-a and "
         "τ-b, ρ-a and the cosine)"
@@ -415,6 +419,7 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
     if family == "rsa":
         rdms = {"correlation": "correlation", "cosine": "cosine", "euclidean": "euclidean"}
         rdms |= {"squared_euclidean": "sqeuclidean", "squared_euclidean_normalized": "sqeuclidean_per_feature"}
+        rdms |= {"gaussian": "gaussian"}
         rdm, compare = options.pop("rdm", "?"), options.pop("compare", "?")
         compare = "kendall" if compare == "tau_b" else compare
         if rdm not in rdms or compare not in ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"):

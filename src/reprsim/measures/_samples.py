@@ -807,11 +807,14 @@ register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=T
 
 # -- representational similarity analysis ------------------------------------------------------------------
 
-RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"]
-RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature")
+RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"]
+RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian")
 #: Each RDM's name in the similarity-repository scheme, whose ``_normalized`` RDMs are divided by the width.
 _RDM_IDS = dict(
-    zip(RDM_KINDS, ("correlation", "cosine", "euclidean", "squared_euclidean", "squared_euclidean_normalized"))
+    zip(
+        RDM_KINDS,
+        ("correlation", "cosine", "euclidean", "squared_euclidean", "squared_euclidean_normalized", "gaussian"),
+    )
 )
 RSACompare = Literal["pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"]
 RSA_COMPARES = ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a")
@@ -835,6 +838,10 @@ def _rdm_rows(z: Prepared, sq: torch.Tensor, rows: slice, kind: str) -> torch.Te
         return d2.sqrt_()
     if kind == "sqeuclidean_per_feature":
         return d2.div_(z.shape[1])
+    if kind == "gaussian":
+        # 1 − exp(−d²/μ), μ the mean squared distance over all n² pairs: 2Σ‖zᵢ‖²/n for column-centred rows
+        mu = 2 * sq.sum() / z.shape[0]
+        return d2 if not bool(mu > 0) else d2.div_(-mu).exp_().neg_().add_(1.0)
     return d2
 
 
@@ -978,9 +985,10 @@ class RSA(Measure):
 
     Parameters
     ----------
-    rdm : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"}, default "correlation"
-        Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors, 1 − cosine, the
-        Euclidean distance, its square, or its square divided by the width (what rsatoolbox calls "euclidean").
+    rdm : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"}, optional
+        Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors (the default), 1 − cosine,
+        the Euclidean distance, its square, its square divided by the width (what rsatoolbox calls "euclidean"),
+        or 1 − exp(−d²/μ), μ the mean of the squared distances over all n² pairs (thingsvision's "gaussian").
     compare : {"pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"}, default "spearman"
         How the RDMs are compared. Pearson is computed exactly in row strips (memory O(chunk_rows · n)), and so is
         the cosine of the two triangles (uncentred: rsatoolbox's ``cosine``); Spearman ranks all N = n(n − 1)/2
@@ -1225,10 +1233,11 @@ def rdm(x: Any, *, kind: RDMKind = "correlation", chunk_rows: int | None = None,
     Parameters
     ----------
     x : array-like or torch.Tensor, shape (n, p)
-    kind : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature"}, default "correlation"
+    kind : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"}, optional
         As :class:`RSA`'s ``rdm``: 1 − Pearson correlation of two samples' feature vectors (pdist's
-        "correlation"), 1 − cosine, the Euclidean distance, its square, or its square divided by the width
-        (rsatoolbox's "euclidean").
+        "correlation", the default), 1 − cosine, the Euclidean distance, its square, its square divided by the width
+        (rsatoolbox's "euclidean"), or 1 − exp(−d²/μ) with μ the mean squared distance (thingsvision's
+        "gaussian").
     chunk_rows : int, optional
         Rows per strip.
 
