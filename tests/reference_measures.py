@@ -344,3 +344,14 @@ def eigenspace_overlap(x: np.ndarray, y: np.ndarray) -> float:
     u = np.linalg.svd(x, full_matrices=False)[0][:, : np.linalg.matrix_rank(x)]
     v = np.linalg.svd(y, full_matrices=False)[0][:, : np.linalg.matrix_rank(y)]
     return float(np.linalg.norm(u.T @ v) ** 2 / max(x.shape[1], y.shape[1]))
+
+
+def gulp(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> float:
+    """T1 + T2 − 2T3 of Boix-Adserà et al. from the unit-trace covariances Σ = XcᵀXc / ‖Xc‖²_F, by explicit
+    inverses: T1 = ‖Σx(Σx + λI)⁻¹‖²_F, T3 = tr(Σxy(Σy + λI)⁻¹Σyx(Σx + λI)⁻¹)."""
+    xc, yc = centred(x), centred(y)
+    nx, ny = np.linalg.norm(xc) ** 2, np.linalg.norm(yc) ** 2
+    sx, sy, sxy = xc.T @ xc / nx, yc.T @ yc / ny, xc.T @ yc / np.sqrt(nx * ny)
+    rx, ry = np.linalg.inv(sx + ridge * np.eye(len(sx))), np.linalg.inv(sy + ridge * np.eye(len(sy)))
+    t1, t2 = np.sum((sx @ rx) ** 2), np.sum((sy @ ry) ** 2)
+    return float(t1 + t2 - 2 * np.trace(sxy @ ry @ sxy.T @ rx))

@@ -23,6 +23,7 @@ from reprsim.measures import (
     CKA,
     CKNNA,
     ENSD,
+    GULP,
     NOT_PROVIDED,
     PWCCA,
     RSA,
@@ -201,6 +202,7 @@ def whole(x: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], float]]:
     return {
         **rsa,
         "ensd": lambda: rm.ensd(x, y),
+        "gulp": lambda: rm.gulp(x, y),
         "hard_correlation_match": lambda: correlation_match_reference(x, y, "hard"),
         "aligned_cosine_similarity": lambda: aligned_cosine_reference(x, y),
         "aligned_cossim": lambda: aligned_cosine_reference(x, y),
@@ -299,7 +301,7 @@ def test_every_name_builds_the_schemes_value_or_is_listed_with_its_reason() -> N
         assert abs(got - want) < 1e-9 * max(1.0, abs(want)), (name, got, want)
         provided.append(name)
     assert len(provided) + len(refused) == 207
-    assert len(provided) == 146, len(provided)  # docs/measures.md: "146 of the 207 names"
+    assert len(provided) == 147, len(provided)  # docs/measures.md: "147 of the 207 names"
     assert used == set(NOT_PROVIDED), f"patterns no name needs: {set(NOT_PROVIDED) - used}"
 
 
@@ -372,6 +374,8 @@ CONFIGURATIONS: list[Measure] = [
         for c in ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a")
     ),
     ENSD(),
+    GULP(),
+    GULP(0.1),
     EigenspaceOverlap(),
     PermutationMetric(),
     CorrelationMatch(),
@@ -477,7 +481,7 @@ def test_derived_metadata_follows_the_form() -> None:
 @pytest.mark.parametrize(
     ("name", "match"),
     [
-        ("gulp", "does not provide"),
+        ("imd", "does not provide"),
         ("cka-kernel=linear-hsic=wilson-score", "not a CKA reprsim has"),
         ("cka-kernel=(rbf-sigma={sigma})-hsic=gretton-score", "placeholder"),
         ("cka-kernel=linear-hsic=gretton", "which form"),
@@ -506,4 +510,4 @@ def test_the_measures_page_lists_every_alias_and_every_name_not_provided() -> No
         assert f"| `{pattern}` | {why} |" in page, pattern
     for name, target in ALIASES.items():
         assert f"| `{name}` | `{target}` |" in page, name
-    assert "146 build a measure" in page
+    assert "147 build a measure" in page

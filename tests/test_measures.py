@@ -28,6 +28,7 @@ from reprsim.measures import (
     CCA,
     CKA,
     ENSD,
+    GULP,
     INVARIANCES,
     PWCCA,
     RSA,
@@ -46,6 +47,7 @@ from reprsim.measures import (
     eigenspace_overlap,
     ensd,
     get_measure,
+    gulp,
     predictivity,
     procrustes,
     pwcca,
@@ -124,6 +126,8 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
         lambda x, y: predictivity(x, y, components=3, scoring="pearsonr", folds=5),
         lambda x, y: rm.predictivity_r(x, y, 0.0, 5, components=3),
     ),
+    "gulp": (gulp, rm.gulp),
+    "gulp ridge": (lambda x, y: gulp(x, y, ridge=0.05), lambda x, y: rm.gulp(x, y, 0.05)),
     "predictivity y_to_x": (
         lambda x, y: predictivity(x, y, predict="y_to_x"),
         lambda x, y: rm.predictivity(y, x, 0.0, None, "variance_weighted"),
@@ -261,6 +265,34 @@ def test_pls_matches_scikit_learn_and_stops_where_y_is_explained() -> None:
         predictivity(x[:5], y[:5], components=4)  # in-sample, 4 scores span the 4 centred dimensions of 5 samples
 
 
+def test_gulp_is_resis_recipe_and_the_canonical_correlations_at_zero_ridge() -> None:
+    """ReSi's recipe (GULP's code): features × samples, centred, scaled to √n Frobenius norm, eigendecompositions
+    of AAᵀ; and at λ = 0, p + q − 2Σρ² from the canonical correlations."""
+    import math
+
+    x, y = data(300, 6, 4, seed=4, offset=2.0)
+
+    def resi(r: np.ndarray, rp: np.ndarray, lam: float) -> float:
+        n = len(r)
+        a, b = r.T - r.T.mean(1, keepdims=True), rp.T - rp.T.mean(1, keepdims=True)
+        a, b = math.sqrt(n) * a / np.linalg.norm(a), math.sqrt(n) * b / np.linalg.norm(b)
+        ea, va = np.linalg.eigh(a @ a.T)
+        eb, vb = np.linalg.eigh(b @ b.T)
+        ea, eb = np.clip(ea, 0, None) / n, np.clip(eb, 0, None) / n
+        ia, ib = 1 / (ea + lam), 1 / (eb + lam)
+        c = a @ b.T / n
+        t3 = np.trace(np.diag(np.sqrt(ia)) @ va.T @ c @ vb @ np.diag(ib) @ vb.T @ c.T @ va @ np.diag(np.sqrt(ia)))
+        return float(np.sum((ea * ia) ** 2) + np.sum((eb * ib) ** 2) - 2 * t3)
+
+    for lam in (0.0, 0.01, 1.0):
+        assert abs(gulp(x, y, ridge=lam) - resi(x, y, lam)) < 1e-10, lam
+    rho = rm.canonical_correlations(x, y)
+    assert abs(gulp(x, y) - (6 + 4 - 2 * np.sum(rho**2))) < 1e-10
+    with pytest.raises(InsufficientSamplesError, match="Pass ridge > 0"):
+        gulp(x[:5], y[:5])
+    assert gulp(x[:5], y[:5], ridge=0.1) > 0
+
+
 def test_known_values() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 6))
@@ -373,6 +405,8 @@ STREAMED: list[Measure] = [
     Predictivity(ridge=0.5, folds=3, scoring="pearsonr"),
     Predictivity(predict="y_to_x", scoring="pearsonr2"),
     Predictivity(components=2, folds=3, scoring="pearsonr"),
+    GULP(),
+    GULP(ridge=0.1),
     RSA("sqeuclidean", "pearson"),
     ENSD(),
     EigenspaceOverlap(),
@@ -484,6 +518,7 @@ CONFIGURED: list[Measure] = [get_measure(name) for name in available_measures() 
     Predictivity(predict="mean"),
     Predictivity(components=2),
     RSA("gaussian", "pearson"),
+    GULP(ridge=0.2),
     Predictivity(components=3, scoring="pearsonr", folds=4),
     CKA(kernel="laplace", sigma=3.0),
     CKA(kernel="rbf", unbiased="lange"),

@@ -7,7 +7,7 @@ on two arrays, all exported here.
 ``_procrustes``        orthogonal Procrustes, NBS, shape metrics, aligned cosine (:func:`procrustes`, ...)
 ``_cca``               canonical correlations, mean ρ, Yanai's R², SVCCA, PWCCA
 ``_ensd``              the effective number of shared dimensions (:func:`ensd`)
-``_subspace``          the eigenspace overlap score (:func:`eigenspace_overlap`)
+``_subspace``          the eigenspace overlap score (:func:`eigenspace_overlap`), GULP (:func:`gulp`)
 ``_matching``          units matched one to one: the permutation metric, hard and soft correlation matching
 ``_predictivity``      ridge / least-squares R², in-sample or cross-validated
 ``_samples``           mutual k-NN, CKNNA, k-NN Jaccard, second-order cosine, rank similarity,
@@ -45,7 +45,7 @@ from ._samples import (
     rsa,
     second_order_cosine,
 )
-from ._subspace import EigenspaceOverlap, eigenspace_overlap
+from ._subspace import GULP, EigenspaceOverlap, eigenspace_overlap, gulp
 
 __all__ = [
     "ALIASES",
@@ -53,6 +53,7 @@ __all__ = [
     "CKA",
     "CKNNA",
     "ENSD",
+    "GULP",
     "INVARIANCES",
     "NOT_PROVIDED",
     "PWCCA",
@@ -87,6 +88,7 @@ __all__ = [
     "ensd",
     "from_id",
     "get_measure",
+    "gulp",
     "hsic",
     "jaccard_knn",
     "mutual_knn",

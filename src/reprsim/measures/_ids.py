@@ -29,7 +29,7 @@ from ._moments import Moments
 from ._predictivity import Predictivity
 from ._procrustes import AlignedCosine, Procrustes, ShapeMetric
 from ._samples import CKNNA, RSA, DistanceCorrelation, JaccardKNN, MutualKNN, RankSimilarity, SecondOrderCosine
-from ._subspace import EigenspaceOverlap
+from ._subspace import GULP, EigenspaceOverlap
 from ._traces import TraceSide
 
 __all__ = ["ALIASES", "FORMS", "NOT_PROVIDED", "Derived", "from_id", "split_id"]
@@ -279,7 +279,6 @@ NOT_PROVIDED: dict[str, str] = {
     "KFold(random_state=42); not provided (the in-sample matchings are hard_correlation_match and "
     "soft_correlation_match)",
     "max_match": f"{_PLANNED} (max-match / subspace match)",
-    "gulp": f"{_PLANNED} (GULP)",
     "imd": f"{_PLANNED} (the multi-scale intrinsic distance)",
     "rsm_norm_difference": f"{_PLANNED} (RSM norm difference)",
     "magnitude_difference": f"{_PLANNED} (ReSi's representation statistics)",
@@ -433,6 +432,8 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         return CorrelationMatch("hard" if family.startswith("hard") else "soft")
     if family == "ensd":
         return ENSD()
+    if family == "gulp":
+        return GULP(_number(options, "lambda") if "lambda" in options else 0.0)
     if family == "eigenspace_overlap_score":
         return EigenspaceOverlap()
     raise _Unknown(f"reprsim has no measure family {family!r}")

@@ -1,5 +1,6 @@
 """How much two representations' column spaces overlap: the eigenspace overlap score (May et al. 2019),
-:class:`EigenspaceOverlap`, :func:`eigenspace_overlap`.
+:class:`EigenspaceOverlap`, :func:`eigenspace_overlap`; and how far apart the best linear predictors on them are,
+GULP (Boix-Adserà et al. 2022), :class:`GULP`, :func:`gulp`.
 
 With U (n × rank X) and V (n × rank Y) orthonormal bases of the column spaces of X and Y (the spans of their
 features over the n samples), EOS = ‖UᵀV‖²_F / max(p, q): the squared cosines of the principal angles between
@@ -16,12 +17,13 @@ from typing import Any
 
 import torch
 
-from ._base import Measure, evaluate, register
+from ._base import Measure, evaluate, num, register
+from ._cca import _check_ridge
 from ._cka import inner
-from ._linalg import check_variance, eigh_cached, numerical_rank
+from ._linalg import check_rank, check_variance, eigh_cached, numerical_rank
 from ._moments import Moments
 
-__all__ = ["EigenspaceOverlap", "eigenspace_overlap"]
+__all__ = ["GULP", "EigenspaceOverlap", "eigenspace_overlap", "gulp"]
 
 
 def _column_space(
@@ -127,3 +129,109 @@ def eigenspace_overlap(x: Any, y: Any) -> Any:
 
 
 register("eigenspace_overlap", EigenspaceOverlap)
+
+
+class GULP(Measure):
+    """The GULP distance (Boix-Adserà, Lawrence, Stepaniants and Rigollet 2022), squared, as ReSi computes it.
+
+    Each representation is centred and scaled to unit total variance, Σx = Cxx / tr Cxx (the GULP code's
+    normalisation), and the value is
+
+    T1 + T2 − 2T3, with T1 = tr(Σx(Σx + λI)⁻¹)², T2 likewise for y and T3 = tr(Σxy(Σy + λI)⁻¹Σyx(Σx + λI)⁻¹):
+
+    the mean squared difference, over linear tasks with isotropic random weights, between the predictions of the
+    best λ-ridge predictors on X and on Y. Its square root is the metric. At λ = 0 (the default, ReSi's and the
+    scheme's ``gulp``) it is rank X + rank Y − 2Σρᵢ², the ρᵢ the canonical correlations, and invariant to any
+    invertible linear map of either side; λ > 0 keeps orthogonal and isotropic-scaling invariance.
+
+    Parameters
+    ----------
+    ridge : float, default 0
+        λ, on the scale of Σ (unit trace). At 0 both covariances must be invertible, as for CCA.
+
+    Notes
+    -----
+    A function of the streamed moments: one eigendecomposition per layer (shared by every pair it is in) and a
+    p × q product per pair. ReSi decides which eigenvalues are zero by an exact ``> 0`` test; reprsim, at λ = 0,
+    refuses a singular covariance as CCA does (with the fix, ``ridge=``), and at λ > 0 treats eigenvalues below
+    the numerical rank tolerance as zero (ReSi: 1/λ for those), which only changes values on rank-deficient
+    data.
+    """
+
+    name = "gulp"
+    direction = "distance"
+    range = (0.0, float("inf"))
+    symmetric = True
+
+    def __init__(self, ridge: float = 0.0) -> None:
+        self.ridge = _check_ridge(ridge)
+        inv = {"orthogonal", "isotropic_scaling", "translation", "permutation"}
+        if self.ridge == 0.0:
+            inv.add("invertible_linear")
+        self.invariances = frozenset(inv)
+
+    @property
+    def id(self) -> str:
+        return "gulp" if self.ridge == 0.0 else f"gulp-lambda={num(self.ridge)}"
+
+    @property
+    def label(self) -> str:
+        return "GULP (squared)" if self.ridge == 0.0 else f"GULP (squared, λ={num(self.ridge)})"
+
+    def config(self) -> dict[str, Any]:
+        return {"ridge": self.ridge}
+
+    def _side(self, c: torch.Tensor, n: int, eps: float, cache: dict[Any, Any], side: str) -> tuple[Any, ...]:
+        lam, vec = eigh_cached(c, cache)
+        if self.ridge == 0.0:
+            check_rank(lam, n, side, eps, "GULP at λ = 0", "Pass ridge > 0.")
+        trace = lam.clamp(min=0).sum()
+        lam = lam.clamp(min=0) / trace
+        r = numerical_rank(lam, eps)
+        inv = torch.zeros_like(lam)
+        inv[:r] = 1.0 / (lam[:r] + self.ridge)
+        return vec, inv, (lam * inv).square().sum(), trace
+
+    def from_moments(self, m: Moments) -> torch.Tensor:
+        check_variance(m, "x", "GULP")
+        check_variance(m, "y", "GULP")
+        vx, ix, t1, tx = self._side(m.cxx, m.n, m.eps, m.cache_x, "x")
+        vy, iy, t2, ty = self._side(m.cyy, m.n, m.eps, m.cache_y, "y")
+        a = vx.T @ m.cxy @ vy / (tx * ty).sqrt()  # Σxy in the two eigenbases
+        t3 = (a.square() * ix[:, None] * iy[None, :]).sum()
+        out: torch.Tensor = t1 + t2 - 2 * t3
+        return out
+
+
+def gulp(x: Any, y: Any, *, ridge: float = 0.0) -> Any:
+    """The squared GULP distance of two representations; see :class:`GULP`.
+
+    Parameters
+    ----------
+    x : array or tensor, shape (n, ...)
+        One representation (trailing dimensions are flattened).
+    y : array or tensor, shape (n, ...)
+        Another representation of the same n samples; its width may differ.
+    ridge : float, default 0
+        λ, on the scale of the unit-trace covariances.
+
+    Returns
+    -------
+    float or torch.Tensor
+        A float for NumPy inputs, a 0-d tensor (differentiable) for torch inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from reprsim.measures import gulp
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 4))
+    >>> round(gulp(x, x @ rng.normal(size=(4, 4)) + 3.0), 10)  # the same column space, shifted
+    0.0
+    >>> round(gulp(x, x[:, :2]), 10)  # rank 4 + rank 2 − 2 · (two canonical correlations of 1)
+    2.0
+    """
+    return evaluate(GULP(ridge), x, y)
+
+
+register("gulp", GULP)
