@@ -209,6 +209,8 @@ def knn_lists(x: np.ndarray, k: int, neighbours: str = "cosine", include_self: b
     if neighbours == "cosine":
         z = z / np.linalg.norm(z, axis=1, keepdims=True)
     sim = -cdist_sq(z) if neighbours == "euclidean" else z @ z.T
+    # equal up to rounding counts as tied (exact twins' products may differ in the last bit)
+    sim = np.round(sim, 10)
     if not include_self:
         np.fill_diagonal(sim, -np.inf)
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
@@ -355,3 +357,38 @@ def gulp(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> float:
     rx, ry = np.linalg.inv(sx + ridge * np.eye(len(sx))), np.linalg.inv(sy + ridge * np.eye(len(sy)))
     t1, t2 = np.sum((sx @ rx) ** 2), np.sum((sy @ ry) ** 2)
     return float(t1 + t2 - 2 * np.trace(sxy @ ry @ sxy.T @ rx))
+
+
+def cycle_knn(x: np.ndarray, y: np.ndarray, k: int, neighbours: str = "cosine") -> float:
+    """platonic-rep's round trip: i's neighbours in y, then their neighbours in x; does i come back?"""
+    lx, ly = knn_lists(x, k, neighbours), knn_lists(y, k, neighbours)
+    return float(np.mean([i in {int(a) for j in ly[i] for a in lx[j]} for i in range(len(x))]))
+
+
+def _lcs(a: list[int], b: list[int]) -> int:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            same = a[i - 1] == b[j - 1]
+            table[i][j] = table[i - 1][j - 1] + 1 if same else max(table[i - 1][j], table[i][j - 1])
+    return table[-1][-1]
+
+
+def _levenshtein(a: list[int], b: list[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        new = [i]
+        for j in range(1, len(b) + 1):
+            new.append(min(row[j] + 1, new[j - 1] + 1, row[j - 1] + (a[i - 1] != b[j - 1])))
+        row = new
+    return row[-1]
+
+
+def lcs_knn(x: np.ndarray, y: np.ndarray, k: int, neighbours: str = "cosine") -> float:
+    lx, ly = knn_lists(x, k, neighbours), knn_lists(y, k, neighbours)
+    return float(np.mean([_lcs(list(a), list(b)) for a, b in zip(lx, ly)]))
+
+
+def edit_distance_knn(x: np.ndarray, y: np.ndarray, k: int, neighbours: str = "cosine") -> float:
+    lx, ly = knn_lists(x, k, neighbours), knn_lists(y, k, neighbours)
+    return float(1 - np.mean([_levenshtein(list(a), list(b)) for a, b in zip(lx, ly)]) / k)

@@ -56,6 +56,42 @@ def test_neighbour_measures_match_the_dense_reference(neighbours: str, k: int) -
     )
 
 
+@pytest.mark.parametrize("neighbours", ["cosine", "inner_product", "euclidean"])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_neighbour_list_measures_match_the_dense_reference(neighbours: str, k: int) -> None:
+    """platonic-rep's cycle, LCS and edit-distance k-NN against set and dynamic-programming references in plain
+    Python, on the dense lists; for every strip size, and on data with exact ties (the lower index first)."""
+    from reprsim.measures import LCSKNN, CycleKNN, EditDistanceKNN
+
+    x, y = data()
+    rng = np.random.default_rng(2)
+    dup = np.vstack([x, x[:7]])
+    ydup = np.vstack([y, y[:7]]) + 0.01 * rng.normal(size=(157, 4))
+    for a, b in ((x, y), (dup, ydup)):
+        for cls, ref in ((CycleKNN, rm.cycle_knn), (LCSKNN, rm.lcs_knn), (EditDistanceKNN, rm.edit_distance_knn)):
+            want = ref(a, b, k, neighbours)
+            for block in (None, 7):
+                got = cls(k, neighbours, chunk_rows=block)(a, b)  # type: ignore[arg-type]
+                assert got == pytest.approx(want, abs=1e-12), (cls.name, block)
+    # identical representations: every list is its own longest common subsequence, at edit distance 0 (a round
+    # trip need not return: j can be i's nearest neighbour without i being j's)
+    assert LCSKNN(k, neighbours)(x, 2 * x) == k  # type: ignore[arg-type]
+    assert EditDistanceKNN(k, neighbours)(x, x) == 1.0  # type: ignore[arg-type]
+
+
+def test_cycle_knn_is_not_symmetric_and_the_sequence_tables_know_their_small_cases() -> None:
+    from reprsim.measures import CycleKNN
+    from reprsim.measures._samples import _sequence_table
+
+    x, y = data(60, 6, 4, seed=5)
+    assert CycleKNN(3)(x, y) != CycleKNN(3)(y, x)
+    a = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [4, 3, 2, 1], [5, 6, 7, 8]])
+    b = torch.tensor([[1, 2, 3, 4], [2, 3, 4, 1], [1, 2, 3, 4], [1, 2, 3, 4]])
+    assert _sequence_table(a, b, "lcs").tolist() == [4, 3, 1, 0]
+    # kitten-style cases: a rotation is one deletion and one insertion; a reversal of 4 is 4 substitutions
+    assert _sequence_table(a, b, "edit").tolist() == [0, 2, 4, 4]
+
+
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_distance_correlation_matches_the_dense_reference(unbiased: bool) -> None:
     x, y = data(200, 5, 3)

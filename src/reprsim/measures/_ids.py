@@ -28,7 +28,18 @@ from ._matching import CorrelationMatch, PermutationMetric
 from ._moments import Moments
 from ._predictivity import Predictivity
 from ._procrustes import AlignedCosine, Procrustes, ShapeMetric
-from ._samples import CKNNA, RSA, DistanceCorrelation, JaccardKNN, MutualKNN, RankSimilarity, SecondOrderCosine
+from ._samples import (
+    CKNNA,
+    LCSKNN,
+    RSA,
+    CycleKNN,
+    DistanceCorrelation,
+    EditDistanceKNN,
+    JaccardKNN,
+    MutualKNN,
+    RankSimilarity,
+    SecondOrderCosine,
+)
 from ._subspace import GULP, EigenspaceOverlap
 from ._traces import TraceSide
 
@@ -259,6 +270,12 @@ ALIASES: dict[str, str] = {
 }
 
 _PLANNED = "not in reprsim yet (planned)"
+#: platonic-rep's neighbour-list measures
+_SEQUENCES: dict[str, type[MutualKNN]] = {
+    "cycle_knn": CycleKNN,
+    "lcs_knn": LCSKNN,
+    "edit_distance_knn": EditDistanceKNN,
+}
 #: Every name of the scheme's list (``fnmatch`` patterns, first match) that reprsim does not provide, with why.
 NOT_PROVIDED: dict[str, str] = {
     "svcca-*-cv=*": "a cross-validated SVCCA (PCA inside the folds) is not provided; reprsim's cross-validated "
@@ -284,9 +301,6 @@ NOT_PROVIDED: dict[str, str] = {
     "magnitude_difference": f"{_PLANNED} (ReSi's representation statistics)",
     "concentricity_difference": f"{_PLANNED} (ReSi's representation statistics)",
     "uniformity_difference": f"{_PLANNED} (ReSi's representation statistics)",
-    "cycle_knn-*": f"{_PLANNED} (platonic-rep's neighbour variants)",
-    "lcs_knn-*": f"{_PLANNED} (platonic-rep's neighbour variants)",
-    "edit_distance_knn-*": f"{_PLANNED} (platonic-rep's neighbour variants)",
     "rsa-rdm=squared_euclidean-compare=cosine_cov": "the whitened RDM comparators are not provided; the scheme "
     "equates this one with linear CKA, which is: cka-kernel=linear-hsic=gretton-score",
     "rsa-rdm=poisson-*": f"{_PLANNED} (the Poisson KL RDM)",
@@ -398,7 +412,7 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
         reduce = options.pop("reduce", "mean")
         predict = "y_to_x" if pop_flag("reverse") else options.pop("predict", "x_to_y")
         return Predictivity(ridge, _folds(options), predict, reduce, scores[0], components)  # type: ignore[arg-type]
-    if family in ("mutual_knn", "jaccard_similarity", "rank_similarity", "cknna"):
+    if family in ("mutual_knn", "jaccard_similarity", "rank_similarity", "cknna", *_SEQUENCES):
         if "topk" not in options:
             raise _Unknown(f"a {family} name gives its neighbour count (…-topk=10)")
         k, neighbours = _number(options, "topk", int), options.pop("neighbours", "cosine")
@@ -408,6 +422,7 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
                 raise _Unknown(f"hsic={hsic} is not a CKNNA reprsim has (song or gretton)")
             return CKNNA(k, neighbours, unbiased=hsic == "song")  # type: ignore[arg-type]
         kind = {"mutual_knn": MutualKNN, "jaccard_similarity": JaccardKNN, "rank_similarity": RankSimilarity}
+        kind |= _SEQUENCES
         return kind[family](k, neighbours)  # type: ignore[arg-type]
     if family == "second_order_cosine_similarity":
         if "topk" not in options:

@@ -44,8 +44,11 @@ from ._traces import DENSE_NULL_MAX, TraceSide, dense_side
 
 __all__ = [
     "CKNNA",
+    "LCSKNN",
     "RSA",
+    "CycleKNN",
     "DistanceCorrelation",
+    "EditDistanceKNN",
     "JaccardKNN",
     "MutualKNN",
     "RankSimilarity",
@@ -529,6 +532,91 @@ class SecondOrderCosine(Measure):
         return cos.mean()
 
 
+class CycleKNN(MutualKNN):
+    """Cycle k-NN (platonic-rep's ``cycle_knn``): the share of samples i that a round trip through the two
+    neighbour graphs brings back, i ∈ ⋃_{j ∈ N_k^Y(i)} N_k^X(j): y's neighbours of i, then x's neighbours of those.
+    Not symmetric: x and y swap roles in the round trip. Parameters as :class:`MutualKNN`."""
+
+    name = "cycle_knn"
+    scheme = "cycle_knn"
+    symmetric = False
+
+    @property
+    def label(self) -> str:
+        return f"cycle {self.k}-NN"
+
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.chunk_rows, cache_x, cache_y)
+        n = ix.shape[0]
+        back = (ix[iy] == torch.arange(n, device=ix.device).view(n, 1, 1)).flatten(1).any(dim=1)
+        return back.to(torch.float64).mean()
+
+
+class LCSKNN(MutualKNN):
+    """Longest-common-subsequence k-NN (platonic-rep's ``lcs_knn``): the mean over samples of the length of the
+    longest common subsequence of the two neighbour lists, each ordered nearest first; in [0, k] (k when the two
+    rank the same neighbours in the same order). Parameters as :class:`MutualKNN`."""
+
+    name = "lcs_knn"
+    scheme = "lcs_knn"
+
+    def __init__(
+        self, k: int = 10, neighbours: Neighbours = "cosine", chunk_rows: int | None = None, **removed: Any
+    ) -> None:
+        super().__init__(k, neighbours, chunk_rows, **removed)
+        self.range = (0.0, float(self.k))
+
+    @property
+    def label(self) -> str:
+        return f"{self.k}-NN longest common subsequence"
+
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.chunk_rows, cache_x, cache_y)
+        return _sequence_table(ix, iy, "lcs").to(torch.float64).mean()
+
+
+class EditDistanceKNN(MutualKNN):
+    """Edit-distance k-NN (platonic-rep's ``edit_distance_knn``): 1 − the mean over samples of the Levenshtein
+    distance between the two neighbour lists (nearest first; insertions, deletions and substitutions cost 1) over
+    k. Parameters as :class:`MutualKNN`."""
+
+    name = "edit_distance_knn"
+    scheme = "edit_distance_knn"
+
+    @property
+    def label(self) -> str:
+        return f"{self.k}-NN edit-distance similarity"
+
+    def from_samples(
+        self, x: torch.Tensor, y: torch.Tensor, cache_x: Cache = None, cache_y: Cache = None
+    ) -> torch.Tensor:
+        ix, iy = _neighbour_sets(x, y, self.k, self.neighbours, self.chunk_rows, cache_x, cache_y)
+        return 1.0 - _sequence_table(ix, iy, "edit").to(torch.float64).mean() / self.k
+
+
+def _sequence_table(a: torch.Tensor, b: torch.Tensor, kind: Literal["lcs", "edit"]) -> torch.Tensor:
+    """Row by row, the longest-common-subsequence length or the Levenshtein distance of a[i] and b[i] (both
+    (n, k)): the classic dynamic programme over the k × k table, every row at once."""
+    n, k = a.shape
+    equal = a.unsqueeze(2) == b.unsqueeze(1)  # (n, k, k)
+    steps = torch.arange(k + 1, device=a.device)
+    prev = torch.zeros(n, k + 1, dtype=torch.long, device=a.device) if kind == "lcs" else steps.expand(n, -1)
+    for i in range(1, k + 1):
+        row = [torch.zeros(n, dtype=torch.long, device=a.device) if kind == "lcs" else torch.full_like(prev[:, 0], i)]
+        for j in range(1, k + 1):
+            match = equal[:, i - 1, j - 1]
+            if kind == "lcs":
+                row.append(torch.where(match, prev[:, j - 1] + 1, torch.maximum(prev[:, j], row[j - 1])))
+            else:
+                row.append(torch.minimum(torch.minimum(prev[:, j], row[j - 1]) + 1, prev[:, j - 1] + (~match).long()))
+        prev = torch.stack(row, dim=1)
+    return prev[:, k]
+
+
 class RankSimilarity(MutualKNN):
     """k-NN rank similarity (Wang et al. 2020), as the ReSi benchmark code defines it.
 
@@ -797,6 +885,9 @@ def rank_similarity(
 
 
 register("mutual_knn", lambda: MutualKNN())
+register("cycle_knn", lambda: CycleKNN())
+register("lcs_knn", lambda: LCSKNN())
+register("edit_distance_knn", lambda: EditDistanceKNN())
 register("jaccard_knn", lambda: JaccardKNN())
 register("cknna", lambda: CKNNA())
 register("second_order_cosine", lambda: SecondOrderCosine())
