@@ -267,6 +267,38 @@ def test_rsa_matches_scipy_on_the_upper_triangles(rdm: str, how: str) -> None:
         assert abs(rsa(x, y, rdm=rdm, compare=how, chunk_rows=block) - want) < 1e-10, block
 
 
+def test_the_poisson_rdm_is_rsatoolboxs_and_refuses_what_is_not_a_rate() -> None:
+    """rsatoolbox's calc_rdm_poisson written out: rates m = (x + 0.1)/1.1, the kernel m·log(m)ᵀ, the symmetrised
+    KL over the channels. Integer counts give exactly tied dissimilarities, which the reference rounds to 1e-10
+    (reprsim's tie tolerance groups them); every comparator, every strip size, float32 to 1e-5."""
+    from scipy.stats import kendalltau, pearsonr, spearmanr
+
+    from reprsim.errors import InvalidParameterError
+    from reprsim.measures import rdm
+
+    rng = np.random.default_rng(8)
+    x = rng.poisson(3.0, size=(70, 9)).astype(float)
+    y = rng.poisson(1.0, size=(70, 5)) + x[:, :5]
+
+    def reference(a: np.ndarray) -> np.ndarray:
+        m = (a + 0.1) / 1.1
+        k = m @ np.log(m).T
+        full = np.diag(k)[:, None] + np.diag(k)[None, :] - k - k.T
+        return np.round(full[np.triu_indices(len(a), 1)] / a.shape[1], 10)
+
+    a, b = reference(x), reference(y)
+    np.testing.assert_allclose(rdm(x, kind="poisson", chunk_rows=11).numpy(), a, atol=1e-10)
+    for how, fn in (("pearson", pearsonr), ("spearman", spearmanr), ("kendall", kendalltau)):
+        for block in (None, 1, 13):
+            assert abs(rsa(x, y, rdm="poisson", compare=how, chunk_rows=block) - fn(a, b)[0]) < 1e-10, (how, block)
+    low = rsa(
+        torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), rdm="poisson", compare="pearson"
+    )
+    assert abs(float(low) - pearsonr(a, b)[0]) < 1e-5
+    with pytest.raises(InvalidParameterError, match=r"rates above −0\.1"):
+        rsa(x - 1.0, y, rdm="poisson")
+
+
 def test_rsa_spearman_gives_ties_their_average_rank() -> None:
     from scipy.spatial.distance import pdist
     from scipy.stats import spearmanr

@@ -303,7 +303,6 @@ NOT_PROVIDED: dict[str, str] = {
     "uniformity_difference": f"{_PLANNED} (ReSi's representation statistics)",
     "rsa-rdm=squared_euclidean-compare=cosine_cov": "the whitened RDM comparators are not provided; the scheme "
     "equates this one with linear CKA, which is: cka-kernel=linear-hsic=gretton-score",
-    "rsa-rdm=poisson-*": f"{_PLANNED} (the Poisson KL RDM)",
     **{
         f"rsa-rdm=*-compare={c}": f"{_PLANNED} (RDM comparators beyond Pearson, Spearman, Kendall's τ-a and "
         "τ-b, ρ-a and the cosine)"
@@ -433,7 +432,7 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
     if family == "rsa":
         rdms = {"correlation": "correlation", "cosine": "cosine", "euclidean": "euclidean"}
         rdms |= {"squared_euclidean": "sqeuclidean", "squared_euclidean_normalized": "sqeuclidean_per_feature"}
-        rdms |= {"gaussian": "gaussian"}
+        rdms |= {"gaussian": "gaussian", "poisson": "poisson"}
         rdm, compare = options.pop("rdm", "?"), options.pop("compare", "?")
         compare = "kendall" if compare == "tau_b" else compare
         if rdm not in rdms or compare not in ("pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"):

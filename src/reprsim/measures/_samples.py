@@ -898,13 +898,23 @@ register("distance_correlation_unbiased", lambda: DistanceCorrelation(unbiased=T
 
 # -- representational similarity analysis ------------------------------------------------------------------
 
-RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"]
-RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian")
+RDMKind = Literal["correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian", "poisson"]
+RDM_KINDS = ("correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian", "poisson")
+#: rsatoolbox's Poisson prior: rates (x + λw) / (1 + w) with λ = 1, w = 0.1
+POISSON_PRIOR = (1.0, 0.1)
 #: Each RDM's name in the similarity-repository scheme, whose ``_normalized`` RDMs are divided by the width.
 _RDM_IDS = dict(
     zip(
         RDM_KINDS,
-        ("correlation", "cosine", "euclidean", "squared_euclidean", "squared_euclidean_normalized", "gaussian"),
+        (
+            "correlation",
+            "cosine",
+            "euclidean",
+            "squared_euclidean",
+            "squared_euclidean_normalized",
+            "gaussian",
+            "poisson",
+        ),
     )
 )
 RSACompare = Literal["pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"]
@@ -922,6 +932,15 @@ RANK_CHUNK = 1 << 22
 def _rdm_rows(z: Prepared, sq: torch.Tensor, rows: slice, kind: str) -> torch.Tensor:
     """Rows ``rows`` of the representational dissimilarity matrix of the prepared data ``z`` (built in place in
     the one product's memory): every kind is a function of the squared distances of prepared rows."""
+    if kind == "poisson":
+        # z = [m̃, l̃] (rates and their logs, each column-centred), sq the rows' m̃ᵢ·l̃ᵢ: the symmetrised KL is
+        # (m̃ᵢ − m̃ⱼ)·(l̃ᵢ − l̃ⱼ) = sqᵢ + sqⱼ − m̃ᵢ·l̃ⱼ − l̃ᵢ·m̃ⱼ, over the width
+        half = z.shape[1] // 2
+        every = z.rows(slice(0, z.shape[0]))
+        a = z.rows(rows)
+        cross = a[:, :half] @ every[:, half:].T
+        cross += a[:, half:] @ every[:, :half].T
+        return cross.neg_().add_(sq[rows, None]).add_(sq[None, :]).div_(half)
     d2 = sq_distance_rows(z, sq, rows)
     if kind in ("correlation", "cosine"):
         return d2.mul_(0.5)  # 1 − r = ‖ẑ_i − ẑ_j‖² / 2 for rows normalised to unit norm
@@ -945,9 +964,31 @@ def _rdm_prepared(
     so a large input is not copied."""
     if kind in ("correlation", "cosine"):
         z = normalised_centred(x, dtype, name, correlation=kind == "correlation", what=kind)
+    elif kind == "poisson":
+        return _poisson_prepared(x, name, dtype)
     else:
         z = column_centred(x, dtype)  # distances are translation invariant; centring keeps the products accurate
     return z, z.sq_norms()
+
+
+def _poisson_prepared(x: torch.Tensor, name: str, dtype: torch.dtype) -> tuple[Prepared, torch.Tensor]:
+    """rsatoolbox's Poisson RDM: rates m = (x + λw) / (1 + w), l = log m, both column-centred in float64 (the
+    symmetrised KL only sees differences) and held side by side, with each row's m̃ᵢ·l̃ᵢ."""
+    lam, weight = POISSON_PRIOR
+    wide = x.to(torch.float64)
+    low = float(wide.min())
+    if not low > -lam * weight:
+        raise InvalidParameterError(
+            f"the Poisson RDM of {name} needs rates above −{lam * weight:g} (counts or non-negative "
+            f"activations, as rsatoolbox's prior λ = {lam:g}, w = {weight:g} assumes); its smallest value is "
+            f"{low:.4g}. Use another RDM, or shift the data"
+        )
+    m = (wide + lam * weight) / (1 + weight)
+    both = torch.cat([m, m.log()], dim=1)
+    both -= both.mean(dim=0)
+    p = x.shape[1]
+    dots = (both[:, :p] * both[:, p:]).sum(dim=1)
+    return Prepared(both.to(dtype), dtype, hold=True), dots.to(dtype)
 
 
 def _average_ranks(v: torch.Tensor) -> torch.Tensor:
@@ -1079,7 +1120,9 @@ class RSA(Measure):
     rdm : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"}, optional
         Dissimilarity of two samples: 1 − Pearson correlation of their feature vectors (the default), 1 − cosine,
         the Euclidean distance, its square, its square divided by the width (what rsatoolbox calls "euclidean"),
-        or 1 − exp(−d²/μ), μ the mean of the squared distances over all n² pairs (thingsvision's "gaussian").
+        1 − exp(−d²/μ), μ the mean of the squared distances over all n² pairs (thingsvision's "gaussian"), or
+        rsatoolbox's "poisson": the symmetrised KL divergence of Poisson rates m = (x + 0.1)/1.1,
+        Σ_c (mᵢ − mⱼ)(log mᵢ − log mⱼ) / p (counts: every value must exceed −0.1).
     compare : {"pearson", "spearman", "kendall", "cosine", "rho_a", "tau_a"}, default "spearman"
         How the RDMs are compared. Pearson is computed exactly in row strips (memory O(chunk_rows · n)), and so is
         the cosine of the two triangles (uncentred: rsatoolbox's ``cosine``); Spearman ranks all N = n(n − 1)/2
@@ -1137,10 +1180,12 @@ class RSA(Measure):
             self.fourth = True
             self.differentiable = True
         inv = {"isotropic_scaling", "permutation"}
-        if rdm != "correlation":
+        if rdm not in ("correlation", "poisson"):
             inv.add("orthogonal")
-        if rdm not in ("correlation", "cosine"):
+        if rdm not in ("correlation", "cosine", "poisson"):
             inv.add("translation")
+        if rdm == "poisson":  # rates: the prior fixes their scale and origin
+            inv.discard("isotropic_scaling")
         self.invariances = frozenset(inv)
 
     @property
@@ -1327,8 +1372,8 @@ def rdm(x: Any, *, kind: RDMKind = "correlation", chunk_rows: int | None = None,
     kind : {"correlation", "cosine", "euclidean", "sqeuclidean", "sqeuclidean_per_feature", "gaussian"}, optional
         As :class:`RSA`'s ``rdm``: 1 − Pearson correlation of two samples' feature vectors (pdist's
         "correlation", the default), 1 − cosine, the Euclidean distance, its square, its square divided by the width
-        (rsatoolbox's "euclidean"), or 1 − exp(−d²/μ) with μ the mean squared distance (thingsvision's
-        "gaussian").
+        (rsatoolbox's "euclidean"), 1 − exp(−d²/μ) with μ the mean squared distance (thingsvision's
+        "gaussian"), or rsatoolbox's "poisson" (the symmetrised KL of Poisson rates; see :class:`RSA`).
     chunk_rows : int, optional
         Rows per strip.
 
