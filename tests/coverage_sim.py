@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reprsim.inference import stream_interval
-from reprsim.measures import Measure, Predictivity, ShapeMetric, get_measure
+from reprsim.measures import GULP, Measure, Predictivity, ShapeMetric, get_measure
 from reprsim.streaming import CrossMoments, MinibatchCKA
 
 MOMENT_MEASURES = (
@@ -41,6 +41,13 @@ CROSS_VALIDATED: dict[str, Measure] = {
     "predictivity_cv": Predictivity(folds=5),
     "predictivity_pearsonr_cv": Predictivity(folds=5, scoring="pearsonr"),
     "shape_metric_cv": ShapeMetric(0.5, folds=5),
+}
+
+#: Further moment measures with the default 20 blocks (the PLS regression has no closed-form population value).
+FURTHER: dict[str, Measure] = {
+    "gulp": GULP(),
+    "predictivity_pearsonr": Predictivity(scoring="pearsonr"),
+    "predictivity_pls": Predictivity(components=2, scoring="pearsonr"),
 }
 
 
@@ -88,6 +95,10 @@ class Design:
             "predictivity": float(r2),
             "predictivity_cv": float(r2),
             "predictivity_pearsonr_cv": float(r.mean()),
+            "predictivity_pearsonr": float(r.mean()),
+            "predictivity_pls": float("nan"),
+            # rank X + rank Y − 2Σρᵢ², the ρᵢ² the eigenvalues of Σxx⁻¹ΣxyΣyy⁻¹Σyx
+            "gulp": float(self.p + self.q - 2 * np.sum(rho**2)),
             "shape_metric_cv": float("nan"),  # no closed form
             "ensd": ensd,
             # the means are 0, so the uncentred column spaces' overlap is the canonical correlations' Σρ²
@@ -139,7 +150,7 @@ def moment_coverage(
         x, y = design.draw(n, rng)
         acc = CrossMoments(fourth=True, folds=blocks)
         acc.update(torch.tensor(x), torch.tensor(y))
-        intervals = {m: stream_interval(acc, CROSS_VALIDATED.get(m, m)) for m in measures}
+        intervals = {m: stream_interval(acc, {**CROSS_VALIDATED, **FURTHER}.get(m, m)) for m in measures}
         for m, ci in intervals.items():
             rows[m].append((ci.estimate, ci.low, ci.high, ci.bias if ci.bias is not None else np.nan))
         if check is not None:

@@ -296,7 +296,11 @@ NOT_PROVIDED: dict[str, str] = {
     "KFold(random_state=42); not provided (the in-sample matchings are hard_correlation_match and "
     "soft_correlation_match)",
     "max_match": f"{_PLANNED} (max-match / subspace match)",
-    "imd": f"{_PLANNED} (the multi-scale intrinsic distance)",
+    "imd": "the multi-scale intrinsic distance is not provided: the scheme's IMD (ReSi's wrap of the msid "
+    "package) is a stochastic Lanczos estimate of heat-kernel traces, random from run to run (ReSi averages 5 runs "
+    "of 8,000 steps against its variance); the exact traces need every eigenvalue of each k-NN graph's Laplacian, "
+    "O(n³) time and an n × n matrix, beyond the sample-space measures' memory budget; and it compares two "
+    "spectra, ignoring which sample is paired with which",
     "rsm_norm_difference": f"{_PLANNED} (RSM norm difference)",
     "magnitude_difference": f"{_PLANNED} (ReSi's representation statistics)",
     "concentricity_difference": f"{_PLANNED} (ReSi's representation statistics)",
