@@ -55,7 +55,7 @@ def cross_validated_table(r: int) -> None:
 
 
 def further_table(r: int) -> None:
-    """GULP and the Pearson and PLS predictivities, 20 blocks (n = 400, p = 50 left out: PLS there is slow)."""
+    """GULP and the Pearson and PLS predictivities, 20 blocks (n = 400, p = 50 left out: it is slow)."""
     cells = CELLS[:-1]
     print(f"\n### Further moment measures: % of {r} data sets covered (expectation / population; se ÷ sd)\n")
     print("| measure | " + " | ".join(f"n={n}, p={p}" for n, p in cells) + " |")
