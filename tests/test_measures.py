@@ -70,6 +70,18 @@ def data(n: int = 300, p: int = 7, q: int = 5, seed: int = 0, offset: float = 0.
 
 # -- reference agreement (float64 to 1e-10) --------------------------------------------------------------
 
+
+def no_intercept_r2(x: np.ndarray, y: np.ndarray, lam: float, folds: int) -> float:
+    """Ridge through the origin, (XᵀX + λI)⁻¹XᵀY on the raw training rows, out-of-fold (i mod K); the mean of the
+    targets' R² about their means."""
+    pred = np.empty_like(y)
+    fold = np.arange(len(x)) % folds
+    for k in range(folds):
+        a, b = x[fold != k], y[fold != k]
+        pred[fold == k] = x[fold == k] @ np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ b)
+    return float(np.mean(1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)))
+
+
 REFERENCES: dict[str, tuple[Any, Any]] = {
     "procrustes angular": (lambda x, y: procrustes(x, y), lambda x, y: rm.procrustes(x, y, "angular")),
     "procrustes euclidean": (
@@ -125,6 +137,10 @@ REFERENCES: dict[str, tuple[Any, Any]] = {
     "pls pearsonr cv": (
         lambda x, y: predictivity(x, y, components=3, scoring="pearsonr", folds=5),
         lambda x, y: rm.predictivity_r(x, y, 0.0, 5, components=3),
+    ),
+    "predictivity through the origin": (
+        lambda x, y: predictivity(x, y, ridge=0.5, intercept=False, reduce="mean", folds=3),
+        lambda x, y: no_intercept_r2(x, y, 0.5, 3),
     ),
     "gulp": (gulp, rm.gulp),
     "gulp ridge": (lambda x, y: gulp(x, y, ridge=0.05), lambda x, y: rm.gulp(x, y, 0.05)),
@@ -435,6 +451,28 @@ def test_streaming_equals_one_shot_for_every_measure(offset: float) -> None:
         one_shot = m(x, y)
         tol = 1e-10 if offset == 0 else 1e-7  # the offset data themselves lose digits when centred
         assert abs(acc.compute(m) - one_shot) < tol, (m, acc.compute(m), one_shot)
+
+
+def test_ridge_through_the_origin_streams_and_its_accuracy_follows_the_conditioning() -> None:
+    """Fitting through the origin uses the uncentred moments, whose condition number grows as (offset/spread)²:
+    streamed equals one-shot to 1e-10 at an offset of 3, and to ε·κ (here 1e-4) at 10⁶, as docs/measures.md
+    says; the centred fits hold 1e-7 there (the test above)."""
+    for offset, tol in ((3.0, 1e-10), (1e6, 1e-4)):
+        x, y = data(240, 6, 4, offset=offset)
+        acc = stream(x, y, [1, 0, 50, 7, 100, 82], fourth=True, folds=3)
+        for m in (
+            Predictivity(ridge=1.0, intercept=False),
+            Predictivity(ridge=1.0, folds=3, intercept=False, scoring="pearsonr"),
+        ):
+            assert abs(acc.compute(m) - m(x, y)) < tol, (offset, m)
+    x, y = data(240, 6, 4, offset=3.0)
+    assert (
+        abs(predictivity(x, y, ridge=0.5, intercept=False, reduce="mean", folds=3) - no_intercept_r2(x, y, 0.5, 3))
+        < 1e-10
+    )
+    assert abs(predictivity(x, y, intercept=False) - predictivity(x, y)) > 1e-3  # the offset matters without one
+    with pytest.raises(InvalidParameterError, match="always centres"):
+        Predictivity(components=2, intercept=False)
 
 
 def test_merge_equals_concatenation_and_all_layers_at_once() -> None:

@@ -261,6 +261,8 @@ ALIASES: dict[str, str] = {
     "linear_regression": "linear_regression-r2-reduce=variance_weighted-reverse",
     "bures_distance": "procrustes-distance=euclidean",
     "aligned_cossim": "aligned_cosine_similarity",
+    # brain-language-nlp's kernel ridge: the linear kernel without an intercept, Xᵀ(XXᵀ + λI)⁻¹Y
+    "kernel_ridge-lambda=1-r2": "ridge-lambda=1-r2-intercept=false",
     # rsatoolbox's Mahalanobis RDM without a noise precision is its squared Euclidean RDM (identity precision)
     **{
         f"rsa-rdm=mahalanobis-compare={c}": f"rsa-rdm=squared_euclidean_normalized-compare={to}"
@@ -289,7 +291,6 @@ NOT_PROVIDED: dict[str, str] = {
     "(ridge-lambda=1-pearsonr-cv=5folds)",
     "pls": "Google's SVCCA code's 'pls': the mean singular value of the sample cross-covariance, which is not "
     "scale free and so is not a measure here; PLS regression is pls-pearsonr-components=25 (and …-cv=5folds)",
-    "kernel_ridge*": f"{_PLANNED} (kernel ridge regression)",
     "permutation_procrustes": "ReSi's permutation-aligned distance of uncentred data (not translation invariant) is "
     "not provided; the centred one is permutation_metric-distance=euclidean",
     "pairwisematching": "neuroaimetrics' cross-validated matching draws its folds with scikit-learn's shuffled "
@@ -414,7 +415,12 @@ def _build(family: str, options: dict[str, str], flags: set[str]) -> Measure:
             raise _Unknown("a regression name gives one score: …-r2, …-pearsonr or …-pearsonr2")
         reduce = options.pop("reduce", "mean")
         predict = "y_to_x" if pop_flag("reverse") else options.pop("predict", "x_to_y")
-        return Predictivity(ridge, _folds(options), predict, reduce, scores[0], components)  # type: ignore[arg-type]
+        intercept = options.pop("intercept", "true")
+        if intercept not in ("true", "false"):
+            raise _Unknown(f"intercept={intercept} is not true or false")
+        through = intercept == "false"
+        args: tuple[Any, ...] = (ridge, _folds(options), predict, reduce, scores[0], components, not through)
+        return Predictivity(*args)
     if family in ("mutual_knn", "jaccard_similarity", "rank_similarity", "cknna", *_SEQUENCES):
         if "topk" not in options:
             raise _Unknown(f"a {family} name gives its neighbour count (…-topk=10)")

@@ -93,6 +93,7 @@ class Predictivity(Measure):
     scoring : {"r2", "pearsonr", "pearsonr2"}, default "r2"
     components : int, optional
         PLS regression with this many components instead of ridge.
+    intercept : bool, default True
         How a target's prediction is scored: R² (scikit-learn's ``r2_score``), the Pearson correlation r of
         prediction and target, or its square r² (the neural-regression codes' ``pearson_r`` and ``pearson_r2``).
         In-sample least squares gives r² = R²; out of sample, r ignores the predictions' offset and scale, R² does
@@ -102,6 +103,10 @@ class Predictivity(Measure):
         Brain-Score's ``pls_regression`` with 25), from the moments, with no ``ridge``. Fewer when X has fewer
         dimensions or Y is explained sooner (the deflated cross-moment vanishes): with as many components as X
         has dimensions, PLS is least squares.
+    intercept : bool, default True
+        Fit an intercept (scikit-learn's convention). ``False`` fits through the origin from the uncentred
+        moments, B = (XᵀX + λI)⁻¹XᵀY, as brain-language-nlp's ``ridge`` and its linear ``kernel_ridge`` (the same
+        estimator, Xᵀ(XXᵀ + λI)⁻¹Y); R² is still taken about the targets' means.
     """
 
     name = "predictivity"
@@ -115,6 +120,7 @@ class Predictivity(Measure):
         reduce: Reduce | None = None,
         scoring: Scoring = "r2",
         components: int | None = None,
+        intercept: bool = True,
     ) -> None:
         if predict not in ("x_to_y", "y_to_x", "mean"):
             raise InvalidParameterError(f"predict must be 'x_to_y', 'y_to_x' or 'mean'; got {predict!r}")
@@ -134,6 +140,11 @@ class Predictivity(Measure):
             if self.ridge:
                 raise InvalidParameterError("PLS regression (components=) has no ridge penalty; drop ridge=")
         self.components = components
+        if intercept not in (True, False):
+            raise InvalidParameterError(f"intercept must be True or False; got {intercept!r}")
+        if not intercept and components is not None:
+            raise InvalidParameterError("PLS regression (components=) always centres; drop intercept=False")
+        self.intercept = bool(intercept)
         self.folds = _check_folds(folds)
         self.cv = folds is not None
         self.predict, self.reduce, self.scoring = predict, reduce, scoring
@@ -143,6 +154,8 @@ class Predictivity(Measure):
             inv.add("orthogonal")
         if self.ridge == 0.0:
             inv.add("isotropic_scaling")
+        if not self.intercept:  # a shift of x or y moves the fit through the origin
+            inv.discard("translation")
         self.invariances = frozenset(inv)
         if scoring != "r2":
             # in-sample, Σ(ŷ − ȳ)(y − ȳ) = CyxB = Cyx(Cxx + λI)⁻¹Cxy ≥ 0 on the diagonal
@@ -159,7 +172,8 @@ class Predictivity(Measure):
         direction = {"x_to_y": "", "y_to_x": "-reverse", "mean": "-predict=mean"}[self.predict]
         if self.components is not None:  # the scheme's order: pls-pearsonr-components=25-cv=5folds
             return f"pls-{self.scoring}{weighted}-components={self.components}{folds}{direction}"
-        return f"{head}-{self.scoring}{weighted}{folds}{direction}"
+        origin = "" if self.intercept else "-intercept=false"
+        return f"{head}-{self.scoring}{weighted}{origin}{folds}{direction}"
 
     @property
     def label(self) -> str:
@@ -176,6 +190,7 @@ class Predictivity(Measure):
             "reduce": self.reduce,
             "scoring": self.scoring,
             "components": self.components,
+            "intercept": self.intercept,
         }
 
     def check_samples(self, n: int, p: int, q: int) -> None:
@@ -202,21 +217,30 @@ class Predictivity(Measure):
         if not self.cv:
             self._check_predictors(m.n, m.cxx.shape[0])
             check_variance(m, "x", "predictivity")
-            b = self._coefficients(m, m.cache_x, m.eps)
-            cross, square = (b * m.cxy).sum(0), (b * (m.cxx @ b)).sum(0)  # the predictions' mean is ȳ
-            return m.cyy.diagonal() - 2 * cross + square, cross, square
+            if self.intercept:
+                b = self._coefficients(m, m.cache_x, m.eps)
+                cross, square = (b * m.cxy).sum(0), (b * (m.cxx @ b)).sum(0)  # the predictions' mean is ȳ
+                return m.cyy.diagonal() - 2 * cross + square, cross, square
+            pairs = [(m, m)]
+        else:
+            pairs = [(pool_moments([f for j, f in enumerate(m.folds) if j != k]), f) for k, f in enumerate(m.folds)]
         zero = torch.zeros_like(m.cyy.diagonal())
         rss, cross, square, total = zero, zero, zero, zero
-        for k, test in enumerate(m.folds):
-            train = pool_moments([f for j, f in enumerate(m.folds) if j != k])
+        for train, test in pairs:
             self._check_predictors(train.n, train.cxx.shape[0])
-            b = self._coefficients(train, {}, m.eps)
-            sxx, syy, sxy = test.about(train.mean_x, train.mean_y)
-            # about the training means: d = ŷ − ȳₜ = (x − x̄ₜ)B, e = y − ȳₜ; c = ȳₜ − ȳ moves both to the mean ȳ
+            if self.intercept:  # the model's origin: the training means
+                ox, oy = train.mean_x, train.mean_y
+                b = self._coefficients(train, {}, m.eps)
+            else:  # no intercept: the origin itself, and the uncentred moments
+                ox, oy = torch.zeros_like(train.mean_x), torch.zeros_like(train.mean_y)
+                rxx, _, rxy = train.about(ox, oy)
+                b = _coefficients(rxx, rxy, self.ridge, {}, train.n, m.eps)
+            sxx, syy, sxy = test.about(ox, oy)
+            # about the origin: d = ŷ − oy = (x − ox)B, e = y − oy; c = oy − ȳ moves both to the mean ȳ
             dd, de = (b * (sxx @ b)).sum(0), (b * sxy).sum(0)
-            d_sum = test.n * ((test.mean_x - train.mean_x) @ b)
-            e_sum = test.n * (test.mean_y - train.mean_y)
-            c = train.mean_y - m.mean_y
+            d_sum = test.n * ((test.mean_x - ox) @ b)
+            e_sum = test.n * (test.mean_y - oy)
+            c = oy - m.mean_y
             rss = rss + syy.diagonal() - 2 * de + dd
             square = square + dd + 2 * c * d_sum + test.n * c.square()
             cross = cross + de + c * (d_sum + e_sum) + test.n * c.square()
@@ -277,6 +301,7 @@ def predictivity(
     reduce: Reduce | Literal["none"] | None = None,
     scoring: Scoring = "r2",
     components: int | None = None,
+    intercept: bool = True,
 ) -> Any:
     """Linear predictivity: R² (or Pearson r) of a ridge regression from ``x`` to ``y``; see
     :class:`Predictivity`.
@@ -294,6 +319,7 @@ def predictivity(
     scoring : {"r2", "pearsonr", "pearsonr2"}, default "r2"
     components : int, optional
         PLS regression with this many components instead of ridge.
+    intercept : bool, default True
 
     Returns
     -------
@@ -316,13 +342,13 @@ def predictivity(
             raise InvalidParameterError(
                 "reduce='none' returns one direction's per-target scores; pick x_to_y or y_to_x"
             )
-        measure = Predictivity(ridge, folds, "x_to_y", None, scoring, components)
+        measure = Predictivity(ridge, folds, "x_to_y", None, scoring, components, intercept)
         m, like = pair_of(x, y, folds=measure.folds, need=measure.min_samples)
         if predict == "y_to_x":
             m = m.swapped()
         out = measure.per_target(m)
         return as_result(out, like, x, y)
-    return evaluate(Predictivity(ridge, folds, predict, reduce, scoring, components), x, y)
+    return evaluate(Predictivity(ridge, folds, predict, reduce, scoring, components, intercept), x, y)
 
 
 register("predictivity", lambda: Predictivity())
