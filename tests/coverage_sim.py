@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reprsim.inference import stream_interval
-from reprsim.measures import GULP, Measure, Predictivity, ShapeMetric, get_measure
+from reprsim.measures import CKA, GULP, Derived, Measure, Predictivity, Procrustes, ShapeMetric, get_measure
 from reprsim.streaming import CrossMoments, MinibatchCKA
 
 MOMENT_MEASURES = (
@@ -48,6 +48,12 @@ FURTHER: dict[str, Measure] = {
     "gulp": GULP(),
     "predictivity_pearsonr": Predictivity(scoring="pearsonr"),
     "predictivity_pls": Predictivity(components=2, scoring="pearsonr"),
+}
+
+#: The unscaled Euclidean forms, which grow with n: their resampled values are scaled to n (no closed form here).
+EXTENSIVE: dict[str, Measure] = {
+    "cka_euclidean": Derived(CKA(), "euclidean"),
+    "nbs_squared_euclidean": Derived(Procrustes("nbs"), "squared_euclidean"),
 }
 
 
@@ -97,6 +103,8 @@ class Design:
             "predictivity_pearsonr_cv": float(r.mean()),
             "predictivity_pearsonr": float(r.mean()),
             "predictivity_pls": float("nan"),
+            "cka_euclidean": float("nan"),
+            "nbs_squared_euclidean": float("nan"),
             # rank X + rank Y − 2Σρᵢ², the ρᵢ² the eigenvalues of Σxx⁻¹ΣxyΣyy⁻¹Σyx
             "gulp": float(self.p + self.q - 2 * np.sum(rho**2)),
             "shape_metric_cv": float("nan"),  # no closed form
@@ -150,7 +158,7 @@ def moment_coverage(
         x, y = design.draw(n, rng)
         acc = CrossMoments(fourth=True, folds=blocks)
         acc.update(torch.tensor(x), torch.tensor(y))
-        intervals = {m: stream_interval(acc, {**CROSS_VALIDATED, **FURTHER}.get(m, m)) for m in measures}
+        intervals = {m: stream_interval(acc, {**CROSS_VALIDATED, **FURTHER, **EXTENSIVE}.get(m, m)) for m in measures}
         for m, ci in intervals.items():
             rows[m].append((ci.estimate, ci.low, ci.high, ci.bias if ci.bias is not None else np.nan))
         if check is not None:

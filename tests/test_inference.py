@@ -384,6 +384,28 @@ def test_the_jackknife_of_a_cross_validated_measure_leaves_out_its_folds(case: s
         assert ci.high - ci.low > 0.01
 
 
+def test_values_of_the_unscaled_euclidean_forms_are_taken_to_n_samples() -> None:
+    """√(‖Xc‖² + ‖Yc‖² − 2‖Xc‖‖Yc‖ s) grows as √n: a value on m of n samples is scaled by √(n/m) (its square by
+    n/m) in the functional jackknife, a stream's, half-samples and compare()'s sample-space path alike."""
+    from reprsim.inference import bootstrap, jackknife, stream_interval
+    from reprsim.measures import CKA, Derived, Procrustes
+    from reprsim.streaming import CrossMoments
+
+    x, y = data(n=130, strength=1.0)
+    block = np.arange(130) % 10
+    for m, power in ((Derived(CKA(), "euclidean"), 0.5), (Derived(Procrustes("nbs"), "squared_euclidean"), 1.0)):
+        raw = np.array([float(m(x[block != b], y[block != b])) for b in range(10)])
+        want = raw * (130 / (130 - np.bincount(block))) ** power
+        acc = CrossMoments(folds=10)
+        acc.update(torch.tensor(x), torch.tensor(y))
+        for ci in (jackknife(x, y, m, blocks=10), stream_interval(acc, m)):
+            np.testing.assert_allclose(ci.distribution.numpy(), want, rtol=1e-12)
+        halves = torch.stack([torch.arange(0, 130, 2), torch.arange(1, 130, 2)])
+        ci = bootstrap(x, y, m, scheme="subsample", resamples=halves)
+        want = [float(m(x[h.numpy()], y[h.numpy()])) * 2**power for h in halves]
+        np.testing.assert_allclose(ci.distribution.numpy(), want, rtol=1e-12)
+
+
 def test_jackknife_intervals_cover_the_population_cka() -> None:
     from reprsim.inference import jackknife
 

@@ -19,7 +19,7 @@ import torch
 from .._precision import full_precision_matmul
 from .._validation import check_int, check_seed, is_integer
 from ..errors import InvalidParameterError
-from ..measures._base import Measure, evaluate_validated, get_measure, measure_pair, on_arrays
+from ..measures._base import Measure, at_full_size, evaluate_validated, get_measure, measure_pair, on_arrays
 from ._interval import (
     Interval,
     acceleration,
@@ -71,7 +71,8 @@ def half_values(
         generator = torch.Generator().manual_seed(seed)
         subsets = [torch.sort(torch.randperm(n, generator=generator)[: n // 2]).values for _ in range(resamples)]
     values = [float(evaluate_validated(measure, xt[i.to(xt.device)], yt[i.to(yt.device)])) for i in subsets]
-    return torch.tensor(values, dtype=torch.float64), int(subsets[0].numel())
+    size = int(subsets[0].numel())
+    return at_full_size(measure, torch.tensor(values, dtype=torch.float64), n, size), size
 
 
 @full_precision_matmul
@@ -265,4 +266,5 @@ def jackknife(
     values = torch.tensor(
         [float(evaluate_validated(m, xt[block_of != b], yt[block_of != b])) for b in range(g)], dtype=torch.float64
     )
+    values = at_full_size(m, values, n, n - torch.bincount(block_of.cpu(), minlength=g))
     return jackknife_interval(float(evaluate_validated(m, xt, yt)), values, c, m.describe())

@@ -162,6 +162,11 @@ class Measure:
     #: How a sample-space measure is resampled ("half" or "blocks"); moment measures always use blocks and
     #: minibatch ones batches.
     sample_resampling: Literal["blocks", "half"] = "half"
+    #: The power of n the value grows with (0 for every scale-free measure; 1/2 for the unscaled Euclidean forms
+    #: of :class:`Derived`, 1 for their squares): a resampled value on m of the n samples is multiplied by
+    #: (n/m)^extensive (:func:`at_full_size`), so that it estimates the value at n and an interval's bias is
+    #: the estimator's, not the sample count's.
+    extensive: float = 0.0
 
     @property
     def resampling(self) -> Literal["blocks", "half", "batches"]:
@@ -499,3 +504,13 @@ def as_result(value: torch.Tensor, like: torch.Tensor, *inputs: Any) -> Any:
     if not any(isinstance(v, torch.Tensor) for v in inputs):
         return float(value) if value.ndim == 0 else value.detach().cpu()
     return value.to(like.dtype)
+
+
+def at_full_size(m: Measure, values: torch.Tensor, n: float, kept: Any) -> torch.Tensor:
+    """Values of ``m`` on ``kept`` of ``n`` samples (a number or one per value, along the first dimension) scaled
+    to n samples: × (n/kept)^m.extensive, unchanged for scale-free measures."""
+    if not m.extensive:
+        return values
+    ratio = n / torch.as_tensor(kept, dtype=torch.float64)
+    factor = ratio.pow(m.extensive).to(values.dtype)
+    return values * factor.reshape(-1, *([1] * (values.dim() - 1))) if factor.dim() else values * factor

@@ -166,6 +166,7 @@ class Derived(Measure):
         ):  # fmt: skip
             setattr(self, attribute, getattr(base, attribute))
         self.form = "score" if form == "score" else ("angular" if form == "angular" else None)
+        self.extensive = {"euclidean": 0.5, "squared_euclidean": 1.0}.get(form, 0.0)  # ‖Xc‖² grows as n
         self.direction = "similarity" if form == "score" else "distance"
         invariances = set(base.invariances)
         if form in ("euclidean", "squared_euclidean"):

@@ -20,7 +20,15 @@ import torch
 from ..errors import IncompatibleStateError, InsufficientSamplesError, ReprsimError, ReprsimWarning, ShapeMismatchError
 from ..inference._interval import half_matrix, jackknife_matrix
 from ..inference._permutation import FALLBACK_PERMUTATIONS, PermutationTest, assemble, moments_tests, null_values
-from ..measures._base import BUDGET, CacheBudget, NoTraceForm, evaluate_validated, prepared_side, side_stats
+from ..measures._base import (
+    BUDGET,
+    CacheBudget,
+    NoTraceForm,
+    at_full_size,
+    evaluate_validated,
+    prepared_side,
+    side_stats,
+)
 from ._distributed import gather_rows, stream_order
 from ._layout import Batch, Checks, Slot
 
@@ -257,17 +265,21 @@ class FeaturePart:
         n = samples
         if measure.resampling == "blocks":
             block_of = torch.arange(n) % blocks
-            values = self._subset_values(pair, measure, [torch.nonzero(block_of != g).flatten() for g in range(blocks)])
+            kept = [torch.nonzero(block_of != g).flatten() for g in range(blocks)]
+            values = self._subset_values(pair, measure, kept, n)
             low, high, bias = jackknife_matrix(matrix, values, ci)
             return low, high, bias, {**info, "method": "jackknife", "blocks": blocks}
         generator = torch.Generator().manual_seed(self.uncertainty.seed)
         halves = [torch.sort(torch.randperm(n, generator=generator)[: n // 2]).values for _ in range(HALF_SAMPLES)]
-        values = self._subset_values(pair, measure, halves)
+        values = self._subset_values(pair, measure, halves, n)
         low, high, bias = half_matrix(matrix, values, n, n // 2, ci)
         return low, high, bias, {**info, "method": "half-sample", "resamples": HALF_SAMPLES}
 
-    def _subset_values(self, pair: tuple[str, str], measure: Measure, subsets: list[torch.Tensor]) -> torch.Tensor:
-        """(S, A, B): a sample-space measure of every cell on each subset of the kept samples' rows."""
+    def _subset_values(
+        self, pair: tuple[str, str], measure: Measure, subsets: list[torch.Tensor], n: int
+    ) -> torch.Tensor:
+        """(S, A, B): a sample-space measure of every cell on each subset of the n kept samples' rows (scaled to
+        n samples where the measure grows with n)."""
         a, b = pair
         out = torch.empty(len(subsets), len(self.layout.keys[a]), len(self.layout.keys[b]), dtype=torch.float64)
         for i, ka in enumerate(self.layout.keys[a]):
@@ -280,7 +292,7 @@ class FeaturePart:
                     [float(evaluate_validated(measure, xd[r.to(xd.device)], yd[r.to(yd.device)])) for r in subsets],
                     dtype=torch.float64,
                 )
-        return out
+        return at_full_size(measure, out, n, [len(r) for r in subsets])
 
     def permutation(self, pair: tuple[str, str], measure: Measure, permutations: int | str) -> Tested:
         """Each cell's p-value, calibrated score and chance level (the null mean), and the test's summary."""

@@ -22,7 +22,7 @@ from ..errors import (
     ReprsimError,
     ShapeMismatchError,
 )
-from ..measures._base import Measure, get_measure, refuse_renamed
+from ..measures._base import Measure, at_full_size, get_measure, refuse_renamed
 from ..measures._moments import (
     EPS64,
     Layout,
@@ -563,7 +563,9 @@ class CrossMoments(_MomentState):
                 "one block of samples, index % K)"
             )
         # each left-out block changes every layer's moments: no factorisation cache is shared between them
-        return torch.stack([self._values(m, block, {}, left_out=g) for g in range(layout.folds)])
+        values = torch.stack([self._values(m, block, {}, left_out=g) for g in range(layout.folds)])
+        counts = self._state["n"].to(torch.float64).cpu().reshape(-1)
+        return at_full_size(m, values, float(counts.sum()), counts.sum() - counts)
 
     def compute(self, measure: str | Measure = "cka") -> float | torch.Tensor:
         """``measure`` of everything seen: a float when each side has one layer, else a (L_x, L_y)
